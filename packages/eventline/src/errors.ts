@@ -1,0 +1,196 @@
+/**
+ * Typed errors. Every error eventline throws on purpose is an {@link EventlineError} with a stable `code`, the input
+ * that caused it, and a message that says what to do about it. Catch by class (`instanceof ConcurrencyError`) or by
+ * `code` (`error.code === 'CONCURRENCY'`), which also survives serialisation (HTTP, logs).
+ */
+
+export type EventlineErrorCode =
+  | 'CONCURRENCY'
+  | 'STREAM_DELETED'
+  | 'VALIDATION'
+  | 'INVALID_STREAM_ID'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'EVENT_ID_CONFLICT'
+  | 'UNKNOWN_EVENT_TYPE'
+  | 'STORE_UNAVAILABLE'
+  | 'STORE_CLOSED';
+
+export abstract class EventlineError extends Error {
+  abstract readonly code: EventlineErrorCode;
+  override get name(): string {
+    return this.constructor.name;
+  }
+  toJSON(): Record<string, unknown> {
+    return { name: this.name, code: this.code, message: this.message };
+  }
+}
+
+/** What a caller may expect of a stream when appending. See {@link AppendOptions.expectedVersion}. */
+export type ExpectedVersion = number | 'no_stream' | 'stream_exists' | 'any';
+
+/** What the stream actually was: its version, or `'no_stream'` when it does not exist (never written, or soft-deleted). */
+export type ActualVersion = number | 'no_stream';
+
+/** The stream was not at the version the caller expected: someone else wrote first. Reload, decide again, retry. */
+export class ConcurrencyError extends EventlineError {
+  readonly code = 'CONCURRENCY' as const;
+  constructor(
+    readonly streamId: string,
+    readonly expected: ExpectedVersion,
+    readonly actual: ActualVersion,
+    readonly actualVersion: number = typeof actual === 'number' ? actual : 0,
+  ) {
+    super(
+      `Stream '${streamId}' was expected to be at ${describeExpected(expected)} but is at ${describeActual(actual, actualVersion)}: ` +
+        `another writer appended first. Reload the stream, decide again and retry with the new version.`,
+    );
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), streamId: this.streamId, expected: this.expected, actual: this.actual };
+  }
+}
+
+function describeExpected(expected: ExpectedVersion): string {
+  if (expected === 'no_stream') return 'no stream (it must not exist yet)';
+  if (expected === 'stream_exists') return 'an existing stream';
+  if (expected === 'any') return 'any version';
+  return `version ${expected}`;
+}
+
+function describeActual(actual: ActualVersion, actualVersion: number): string {
+  if (actual !== 'no_stream') return `version ${actual}`;
+  return actualVersion > 0 ? `no stream (soft-deleted at version ${actualVersion})` : 'no stream (it does not exist)';
+}
+
+/** The stream was hard-deleted (tombstoned): it can never be read or written again. Use a new stream id. */
+export class StreamDeletedError extends EventlineError {
+  readonly code = 'STREAM_DELETED' as const;
+  constructor(readonly streamId: string) {
+    super(`Stream '${streamId}' was hard-deleted (tombstoned) and can never be read or written again; use another stream id.`);
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), streamId: this.streamId };
+  }
+}
+
+/** One problem found in an input: where it is (a path into the value) and what is wrong. */
+export interface ValidationIssue {
+  readonly path: ReadonlyArray<string | number>;
+  readonly message: string;
+}
+
+/** An input is not acceptable (bad shape, not JSON, failed its schema...). Nothing was stored. Fix the input. */
+export class ValidationError extends EventlineError {
+  readonly code: EventlineErrorCode = 'VALIDATION';
+  constructor(
+    message: string,
+    readonly issues: readonly ValidationIssue[] = [],
+    readonly input?: unknown,
+  ) {
+    super(issues.length === 0 ? message : `${message}: ${issues.map(formatIssue).join('; ')}`);
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), issues: this.issues };
+  }
+}
+
+function formatIssue(issue: ValidationIssue): string {
+  return issue.path.length === 0 ? issue.message : `${issue.path.join('.')}: ${issue.message}`;
+}
+
+/** A stream id does not follow the `category-id` rule. */
+export class InvalidStreamIdError extends ValidationError {
+  override readonly code = 'INVALID_STREAM_ID' as const;
+  constructor(
+    readonly streamId: unknown,
+    reason: string,
+  ) {
+    super(
+      `Invalid stream id ${safeQuote(streamId)}: ${reason}. A stream id is '<category>-<id>', e.g. 'account-42': ` +
+        `the category is a letter followed by letters, digits or '_', the id is 1 or more visible characters, 255 characters in all`,
+    );
+  }
+}
+
+/** An event's data + metadata, serialised as JSON, is larger than the store's `maxEventBytes`. */
+export class PayloadTooLargeError extends ValidationError {
+  override readonly code = 'PAYLOAD_TOO_LARGE' as const;
+  constructor(
+    readonly streamId: string,
+    readonly eventType: string,
+    readonly bytes: number,
+    readonly limit: number,
+  ) {
+    super(
+      `Event '${eventType}' for stream '${streamId}' is ${bytes} bytes as JSON, over the limit of ${limit} bytes. ` +
+        `Store large payloads elsewhere (object storage) and put a reference in the event, or raise maxEventBytes`,
+    );
+  }
+}
+
+/** Event ids are unique across the whole store. These ids are already stored, but not as this same batch at this same place. */
+export class EventIdConflictError extends EventlineError {
+  readonly code = 'EVENT_ID_CONFLICT' as const;
+  constructor(
+    readonly streamId: string,
+    readonly eventIds: readonly string[],
+  ) {
+    super(
+      `Event id(s) ${eventIds.join(', ')} appended to stream '${streamId}' are already stored, but not as this exact batch ` +
+        `of this stream: a retry must resend the same events with the same ids to the same stream; new events need new ids.`,
+    );
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), streamId: this.streamId, eventIds: this.eventIds };
+  }
+}
+
+/** An event type is not registered with the store's event registry (in strict mode). */
+export class UnknownEventTypeError extends ValidationError {
+  override readonly code = 'UNKNOWN_EVENT_TYPE' as const;
+  constructor(
+    readonly eventType: string,
+    readonly known: readonly string[],
+  ) {
+    super(
+      `Unknown event type '${eventType}': register it with defineEvent() in the store's events registry ` +
+        `(known: ${known.length === 0 ? 'none' : known.join(', ')})`,
+    );
+  }
+}
+
+/**
+ * The store could not be reached, or the connection broke during an operation. For an append, the outcome is unknown:
+ * it either committed whole or not at all. Retrying the same append with the same event ids is always safe: if it had
+ * committed, the retry returns the original result and stores nothing twice.
+ */
+export class StoreUnavailableError extends EventlineError {
+  readonly code = 'STORE_UNAVAILABLE' as const;
+  constructor(
+    readonly operation: string,
+    override readonly cause: unknown,
+  ) {
+    super(
+      `The event store was unreachable or the connection was lost during ${operation}` +
+        `${cause instanceof Error ? ` (${cause.message})` : ''}. ` +
+        `An append is all or nothing; retry it with the same event ids, which is safe: a committed batch is not stored twice.`,
+    );
+  }
+}
+
+/** The store was closed; create a new one. */
+export class StoreClosedError extends EventlineError {
+  readonly code = 'STORE_CLOSED' as const;
+  constructor(readonly operation: string) {
+    super(`Cannot ${operation}: the event store was closed. Create a new store instance.`);
+  }
+}
+
+export function safeQuote(value: unknown): string {
+  if (typeof value === 'string') return `'${value.length > 80 ? `${value.slice(0, 80)}…` : value}'`;
+  try {
+    return String(JSON.stringify(value));
+  } catch {
+    return typeof value;
+  }
+}

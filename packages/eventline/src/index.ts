@@ -1,0 +1,22 @@
+/**
+ * eventline core: messages, the event store contract, the in-memory store and the helpers every backend shares.
+ * Backends live in their own packages (`@eventline/postgres` for PostgreSQL and embedded PGlite).
+ */
+export * from './errors.js';
+export * from './event.js';
+export { newId, isUuid } from './ids.js';
+export { jsonIssues, type JsonObject, type JsonValue } from './json.js';
+export * from './position.js';
+export * from './schema.js';
+export { assertStreamId, categoryOf, isValidEventType, MAX_STREAM_ID_LENGTH, streamId } from './stream-id.js';
+export * from './store/contract.js';
+export {
+  assertExpectedVersion,
+  assertStreamMetadata,
+  checkExpectedVersion,
+  firstVisibleVersion,
+  normaliseReadAllOptions,
+  normaliseReadStreamOptions,
+  prepareAppend,
+} from './store/validate.js';
+export { createInMemoryStore, type InMemoryStoreOptions } from './store/memory.js';

@@ -1,0 +1,431 @@
+import { EventIdConflictError, StoreClosedError, StreamDeletedError, type ExpectedVersion } from '../errors.js';
+import type { EventInput, PreparedEvent, RecordedEvent } from '../event.js';
+import { formatPosition, positionBeforeTransaction, type Position } from '../position.js';
+import { assertStreamId, categoryOf } from '../stream-id.js';
+import type {
+  AppendOptions,
+  AppendResult,
+  EventStore,
+  EventStoreOptions,
+  EventStoreSession,
+  ReadAllOptions,
+  ReadAllPage,
+  ReadStreamOptions,
+  StreamInfo,
+  StreamMetadata,
+} from './contract.js';
+import {
+  assertExpectedVersion,
+  assertStreamMetadata,
+  checkExpectedVersion,
+  firstVisibleVersion,
+  normaliseReadAllOptions,
+  normaliseReadStreamOptions,
+  prepareAppend,
+} from './validate.js';
+
+export interface InMemoryStoreOptions extends EventStoreOptions {
+  /** The clock used for `recordedAt` and `maxAge` (injectable for tests). Default `() => new Date()`. */
+  now?: () => Date;
+}
+
+interface StoredEvent {
+  readonly id: string;
+  readonly type: string;
+  readonly streamId: string;
+  readonly category: string;
+  readonly version: number;
+  readonly position: Position;
+  readonly recordedAt: Date;
+  readonly dataJson: string;
+  readonly metadataJson: string;
+}
+
+interface StreamState {
+  version: number;
+  /** Versions below this were hidden by a soft delete. */
+  hiddenBefore: number;
+  deleted: 'soft' | 'hard' | null;
+  metadata: StreamMetadata;
+}
+
+/** The committed state, or a transaction's pending changes layered over it. */
+interface State {
+  stream(id: string): StreamState | undefined;
+  setStream(id: string, state: StreamState): void;
+  streamEvents(id: string): readonly StoredEvent[];
+  eventById(id: string): StoredEvent | undefined;
+  addEvents(streamId: string, events: StoredEvent[]): void;
+  removeStreamEvents(id: string): void;
+}
+
+class CommittedState implements State {
+  readonly streams = new Map<string, StreamState>();
+  readonly byStream = new Map<string, StoredEvent[]>();
+  readonly ids = new Map<string, StoredEvent>();
+  /** The global log, sorted by position. */
+  log: StoredEvent[] = [];
+
+  stream(id: string) {
+    return this.streams.get(id);
+  }
+  setStream(id: string, state: StreamState) {
+    this.streams.set(id, state);
+  }
+  streamEvents(id: string) {
+    return this.byStream.get(id) ?? [];
+  }
+  eventById(id: string) {
+    return this.ids.get(id);
+  }
+  addEvents(streamId: string, events: StoredEvent[]) {
+    let list = this.byStream.get(streamId);
+    if (!list) this.byStream.set(streamId, (list = []));
+    for (const event of events) {
+      list.push(event);
+      this.ids.set(event.id, event);
+      this.log.push(event);
+    }
+  }
+  removeStreamEvents(id: string) {
+    const removed = this.byStream.get(id);
+    if (!removed || removed.length === 0) return;
+    this.byStream.delete(id);
+    for (const event of removed) this.ids.delete(event.id);
+    this.log = this.log.filter((event) => event.streamId !== id);
+  }
+}
+
+class PendingState implements State {
+  private readonly streams = new Map<string, StreamState>();
+  private readonly added = new Map<string, StoredEvent[]>();
+  private readonly removed = new Set<string>();
+  constructor(private readonly base: CommittedState) {}
+
+  stream(id: string) {
+    return this.streams.get(id) ?? this.base.stream(id);
+  }
+  setStream(id: string, state: StreamState) {
+    this.streams.set(id, state);
+  }
+  streamEvents(id: string) {
+    const base = this.removed.has(id) ? [] : this.base.streamEvents(id);
+    const added = this.added.get(id) ?? [];
+    return added.length === 0 ? base : [...base, ...added];
+  }
+  eventById(id: string) {
+    for (const events of this.added.values()) {
+      const found = events.find((event) => event.id === id);
+      if (found) return found;
+    }
+    const found = this.base.eventById(id);
+    return found && !this.removed.has(found.streamId) ? found : undefined;
+  }
+  addEvents(streamId: string, events: StoredEvent[]) {
+    const list = this.added.get(streamId) ?? [];
+    this.added.set(streamId, [...list, ...events]);
+  }
+  removeStreamEvents(id: string) {
+    this.removed.add(id);
+    this.added.delete(id);
+  }
+  commit() {
+    for (const id of this.removed) this.base.removeStreamEvents(id);
+    for (const [id, state] of this.streams) this.base.setStream(id, state);
+    const added = [...this.added.entries()].flatMap(([streamId, events]) => events.map((event) => ({ streamId, event })));
+    added.sort((a, b) => (a.event.position < b.event.position ? -1 : 1));
+    for (const { streamId, event } of added) this.base.addEvents(streamId, [event]);
+  }
+}
+
+/**
+ * An event store in process memory: the full contract, for unit tests, prototypes and single-process apps that can
+ * afford to lose everything on exit. Writers are serialised (one at a time, transactions included), readers never wait.
+ */
+export function createInMemoryStore(options: InMemoryStoreOptions = {}): EventStore {
+  return new InMemoryEventStore(options);
+}
+
+class InMemoryEventStore implements EventStore {
+  private readonly committed = new CommittedState();
+  private readonly now: () => Date;
+  private writeLock: Promise<void> = Promise.resolve();
+  private nextTransaction = 1n;
+  private nextSequence = 1n;
+  private openTransaction: { id: bigint; startedAt: number } | null = null;
+  private closed = false;
+
+  constructor(private readonly options: InMemoryStoreOptions) {
+    this.now = options.now ?? (() => new Date());
+  }
+
+  async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
+    this.assertOpen('append');
+    const prepared = await this.prepare(streamId, events, options);
+    return this.write((transaction) => this.appendTo(this.committed, transaction, prepared));
+  }
+
+  readStream(streamId: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent> {
+    return this.readStreamFrom(() => this.committed, streamId, options);
+  }
+
+  async streamInfo(streamId: string): Promise<StreamInfo> {
+    this.assertOpen('read stream info');
+    return infoOf(this.committed, assertStreamId(streamId));
+  }
+
+  async setStreamMetadata(streamId: string, metadata: StreamMetadata, options?: { expectedVersion?: ExpectedVersion }): Promise<void> {
+    this.assertOpen('set stream metadata');
+    const id = assertStreamId(streamId);
+    const checked = assertStreamMetadata(metadata);
+    const expected = assertExpectedVersion(options?.expectedVersion ?? 'any');
+    await this.write(() => setMetadataIn(this.committed, id, checked, expected));
+  }
+
+  async getStreamMetadata(streamId: string): Promise<StreamMetadata> {
+    this.assertOpen('get stream metadata');
+    return structuredClone(this.committed.stream(assertStreamId(streamId))?.metadata ?? {});
+  }
+
+  async deleteStream(streamId: string, options?: { expectedVersion?: ExpectedVersion; hard?: boolean }): Promise<void> {
+    this.assertOpen('delete a stream');
+    const id = assertStreamId(streamId);
+    const expected = assertExpectedVersion(options?.expectedVersion ?? 'any');
+    await this.write(() => deleteIn(this.committed, id, expected, options?.hard === true));
+  }
+
+  async *readAll(options?: ReadAllOptions): AsyncIterable<RecordedEvent> {
+    const normalised = normaliseReadAllOptions(options);
+    let after = normalised.after;
+    let remaining = normalised.limit;
+    while (remaining > 0) {
+      const page = await this.readAllPage({ ...options, after, limit: Math.min(remaining, normalised.pageSize) });
+      for (const event of page.events) yield event;
+      remaining -= page.events.length;
+      if (page.atEnd) return;
+      after = page.next;
+    }
+  }
+
+  async readAllPage(options?: ReadAllOptions): Promise<ReadAllPage> {
+    this.assertOpen('read all');
+    const { after, limit, types, categories } = normaliseReadAllOptions(options, 1000);
+    const boundary = this.boundary();
+    const log = this.committed.log;
+    const events: RecordedEvent[] = [];
+    for (let index = firstAfter(log, after); index < log.length && events.length < limit; index++) {
+      const stored = log[index]!;
+      if (types && !types.includes(stored.type)) continue;
+      if (categories && !categories.includes(stored.category)) continue;
+      events.push(toRecorded(stored));
+    }
+    if (events.length === limit) return { events, next: events[events.length - 1]!.position, atEnd: false };
+    return { events, next: boundary > after ? boundary : after, atEnd: true };
+  }
+
+  async headPosition(): Promise<Position> {
+    this.assertOpen('read the head position');
+    return this.boundary();
+  }
+
+  async readAllHoldback() {
+    this.assertOpen('read the holdback');
+    // Pending transactions are invisible until they commit whole, so nothing committed is ever held back here.
+    return { heldBackEvents: 0, oldestOpenTransactionMs: this.openTransaction ? Date.now() - this.openTransaction.startedAt : null };
+  }
+
+  async transaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
+    this.assertOpen('start a transaction');
+    return this.write(async (transaction) => {
+      const pending = new PendingState(this.committed);
+      let active = true;
+      const guard = (operation: string) => {
+        if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
+      };
+      const session: EventStoreSession = {
+        append: async (streamId, events, options) => {
+          guard('append');
+          const prepared = await this.prepare(streamId, events, options);
+          guard('append');
+          return this.appendTo(pending, transaction, prepared);
+        },
+        readStream: (streamId, options) => this.readStreamFrom(() => pending, streamId, options),
+        streamInfo: async (streamId) => infoOf(pending, assertStreamId(streamId)),
+        setStreamMetadata: async (streamId, metadata, options) => {
+          guard('set stream metadata');
+          setMetadataIn(pending, assertStreamId(streamId), assertStreamMetadata(metadata), assertExpectedVersion(options?.expectedVersion ?? 'any'));
+        },
+        getStreamMetadata: async (streamId) => structuredClone(pending.stream(assertStreamId(streamId))?.metadata ?? {}),
+        deleteStream: async (streamId, options) => {
+          guard('delete a stream');
+          deleteIn(pending, assertStreamId(streamId), assertExpectedVersion(options?.expectedVersion ?? 'any'), options?.hard === true);
+        },
+      };
+      try {
+        const result = await fn(session);
+        active = false;
+        pending.commit();
+        return result;
+      } finally {
+        active = false;
+      }
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  private assertOpen(operation: string) {
+    if (this.closed) throw new StoreClosedError(operation);
+  }
+
+  private prepare(streamId: string, events: readonly EventInput[], options?: AppendOptions) {
+    return prepareAppend(streamId, events, options, { registry: this.options.events, maxEventBytes: this.options.maxEventBytes });
+  }
+
+  /** Runs a write alone: one writer at a time, each with its own transaction number, so positions follow commit order. */
+  private write<T>(fn: (transaction: bigint) => T | Promise<T>): Promise<T> {
+    const run = this.writeLock.then(async () => {
+      this.assertOpen('write');
+      const transaction = this.nextTransaction++;
+      this.openTransaction = { id: transaction, startedAt: Date.now() };
+      try {
+        return await fn(transaction);
+      } finally {
+        this.openTransaction = null;
+      }
+    });
+    this.writeLock = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private boundary(): Position {
+    return positionBeforeTransaction(this.openTransaction?.id ?? this.nextTransaction);
+  }
+
+  private appendTo(state: State, transaction: bigint, prepared: Awaited<ReturnType<typeof prepareAppend>>): AppendResult {
+    const { streamId, expectedVersion, events } = prepared;
+    const stream = state.stream(streamId) ?? { version: 0, hiddenBefore: 0, deleted: null, metadata: {} };
+    if (stream.deleted === 'hard') throw new StreamDeletedError(streamId);
+    const duplicate = findDuplicate(state, streamId, events);
+    if (duplicate) return duplicate;
+    checkExpectedVersion(streamId, expectedVersion, { version: stream.version, exists: exists(stream) });
+    const recordedAt = this.now();
+    const stored = events.map((event, index): StoredEvent => ({
+      id: event.id,
+      type: event.type,
+      streamId,
+      category: categoryOf(streamId),
+      version: stream.version + index + 1,
+      position: formatPosition(transaction, this.nextSequence++),
+      recordedAt,
+      dataJson: event.dataJson,
+      metadataJson: event.metadataJson,
+    }));
+    state.addEvents(streamId, stored);
+    state.setStream(streamId, { ...stream, version: stream.version + events.length, deleted: null });
+    const last = stored[stored.length - 1]!;
+    return { streamId, version: last.version, firstVersion: stored[0]!.version, position: last.position, duplicate: false };
+  }
+
+  private async *readStreamFrom(state: () => State, streamId: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent> {
+    this.assertOpen('read a stream');
+    const id = assertStreamId(streamId);
+    const { direction, from, limit } = normaliseReadStreamOptions(options);
+    const current = state();
+    const stream = current.stream(id);
+    if (stream?.deleted === 'hard') throw new StreamDeletedError(id);
+    if (!stream || stream.version === 0) return;
+    const events = current.streamEvents(id);
+    const first = firstVisibleVersion(stream, stream.metadata);
+    const minRecordedAt = stream.metadata.maxAge === undefined ? null : this.now().getTime() - stream.metadata.maxAge * 1000;
+    const visible = (event: StoredEvent) => event.version >= first && (minRecordedAt === null || event.recordedAt.getTime() >= minRecordedAt);
+    let yielded = 0;
+    if (direction === 'forwards') {
+      for (let version = Math.max(from ?? 1, first); version <= events.length && yielded < limit; version++) {
+        const event = events[version - 1]!;
+        if (!visible(event)) continue;
+        yielded++;
+        yield toRecorded(event);
+      }
+    } else {
+      for (let version = Math.min(from ?? stream.version, events.length); version >= first && yielded < limit; version--) {
+        const event = events[version - 1]!;
+        if (!visible(event)) continue;
+        yielded++;
+        yield toRecorded(event);
+      }
+    }
+  }
+}
+
+function exists(stream: StreamState): boolean {
+  return stream.version > 0 && stream.deleted === null;
+}
+
+function infoOf(state: State, streamId: string): StreamInfo {
+  const stream = state.stream(streamId);
+  if (!stream) return { streamId, exists: false, version: 0, deleted: null };
+  return { streamId, exists: exists(stream), version: stream.version, deleted: stream.deleted };
+}
+
+function setMetadataIn(state: State, streamId: string, metadata: StreamMetadata, expected: ExpectedVersion) {
+  const stream = state.stream(streamId) ?? { version: 0, hiddenBefore: 0, deleted: null, metadata: {} };
+  if (stream.deleted === 'hard') throw new StreamDeletedError(streamId);
+  checkExpectedVersion(streamId, expected, { version: stream.version, exists: exists(stream) });
+  state.setStream(streamId, { ...stream, metadata });
+}
+
+function deleteIn(state: State, streamId: string, expected: ExpectedVersion, hard: boolean) {
+  const stream = state.stream(streamId);
+  if (stream?.deleted === 'hard') throw new StreamDeletedError(streamId);
+  const current = stream ?? { version: 0, hiddenBefore: 0, deleted: null, metadata: {} };
+  checkExpectedVersion(streamId, expected, { version: current.version, exists: exists(current) });
+  if (hard) {
+    state.removeStreamEvents(streamId);
+    state.setStream(streamId, { ...current, deleted: 'hard' });
+  } else if (exists(current)) {
+    state.setStream(streamId, { ...current, deleted: 'soft', hiddenBefore: current.version + 1 });
+  }
+}
+
+/** The original result when this exact batch is already stored in this stream; a conflict when its ids are stored otherwise. */
+function findDuplicate(state: State, streamId: string, events: readonly PreparedEvent[]): AppendResult | null {
+  const found = events.map((event) => state.eventById(event.id));
+  if (found.every((event) => event === undefined)) return null;
+  const first = found[0];
+  const sameBatch =
+    first !== undefined &&
+    found.every((event, index) => event !== undefined && event.streamId === streamId && event.version === first.version + index);
+  if (!sameBatch) throw new EventIdConflictError(streamId, found.flatMap((event, index) => (event ? [events[index]!.id] : [])));
+  const last = found[found.length - 1]!;
+  return { streamId, version: last.version, firstVersion: first.version, position: last.position, duplicate: true };
+}
+
+function firstAfter(log: readonly StoredEvent[], after: Position): number {
+  let low = 0;
+  let high = log.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (log[middle]!.position <= after) low = middle + 1;
+    else high = middle;
+  }
+  return low;
+}
+
+function toRecorded(event: StoredEvent): RecordedEvent {
+  return {
+    id: event.id,
+    type: event.type,
+    streamId: event.streamId,
+    version: event.version,
+    position: event.position,
+    recordedAt: new Date(event.recordedAt.getTime()),
+    data: JSON.parse(event.dataJson),
+    metadata: JSON.parse(event.metadataJson),
+  };
+}
