@@ -178,7 +178,7 @@ class InMemoryEventStore implements EventStore {
     this.assertOpen('set stream metadata');
     const id = assertStreamId(streamId);
     const checked = assertStreamMetadata(metadata);
-    const expected = assertExpectedVersion(options?.expectedVersion ?? 'any');
+    const expected = assertExpectedVersion(options?.expectedVersion);
     await this.write(() => setMetadataIn(this.committed, id, checked, expected));
   }
 
@@ -190,7 +190,7 @@ class InMemoryEventStore implements EventStore {
   async deleteStream(streamId: string, options?: { expectedVersion?: ExpectedVersion; hard?: boolean }): Promise<void> {
     this.assertOpen('delete a stream');
     const id = assertStreamId(streamId);
-    const expected = assertExpectedVersion(options?.expectedVersion ?? 'any');
+    const expected = assertExpectedVersion(options?.expectedVersion);
     await this.write(() => deleteIn(this.committed, id, expected, options?.hard === true));
   }
 
@@ -253,12 +253,12 @@ class InMemoryEventStore implements EventStore {
         streamInfo: async (streamId) => infoOf(pending, assertStreamId(streamId)),
         setStreamMetadata: async (streamId, metadata, options) => {
           guard('set stream metadata');
-          setMetadataIn(pending, assertStreamId(streamId), assertStreamMetadata(metadata), assertExpectedVersion(options?.expectedVersion ?? 'any'));
+          setMetadataIn(pending, assertStreamId(streamId), assertStreamMetadata(metadata), assertExpectedVersion(options?.expectedVersion));
         },
         getStreamMetadata: async (streamId) => structuredClone(pending.stream(assertStreamId(streamId))?.metadata ?? {}),
         deleteStream: async (streamId, options) => {
           guard('delete a stream');
-          deleteIn(pending, assertStreamId(streamId), assertExpectedVersion(options?.expectedVersion ?? 'any'), options?.hard === true);
+          deleteIn(pending, assertStreamId(streamId), assertExpectedVersion(options?.expectedVersion), options?.hard === true);
         },
       };
       try {

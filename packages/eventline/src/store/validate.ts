@@ -26,7 +26,7 @@ export async function prepareAppend(
   config: { registry?: EventRegistry | undefined; maxEventBytes?: number | undefined },
 ): Promise<{ streamId: string; expectedVersion: ExpectedVersion; events: PreparedEvent[] }> {
   const id = assertStreamId(streamId);
-  const expectedVersion = assertExpectedVersion(options?.expectedVersion ?? 'any');
+  const expectedVersion = assertExpectedVersion(options?.expectedVersion);
   if (!Array.isArray(events)) throw new ValidationError(`Append to '${id}': events must be an array, got ${typeof events}`);
   if (events.length === 0) throw new ValidationError(`Append to '${id}': the batch is empty; pass at least one event`);
   const limit = config.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
@@ -69,7 +69,9 @@ export async function prepareAppend(
   return { streamId: id, expectedVersion, events: prepared };
 }
 
+/** Checks an expectedVersion option; `undefined` means `'any'`. */
 export function assertExpectedVersion(value: unknown): ExpectedVersion {
+  if (value === undefined) return 'any';
   if (value === 'any' || value === 'no_stream' || value === 'stream_exists') return value;
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
   throw new ValidationError(
