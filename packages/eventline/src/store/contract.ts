@@ -2,6 +2,7 @@ import type { ExpectedVersion } from '../errors.js';
 import type { EventInput, RecordedEvent } from '../event.js';
 import type { JsonObject } from '../json.js';
 import type { Position } from '../position.js';
+import type { EventRegistry } from '../schema.js';
 
 /**
  * The event store: an append-only log of events grouped in streams, and the single source of truth.
@@ -170,7 +171,7 @@ export interface EventStoreOptions {
   /** Largest event accepted, as UTF-8 bytes of its data and metadata in JSON. Default 1 MiB. */
   maxEventBytes?: number;
   /** Event definitions to validate appended data against (see `defineEvent`, `eventRegistry`). */
-  events?: import('../schema.js').EventRegistry;
+  events?: EventRegistry;
 }
 
 export const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
