@@ -1,0 +1,108 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { z } from 'zod';
+import {
+  assertStreamId,
+  categoryOf,
+  comparePositions,
+  ConcurrencyError,
+  createInMemoryStore,
+  defineEvent,
+  eventRegistry,
+  formatPosition,
+  InvalidStreamIdError,
+  isPosition,
+  jsonIssues,
+  parsePosition,
+  positionBeforeTransaction,
+  START,
+  streamId,
+  ValidationError,
+  type EventOf,
+} from 'eventline';
+
+describe('stream ids', () => {
+  it('split into category and id at the first dash', () => {
+    assert.equal(categoryOf('account-42'), 'account');
+    assert.equal(categoryOf('payment-0193b7e2-aa7c-7c1e-9d3e-0e5a0c6d1f00'), 'payment');
+    assert.equal(streamId('account', 42), 'account-42');
+    assert.equal(assertStreamId('guest_list-main'), 'guest_list-main');
+  });
+
+  it('name the rule that was broken', () => {
+    assert.throws(() => assertStreamId('account'), (error: unknown) => error instanceof InvalidStreamIdError && /no '-'/.test(error.message));
+    assert.throws(() => streamId('9lives', 'x'), /category '9lives'/);
+  });
+});
+
+describe('positions', () => {
+  it('order as strings in (transaction, sequence) order', () => {
+    const a = formatPosition(5n, 100n);
+    const b = formatPosition(6n, 2n);
+    assert.ok(a < b && comparePositions(a, b) === -1);
+    assert.deepEqual(parsePosition(b), { transaction: 6n, sequence: 2n });
+    assert.ok(START < a);
+    assert.ok(positionBeforeTransaction(6n) > a && positionBeforeTransaction(6n) < b);
+    assert.equal(positionBeforeTransaction(0n), START);
+    assert.ok(isPosition(a) && !isPosition('42'));
+    assert.throws(() => parsePosition('nope'), TypeError);
+  });
+});
+
+describe('JSON checks', () => {
+  it('accept plain JSON and report every path that is not', () => {
+    assert.deepEqual(jsonIssues({ a: [1, 'x', null, { b: true }], c: undefined }), []);
+    const issues = jsonIssues({ a: [1, NaN], d: new Date(0), n: 1n });
+    assert.deepEqual(issues.map((issue) => issue.path), [['a', 1], ['d'], ['n']]);
+  });
+});
+
+describe('event definitions with zod', () => {
+  const AccountOpened = defineEvent('AccountOpened', z.object({ owner: z.string(), currency: z.string().default('EUR') }), { schemaVersion: 3 });
+
+  it('infer the data type and validate on append', async () => {
+    const store = createInMemoryStore({ events: eventRegistry([AccountOpened]) });
+    await store.append('account-1', [AccountOpened.create({ owner: 'Ada' })]);
+    for await (const event of store.readStream('account-1')) {
+      assert.ok(AccountOpened.is(event));
+      const typed: EventOf<typeof AccountOpened> = event;
+      assert.equal(typed.data.currency, 'EUR');
+      assert.equal(typed.metadata.schemaVersion, 3);
+    }
+    await assert.rejects(store.append('account-1', [AccountOpened.create({ owner: 7 } as never)]), (error: unknown) => {
+      assert.ok(error instanceof ValidationError);
+      assert.deepEqual(error.issues[0]?.path, ['owner']);
+      return true;
+    });
+  });
+
+  it('refuse bad type names, non-schemas and duplicate registrations', () => {
+    assert.throws(() => defineEvent('account opened', z.object({})), ValidationError);
+    assert.throws(() => defineEvent('X', {} as never), /Standard Schema/);
+    assert.throws(() => defineEvent('X', z.null(), { schemaVersion: 0 }), /schemaVersion/);
+    assert.throws(() => eventRegistry([AccountOpened, AccountOpened]), /twice/);
+  });
+
+  it('a non-strict registry lets unknown types through unvalidated', async () => {
+    const store = createInMemoryStore({ events: eventRegistry([AccountOpened], { strict: false }) });
+    await store.append('account-1', [{ type: 'Anything', data: { x: 1 } }]);
+    assert.equal((await store.streamInfo('account-1')).version, 1);
+  });
+});
+
+describe('errors', () => {
+  it('carry a code, the input and an actionable message, and serialise', () => {
+    const error = new ConcurrencyError('account-1', 3, 5);
+    assert.equal(error.name, 'ConcurrencyError');
+    assert.match(error.message, /expected to be at version 3 but is at version 5/);
+    assert.match(error.message, /Reload/);
+    assert.deepEqual(JSON.parse(JSON.stringify(error)), {
+      name: 'ConcurrencyError',
+      code: 'CONCURRENCY',
+      message: error.message,
+      streamId: 'account-1',
+      expected: 3,
+      actual: 5,
+    });
+  });
+});
