@@ -13,7 +13,11 @@ export type EventlineErrorCode =
   | 'EVENT_ID_CONFLICT'
   | 'UNKNOWN_EVENT_TYPE'
   | 'STORE_UNAVAILABLE'
-  | 'STORE_CLOSED';
+  | 'STORE_CLOSED'
+  | 'DOMAIN_RULE'
+  | 'UNKNOWN_COMMAND'
+  | 'DUPLICATE_HANDLER'
+  | 'UPCASTER_CONFIGURATION';
 
 export abstract class EventlineError extends Error {
   abstract readonly code: EventlineErrorCode;
@@ -192,5 +196,53 @@ export function safeQuote(value: unknown): string {
     return String(JSON.stringify(value));
   } catch {
     return typeof value;
+  }
+}
+
+/**
+ * A domain rule refused a command (no overdraft, no accept after decline...). Thrown by your `decide`/`handle` code; never
+ * retried and never an infrastructure problem. `rule` is a stable name for the rule, for callers and HTTP mapping.
+ */
+export class DomainError extends EventlineError {
+  readonly code = 'DOMAIN_RULE' as const;
+  constructor(
+    message: string,
+    readonly rule: string = 'DOMAIN_RULE',
+    readonly details: Record<string, unknown> = {},
+  ) {
+    super(message);
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), rule: this.rule, details: this.details };
+  }
+}
+
+/** No handler is registered for a command type. */
+export class UnknownCommandError extends EventlineError {
+  readonly code = 'UNKNOWN_COMMAND' as const;
+  constructor(
+    readonly commandType: unknown,
+    readonly known: readonly string[],
+  ) {
+    super(`No handler is registered for command type ${safeQuote(commandType)}; register one with bus.register() (known: ${known.length === 0 ? 'none' : known.join(', ')})`);
+  }
+}
+
+/** A second handler was registered for a command type: each command type has exactly one handler. */
+export class DuplicateHandlerError extends EventlineError {
+  readonly code = 'DUPLICATE_HANDLER' as const;
+  constructor(readonly commandType: string) {
+    super(`Command type '${commandType}' already has a handler; a command has exactly one handler, so remove one of the registrations`);
+  }
+}
+
+/** The upcasters or renames registered for event types do not form straight chains (gap, cycle or duplicate). */
+export class UpcasterConfigurationError extends EventlineError {
+  readonly code = 'UPCASTER_CONFIGURATION' as const;
+  constructor(
+    readonly eventType: string,
+    problem: string,
+  ) {
+    super(`Upcasting of event type '${eventType}': ${problem}`);
   }
 }

@@ -1,5 +1,5 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
-import { UnknownEventTypeError, ValidationError, type ValidationIssue } from './errors.js';
+import { UnknownEventTypeError, UpcasterConfigurationError, ValidationError, type ValidationIssue } from './errors.js';
 import type { EventInput, EventMetadata, RecordedEvent } from './event.js';
 import { isValidEventType } from './stream-id.js';
 
@@ -17,6 +17,10 @@ export interface EventDefinition<Type extends string = string, Schema extends St
   readonly schema: Schema;
   /** The version of the data shape this definition describes; recorded in each event's metadata. */
   readonly schemaVersion: number;
+  /** `upcasters[n]` turns data of schema version n into version n+1; applied on every read path. */
+  readonly upcasters: Readonly<Record<number, Upcaster>>;
+  /** Names this type had before (events stored under them are read as this type). */
+  readonly renamedFrom: readonly string[];
   /** An event input of this type; the data is checked against the schema when appended. */
   create(data: StandardSchemaV1.InferInput<Schema>, options?: { id?: string; metadata?: EventMetadata }): EventInput<Type, StandardSchemaV1.InferOutput<Schema>>;
   /** Whether a recorded event is of this type (narrows its data type). */
@@ -30,10 +34,22 @@ export type EventOf<D> = D extends EventDefinition<infer T, infer S> ? RecordedE
 /** The event-input type of an event definition (or a union of them). */
 export type EventInputOf<D> = D extends EventDefinition<infer T, infer S> ? EventInput<T, StandardSchemaV1.InferOutput<S>> : never;
 
+/** Turns the data of one schema version into the next. Pure: it gets the stored data and the event, returns new data. */
+export type Upcaster = (data: any, event: RecordedEvent) => unknown; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+export interface EventDefinitionOptions {
+  /** The current version of the data shape (default 1). */
+  schemaVersion?: number;
+  /** `{ 1: v1ToV2, 2: v2ToV3 }`: one upcaster per older version, with no gaps, up to schemaVersion - 1. */
+  upcasters?: Record<number, Upcaster>;
+  /** Earlier names of this event type. */
+  renamedFrom?: readonly string[];
+}
+
 export function defineEvent<const Type extends string, Schema extends StandardSchemaV1>(
   type: Type,
   schema: Schema,
-  options: { schemaVersion?: number } = {},
+  options: EventDefinitionOptions = {},
 ): EventDefinition<Type, Schema> {
   if (!isValidEventType(type)) {
     throw new ValidationError(`Invalid event type name '${String(type)}': use a letter followed by letters, digits or '_' (e.g. 'AccountOpened')`);
@@ -45,10 +61,19 @@ export function defineEvent<const Type extends string, Schema extends StandardSc
   if (!Number.isInteger(schemaVersion) || schemaVersion < 1) {
     throw new ValidationError(`The schemaVersion of event type '${type}' must be a whole number of 1 or more, got ${String(schemaVersion)}`);
   }
+  const upcasters = checkUpcasters(type, schemaVersion, options.upcasters ?? {});
+  const renamedFrom = [...(options.renamedFrom ?? [])];
+  for (const name of renamedFrom) {
+    if (!isValidEventType(name)) throw new UpcasterConfigurationError(type, `renamedFrom '${String(name)}' is not a valid event type name`);
+    if (name === type) throw new UpcasterConfigurationError(type, 'it is renamed from itself (a cycle)');
+  }
+  if (new Set(renamedFrom).size !== renamedFrom.length) throw new UpcasterConfigurationError(type, 'renamedFrom lists a name twice');
   return {
     type,
     schema,
     schemaVersion,
+    upcasters,
+    renamedFrom,
     create(data, createOptions = {}) {
       return {
         type,
@@ -61,6 +86,22 @@ export function defineEvent<const Type extends string, Schema extends StandardSc
       return event.type === type;
     },
   };
+}
+
+function checkUpcasters(type: string, schemaVersion: number, upcasters: Record<number, Upcaster>): Record<number, Upcaster> {
+  const versions = Object.keys(upcasters).map(Number).sort((a, b) => a - b);
+  for (const version of versions) {
+    if (!Number.isInteger(version) || version < 1) throw new UpcasterConfigurationError(type, `upcaster key '${version}' is not a schema version (1 or more)`);
+    if (version >= schemaVersion) throw new UpcasterConfigurationError(type, `there is an upcaster from v${version}, but the current schema version is v${schemaVersion}`);
+    if (typeof upcasters[version] !== 'function') throw new UpcasterConfigurationError(type, `the upcaster from v${version} is not a function`);
+  }
+  if (versions.length > 0) {
+    // The chain must reach the current version with no gap: from the oldest upcaster up to schemaVersion - 1.
+    for (let version = versions[0]!; version < schemaVersion; version++) {
+      if (!(version in upcasters)) throw new UpcasterConfigurationError(type, `no upcaster from v${version} to v${version + 1} (a gap in the chain v${versions[0]} → v${schemaVersion})`);
+    }
+  }
+  return { ...upcasters };
 }
 
 function isStandardSchema(value: unknown): value is StandardSchemaV1 {
@@ -90,6 +131,14 @@ export interface EventRegistry {
   readonly strict: boolean;
   get(type: string): EventDefinition | undefined;
   types(): string[];
+  /**
+   * The event as the current definitions describe it: an old type name is replaced by the current one and the data is
+   * passed through the upcasters from its stored schema version to the current one. Events of types the registry does
+   * not know come back unchanged. Backends call this on every read path.
+   */
+  upcast<E extends RecordedEvent>(event: E): E;
+  /** The names events of these types may be stored under (each type and its earlier names), for read filters. */
+  storedNames(types: readonly string[]): string[];
 }
 
 export function eventRegistry(definitions: Iterable<EventDefinition>, options: { strict?: boolean } = {}): EventRegistry {
@@ -98,10 +147,41 @@ export function eventRegistry(definitions: Iterable<EventDefinition>, options: {
     if (byType.has(definition.type)) throw new ValidationError(`Event type '${definition.type}' is registered twice`);
     byType.set(definition.type, definition);
   }
+  const renames = new Map<string, string>();
+  for (const definition of byType.values()) {
+    for (const old of definition.renamedFrom) {
+      if (byType.has(old)) {
+        throw new UpcasterConfigurationError(definition.type, `it is renamed from '${old}', which is itself a registered type (a rename cycle or a duplicate)`);
+      }
+      const claimed = renames.get(old);
+      if (claimed) throw new UpcasterConfigurationError(definition.type, `'${old}' is already renamed to '${claimed}' (a duplicate rename)`);
+      renames.set(old, definition.type);
+    }
+  }
+  const needsUpcasting = renames.size > 0 || [...byType.values()].some((definition) => definition.schemaVersion > 1);
   return {
     strict: options.strict ?? true,
     get: (type) => byType.get(type),
     types: () => [...byType.keys()].sort(),
+    storedNames: (types) => [...new Set(types.flatMap((type) => [type, ...(byType.get(type)?.renamedFrom ?? [])]))],
+    upcast<E extends RecordedEvent>(event: E): E {
+      if (!needsUpcasting) return event;
+      const type = renames.get(event.type) ?? event.type;
+      const definition = byType.get(type);
+      if (!definition) return event;
+      let version = event.metadata.schemaVersion ?? 1;
+      if (type === event.type && version === definition.schemaVersion) return event;
+      let data = event.data;
+      while (version < definition.schemaVersion) {
+        const upcaster = definition.upcasters[version];
+        if (!upcaster) {
+          throw new UpcasterConfigurationError(type, `event ${event.id} of stream '${event.streamId}' has schema version ${version}, and there is no upcaster from v${version}`);
+        }
+        data = upcaster(data, event) as E['data'];
+        version++;
+      }
+      return { ...event, type, data, metadata: { ...event.metadata, schemaVersion: version } };
+    },
   };
 }
 

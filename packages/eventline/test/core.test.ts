@@ -106,3 +106,28 @@ describe('errors', () => {
     });
   });
 });
+
+describe('upcasting configuration is checked when defined', () => {
+  const schema = z.object({});
+  it('a gap in the upcaster chain names the type and the missing step', () => {
+    assert.throws(() => defineEvent('AccountOpened', schema, { schemaVersion: 4, upcasters: { 1: (d) => d, 3: (d) => d } }), /AccountOpened.*no upcaster from v2 to v3/);
+    assert.throws(() => defineEvent('AccountOpened', schema, { schemaVersion: 2, upcasters: { 2: (d) => d } }), /AccountOpened.*current schema version is v2/);
+  });
+  it('rename cycles and duplicate renames name the type', () => {
+    const a = defineEvent('A', schema, { renamedFrom: ['B'] });
+    const b = defineEvent('B', schema, { renamedFrom: ['A'] });
+    assert.throws(() => eventRegistry([a, b]), /'A'.*renamed from 'B', which is itself a registered type/);
+    assert.throws(() => defineEvent('A', schema, { renamedFrom: ['A'] }), /cycle/);
+    const c = defineEvent('C', schema, { renamedFrom: ['Old'] });
+    const d = defineEvent('D', schema, { renamedFrom: ['Old'] });
+    assert.throws(() => eventRegistry([c, d]), /'D'.*'Old' is already renamed to 'C'/);
+  });
+  it('an event of the current name stored at v1 is upcast to the current version', () => {
+    const registry = eventRegistry([defineEvent('Deposited', schema, { schemaVersion: 3, upcasters: { 1: (d: { amt: number }) => ({ amount: d.amt }), 2: (d: { amount: number }) => ({ ...d, currency: 'EUR' }) } })]);
+    const stored = { id: '0', type: 'Deposited', streamId: 'account-1', version: 1, position: START, recordedAt: new Date(), data: { amt: 5 }, metadata: { schemaVersion: 1 } };
+    assert.deepEqual(registry.upcast(stored).data, { amount: 5, currency: 'EUR' });
+    assert.equal(registry.upcast(stored).metadata.schemaVersion, 3);
+    const current = { ...stored, data: { amount: 1, currency: 'USD' }, metadata: { schemaVersion: 3 } };
+    assert.equal(registry.upcast(current), current, 'events already current are returned as they are');
+  });
+});

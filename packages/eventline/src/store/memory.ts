@@ -209,7 +209,8 @@ class InMemoryEventStore implements EventStore {
 
   async readAllPage(options?: ReadAllOptions): Promise<ReadAllPage> {
     this.assertOpen('read all');
-    const { after, limit, types, categories } = normaliseReadAllOptions(options, 1000);
+    const { after, limit, types: filterTypes, categories } = normaliseReadAllOptions(options, 1000);
+    const types = filterTypes && this.options.events ? this.options.events.storedNames(filterTypes) : filterTypes;
     const boundary = this.boundary();
     const log = this.committed.log;
     const events: RecordedEvent[] = [];
@@ -217,7 +218,7 @@ class InMemoryEventStore implements EventStore {
       const stored = log[index]!;
       if (types && !types.includes(stored.type)) continue;
       if (categories && !categories.includes(stored.category)) continue;
-      events.push(toRecorded(stored));
+      events.push(this.toRecorded(stored));
     }
     if (events.length === limit) return { events, next: events[events.length - 1]!.position, atEnd: false };
     return { events, next: boundary > after ? boundary : after, atEnd: true };
@@ -274,6 +275,12 @@ class InMemoryEventStore implements EventStore {
 
   async close(): Promise<void> {
     this.closed = true;
+  }
+
+  /** Stored event to recorded event, upcast by the registry: every read path goes through here. */
+  private toRecorded(stored: StoredEvent): RecordedEvent {
+    const event = toRecorded(stored);
+    return this.options.events ? this.options.events.upcast(event) : event;
   }
 
   private assertOpen(operation: string) {
@@ -350,14 +357,14 @@ class InMemoryEventStore implements EventStore {
         const event = events[version - 1]!;
         if (!visible(event)) continue;
         yielded++;
-        yield toRecorded(event);
+        yield this.toRecorded(event);
       }
     } else {
       for (let version = Math.min(from ?? stream.version, events.length); version >= first && yielded < limit; version--) {
         const event = events[version - 1]!;
         if (!visible(event)) continue;
         yielded++;
-        yield toRecorded(event);
+        yield this.toRecorded(event);
       }
     }
   }

@@ -650,6 +650,34 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
       });
     });
 
+    describe('schema versioning', () => {
+      it('renames and upcasters (v1 → v3) apply on readStream, readAll, readAllPage and transaction reads', async () => {
+        const AccountOpened = defineEvent('AccountOpened', passThrough, {
+          schemaVersion: 3,
+          renamedFrom: ['OpenedAccount'],
+          upcasters: {
+            1: (data: { name: string }) => ({ owner: data.name }),
+            2: (data: { owner: string }) => ({ ...data, currency: 'EUR' }),
+          },
+        });
+        const s = await store({ events: eventRegistry([AccountOpened], { strict: false }) });
+        // Written by an older version of the application, under the old name and the first schema.
+        await s.append('acct-1', [{ type: 'OpenedAccount', data: { name: 'Ada' }, metadata: { schemaVersion: 1 } }]);
+        await s.append('acct-1', [AccountOpened.create({ owner: 'Bob', currency: 'USD' })]);
+        const expected = [
+          { type: 'AccountOpened', data: { owner: 'Ada', currency: 'EUR' }, schemaVersion: 3 },
+          { type: 'AccountOpened', data: { owner: 'Bob', currency: 'USD' }, schemaVersion: 3 },
+        ];
+        const shape = (events: RecordedEvent[]) => events.map((e) => ({ type: e.type, data: e.data, schemaVersion: e.metadata.schemaVersion }));
+        assert.deepEqual(shape(await collect(s.readStream('acct-1'))), expected);
+        assert.deepEqual(shape(await collect(s.readStream('acct-1', { direction: 'backwards' }))), [...expected].reverse());
+        assert.deepEqual(shape(await collect(s.readAll())), expected);
+        assert.deepEqual(shape((await s.readAllPage()).events), expected);
+        assert.deepEqual(shape(await collect(s.readAll({ filter: { types: ['AccountOpened'] } }))), expected, 'a type filter also finds events stored under earlier names');
+        await s.transaction(async (tx) => assert.deepEqual(shape(await collect(tx.readStream('acct-1'))), expected));
+      });
+    });
+
     describe('lifecycle', () => {
       it('a closed store refuses further work', async () => {
         const s = await factory.create();
@@ -673,6 +701,8 @@ const openedSchema: StandardSchemaV1<{ owner: string; limit?: number }, { owner:
     },
   },
 };
+
+const passThrough: StandardSchemaV1<unknown, unknown> = { '~standard': { version: 1, vendor: 'eventline-conformance', validate: (value) => ({ value }) } };
 
 function ev(type: string, data: unknown = { at: Math.random() }, metadata?: EventInput['metadata']): EventInput & { id: string } {
   return { id: newId(), type, data, ...(metadata ? { metadata } : {}) };
