@@ -20,3 +20,9 @@ export {
   prepareAppend,
 } from './store/validate.js';
 export { createInMemoryStore, type InMemoryStoreOptions } from './store/memory.js';
+export * from './command.js';
+export * from './write/aggregate.js';
+export * from './write/snapshots.js';
+export * from './write/retry.js';
+export * from './write/repository.js';
+export * from './write/command-bus.js';

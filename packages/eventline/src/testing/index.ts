@@ -1,5 +1,6 @@
 /**
  * Testing helpers and conformance suites. Every event store backend runs {@link describeEventStoreConformance}; a backend
- * written outside this repository should run it too.
+ * written outside this repository should run it too. {@link DeciderSpecification} tests domain logic without a store.
  */
 export { describeEventStoreConformance, type EventStoreFactory } from './event-store-conformance.js';
+export { DeciderSpecification } from './specification.js';

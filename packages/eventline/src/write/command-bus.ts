@@ -1,0 +1,144 @@
+import type { Command, CommandDefinition } from '../command.js';
+import { DuplicateHandlerError, UnknownCommandError, ValidationError } from '../errors.js';
+import { validateWithSchema } from '../schema.js';
+import { assertStreamId } from '../stream-id.js';
+import type { EventStore } from '../store/contract.js';
+import type { CommandContext, CommandResult } from './repository.js';
+import { retryOnConflict, type RetryOptions } from './retry.js';
+
+/** Handles one command type. Exactly one per type. */
+export type CommandHandler<C extends Command = Command> = (command: C, context: CommandContext) => Promise<CommandResult>;
+
+/** What middleware sees: the context handlers get, plus the command's registered definition (if it has one). */
+export interface MiddlewareContext extends CommandContext {
+  readonly definition?: CommandDefinition | undefined;
+}
+
+/**
+ * Runs around every dispatched command, outermost first: it may change the command or context, short-circuit with a
+ * result, or call `next` and look at the result or error.
+ */
+export type Middleware = (command: Command, context: MiddlewareContext, next: (command: Command, context: MiddlewareContext) => Promise<CommandResult>) => Promise<CommandResult>;
+
+export interface CommandBus {
+  /** Registers the one handler of a command type. A second registration throws {@link DuplicateHandlerError}. */
+  register<C extends Command>(command: CommandDefinition<C['type']> | C['type'], handler: CommandHandler<C>): void;
+  /** Runs the command through the middleware to its handler. An unregistered type throws {@link UnknownCommandError}. */
+  dispatch(command: Command): Promise<CommandResult>;
+  /** The registered command types. */
+  types(): string[];
+}
+
+/**
+ * A command bus: one handler per command type, and a middleware chain around every dispatch.
+ *
+ * ```ts
+ * const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+ * bus.register(Deposit, accounts.handler((command) => command.data.accountId));
+ * const result = await bus.dispatch(Deposit.create({ accountId: '42', amount: 10 }));
+ * ```
+ */
+export function createCommandBus(options: { middleware?: readonly Middleware[] } = {}): CommandBus {
+  const handlers = new Map<string, { handler: CommandHandler; definition?: CommandDefinition | undefined }>();
+  const middleware = [...(options.middleware ?? [])];
+  return {
+    register(command, handler) {
+      const definition = typeof command === 'string' ? undefined : command;
+      const type = typeof command === 'string' ? command : command.type;
+      if (handlers.has(type)) throw new DuplicateHandlerError(type);
+      handlers.set(type, { handler: handler as CommandHandler, definition });
+    },
+    async dispatch(command) {
+      if (typeof command !== 'object' || command === null || typeof command.type !== 'string') {
+        throw new ValidationError('dispatch() expects a command { id, type, data, metadata }; build one with defineCommand(...).create() or createCommand()');
+      }
+      const registration = handlers.get(command.type);
+      if (!registration) throw new UnknownCommandError(command.type, [...handlers.keys()].sort());
+      const run = (index: number, current: Command, context: MiddlewareContext): Promise<CommandResult> => {
+        const layer = middleware[index];
+        if (!layer) return registration.handler(current, context);
+        return layer(current, context, (nextCommand, nextContext) => run(index + 1, nextCommand, nextContext));
+      };
+      return run(0, command, { definition: registration.definition });
+    },
+    types: () => [...handlers.keys()].sort(),
+  };
+}
+
+/** Validates command data against its definition's schema (commands registered by type only are passed through). */
+export function validateCommands(): Middleware {
+  return async (command, context, next) => {
+    if (!context.definition) return next(command, context);
+    const data = await validateWithSchema(context.definition.schema, command.data, `The data of command '${command.type}'`);
+    return next({ ...command, data }, context);
+  };
+}
+
+/** Retries the rest of the chain on ConcurrencyError (reload + decide again), bounded, with jitter. */
+export function retryOnConflicts(options: RetryOptions = {}): Middleware {
+  return (command, context, next) => retryOnConflict(() => next(command, { ...context, retrying: true }), options);
+}
+
+/**
+ * Commands with an `idempotencyKey` are handled once: a later command with the same key returns the first result
+ * (`duplicate: true`) and appends nothing, also after a restart. The record is an event in the store itself
+ * (stream `eventlineIdempotency-<key>`), appended in the same transaction as the command's events, so a command is
+ * either handled and recorded, or neither. Two concurrent commands with one key: one commits, the other gets a
+ * ConcurrencyError, and on retry (put {@link retryOnConflicts} before this middleware) finds the first result.
+ */
+export function idempotency(store: EventStore): Middleware {
+  return async (command, context, next) => {
+    const key = command.metadata.idempotencyKey;
+    if (key === undefined) return next(command, context);
+    const recordStream = idempotencyStreamId(key);
+    const afterCommit: Array<() => Promise<void>> = [];
+    const result = await store.transaction(async (session) => {
+      for await (const record of session.readStream(recordStream, { limit: 1 })) {
+        const stored = record.data as { commandType: string; result: CommandResult };
+        if (stored.commandType !== command.type) {
+          throw new ValidationError(`Idempotency key '${key}' was already used by a '${stored.commandType}' command; use a new key for this '${command.type}' command`);
+        }
+        return { ...stored.result, duplicate: true };
+      }
+      const handled = await next(command, { ...context, session, afterCommit: (fn) => afterCommit.push(fn) });
+      await session.append(recordStream, [{ type: 'CommandHandled', data: { commandId: command.id, commandType: command.type, result: handled } }], {
+        expectedVersion: 'no_stream',
+      });
+      return handled;
+    });
+    for (const fn of afterCommit) await fn();
+    return result;
+  };
+}
+
+export function idempotencyStreamId(key: string): string {
+  if (typeof key !== 'string' || key.length === 0 || key.length > 200) {
+    throw new ValidationError(`Idempotency key ${JSON.stringify(key)} must be a string of 1 to 200 visible characters`);
+  }
+  return assertStreamId(`eventlineIdempotency-${key}`);
+}
+
+/** Hooks for logging and tracing: called before each command, and after it with the result or error and the duration. */
+export function commandHooks(hooks: {
+  onStart?: (command: Command) => void;
+  onSuccess?: (command: Command, result: CommandResult, durationMs: number) => void;
+  onError?: (command: Command, error: unknown, durationMs: number) => void;
+}): Middleware {
+  return async (command, context, next) => {
+    const started = performance.now();
+    hooks.onStart?.(command);
+    try {
+      const result = await next(command, context);
+      hooks.onSuccess?.(command, result, performance.now() - started);
+      return result;
+    } catch (error) {
+      hooks.onError?.(command, error, performance.now() - started);
+      throw error;
+    }
+  };
+}
+
+/** The usual chain: validate, retry on conflict, idempotency keys (persisted in `store`). */
+export function defaultMiddleware(store: EventStore, options: { retry?: RetryOptions } = {}): Middleware[] {
+  return [validateCommands(), retryOnConflicts(options.retry), idempotency(store)];
+}

@@ -1,0 +1,184 @@
+import type { Command } from '../command.js';
+import { ConcurrencyError } from '../errors.js';
+import type { EventMetadata } from '../event.js';
+import { newId } from '../ids.js';
+import type { JsonValue } from '../json.js';
+import type { Position } from '../position.js';
+import { assertStreamId } from '../stream-id.js';
+import type { EventStore, EventStoreSession } from '../store/contract.js';
+import type { Aggregate, DomainEvent } from './aggregate.js';
+import { retryOnConflict, type RetryOptions } from './retry.js';
+import type { SnapshotStore } from './snapshots.js';
+
+/** An event the command appended. */
+export interface AppendedEvent {
+  readonly id: string;
+  readonly type: string;
+  readonly streamId: string;
+  readonly version: number;
+  readonly data: unknown;
+  readonly metadata: EventMetadata;
+}
+
+/** What handling a command did. JSON-serialisable (idempotency records keep it). */
+export interface CommandResult {
+  readonly streamId: string;
+  /** The stream's version after the command (unchanged when it decided nothing). */
+  readonly version: number;
+  /** The global position of the last appended event (for read-your-writes); null when nothing was appended. */
+  readonly position: Position | null;
+  readonly events: readonly AppendedEvent[];
+  /** True when this is the stored result of an earlier command with the same idempotency key: nothing was done now. */
+  readonly duplicate?: boolean;
+}
+
+/** Handed to command handlers by the command bus. */
+export interface CommandContext {
+  /** When set, write through this transaction (the idempotency middleware owns it); the owner retries, not the handler. */
+  readonly session?: EventStoreSession;
+  /** Registers work to run only after the surrounding transaction commits (snapshots). Runs at once when there is none. */
+  readonly afterCommit?: (fn: () => Promise<void>) => void;
+  /** True when a retry middleware already retries on conflict, so handlers should not retry themselves. */
+  readonly retrying?: boolean;
+}
+
+export interface LoadedAggregate<State> {
+  readonly streamId: string;
+  readonly state: State;
+  /** The version of the last event folded into the state; 0 for a new stream. */
+  readonly version: number;
+  /** How many events were read from the store (after the snapshot, if one was used). */
+  readonly eventsRead: number;
+  readonly fromSnapshot: boolean;
+}
+
+export interface RepositoryOptions {
+  snapshots?: SnapshotStore;
+  retry?: RetryOptions;
+  /** Called when saving a snapshot fails; the command has succeeded regardless. Default: ignore. */
+  onSnapshotError?: (error: unknown, streamId: string) => void;
+}
+
+export interface Repository<State, C extends Command, E extends DomainEvent> {
+  readonly aggregate: Aggregate<State, C, E>;
+  /** The stream id of an aggregate id: `<category>-<id>`. */
+  streamIdOf(id: string): string;
+  /** Snapshot (when there is a valid one) + the events after it, folded. */
+  load(id: string, options?: { session?: EventStoreSession }): Promise<LoadedAggregate<State>>;
+  /**
+   * Loads, decides and appends with the loaded version as the expected version. On a ConcurrencyError it reloads and
+   * decides again (bounded, with jitter), unless it runs inside a caller's transaction or a retry middleware.
+   * A decision with no events appends nothing. Domain errors thrown by `decide` are not retried.
+   * With `expectedVersion`, the command is refused with a ConcurrencyError when the aggregate is at another version.
+   */
+  handle(id: string, command: C, options?: CommandContext & { expectedVersion?: number }): Promise<CommandResult>;
+  /** Takes a snapshot now (the on-demand policy). Returns null for a stream with no events. */
+  snapshot(id: string): Promise<LoadedAggregate<State> | null>;
+  /** A command-bus handler that sends each command to the aggregate whose id `idOf` returns. */
+  handler(idOf: (command: C) => string): (command: C, context: CommandContext) => Promise<CommandResult>;
+}
+
+export function createRepository<State, C extends Command, E extends DomainEvent>(
+  store: EventStore,
+  aggregate: Aggregate<State, C, E>,
+  options: RepositoryOptions = {},
+): Repository<State, C, E> {
+  const policy = aggregate.snapshots;
+  const snapshotStore = policy ? options.snapshots : undefined;
+  const stateVersion = policy?.stateVersion ?? 1;
+  const serialize = (state: State): JsonValue => (policy?.serialize ? policy.serialize(state) : (state as JsonValue));
+  const deserialize = (json: JsonValue): State => (policy?.deserialize ? policy.deserialize(json) : (structuredClone(json) as State));
+  const streamIdOf = (id: string) => assertStreamId(`${aggregate.category}-${id}`);
+
+  const saveSnapshot = async (streamId: string, version: number, state: State) => {
+    if (!snapshotStore) return;
+    try {
+      await snapshotStore.save({ streamId, version, stateVersion, state: serialize(state) });
+    } catch (error) {
+      options.onSnapshotError?.(error, streamId);
+    }
+  };
+  const later = (context: CommandContext, fn: () => Promise<void>) => (context.afterCommit ? context.afterCommit(fn) : fn());
+
+  const load = async (id: string, context: CommandContext = {}): Promise<LoadedAggregate<State>> => {
+    const streamId = streamIdOf(id);
+    const reader = context.session ?? store;
+    let state = aggregate.initialState();
+    let version = 0;
+    let fromSnapshot = false;
+    let staleSnapshot = false;
+    const snapshot = snapshotStore ? await snapshotStore.load(streamId) : null;
+    if (snapshot && snapshot.stateVersion === stateVersion) {
+      state = deserialize(snapshot.state);
+      version = snapshot.version;
+      fromSnapshot = true;
+    } else if (snapshot) {
+      staleSnapshot = true;
+    }
+    let eventsRead = 0;
+    for await (const event of reader.readStream(streamId, { from: version + 1 })) {
+      state = aggregate.evolve(state, event as unknown as E);
+      version = event.version;
+      eventsRead++;
+    }
+    if (staleSnapshot && version > 0) {
+      const replaced = state;
+      const at = version;
+      await later(context, () => saveSnapshot(streamId, at, replaced));
+    }
+    return { streamId, state, version, eventsRead, fromSnapshot };
+  };
+
+  const decideAndAppend = async (id: string, command: C, context: CommandContext & { expectedVersion?: number }): Promise<CommandResult> => {
+    const loaded = await load(id, context);
+    const { streamId } = loaded;
+    if (context.expectedVersion !== undefined && context.expectedVersion !== loaded.version) {
+      throw new ConcurrencyError(streamId, context.expectedVersion, loaded.version === 0 ? 'no_stream' : loaded.version, loaded.version);
+    }
+    const decided = await aggregate.decide(command, loaded.state);
+    const events: readonly E[] = Array.isArray(decided) ? decided : [decided as E];
+    if (events.length === 0) return { streamId, version: loaded.version, position: null, events: [] };
+    const stamp: EventMetadata = {
+      correlationId: command.metadata.correlationId ?? command.id,
+      causationId: command.id,
+      ...(command.metadata.traceparent === undefined ? {} : { traceparent: command.metadata.traceparent }),
+      ...(command.metadata.tenant === undefined ? {} : { tenant: command.metadata.tenant }),
+      ...(command.metadata.actor === undefined ? {} : { actor: command.metadata.actor }),
+    };
+    const inputs = events.map((event) => ({ id: newId(), type: event.type, data: event.data, metadata: { ...event.metadata, ...stamp } }));
+    const writer = context.session ?? store;
+    const result = await writer.append(streamId, inputs, { expectedVersion: loaded.version === 0 ? 'no_stream' : loaded.version });
+    const every = policy?.every;
+    if (snapshotStore && every !== undefined && Math.floor(result.version / every) > Math.floor(loaded.version / every)) {
+      let state = loaded.state;
+      for (const event of events) state = aggregate.evolve(state, event);
+      await later(context, () => saveSnapshot(streamId, result.version, state));
+    }
+    return {
+      streamId,
+      version: result.version,
+      position: result.position,
+      events: inputs.map((input, index) => ({ ...input, streamId, version: result.firstVersion + index })),
+      ...(result.duplicate ? { duplicate: true } : {}),
+    };
+  };
+
+  const handle: Repository<State, C, E>['handle'] = (id, command, context = {}) =>
+    context.session || context.retrying || context.expectedVersion !== undefined
+      ? decideAndAppend(id, command, context)
+      : retryOnConflict(() => decideAndAppend(id, command, context), options.retry);
+
+  return {
+    aggregate,
+    streamIdOf,
+    load: (id, loadOptions) => load(id, loadOptions ?? {}),
+    handle,
+    async snapshot(id) {
+      const loaded = await load(id);
+      if (loaded.version === 0) return null;
+      await saveSnapshot(loaded.streamId, loaded.version, loaded.state);
+      return loaded;
+    },
+    handler: (idOf) => (command, context) => handle(idOf(command), command, context),
+  };
+}

@@ -1,0 +1,334 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { z } from 'zod';
+import {
+  aggregateFromClass,
+  commandHooks,
+  ConcurrencyError,
+  createCommand,
+  createCommandBus,
+  createInMemorySnapshotStore,
+  createInMemoryStore,
+  createRepository,
+  defaultMiddleware,
+  defineAggregate,
+  defineCommand,
+  DomainError,
+  DuplicateHandlerError,
+  UnknownCommandError,
+  validateCommands,
+  ValidationError,
+  type AggregateRoot,
+  type CommandOf,
+  type EventStore,
+  type Middleware,
+} from 'eventline';
+import { DeciderSpecification } from 'eventline/testing';
+
+const Open = defineCommand('Open', z.object({ id: z.string(), owner: z.string().min(1) }));
+const Deposit = defineCommand('Deposit', z.object({ id: z.string(), amount: z.number().positive() }));
+const Withdraw = defineCommand('Withdraw', z.object({ id: z.string(), amount: z.number().positive() }));
+type AccountCommand = CommandOf<typeof Open> | CommandOf<typeof Deposit> | CommandOf<typeof Withdraw>;
+type AccountEvent = { type: 'Opened'; data: { owner: string } } | { type: 'Deposited'; data: { amount: number } } | { type: 'Withdrawn'; data: { amount: number } };
+interface Account {
+  open: boolean;
+  balance: number;
+}
+
+const account = defineAggregate<Account, AccountCommand, AccountEvent>({
+  category: 'account',
+  snapshots: { every: 5 },
+  initialState: () => ({ open: false, balance: 0 }),
+  decide(command, state) {
+    if (Open.is(command)) return state.open ? [] : [{ type: 'Opened', data: { owner: command.data.owner } }];
+    if (!state.open) throw new DomainError('the account is not open', 'ACCOUNT_NOT_OPEN');
+    if (Deposit.is(command)) return [{ type: 'Deposited', data: { amount: command.data.amount } }];
+    if (command.data.amount > state.balance) throw new DomainError(`insufficient funds: balance ${state.balance}`, 'INSUFFICIENT_FUNDS');
+    return [{ type: 'Withdrawn', data: { amount: command.data.amount } }];
+  },
+  evolve(state, event) {
+    switch (event.type) {
+      case 'Opened':
+        return { ...state, open: true };
+      case 'Deposited':
+        return { ...state, balance: state.balance + event.data.amount };
+      case 'Withdrawn':
+        return { ...state, balance: state.balance - event.data.amount };
+    }
+  },
+});
+
+const noDelay = { sleep: async () => {} };
+
+function setup(store: EventStore = createInMemoryStore(), snapshots = createInMemorySnapshotStore()) {
+  const accounts = createRepository(store, account, { snapshots, retry: { maxAttempts: 30, ...noDelay } });
+  const bus = createCommandBus({ middleware: defaultMiddleware(store, { retry: { maxAttempts: 30, ...noDelay } }) });
+  const byId = accounts.handler((command) => command.data.id);
+  bus.register(Open, byId);
+  bus.register(Deposit, byId);
+  bus.register(Withdraw, byId);
+  return { store, snapshots, accounts, bus };
+}
+
+describe('command bus', () => {
+  it('refuses a second handler and unknown command types with typed errors', async () => {
+    const { bus } = setup();
+    assert.throws(() => bus.register(Open, async () => ({ streamId: 'x-1', version: 0, position: null, events: [] })), DuplicateHandlerError);
+    const error = await bus.dispatch(createCommand('Close', { id: '1' })).catch((e: unknown) => e);
+    assert.ok(error instanceof UnknownCommandError);
+    assert.equal(error.code, 'UNKNOWN_COMMAND');
+    assert.match(error.message, /'Close'.*known: Deposit, Open, Withdraw/);
+    await assert.rejects(bus.dispatch(null as never), ValidationError);
+  });
+
+  it('validates command data against its schema before the handler runs', async () => {
+    const { bus, store } = setup();
+    await assert.rejects(bus.dispatch(Open.create({ id: '1', owner: '' })), (error: unknown) => error instanceof ValidationError && /owner/.test(error.message));
+    assert.equal((await store.streamInfo('account-1')).exists, false);
+  });
+
+  it('runs middleware outermost first, around the handler', async () => {
+    const order: string[] = [];
+    const layer = (name: string): Middleware => async (command, context, next) => {
+      order.push(`${name}:before`);
+      const result = await next(command, context);
+      order.push(`${name}:after`);
+      return result;
+    };
+    const bus = createCommandBus({ middleware: [layer('a'), layer('b'), validateCommands(), layer('c')] });
+    bus.register(Open, async () => {
+      order.push('handler');
+      return { streamId: 'account-1', version: 1, position: null, events: [] };
+    });
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    assert.deepEqual(order, ['a:before', 'b:before', 'c:before', 'handler', 'c:after', 'b:after', 'a:after']);
+  });
+
+  it('hooks see every command with its result or error and duration', async () => {
+    const seen: string[] = [];
+    const store = createInMemoryStore();
+    const accounts = createRepository(store, account);
+    const bus = createCommandBus({
+      middleware: [commandHooks({ onStart: (c) => seen.push(`start ${c.type}`), onSuccess: (c, r, ms) => seen.push(`ok ${c.type} v${r.version} ${ms >= 0}`), onError: (c, e) => seen.push(`error ${c.type} ${(e as DomainError).rule}`) })],
+    });
+    bus.register(Open, accounts.handler((c) => c.data.id));
+    bus.register(Withdraw, accounts.handler((c) => c.data.id));
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 5 })), DomainError);
+    assert.deepEqual(seen, ['start Open', 'ok Open v1 true', 'start Withdraw', 'error Withdraw INSUFFICIENT_FUNDS']);
+  });
+
+  it('puts correlation and causation ids from the command on the events', async () => {
+    const { bus, store } = setup();
+    const command = Open.create({ id: '1', owner: 'Ada' }, { metadata: { correlationId: 'req-1', actor: 'ada', traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' } });
+    const result = await bus.dispatch(command);
+    assert.equal(result.events[0]!.metadata.causationId, command.id);
+    for await (const event of store.readStream('account-1')) {
+      assert.equal(event.metadata.correlationId, 'req-1');
+      assert.equal(event.metadata.causationId, command.id);
+      assert.equal(event.metadata.actor, 'ada');
+      assert.equal(event.metadata.traceparent, command.metadata.traceparent);
+    }
+    const generated = Deposit.create({ id: '1', amount: 1 });
+    assert.match(generated.metadata.correlationId!, /^[0-9a-f-]{36}$/, 'a command without a correlation id gets a new one');
+  });
+
+  it('returns the stream, new version, global position and events', async () => {
+    const { bus } = setup();
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    const result = await bus.dispatch(Deposit.create({ id: '1', amount: 10 }));
+    assert.equal(result.streamId, 'account-1');
+    assert.equal(result.version, 2);
+    assert.equal(typeof result.position, 'string');
+    assert.deepEqual(result.events.map((e) => [e.type, e.version, e.data]), [['Deposited', 2, { amount: 10 }]]);
+  });
+});
+
+describe('idempotency keys', () => {
+  it('a second command with the same key returns the first result and appends nothing, also after a restart', async () => {
+    const store = createInMemoryStore();
+    const first = setup(store);
+    await first.bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    const original = await first.bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'req-42' }));
+    const again = await first.bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'req-42' }));
+    assert.equal(again.duplicate, true);
+    assert.deepEqual({ ...again, duplicate: undefined }, { ...original, duplicate: undefined });
+    const restarted = setup(store); // a new bus and repository over the same store: nothing kept in process memory
+    const afterRestart = await restarted.bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'req-42' }));
+    assert.equal(afterRestart.duplicate, true);
+    assert.equal((await restarted.accounts.load('1')).state.balance, 10);
+  });
+
+  it('concurrent commands with one key are handled once', async () => {
+    const { bus, accounts } = setup();
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    const results = await Promise.all(Array.from({ length: 8 }, () => bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'same' }))));
+    assert.equal(results.filter((r) => !r.duplicate).length, 1);
+    assert.equal((await accounts.load('1')).state.balance, 10);
+  });
+
+  it('a failed command records nothing, so it can be retried with the same key', async () => {
+    const { bus, accounts } = setup();
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 5 }, { idempotencyKey: 'w' })), DomainError);
+    await bus.dispatch(Deposit.create({ id: '1', amount: 10 }));
+    const retried = await bus.dispatch(Withdraw.create({ id: '1', amount: 5 }, { idempotencyKey: 'w' }));
+    assert.equal(retried.duplicate, undefined);
+    assert.equal((await accounts.load('1')).state.balance, 5);
+  });
+
+  it('a key reused for another command type is a ValidationError', async () => {
+    const { bus } = setup();
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'k' }));
+    await assert.rejects(bus.dispatch(Deposit.create({ id: '1', amount: 1 }, { idempotencyKey: 'k' })), /already used by a 'Open' command/);
+  });
+});
+
+describe('repository', () => {
+  it('20 concurrent withdrawals on one account never overdraw it, and every success is in the log', async () => {
+    const { bus, store, accounts } = setup();
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    await bus.dispatch(Deposit.create({ id: '1', amount: 100 }));
+    const results = await Promise.allSettled(Array.from({ length: 20 }, () => bus.dispatch(Withdraw.create({ id: '1', amount: 15 }))));
+    const succeeded = results.filter((r) => r.status === 'fulfilled');
+    for (const r of results) if (r.status === 'rejected') assert.equal((r.reason as DomainError).rule, 'INSUFFICIENT_FUNDS');
+    assert.equal(succeeded.length, 6, '100 / 15 = 6 withdrawals fit');
+    assert.equal((await accounts.load('1')).state.balance, 10);
+    let withdrawn = 0;
+    for await (const event of store.readStream('account-1')) if (event.type === 'Withdrawn') withdrawn++;
+    assert.equal(withdrawn, 6);
+  });
+
+  it('gives up after the configured attempts and surfaces the ConcurrencyError', async () => {
+    const store = createInMemoryStore();
+    let attempts = 0;
+    const conflicting: EventStore = {
+      ...store,
+      readStream: (id, options) => store.readStream(id, options),
+      append: async (streamId) => {
+        attempts++;
+        throw new ConcurrencyError(streamId, 0, 1);
+      },
+    };
+    const delays: number[] = [];
+    const accounts = createRepository(conflicting, account, { retry: { maxAttempts: 4, baseDelayMs: 10, random: () => 1, sleep: async (ms) => void delays.push(ms) } });
+    await assert.rejects(accounts.handle('1', Open.create({ id: '1', owner: 'Ada' })), ConcurrencyError);
+    assert.equal(attempts, 4);
+    assert.deepEqual(delays, [10, 20, 40], 'exponential backoff (jitter drawn as 1 here)');
+  });
+
+  it('domain errors are not retried and a decision with no events appends nothing', async () => {
+    const { accounts, store } = setup();
+    await assert.rejects(accounts.handle('1', Deposit.create({ id: '1', amount: 1 })), (e: unknown) => e instanceof DomainError && e.rule === 'ACCOUNT_NOT_OPEN');
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    const repeat = await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    assert.deepEqual(repeat, { streamId: 'account-1', version: 1, position: null, events: [] });
+    assert.equal((await store.streamInfo('account-1')).version, 1);
+  });
+
+  it('an explicit expected version refuses a stale command', async () => {
+    const { accounts } = setup();
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    await assert.rejects(accounts.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 0 }), ConcurrencyError);
+    assert.equal((await accounts.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 1 })).version, 2);
+  });
+});
+
+describe('snapshots', () => {
+  it('are taken every N events and make loading read only the tail', async () => {
+    const { accounts, snapshots } = setup();
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    for (let i = 0; i < 11; i++) await accounts.handle('1', Deposit.create({ id: '1', amount: 1 }));
+    assert.equal((await snapshots.load('account-1'))?.version, 10, 'the last multiple of 5 crossed');
+    const loaded = await accounts.load('1');
+    assert.deepEqual([loaded.fromSnapshot, loaded.eventsRead, loaded.version, loaded.state.balance], [true, 2, 12, 11]);
+  });
+
+  it('deleting every snapshot changes no result', async () => {
+    const { accounts, snapshots } = setup();
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    for (let i = 0; i < 7; i++) await accounts.handle('1', Deposit.create({ id: '1', amount: 3 }));
+    const withSnapshot = await accounts.load('1');
+    await snapshots.delete();
+    const without = await accounts.load('1');
+    assert.deepEqual([without.state, without.version], [withSnapshot.state, withSnapshot.version]);
+    assert.equal(without.fromSnapshot, false);
+  });
+
+  it('a snapshot of another state version is ignored and replaced', async () => {
+    const store = createInMemoryStore();
+    const snapshots = createInMemorySnapshotStore();
+    const accounts = createRepository(store, account, { snapshots });
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    await accounts.handle('1', Deposit.create({ id: '1', amount: 4 }));
+    await snapshots.save({ streamId: 'account-1', version: 2, stateVersion: 99, state: { open: true, balance: 1_000_000 } });
+    const loaded = await accounts.load('1');
+    assert.deepEqual([loaded.fromSnapshot, loaded.state.balance], [false, 4]);
+    assert.deepEqual(await snapshots.load('account-1'), { streamId: 'account-1', version: 2, stateVersion: 1, state: { open: true, balance: 4 } });
+  });
+
+  it('can be taken on demand', async () => {
+    const { accounts, snapshots } = setup();
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    assert.equal(await snapshots.load('account-1'), null);
+    await accounts.snapshot('1');
+    assert.equal((await snapshots.load('account-1'))?.version, 1);
+    assert.equal(await accounts.snapshot('404'), null);
+  });
+});
+
+describe('class-style aggregates', () => {
+  type Cmd = CommandOf<typeof Open> | CommandOf<typeof Deposit>;
+  class Piggy implements AggregateRoot<Cmd, AccountEvent> {
+    open = false;
+    coins = 0;
+    handle(command: Cmd): AccountEvent[] {
+      if (Open.is(command)) return this.open ? [] : [{ type: 'Opened', data: { owner: command.data.owner } }];
+      if (!this.open) throw new DomainError('not open', 'NOT_OPEN');
+      return [{ type: 'Deposited', data: { amount: command.data.amount } }];
+    }
+    apply(event: AccountEvent): void {
+      if (event.type === 'Opened') this.open = true;
+      if (event.type === 'Deposited') this.coins += event.data.amount;
+    }
+  }
+  const piggy = aggregateFromClass<Piggy, Cmd, AccountEvent>({ category: 'piggy', create: () => new Piggy(), snapshots: { every: 2 } });
+
+  it('share the repository, snapshots included', async () => {
+    const snapshots = createInMemorySnapshotStore();
+    const repository = createRepository(createInMemoryStore(), piggy, { snapshots });
+    await repository.handle('p', Open.create({ id: 'p', owner: 'Ada' }));
+    await repository.handle('p', Deposit.create({ id: 'p', amount: 2 }));
+    await repository.handle('p', Deposit.create({ id: 'p', amount: 3 }));
+    const loaded = await repository.load('p');
+    assert.ok(loaded.state instanceof Piggy);
+    assert.deepEqual([loaded.state.coins, loaded.fromSnapshot, loaded.eventsRead], [5, true, 1]);
+  });
+
+  it('work with the given/when/then helpers', async () => {
+    await DeciderSpecification.for(piggy).given([{ type: 'Opened', data: { owner: 'Ada' } }]).when(Deposit.create({ id: 'p', amount: 1 })).then([{ type: 'Deposited', data: { amount: 1 } }]);
+    await DeciderSpecification.for(piggy).given([]).when(Deposit.create({ id: 'p', amount: 1 })).thenThrows(DomainError, (e) => e.rule === 'NOT_OPEN');
+  });
+});
+
+describe('given / when / then', () => {
+  const spec = DeciderSpecification.for(account);
+  const opened: AccountEvent = { type: 'Opened', data: { owner: 'Ada' } };
+
+  it('passes on the expected events or error', async () => {
+    await spec.given([opened, { type: 'Deposited', data: { amount: 10 } }]).when(Withdraw.create({ id: '1', amount: 4 })).then([{ type: 'Withdrawn', data: { amount: 4 } }]);
+    await spec.given([opened]).when(Open.create({ id: '1', owner: 'Ada' })).then([]);
+    await spec.given([opened]).when(Withdraw.create({ id: '1', amount: 4 })).thenThrows(DomainError, (e) => e.rule === 'INSUFFICIENT_FUNDS');
+  });
+
+  it('fails with the whole scenario in the message', async () => {
+    await assert.rejects(spec.given([opened]).when(Deposit.create({ id: '1', amount: 4 })).then([{ type: 'Deposited', data: { amount: 5 } }]), (error: Error) => {
+      assert.match(error.message, /given: Opened \{ owner: 'Ada' \}/);
+      assert.match(error.message, /when: {2}Deposit/);
+      return true;
+    });
+    await assert.rejects(spec.given([opened]).when(Deposit.create({ id: '1', amount: 4 })).thenThrows(DomainError), /expected DomainError, but the command recorded Deposited \{ amount: 4 \}/);
+    await assert.rejects(spec.given([]).when(Deposit.create({ id: '1', amount: 4 })).then([]), /expected events, but the command threw/);
+  });
+});
+
