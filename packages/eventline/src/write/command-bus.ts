@@ -1,4 +1,4 @@
-import type { Command, CommandDefinition } from '../command.js';
+import type { Command, CommandDefinition, CommandOf } from '../command.js';
 import { DuplicateHandlerError, UnknownCommandError, ValidationError } from '../errors.js';
 import { validateWithSchema } from '../schema.js';
 import { assertStreamId } from '../stream-id.js';
@@ -22,7 +22,8 @@ export type Middleware = (command: Command, context: MiddlewareContext, next: (c
 
 export interface CommandBus {
   /** Registers the one handler of a command type. A second registration throws {@link DuplicateHandlerError}. */
-  register<C extends Command>(command: CommandDefinition<C['type']> | C['type'], handler: CommandHandler<C>): void;
+  register<D extends CommandDefinition>(command: D, handler: CommandHandler<CommandOf<D>>): void;
+  register(type: string, handler: CommandHandler): void;
   /** Runs the command through the middleware to its handler. An unregistered type throws {@link UnknownCommandError}. */
   dispatch(command: Command): Promise<CommandResult>;
   /** The registered command types. */
@@ -42,7 +43,7 @@ export function createCommandBus(options: { middleware?: readonly Middleware[] }
   const handlers = new Map<string, { handler: CommandHandler; definition?: CommandDefinition | undefined }>();
   const middleware = [...(options.middleware ?? [])];
   return {
-    register(command, handler) {
+    register(command: CommandDefinition | string, handler: CommandHandler<never>) {
       const definition = typeof command === 'string' ? undefined : command;
       const type = typeof command === 'string' ? command : command.type;
       if (handlers.has(type)) throw new DuplicateHandlerError(type);

@@ -1,0 +1,71 @@
+/** Accounts: open, deposit, withdraw (never below zero), close (only when empty), and the two halves of a transfer. */
+import { defineAggregate, defineCommand, defineEvent, DomainError, type CommandOf, type EventInputOf } from 'eventline';
+import { z } from 'zod';
+
+const money = z.number().int().positive(); // in cents
+
+export const OpenAccount = defineCommand('OpenAccount', z.object({ accountId: z.string().min(1), owner: z.string().min(1) }));
+export const Deposit = defineCommand('Deposit', z.object({ accountId: z.string().min(1), amount: money }));
+export const Withdraw = defineCommand('Withdraw', z.object({ accountId: z.string().min(1), amount: money }));
+export const CloseAccount = defineCommand('CloseAccount', z.object({ accountId: z.string().min(1) }));
+/** Internal: the halves of a transfer, sent by the transfer handler inside one transaction. */
+export const TransferOut = defineCommand('TransferOut', z.object({ accountId: z.string(), transferId: z.string(), to: z.string(), amount: money }));
+export const TransferIn = defineCommand('TransferIn', z.object({ accountId: z.string(), transferId: z.string(), from: z.string(), amount: money }));
+
+export const AccountOpened = defineEvent('AccountOpened', z.object({ owner: z.string() }));
+export const MoneyDeposited = defineEvent('MoneyDeposited', z.object({ amount: money }));
+export const MoneyWithdrawn = defineEvent('MoneyWithdrawn', z.object({ amount: money }));
+export const MoneyTransferredOut = defineEvent('MoneyTransferredOut', z.object({ transferId: z.string(), to: z.string(), amount: money }));
+export const MoneyTransferredIn = defineEvent('MoneyTransferredIn', z.object({ transferId: z.string(), from: z.string(), amount: money }));
+export const AccountClosed = defineEvent('AccountClosed', z.object({}));
+export const accountEvents = [AccountOpened, MoneyDeposited, MoneyWithdrawn, MoneyTransferredOut, MoneyTransferredIn, AccountClosed];
+
+export type AccountCommand = CommandOf<typeof OpenAccount | typeof Deposit | typeof Withdraw | typeof CloseAccount | typeof TransferOut | typeof TransferIn>;
+export type AccountEvent = EventInputOf<(typeof accountEvents)[number]>;
+
+export interface AccountState {
+  status: 'new' | 'open' | 'closed';
+  owner: string | null;
+  balance: number;
+}
+
+export const account = defineAggregate<AccountState, AccountCommand, AccountEvent>({
+  category: 'account',
+  snapshots: { every: 100 },
+  initialState: () => ({ status: 'new', owner: null, balance: 0 }),
+  decide(command, state) {
+    if (OpenAccount.is(command)) {
+      if (state.status === 'new') return AccountOpened.create({ owner: command.data.owner });
+      if (state.status === 'open' && state.owner === command.data.owner) return []; // a repeat is a no-op
+      throw new DomainError(`account ${command.data.accountId} already exists`, 'ACCOUNT_EXISTS');
+    }
+    if (state.status === 'new') throw new DomainError(`account ${command.data.accountId} does not exist`, 'ACCOUNT_NOT_FOUND');
+    if (state.status === 'closed') throw new DomainError(`account ${command.data.accountId} is closed`, 'ACCOUNT_CLOSED');
+    if (Deposit.is(command)) return MoneyDeposited.create({ amount: command.data.amount });
+    if (TransferIn.is(command)) return MoneyTransferredIn.create({ transferId: command.data.transferId, from: command.data.from, amount: command.data.amount });
+    if (CloseAccount.is(command)) {
+      if (state.balance !== 0) throw new DomainError(`account ${command.data.accountId} still holds ${state.balance}; withdraw it first`, 'ACCOUNT_NOT_EMPTY', { balance: state.balance });
+      return AccountClosed.create({});
+    }
+    const amount = command.data.amount;
+    if (amount > state.balance) {
+      throw new DomainError(`insufficient funds in account ${command.data.accountId}: balance ${state.balance}, asked ${amount}`, 'INSUFFICIENT_FUNDS', { balance: state.balance, amount });
+    }
+    if (Withdraw.is(command)) return MoneyWithdrawn.create({ amount });
+    return MoneyTransferredOut.create({ transferId: command.data.transferId, to: command.data.to, amount });
+  },
+  evolve(state, event) {
+    switch (event.type) {
+      case 'AccountOpened':
+        return { ...state, status: 'open', owner: event.data.owner };
+      case 'MoneyDeposited':
+      case 'MoneyTransferredIn':
+        return { ...state, balance: state.balance + event.data.amount };
+      case 'MoneyWithdrawn':
+      case 'MoneyTransferredOut':
+        return { ...state, balance: state.balance - event.data.amount };
+      case 'AccountClosed':
+        return { ...state, status: 'closed' };
+    }
+  },
+});

@@ -1,0 +1,62 @@
+/**
+ * The bank: accounts, payments and transfers on one command bus, over any event store.
+ *
+ * ```ts
+ * const bank = createBank(createPGliteStore({ dataDir: './.eventline/bank' }));
+ * await bank.bus.dispatch(OpenAccount.create({ accountId: 'a1', owner: 'Ada' }));
+ * ```
+ */
+import {
+  createCommandBus,
+  createRepository,
+  defaultMiddleware,
+  defineCommand,
+  eventRegistry,
+  newId,
+  retryOnConflict,
+  type EventStore,
+  type SnapshotStore,
+} from 'eventline';
+import { z } from 'zod';
+import { account, accountEvents, CloseAccount, Deposit, OpenAccount, TransferIn, TransferOut, Withdraw } from './account.js';
+import { ConfirmPayment, CreatePayment, payment, paymentEvents, RefundPayment } from './payment.js';
+
+export * from './account.js';
+export * from './payment.js';
+
+/** Moves money between two accounts: both halves commit in one transaction, or neither does. */
+export const TransferMoney = defineCommand(
+  'TransferMoney',
+  z.object({ transferId: z.string().min(1).default(() => newId()), from: z.string().min(1), to: z.string().min(1), amount: z.number().int().positive() }).refine((t) => t.from !== t.to, {
+    message: 'cannot transfer to the same account',
+    path: ['to'],
+  }),
+);
+
+/** Every event type of the bank, for the store's registry (validation on append, upcasting on read). */
+export const bankEvents = eventRegistry([...accountEvents, ...paymentEvents], { strict: false });
+
+export function createBank(store: EventStore, options: { snapshots?: SnapshotStore } = {}) {
+  const accounts = createRepository(store, account, options);
+  const payments = createRepository(store, payment, options);
+  const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+  const byAccount = accounts.handler((command) => command.data.accountId);
+  // TransferOut and TransferIn are not on the bus: only the transfer handler sends them, both in one transaction.
+  for (const command of [OpenAccount, Deposit, Withdraw, CloseAccount]) bus.register(command, byAccount);
+  const byPayment = payments.handler((command) => command.data.paymentId);
+  for (const command of [CreatePayment, ConfirmPayment, RefundPayment]) bus.register(command, byPayment);
+  bus.register(TransferMoney, async (command, context) => {
+    const { transferId, from, to, amount } = command.data;
+    const metadata = { correlationId: command.metadata.correlationId ?? command.id, causationId: command.id };
+    const both = async () => {
+      const run = async (session: NonNullable<typeof context.session>) => {
+        const out = await accounts.handle(from, TransferOut.create({ accountId: from, transferId, to, amount }, { metadata }), { ...context, session });
+        await accounts.handle(to, TransferIn.create({ accountId: to, transferId, from, amount }, { metadata }), { ...context, session });
+        return out;
+      };
+      return context.session ? run(context.session) : store.transaction(run);
+    };
+    return context.retrying || context.session ? both() : retryOnConflict(both);
+  });
+  return { bus, accounts, payments };
+}

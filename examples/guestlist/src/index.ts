@@ -1,0 +1,15 @@
+/** The guest list: invitations on a command bus, over any event store. */
+import { createCommandBus, createRepository, defaultMiddleware, eventRegistry, type EventStore, type SnapshotStore } from 'eventline';
+import { AcceptInvite, ConfirmInvite, CreateInvite, DeclineInvite, DenyInvite, invitation, invitationEvents } from './invitation.js';
+
+export * from './invitation.js';
+
+export const guestlistEvents = eventRegistry(invitationEvents, { strict: false });
+
+export function createGuestlist(store: EventStore, options: { snapshots?: SnapshotStore } = {}) {
+  const invitations = createRepository(store, invitation, options);
+  const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+  const byInvite = invitations.handler((command) => command.data.inviteId);
+  for (const command of [CreateInvite, AcceptInvite, DeclineInvite, ConfirmInvite, DenyInvite]) bus.register(command, byInvite);
+  return { bus, invitations };
+}
