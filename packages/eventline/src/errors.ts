@@ -17,7 +17,9 @@ export type EventlineErrorCode =
   | 'DOMAIN_RULE'
   | 'UNKNOWN_COMMAND'
   | 'DUPLICATE_HANDLER'
-  | 'UPCASTER_CONFIGURATION';
+  | 'UPCASTER_CONFIGURATION'
+  | 'LEASE_LOST'
+  | 'WAIT_TIMEOUT';
 
 export abstract class EventlineError extends Error {
   abstract readonly code: EventlineErrorCode;

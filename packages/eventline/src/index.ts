@@ -19,10 +19,13 @@ export {
   normaliseReadStreamOptions,
   prepareAppend,
 } from './store/validate.js';
-export { createInMemoryStore, type InMemoryStoreOptions } from './store/memory.js';
+export { createInMemoryStore, type InMemoryEventStore, type InMemoryStoreOptions } from './store/memory.js';
 export * from './command.js';
 export * from './write/aggregate.js';
 export * from './write/snapshots.js';
 export * from './write/retry.js';
 export * from './write/repository.js';
 export * from './write/command-bus.js';
+export * from './subscriptions/contract.js';
+export { createInMemorySubscriptionStore, type InMemoryTransaction } from './subscriptions/memory.js';
+export * from './subscriptions/engine.js';

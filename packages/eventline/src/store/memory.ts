@@ -142,11 +142,16 @@ class PendingState implements State {
  * An event store in process memory: the full contract, for unit tests, prototypes and single-process apps that can
  * afford to lose everything on exit. Writers are serialised (one at a time, transactions included), readers never wait.
  */
-export function createInMemoryStore(options: InMemoryStoreOptions = {}): EventStore {
-  return new InMemoryEventStore(options);
+export function createInMemoryStore(options: InMemoryStoreOptions = {}): InMemoryEventStore {
+  return new MemoryStore(options);
 }
 
-class InMemoryEventStore implements EventStore {
+/** The in-memory store also tells listeners when events were committed (subscriptions use it to wake up). */
+export interface InMemoryEventStore extends EventStore {
+  onAppended(listener: () => void): () => void;
+}
+
+class MemoryStore implements InMemoryEventStore {
   private readonly committed = new CommittedState();
   private readonly now: () => Date;
   private writeLock: Promise<void> = Promise.resolve();
@@ -154,6 +159,7 @@ class InMemoryEventStore implements EventStore {
   private nextSequence = 1n;
   private openTransaction: { id: bigint; startedAt: number } | null = null;
   private closed = false;
+  private readonly listeners = new Set<() => void>();
 
   constructor(private readonly options: InMemoryStoreOptions) {
     this.now = options.now ?? (() => new Date());
@@ -162,7 +168,9 @@ class InMemoryEventStore implements EventStore {
   async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
     this.assertOpen('append');
     const prepared = await this.prepare(streamId, events, options);
-    return this.write((transaction) => this.appendTo(this.committed, transaction, prepared));
+    const result = await this.write((transaction) => this.appendTo(this.committed, transaction, prepared));
+    if (!result.duplicate) this.notify();
+    return result;
   }
 
   readStream(streamId: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent> {
@@ -266,6 +274,7 @@ class InMemoryEventStore implements EventStore {
         const result = await fn(session);
         active = false;
         pending.commit();
+        this.notify();
         return result;
       } finally {
         active = false;
@@ -275,6 +284,16 @@ class InMemoryEventStore implements EventStore {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.listeners.clear();
+  }
+
+  onAppended(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private notify() {
+    for (const listener of this.listeners) queueMicrotask(listener);
   }
 
   /** Stored event to recorded event, upcast by the registry: every read path goes through here. */

@@ -1,0 +1,434 @@
+import { EventlineError, ValidationError } from '../errors.js';
+import type { RecordedEvent } from '../event.js';
+import { newId } from '../ids.js';
+import { isPosition, START, type Position } from '../position.js';
+import type { EventStore, ReadAllFilter } from '../store/contract.js';
+import { LeaseLostError, type ParkedEvent, type SubscriptionStore } from './contract.js';
+
+/** What a handler gets with each event. */
+export interface HandlerContext<Tx> {
+  /** The transaction the checkpoint commits in: write read models through it for an exactly-once effect. */
+  readonly tx: Tx;
+  readonly subscription: string;
+  /** 1 on the first try of this event, more on retries. */
+  readonly attempt: number;
+}
+
+export type EventHandler<Tx> = (event: RecordedEvent, context: HandlerContext<Tx>) => Promise<void> | void;
+
+export interface SubscriptionOptions<Tx> {
+  /** Unique per subscription: it names the checkpoint, the lease and the parked events. */
+  name: string;
+  store: EventStore;
+  subscriptions: SubscriptionStore<Tx>;
+  handle: EventHandler<Tx>;
+  /** Only these categories / event types (filtered in the store). */
+  filter?: ReadAllFilter;
+  /** Where a subscription with no checkpoint starts: the beginning (default), the end, or a position. */
+  from?: 'beginning' | 'end' | Position;
+  /** Events per batch (one transaction). Default 100. */
+  batchSize?: number;
+  /** Longest wait between polls when no notification comes. Default 1000 ms. */
+  pollIntervalMs?: number;
+  /** Retries of a failing event before it is parked or the subscription stops. */
+  retry?: { maxAttempts?: number; baseDelayMs?: number; maxDelayMs?: number };
+  /** After the retries: park the event (dead letter) and go on (default), or stop the subscription. */
+  onFailure?: 'park' | 'stop';
+  /** Process only streams whose id hashes to `index` of `count` partitions; each partition has its own checkpoint and lease. */
+  partition?: { count: number; index: number };
+  /** One active instance per subscription (and partition): a lease of `ttlMs` (default 10 s), renewed while running. */
+  lease?: { ttlMs?: number; owner?: string };
+  /** Errors the subscription recovers from (database unavailable, a handler failing before its retries run out...). */
+  onError?: (error: unknown, subscription: string) => void;
+  /** Called after an event is parked. */
+  onParked?: (parked: ParkedEvent) => void;
+  /** Injectable for tests. */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+export type SubscriptionState = 'idle' | 'running' | 'standby' | 'paused' | 'failed' | 'stopped';
+
+export interface SubscriptionStatus {
+  readonly name: string;
+  readonly state: SubscriptionState;
+  /** Where it will resume; null before its first commit. */
+  readonly checkpoint: Position | null;
+  /** Events after the checkpoint that it will process (counted up to 10 000; `capped` when there are more). */
+  readonly lag: { readonly events: number; readonly capped: boolean; readonly seconds: number };
+  readonly parked: number;
+  readonly owner: string;
+  /** The error that stopped it, when `state` is 'failed'. */
+  readonly failure: { readonly name: string; readonly message: string } | null;
+}
+
+/** `waitFor` ran out of time. */
+export class WaitTimeoutError extends EventlineError {
+  readonly code = 'WAIT_TIMEOUT' as const;
+  constructor(
+    readonly subscription: string,
+    readonly position: Position,
+    readonly timeoutMs: number,
+  ) {
+    super(`Subscription '${subscription}' did not reach position ${position} within ${timeoutMs} ms; it may be lagging, paused or stopped (see its status)`);
+  }
+}
+
+export interface Subscription {
+  readonly name: string;
+  /** Starts processing in the background (standby while another instance holds the lease). */
+  start(): void;
+  /** Finishes the batch in progress, releases the lease and stops. */
+  stop(): Promise<void>;
+  pause(): void;
+  resume(): void;
+  /** Moves the checkpoint (takes effect at the next batch when running). */
+  reset(to: 'beginning' | 'end' | Position): Promise<void>;
+  status(): Promise<SubscriptionStatus>;
+  /** Resolves when the checkpoint is at or after `position` (read-your-writes), or throws {@link WaitTimeoutError}. */
+  waitFor(position: Position, options?: { timeoutMs?: number }): Promise<void>;
+  /** Processes until caught up with the log as it is now, in this call (needs the lease). For tests, rebuilds and tools. */
+  catchUp(): Promise<void>;
+  parked(): Promise<ParkedEvent[]>;
+  /** Runs the handler again on a parked event (after a fix); on success it is removed from the parked list. */
+  retryParked(eventId: string): Promise<void>;
+}
+
+const LAG_CAP = 10_000;
+
+export function createSubscription<Tx>(options: SubscriptionOptions<Tx>): Subscription {
+  return new SubscriptionRunner(options);
+}
+
+class SubscriptionRunner<Tx> implements Subscription {
+  readonly name: string;
+  private readonly key: string;
+  private readonly owner: string;
+  private readonly ttl: number;
+  private readonly batchSize: number;
+  private readonly poll: number;
+  private readonly maxAttempts: number;
+  private readonly baseDelay: number;
+  private readonly maxDelay: number;
+  private readonly sleep: (ms: number) => Promise<void>;
+  private state: SubscriptionState = 'idle';
+  private checkpoint: Position | null | undefined; // undefined: not loaded yet
+  private failure: Error | null = null;
+  private loop: Promise<void> | null = null;
+  private wakeUp: (() => void) | null = null;
+  private pendingReset: Position | undefined;
+  private leaseRenewedAt = 0;
+  private progressListeners = new Set<() => void>();
+  private unsubscribe: (() => void) | null = null;
+
+  constructor(private readonly options: SubscriptionOptions<Tx>) {
+    if (!/^[A-Za-z0-9_.:-]{1,150}$/.test(options.name)) throw new ValidationError(`Subscription name '${options.name}' must be 1-150 letters, digits, '_', '.', ':' or '-'`);
+    const partition = options.partition;
+    if (partition && !(Number.isInteger(partition.count) && partition.count >= 1 && Number.isInteger(partition.index) && partition.index >= 0 && partition.index < partition.count)) {
+      throw new ValidationError(`Subscription '${options.name}': partition must be { count ≥ 1, 0 ≤ index < count }`);
+    }
+    if (options.from !== undefined && options.from !== 'beginning' && options.from !== 'end' && !isPosition(options.from)) {
+      throw new ValidationError(`Subscription '${options.name}': from must be 'beginning', 'end' or a position`);
+    }
+    this.name = options.name;
+    this.key = partition ? `${options.name}#${partition.index}of${partition.count}` : options.name;
+    this.owner = options.lease?.owner ?? newId();
+    this.ttl = options.lease?.ttlMs ?? 10_000;
+    this.batchSize = options.batchSize ?? 100;
+    this.poll = Math.min(options.pollIntervalMs ?? 1000, this.ttl / 3);
+    this.maxAttempts = options.retry?.maxAttempts ?? 5;
+    this.baseDelay = options.retry?.baseDelayMs ?? 100;
+    this.maxDelay = options.retry?.maxDelayMs ?? 5000;
+    this.sleep = options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+  }
+
+  start(): void {
+    if (this.loop) return;
+    this.state = 'standby';
+    this.failure = null;
+    this.unsubscribe = this.options.subscriptions.onAppended(() => this.wake());
+    this.loop = this.run().finally(() => {
+      this.unsubscribe?.();
+      this.unsubscribe = null;
+    });
+  }
+
+  async stop(): Promise<void> {
+    const loop = this.loop;
+    if (!loop) return;
+    if (this.state !== 'failed') this.state = 'stopped';
+    this.wake();
+    await loop;
+    this.loop = null;
+    await this.options.subscriptions.releaseLease(this.key, this.owner).catch(() => undefined);
+  }
+
+  pause(): void {
+    if (this.loop && this.state !== 'failed' && this.state !== 'stopped') this.state = 'paused';
+  }
+
+  resume(): void {
+    if (this.state === 'paused') {
+      this.state = 'standby';
+      this.wake();
+    }
+  }
+
+  async reset(to: 'beginning' | 'end' | Position): Promise<void> {
+    const position = to === 'beginning' ? START : to === 'end' ? await this.options.store.headPosition() : to;
+    if (!isPosition(position)) throw new ValidationError(`Subscription '${this.name}': reset takes 'beginning', 'end' or a position`);
+    if (this.loop && this.state !== 'failed' && this.state !== 'stopped') {
+      this.pendingReset = position;
+      this.wake();
+      return;
+    }
+    await this.options.subscriptions.setCheckpoint(this.key, position);
+    this.checkpoint = position;
+  }
+
+  async status(): Promise<SubscriptionStatus> {
+    const checkpoint = this.checkpoint === undefined ? await this.options.subscriptions.checkpoint(this.key) : this.checkpoint;
+    let events = 0;
+    let seconds = 0;
+    let after = checkpoint ?? START;
+    for (;;) {
+      const page = await this.options.store.readAllPage({ after, limit: 1000, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+      const mine = page.events.filter((event) => this.inPartition(event));
+      if (events === 0 && mine[0]) seconds = Math.max(0, (Date.now() - mine[0].recordedAt.getTime()) / 1000);
+      events += mine.length;
+      if (page.atEnd || events >= LAG_CAP) break;
+      after = page.next;
+    }
+    return {
+      name: this.name,
+      state: this.state,
+      checkpoint,
+      lag: { events: Math.min(events, LAG_CAP), capped: events >= LAG_CAP, seconds },
+      parked: (await this.options.subscriptions.parked(this.key)).length,
+      owner: this.owner,
+      failure: this.failure ? { name: this.failure.name, message: this.failure.message } : null,
+    };
+  }
+
+  async waitFor(position: Position, options: { timeoutMs?: number } = {}): Promise<void> {
+    const timeoutMs = options.timeoutMs ?? 5000;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      // Another instance may hold the lease: then the stored checkpoint is the truth.
+      const checkpoint = this.loop && this.state === 'running' ? (this.checkpoint ?? null) : await this.options.subscriptions.checkpoint(this.key);
+      if (checkpoint !== null && checkpoint >= position) return;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new WaitTimeoutError(this.name, position, timeoutMs);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.min(left, 100));
+        const listeners = this.progressListeners;
+        function done() {
+          clearTimeout(timer);
+          listeners.delete(done);
+          resolve();
+        }
+        listeners.add(done);
+      });
+    }
+  }
+
+  async catchUp(): Promise<void> {
+    if (!(await this.options.subscriptions.acquireLease(this.key, this.owner, this.ttl))) {
+      throw new LeaseLostError(this.key, this.owner);
+    }
+    this.leaseRenewedAt = Date.now();
+    const head = await this.options.store.headPosition();
+    for (;;) {
+      const { atEnd, next } = await this.step();
+      if (atEnd || next >= head) return;
+    }
+  }
+
+  async parked(): Promise<ParkedEvent[]> {
+    return this.options.subscriptions.parked(this.key);
+  }
+
+  async retryParked(eventId: string): Promise<void> {
+    const parked = (await this.options.subscriptions.parked(this.key)).find((entry) => entry.event.id === eventId);
+    if (!parked) throw new ValidationError(`Subscription '${this.name}' has no parked event ${eventId}`);
+    if (!(await this.options.subscriptions.acquireLease(this.key, this.owner, this.ttl))) throw new LeaseLostError(this.key, this.owner);
+    await this.options.subscriptions.commit({ name: this.key, owner: this.owner, unpark: eventId }, async (tx) => {
+      await this.options.handle(parked.event, { tx, subscription: this.name, attempt: parked.attempts + 1 });
+    });
+  }
+
+  private wake() {
+    const wake = this.wakeUp;
+    this.wakeUp = null;
+    wake?.();
+  }
+
+  private idle(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wakeUp = null;
+        resolve();
+      }, ms);
+      this.wakeUp = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  private get active(): boolean {
+    return this.state !== 'stopped' && this.state !== 'failed';
+  }
+
+  private async run(): Promise<void> {
+    let errors = 0;
+    while (this.active) {
+      try {
+        if (this.state === 'paused') {
+          await this.idle(this.poll);
+          continue;
+        }
+        if (!(await this.renewLease())) {
+          this.state = 'standby';
+          this.checkpoint = undefined; // the holder moves it; reload when we take over
+          await this.idle(this.poll);
+          continue;
+        }
+        if (this.state === 'standby') this.state = 'running';
+        const { atEnd } = await this.step();
+        errors = 0;
+        if (atEnd && this.active) await this.idle(this.poll);
+      } catch (error) {
+        if (!this.active) break;
+        if (error instanceof LeaseLostError) {
+          this.state = 'standby';
+          this.checkpoint = undefined;
+          this.leaseRenewedAt = 0;
+          continue;
+        }
+        errors++;
+        this.options.onError?.(error, this.name);
+        await this.idle(Math.min(this.maxDelay, this.baseDelay * 2 ** Math.min(errors, 10)));
+      }
+    }
+  }
+
+  private async renewLease(): Promise<boolean> {
+    if (this.leaseRenewedAt !== 0 && Date.now() - this.leaseRenewedAt < this.ttl / 3) return true;
+    const held = await this.options.subscriptions.acquireLease(this.key, this.owner, this.ttl);
+    this.leaseRenewedAt = held ? Date.now() : 0;
+    return held;
+  }
+
+  private async currentCheckpoint(): Promise<Position> {
+    if (this.pendingReset !== undefined) {
+      const position = this.pendingReset;
+      this.pendingReset = undefined;
+      await this.commit({ position }, async () => undefined);
+    }
+    if (this.checkpoint === undefined) this.checkpoint = await this.options.subscriptions.checkpoint(this.key);
+    if (this.checkpoint === null) {
+      const from = this.options.from ?? 'beginning';
+      const start = from === 'beginning' ? START : from === 'end' ? await this.options.store.headPosition() : from;
+      // Commit the starting point, so that a restart of an 'end' subscription does not jump forward again.
+      await this.commit({ position: start }, async () => undefined);
+    }
+    return this.checkpoint as Position;
+  }
+
+  /** One batch: read a page after the checkpoint, handle it, commit. */
+  private async step(): Promise<{ atEnd: boolean; next: Position }> {
+    const after = await this.currentCheckpoint();
+    const page = await this.options.store.readAllPage({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+    const events = page.events.filter((event) => this.inPartition(event));
+    if (events.length > 0) await this.handleBatch(events, page.next);
+    else if (page.next > after) await this.commit({ position: page.next }, async () => undefined);
+    // A batch cut short by a failing event is not the end: the rest is read again from the checkpoint.
+    const reached = this.checkpoint ?? after;
+    return { atEnd: page.atEnd && reached >= page.next, next: reached };
+  }
+
+  private async handleBatch(events: RecordedEvent[], next: Position): Promise<void> {
+    let failedAt = -1;
+    try {
+      await this.commit({ position: next }, async (tx) => {
+        for (const [index, event] of events.entries()) {
+          failedAt = index;
+          await this.options.handle(event, { tx, subscription: this.name, attempt: 1 });
+        }
+      });
+      return;
+    } catch (error) {
+      if (error instanceof LeaseLostError || failedAt < 0) throw error;
+      this.options.onError?.(error, this.name);
+    }
+    // The batch failed at events[failedAt]. Commit what came before it (again, when the failed commit rolled it back),
+    // then retry the failing event alone and park it or stop; the next step reads on from the checkpoint.
+    const before = events.slice(0, failedAt);
+    if (before.length > 0) {
+      const position = before[before.length - 1]!.position;
+      await this.commit({ position }, async (tx) => {
+        if (this.options.subscriptions.atomic) for (const event of before) await this.options.handle(event, { tx, subscription: this.name, attempt: 1 });
+      });
+    }
+    await this.handleOne(events[failedAt]!);
+  }
+
+  /** Retries one event that failed its first attempt, then parks it or stops the subscription. */
+  private async handleOne(event: RecordedEvent): Promise<void> {
+    let lastError: unknown;
+    for (let attempt = 2; attempt <= this.maxAttempts; attempt++) {
+      if (!this.active) return;
+      await this.sleep(Math.random() * Math.min(this.maxDelay, this.baseDelay * 2 ** (attempt - 2)));
+      try {
+        await this.commit({ position: event.position }, async (tx) => {
+          await this.options.handle(event, { tx, subscription: this.name, attempt });
+        });
+        return;
+      } catch (error) {
+        if (error instanceof LeaseLostError) throw error;
+        lastError = error;
+        if (attempt < this.maxAttempts) this.options.onError?.(error, this.name);
+      }
+    }
+    if (lastError === undefined) lastError = new Error('the handler failed (with retries disabled)');
+    const asError = lastError instanceof Error ? lastError : new Error(String(lastError));
+    if ((this.options.onFailure ?? 'park') === 'stop') {
+      this.failure = asError;
+      this.state = 'failed';
+      this.options.onError?.(asError, this.name);
+      return;
+    }
+    const park: ParkedEvent = {
+      subscription: this.key,
+      event,
+      error: { name: asError.name, message: asError.message, stack: asError.stack },
+      attempts: this.maxAttempts,
+      parkedAt: new Date(),
+    };
+    await this.commit({ position: event.position, park }, async () => undefined);
+    this.options.onParked?.(park);
+  }
+
+  private async commit(args: { position?: Position; park?: ParkedEvent }, work: (tx: Tx) => Promise<void>): Promise<void> {
+    await this.options.subscriptions.commit({ name: this.key, owner: this.owner, ...args }, work);
+    if (args.position !== undefined) {
+      this.checkpoint = args.position;
+      for (const listener of [...this.progressListeners]) listener();
+    }
+  }
+
+  private inPartition(event: RecordedEvent): boolean {
+    const partition = this.options.partition;
+    return !partition || partition.count === 1 || hashOf(event.streamId) % partition.count === partition.index;
+  }
+}
+
+/** FNV-1a, 32 bits: a stable hash of a stream id, so a stream always lands in the same partition. */
+export function hashOf(text: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    hash ^= text.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return hash >>> 0;
+}

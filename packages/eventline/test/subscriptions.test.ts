@@ -1,0 +1,206 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  createInMemoryStore,
+  createInMemorySubscriptionStore,
+  createSubscription,
+  hashOf,
+  newId,
+  WaitTimeoutError,
+  type RecordedEvent,
+  type SubscriptionOptions,
+} from 'eventline';
+
+function setup() {
+  const store = createInMemoryStore();
+  const subscriptions = createInMemorySubscriptionStore(store);
+  const seen: RecordedEvent[] = [];
+  const options = (extra: Partial<SubscriptionOptions<unknown>> = {}): SubscriptionOptions<unknown> => ({
+    name: 'test',
+    store,
+    subscriptions,
+    handle: (event) => void seen.push(event),
+    pollIntervalMs: 20,
+    retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 2 },
+    ...extra,
+  });
+  return { store, subscriptions, seen, options };
+}
+
+const append = (store: ReturnType<typeof createInMemoryStore>, streamId: string, count = 1, type = 'Happened') =>
+  store.append(streamId, Array.from({ length: count }, (_, i) => ({ id: newId(), type, data: { i } })));
+
+async function until(check: () => boolean | Promise<boolean>, what: string, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+describe('subscriptions (in-memory)', () => {
+  it('deliver every event once, in order, wake up on appends, and resume from the checkpoint', async () => {
+    const { store, seen, options } = setup();
+    await append(store, 'a-1', 3);
+    const subscription = createSubscription(options({ batchSize: 2 }));
+    subscription.start();
+    await until(() => seen.length === 3, 'the first 3 events');
+    const last = await append(store, 'b-1', 2);
+    await subscription.waitFor(last.position, { timeoutMs: 2000 });
+    assert.equal(seen.length, 5);
+    await subscription.stop();
+    await append(store, 'a-1', 2);
+    const again = createSubscription(options());
+    again.start();
+    await until(() => seen.length === 7, 'the events appended while stopped');
+    await again.stop();
+    const all: RecordedEvent[] = [];
+    for await (const event of store.readAll()) all.push(event);
+    assert.deepEqual(seen.map((e) => e.id), all.map((e) => e.id));
+  });
+
+  it('filter by category and type, and can start at the end', async () => {
+    const { store, seen, options } = setup();
+    await append(store, 'a-1', 2);
+    await append(store, 'b-1', 2);
+    const filtered = createSubscription(options({ filter: { categories: ['b'] } }));
+    await filtered.catchUp();
+    assert.deepEqual(seen.map((e) => e.streamId), ['b-1', 'b-1']);
+    seen.length = 0;
+    const fromEnd = createSubscription(options({ name: 'from-end', from: 'end' }));
+    await fromEnd.catchUp();
+    assert.equal(seen.length, 0);
+    await append(store, 'a-2', 1);
+    await fromEnd.catchUp();
+    assert.deepEqual(seen.map((e) => e.streamId), ['a-2']);
+  });
+
+  it('partitions split streams by hash and keep per-stream order', async () => {
+    const { store, options } = setup();
+    for (let i = 0; i < 20; i++) await append(store, `s-${i % 7}`, 2);
+    const byPartition: RecordedEvent[][] = [[], [], []];
+    for (let index = 0; index < 3; index++) {
+      await createSubscription(options({ partition: { count: 3, index }, handle: (event) => void byPartition[index]!.push(event) })).catchUp();
+    }
+    assert.equal(byPartition.flat().length, 40);
+    for (const [index, events] of byPartition.entries()) {
+      for (const event of events) assert.equal(hashOf(event.streamId) % 3, index);
+      const versions = new Map<string, number>();
+      for (const event of events) {
+        assert.equal(event.version, (versions.get(event.streamId) ?? 0) + 1, 'per-stream order');
+        versions.set(event.streamId, event.version);
+      }
+    }
+  });
+
+  it('one instance holds the lease; the other takes over when it stops', async () => {
+    const { store, options } = setup();
+    const handledBy: string[] = [];
+    const a = createSubscription(options({ lease: { owner: 'a', ttlMs: 300 }, handle: () => void handledBy.push('a') }));
+    const b = createSubscription(options({ lease: { owner: 'b', ttlMs: 300 }, handle: () => void handledBy.push('b') }));
+    a.start();
+    await until(async () => (await a.status()).state === 'running', 'a running');
+    b.start();
+    await append(store, 'a-1', 5);
+    await until(() => handledBy.length === 5, 'a handling');
+    assert.equal((await b.status()).state, 'standby');
+    await a.stop();
+    await append(store, 'a-1', 3);
+    await until(() => handledBy.length === 8, 'b taking over');
+    assert.deepEqual(handledBy, ['a', 'a', 'a', 'a', 'a', 'b', 'b', 'b']);
+    await b.stop();
+  });
+
+  it('a poison event is retried, parked with its error, and the rest processed; a retry after the fix applies it', async () => {
+    const { store, options } = setup();
+    let broken = true;
+    const applied: number[] = [];
+    const attempts: number[] = [];
+    const parkedSeen: string[] = [];
+    const subscription = createSubscription(
+      options({
+        handle: (event, { attempt }) => {
+          const i = (event.data as { i: number }).i;
+          if (i === 2) attempts.push(attempt);
+          if (i === 2 && broken) throw new Error('cannot handle event 2');
+          applied.push(i);
+        },
+        onParked: (parked) => parkedSeen.push(parked.event.id),
+      }),
+    );
+    await append(store, 'a-1', 5);
+    await subscription.catchUp();
+    assert.deepEqual(applied, [0, 1, 3, 4]);
+    assert.deepEqual(attempts, [1, 2, 3], 'three attempts in all: in the batch, then alone');
+    const parked = await subscription.parked();
+    assert.equal(parked.length, 1);
+    assert.deepEqual(parked[0]!.event.data, { i: 2 });
+    assert.equal(parked[0]!.error.message, 'cannot handle event 2');
+    assert.deepEqual(parkedSeen, [parked[0]!.event.id]);
+    assert.equal((await subscription.status()).parked, 1);
+    broken = false;
+    await subscription.retryParked(parked[0]!.event.id);
+    assert.deepEqual(applied, [0, 1, 3, 4, 2]);
+    assert.deepEqual(await subscription.parked(), []);
+  });
+
+  it("with onFailure 'stop' a poison event stops the subscription before it", async () => {
+    const { store, options } = setup();
+    const applied: number[] = [];
+    const subscription = createSubscription(
+      options({
+        onFailure: 'stop',
+        handle: (event) => {
+          const i = (event.data as { i: number }).i;
+          if (i === 1) throw new Error('boom');
+          applied.push(i);
+        },
+      }),
+    );
+    await append(store, 'a-1', 3);
+    subscription.start();
+    await until(async () => (await subscription.status()).state === 'failed', 'failed');
+    const status = await subscription.status();
+    assert.deepEqual(applied, [0]);
+    assert.equal(status.failure?.message, 'boom');
+    assert.equal(status.lag.events, 2, 'the poison event and the one after it wait');
+    await subscription.stop();
+  });
+
+  it('pause, resume and reset', async () => {
+    const { store, seen, options } = setup();
+    const subscription = createSubscription(options());
+    subscription.start();
+    await append(store, 'a-1', 2);
+    await until(() => seen.length === 2, 'two events');
+    subscription.pause();
+    await until(async () => (await subscription.status()).state === 'paused', 'paused');
+    await append(store, 'a-1', 1);
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    assert.equal(seen.length, 2, 'nothing processed while paused');
+    assert.equal((await subscription.status()).lag.events, 1);
+    subscription.resume();
+    await until(() => seen.length === 3, 'resumed');
+    await subscription.reset('beginning');
+    await until(() => seen.length === 6, 'reprocessed from the beginning');
+    await subscription.stop();
+  });
+
+  it('waitFor times out with a typed error', async () => {
+    const { store, options } = setup();
+    const subscription = createSubscription(options());
+    const { position } = await append(store, 'a-1');
+    await assert.rejects(subscription.waitFor(position, { timeoutMs: 50 }), WaitTimeoutError);
+  });
+
+  it('lag counts the events after the checkpoint and their age', async () => {
+    const { store, options } = setup();
+    const subscription = createSubscription(options());
+    await append(store, 'a-1', 4);
+    const status = await subscription.status();
+    assert.equal(status.lag.events, 4);
+    assert.ok(status.lag.seconds >= 0);
+    await subscription.catchUp();
+    assert.equal((await subscription.status()).lag.events, 0);
+  });
+});
