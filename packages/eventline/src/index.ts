@@ -29,3 +29,5 @@ export * from './write/command-bus.js';
 export * from './subscriptions/contract.js';
 export { createInMemorySubscriptionStore, type InMemoryTransaction } from './subscriptions/memory.js';
 export * from './subscriptions/engine.js';
+export * from './projections/documents.js';
+export * from './projections/projection.js';
