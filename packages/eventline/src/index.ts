@@ -31,3 +31,6 @@ export { createInMemorySubscriptionStore, type InMemoryTransaction } from './sub
 export * from './subscriptions/engine.js';
 export * from './projections/documents.js';
 export * from './projections/projection.js';
+export * from './transport/contract.js';
+export { createInProcessBroker, type InProcessBroker } from './transport/in-process.js';
+export * from './transport/inbox.js';

@@ -4,3 +4,4 @@
  */
 export { describeEventStoreConformance, type EventStoreFactory } from './event-store-conformance.js';
 export { DeciderSpecification } from './specification.js';
+export { describeTransportConformance, type TransportFactory } from './transport-conformance.js';

@@ -1,0 +1,96 @@
+import type { RecordedEvent } from '../event.js';
+
+/**
+ * A message on an external bus: one committed event. `id` is the event id, which brokers use to de-duplicate a
+ * re-published message and consumers use in their inbox.
+ */
+export interface TransportMessage {
+  readonly id: string;
+  /** `<category>.<type>` (`account.MoneyDeposited`); transports prefix it (NATS subject, RabbitMQ routing key, ...). */
+  readonly subject: string;
+  /** Messages of one stream are delivered to a group in publish order. */
+  readonly streamId: string;
+  /** The event as JSON (see {@link encodeEvent}). */
+  readonly body: string;
+  /** Metadata as strings: event type, stream, version, position, correlation/causation ids, traceparent, replay flag. */
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+export interface ReceivedMessage extends TransportMessage {
+  /** 1 on first delivery; more when redelivered after a failure or a consumer crash. */
+  readonly deliveryCount: number;
+}
+
+export interface ConsumeOptions {
+  /** The consumer group: every group gets every message; within a group each message is handled by one member. */
+  readonly group: string;
+  /** Only these subjects (`<category>.<type>`; `<category>.*` for a whole category). Default: everything. */
+  readonly subjects?: readonly string[];
+  /** Runs for each message; the message is acknowledged when it resolves and redelivered when it throws. */
+  readonly handler: (message: ReceivedMessage) => Promise<void>;
+  /** Where a new group starts: the oldest retained message (default) or only new ones. */
+  readonly from?: 'oldest' | 'new';
+  /** Delay before a failed message is delivered again (default 1000 ms). */
+  readonly retryDelayMs?: number;
+}
+
+export interface Consumer {
+  /** Stops taking messages; a message in progress finishes (and is acknowledged) first. */
+  stop(): Promise<void>;
+}
+
+/**
+ * An external message bus, the small seam every transport implements (in-process, NATS JetStream, RabbitMQ, Redis
+ * Streams) and the transport conformance suite in `eventline/testing` checks:
+ * - `publish` resolves only when the broker has durably accepted every message (confirms); a message id published
+ *   twice is delivered once where the broker de-duplicates, and consumers de-duplicate with an inbox anyway.
+ * - Delivery is at least once: a message is acknowledged after its handler succeeds, and redelivered when the handler
+ *   throws or the consumer dies before acknowledging.
+ * - Within a group, messages of one stream are handled one at a time, in publish order.
+ */
+export interface Transport {
+  readonly name: string;
+  publish(messages: readonly TransportMessage[]): Promise<void>;
+  consume(options: ConsumeOptions): Promise<Consumer>;
+  close(): Promise<void>;
+}
+
+/** Header names, shared by every transport. */
+export const HEADERS = {
+  eventType: 'eventline-type',
+  streamId: 'eventline-stream',
+  version: 'eventline-version',
+  position: 'eventline-position',
+  correlationId: 'eventline-correlation-id',
+  causationId: 'eventline-causation-id',
+  traceparent: 'traceparent',
+  replay: 'eventline-replay',
+} as const;
+
+/** The message for an event. `replay` marks republished history, so consumers can tell. */
+export function encodeEvent(event: RecordedEvent, options: { replay?: boolean } = {}): TransportMessage {
+  const category = event.streamId.slice(0, event.streamId.indexOf('-'));
+  const headers: Record<string, string> = {
+    [HEADERS.eventType]: event.type,
+    [HEADERS.streamId]: event.streamId,
+    [HEADERS.version]: String(event.version),
+    [HEADERS.position]: event.position,
+  };
+  if (event.metadata.correlationId) headers[HEADERS.correlationId] = event.metadata.correlationId;
+  if (event.metadata.causationId) headers[HEADERS.causationId] = event.metadata.causationId;
+  if (event.metadata.traceparent) headers[HEADERS.traceparent] = event.metadata.traceparent;
+  if (options.replay) headers[HEADERS.replay] = 'true';
+  return { id: event.id, subject: `${category}.${event.type}`, streamId: event.streamId, body: JSON.stringify(event), headers };
+}
+
+/** The event in a message (with `recordedAt` as a Date again). */
+export function decodeEvent(message: TransportMessage): RecordedEvent {
+  const parsed = JSON.parse(message.body) as RecordedEvent & { recordedAt: string };
+  return { ...parsed, recordedAt: new Date(parsed.recordedAt) };
+}
+
+/** Whether a subject matches a filter entry: exact, or `<category>.*`. */
+export function subjectMatches(subject: string, filters: readonly string[] | undefined): boolean {
+  if (!filters || filters.length === 0) return true;
+  return filters.some((filter) => filter === subject || (filter.endsWith('.*') && subject.startsWith(filter.slice(0, -1))));
+}
