@@ -34,3 +34,4 @@ export * from './projections/projection.js';
 export * from './transport/contract.js';
 export { createInProcessBroker, type InProcessBroker } from './transport/in-process.js';
 export * from './transport/inbox.js';
+export * from './transport/publisher.js';

@@ -22,6 +22,11 @@ export interface SubscriptionOptions<Tx> {
   store: EventStore;
   subscriptions: SubscriptionStore<Tx>;
   handle: EventHandler<Tx>;
+  /**
+   * Optional: handles a whole batch at once (a publisher sends it to the broker in one go). When it fails, the batch
+   * is retried event by event through `handle`, so a poison event is still found, retried and parked.
+   */
+  handleBatch?: (events: readonly RecordedEvent[], context: HandlerContext<Tx>) => Promise<void>;
   /** Only these categories / event types (filtered in the store). */
   filter?: ReadAllFilter;
   /** Where a subscription with no checkpoint starts: the beginning (default), the end, or a position. */
@@ -351,6 +356,12 @@ class SubscriptionRunner<Tx> implements Subscription {
     let failedAt = -1;
     try {
       await this.commit({ position: next }, async (tx) => {
+        const handleBatch = this.options.handleBatch;
+        if (handleBatch) {
+          failedAt = 0;
+          await handleBatch(events, { tx, subscription: this.name, attempt: 1 });
+          return;
+        }
         for (const [index, event] of events.entries()) {
           failedAt = index;
           await this.options.handle(event, { tx, subscription: this.name, attempt: 1 });

@@ -50,7 +50,8 @@ export function consumeEvents<Tx>(transport: Transport, options: ConsumeEventsOp
     ...consume,
     handler: async (message) => {
       const event = decodeEvent(message);
-      await inbox.process(options.group, message.id, (tx) => handle(event, { tx, message, replay: message.headers['eventline-replay'] === 'true' }));
+      // Keyed by the event id (not the message id), so a replayed copy of an event already processed has no effect.
+      await inbox.process(options.group, event.id, (tx) => handle(event, { tx, message, replay: message.headers['eventline-replay'] === 'true' }));
     },
   });
 }

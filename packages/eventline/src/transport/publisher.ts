@@ -1,0 +1,85 @@
+import { ValidationError } from '../errors.js';
+import type { RecordedEvent } from '../event.js';
+import { newId } from '../ids.js';
+import type { Position } from '../position.js';
+import type { EventStore, ReadAllFilter } from '../store/contract.js';
+import type { SubscriptionStore } from '../subscriptions/contract.js';
+import { createSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
+import { encodeEvent, type Transport } from './contract.js';
+
+export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch'> {
+  /** Names the publisher's subscription (checkpoint and lease): `publisher-<name>`. */
+  name: string;
+  transport: Transport;
+  subscriptions: SubscriptionStore<Tx>;
+}
+
+/**
+ * Forwards committed events to a transport: a subscription on the log whose checkpoint moves only after the broker
+ * confirmed the batch. The store is the outbox; there is no dual write. Delivery is at least once (a crash between
+ * the confirm and the checkpoint republishes the batch, which the broker or the consumer inbox de-duplicates by id),
+ * in log order, so in order per stream.
+ */
+export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription {
+  const { transport, name, ...rest } = options;
+  return createSubscription<Tx>({
+    ...rest,
+    name: `publisher-${name}`,
+    handle: (event) => transport.publish([encodeEvent(event)]),
+    handleBatch: (events) => transport.publish(events.map((event) => encodeEvent(event))),
+  });
+}
+
+export interface ReplayOptions {
+  store: EventStore;
+  transport: Transport;
+  /** What to republish: a range of the global log (`after`, `until`, inclusive), with an optional filter, or one stream. */
+  after?: Position;
+  until?: Position;
+  filter?: ReadAllFilter;
+  streamId?: string;
+  /** Most events per second (default: as fast as the broker confirms). */
+  ratePerSecond?: number;
+  batchSize?: number;
+  onProgress?: (progress: { published: number; position: Position | null; eventsPerSecond: number }) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Republishes history to a transport, marked as a replay (header `eventline-replay: true`, and a message id of its
+ * own so brokers do not drop it as a duplicate), for a downstream domain that lost its data and rebuilds from the bus.
+ * Consumers de-duplicate by event id in their inbox, so a consumer that kept its inbox ignores what it already has.
+ */
+export async function replayToTransport(options: ReplayOptions): Promise<{ published: number; position: Position | null }> {
+  if (options.ratePerSecond !== undefined && !(options.ratePerSecond > 0)) throw new ValidationError('replay: ratePerSecond must be more than 0');
+  const batchSize = options.batchSize ?? 100;
+  const run = newId();
+  const started = Date.now();
+  let published = 0;
+  let position: Position | null = null;
+  let batch: RecordedEvent[] = [];
+  const flush = async () => {
+    if (batch.length === 0) return;
+    await options.transport.publish(batch.map((event) => ({ ...encodeEvent(event, { replay: true }), id: `${event.id}.replay.${run}` })));
+    published += batch.length;
+    position = batch[batch.length - 1]!.position;
+    batch = [];
+    const elapsed = (Date.now() - started) / 1000;
+    options.onProgress?.({ published, position, eventsPerSecond: elapsed > 0 ? Math.round(published / elapsed) : published });
+    if (options.ratePerSecond) {
+      const due = (published / options.ratePerSecond) * 1000 - (Date.now() - started);
+      if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
+    }
+  };
+  const source = options.streamId
+    ? options.store.readStream(options.streamId)
+    : options.store.readAll({ ...(options.after ? { after: options.after } : {}), ...(options.filter ? { filter: options.filter } : {}) });
+  for await (const event of source) {
+    if (options.signal?.aborted) break;
+    if (options.until !== undefined && event.position > options.until) break;
+    batch.push(event);
+    if (batch.length >= Math.min(batchSize, options.ratePerSecond ? Math.max(1, Math.floor(options.ratePerSecond / 10)) : batchSize)) await flush();
+  }
+  await flush();
+  return { published, position };
+}

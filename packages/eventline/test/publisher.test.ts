@@ -1,0 +1,79 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  consumeEvents,
+  createInMemoryInbox,
+  createInMemoryStore,
+  createInMemorySubscriptionStore,
+  createInProcessBroker,
+  createPublisher,
+  newId,
+  replayToTransport,
+  type Transport,
+} from 'eventline';
+
+async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+const deposit = (i: number) => ({ id: newId(), type: 'Deposited', data: { i } });
+
+describe('publisher and replay (in-memory store, in-process broker)', () => {
+  it('forwards committed events in order, moving its checkpoint only after the broker confirms', async () => {
+    const store = createInMemoryStore();
+    const broker = createInProcessBroker();
+    const real = broker.connect();
+    let failing = 2;
+    const flaky: Transport = {
+      ...real,
+      name: 'flaky',
+      publish: async (messages) => {
+        if (failing-- > 0) throw new Error('broker unavailable');
+        await real.publish(messages);
+      },
+      consume: (o) => real.consume(o),
+      close: () => real.close(),
+    };
+    const publisher = createPublisher({ name: 'bus', store, subscriptions: createInMemorySubscriptionStore(store), transport: flaky, pollIntervalMs: 10, retry: { maxAttempts: 10, baseDelayMs: 1, maxDelayMs: 5 } });
+    for (let i = 0; i < 10; i++) await store.append(`account-${i % 3}`, [deposit(i)]);
+    const effects: number[] = [];
+    const consumer = await consumeEvents(broker.connect(), { group: 'statements', inbox: createInMemoryInbox(), handle: async (event) => void effects.push((event.data as { i: number }).i) });
+    publisher.start();
+    await until(() => effects.length === 10, 'all events on the bus');
+    assert.deepEqual(effects, [...Array(10).keys()], 'in log order, each once');
+    assert.equal((await publisher.status()).lag.events, 0);
+    assert.deepEqual(await publisher.parked(), []);
+    await publisher.stop();
+    await consumer.stop();
+  });
+
+  it('replay republishes history marked as replay; a wiped consumer rebuilds, one that kept its inbox ignores it', async () => {
+    const store = createInMemoryStore();
+    const broker = createInProcessBroker();
+    const transport = broker.connect();
+    for (let i = 0; i < 6; i++) await store.append(i % 2 ? 'payment-1' : 'account-1', [deposit(i)]);
+    const inbox = createInMemoryInbox();
+    const seen: Array<{ i: number; replay: boolean }> = [];
+    const kept = await consumeEvents(broker.connect(), { group: 'kept', inbox, handle: async (event, { replay }) => void seen.push({ i: (event.data as { i: number }).i, replay }) });
+    const progress: number[] = [];
+    const first = await replayToTransport({ store, transport, filter: { categories: ['account'] } });
+    assert.equal(first.published, 3);
+    await until(() => seen.length === 3, 'the first replay');
+    assert.ok(seen.every((s) => s.replay));
+    const again = await replayToTransport({ store, transport, filter: { categories: ['account'] }, ratePerSecond: 100, onProgress: (p) => progress.push(p.published) });
+    assert.equal(again.published, 3);
+    const rebuilt: number[] = [];
+    const wiped = await consumeEvents(broker.connect(), { group: 'wiped', inbox: createInMemoryInbox(), handle: async (event) => void rebuilt.push((event.data as { i: number }).i) });
+    await until(() => rebuilt.length === 3, 'a consumer that lost its data rebuilds from the replays');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(rebuilt, [0, 2, 4], 'each event once, in order, though it was replayed twice');
+    assert.equal(seen.length, 3, 'a consumer that kept its inbox has no second effect');
+    assert.equal(progress.at(-1), 3);
+    await kept.stop();
+    await wiped.stop();
+  });
+});
