@@ -23,6 +23,7 @@ import { ConfirmPayment, CreatePayment, payment, paymentEvents, RefundPayment } 
 
 export * from './account.js';
 export * from './payment.js';
+export * from './read-models.js';
 
 /** Moves money between two accounts: both halves commit in one transaction, or neither does. */
 export const TransferMoney = defineCommand(

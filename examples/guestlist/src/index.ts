@@ -3,6 +3,7 @@ import { createCommandBus, createRepository, defaultMiddleware, eventRegistry, t
 import { AcceptInvite, ConfirmInvite, CreateInvite, DeclineInvite, DenyInvite, invitation, invitationEvents } from './invitation.js';
 
 export * from './invitation.js';
+export * from './read-models.js';
 
 export const guestlistEvents = eventRegistry(invitationEvents, { strict: false });
 

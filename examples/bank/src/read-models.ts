@@ -1,0 +1,134 @@
+/**
+ * The bank's read models, from the article: the balance of each account, its statement (every movement with the
+ * running balance) and payments by status. One projection; bump its version when a handler changes, and it is
+ * rebuilt blue/green.
+ */
+import { defineProjection, type ProjectionDocuments, type RecordedEvent } from 'eventline';
+
+type Documents = <T>(name: string) => ProjectionDocuments<T>;
+
+export interface BalanceView {
+  accountId: string;
+  owner: string;
+  balance: number;
+  status: 'open' | 'closed';
+  version: number;
+}
+
+export interface StatementLine {
+  version: number;
+  type: string;
+  amount: number;
+  balance: number;
+  at: string;
+  transferId?: string;
+  counterparty?: string;
+}
+
+export interface StatementView {
+  accountId: string;
+  lines: StatementLine[];
+}
+
+export interface PaymentView {
+  paymentId: string;
+  accountId: string;
+  amount: number;
+  status: 'created' | 'confirmed' | 'refunded';
+  updatedAt: string;
+}
+
+export interface PaymentCounts {
+  created: number;
+  confirmed: number;
+  refunded: number;
+}
+
+const accountIdOf = (event: RecordedEvent) => event.streamId.slice('account-'.length);
+const paymentIdOf = (event: RecordedEvent) => event.streamId.slice('payment-'.length);
+
+/** A signed movement: what it does to the balance. */
+function movement(event: RecordedEvent): StatementLine['amount'] | null {
+  const data = event.data as { amount?: number };
+  switch (event.type) {
+    case 'MoneyDeposited':
+    case 'MoneyTransferredIn':
+      return data.amount ?? 0;
+    case 'MoneyWithdrawn':
+    case 'MoneyTransferredOut':
+      return -(data.amount ?? 0);
+    default:
+      return null;
+  }
+}
+
+const applyMovement = async (event: RecordedEvent, documents: Documents) => {
+  const amount = movement(event)!;
+  const id = accountIdOf(event);
+  let balance = 0;
+  await documents<BalanceView>('balance').update(id, (current) => {
+    balance = (current?.balance ?? 0) + amount;
+    return { accountId: id, owner: current?.owner ?? '', status: current?.status ?? 'open', balance, version: event.version };
+  });
+  const data = event.data as { transferId?: string; to?: string; from?: string };
+  await documents<StatementView>('statement').update(id, (current) => ({
+    accountId: id,
+    lines: [
+      ...(current?.lines ?? []),
+      {
+        version: event.version,
+        type: event.type,
+        amount,
+        balance: (current?.lines.at(-1)?.balance ?? 0) + amount,
+        at: event.recordedAt.toISOString(),
+        ...(data.transferId ? { transferId: data.transferId, counterparty: data.to ?? data.from ?? '' } : {}),
+      },
+    ],
+  }));
+};
+
+export const bankReadModels = defineProjection({
+  name: 'bank',
+  version: 1,
+  categories: ['account', 'payment'],
+  handlers: {
+    AccountOpened: async (event, { documents }) => {
+      const id = accountIdOf(event);
+      await documents<BalanceView>('balance').set(id, { accountId: id, owner: (event.data as { owner: string }).owner, balance: 0, status: 'open', version: event.version });
+      await documents<StatementView>('statement').set(id, { accountId: id, lines: [] });
+    },
+    MoneyDeposited: (event, { documents }) => applyMovement(event, documents),
+    MoneyWithdrawn: (event, { documents }) => applyMovement(event, documents),
+    MoneyTransferredIn: (event, { documents }) => applyMovement(event, documents),
+    MoneyTransferredOut: (event, { documents }) => applyMovement(event, documents),
+    AccountClosed: async (event, { documents }) => {
+      await documents<BalanceView>('balance').update(accountIdOf(event), (current) => (current ? { ...current, status: 'closed', version: event.version } : null));
+    },
+    PaymentCreated: async (event, { documents }) => {
+      const data = event.data as { accountId: string; amount: number };
+      await documents<PaymentView>('payment').set(paymentIdOf(event), { paymentId: paymentIdOf(event), accountId: data.accountId, amount: data.amount, status: 'created', updatedAt: event.recordedAt.toISOString() });
+      await countPayment(documents, event, null, 'created');
+    },
+    PaymentConfirmed: (event, { documents }) => movePayment(event, documents, 'confirmed'),
+    PaymentRefunded: (event, { documents }) => movePayment(event, documents, 'refunded'),
+  },
+});
+
+async function movePayment(event: RecordedEvent, documents: Documents, status: 'confirmed' | 'refunded') {
+  let previous: PaymentView['status'] | null = null;
+  await documents<PaymentView>('payment').update(paymentIdOf(event), (current) => {
+    previous = current?.status ?? null;
+    return current ? { ...current, status, updatedAt: event.recordedAt.toISOString() } : null;
+  });
+  await countPayment(documents, event, previous, status);
+}
+
+/** Payments by status: one document with the counts. */
+async function countPayment(documents: Documents, _event: RecordedEvent, from: PaymentView['status'] | null, to: PaymentView['status']) {
+  await documents<PaymentCounts>('payment_counts').update('all', (current) => {
+    const counts = { created: 0, confirmed: 0, refunded: 0, ...current };
+    if (from) counts[from]--;
+    counts[to]++;
+    return counts;
+  });
+}

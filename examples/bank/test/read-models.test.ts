@@ -1,0 +1,61 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { createAsyncProjection, createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore } from 'eventline';
+import {
+  bankReadModels,
+  ConfirmPayment,
+  CreatePayment,
+  createBank,
+  Deposit,
+  OpenAccount,
+  RefundPayment,
+  TransferMoney,
+  Withdraw,
+  type BalanceView,
+  type PaymentCounts,
+  type PaymentView,
+  type StatementView,
+} from '../src/index.js';
+
+describe('bank read models', () => {
+  it('balance, statement with running balance, payments by status', async () => {
+    const store = createInMemoryStore();
+    const { bus } = createBank(store);
+    const projection = createAsyncProjection({
+      projection: bankReadModels,
+      store,
+      subscriptions: createInMemorySubscriptionStore(store),
+      documents: createInMemoryDocumentStore(),
+      catalog: createInMemoryProjectionCatalog(),
+      pollIntervalMs: 10,
+    });
+    await projection.start();
+    await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
+    await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
+    await bus.dispatch(Deposit.create({ accountId: 'a', amount: 100 }));
+    await bus.dispatch(Withdraw.create({ accountId: 'a', amount: 30 }));
+    await bus.dispatch(TransferMoney.create({ transferId: 't1', from: 'a', to: 'b', amount: 50 }));
+    await bus.dispatch(CreatePayment.create({ paymentId: 'p1', accountId: 'a', amount: 20 }));
+    await bus.dispatch(CreatePayment.create({ paymentId: 'p2', accountId: 'b', amount: 5 }));
+    await bus.dispatch(ConfirmPayment.create({ paymentId: 'p1' }));
+    const last = await bus.dispatch(RefundPayment.create({ paymentId: 'p1', reason: 'returned' }));
+    await projection.waitFor(last.position!);
+
+    const balances = await projection.collection<BalanceView>('balance');
+    assert.deepEqual(await balances.get('a'), { accountId: 'a', owner: 'Ada', balance: 20, status: 'open', version: 4 });
+    assert.equal((await balances.get('b'))?.balance, 50);
+    const statement = (await (await projection.collection<StatementView>('statement')).get('a'))!;
+    assert.deepEqual(
+      statement.lines.map((line) => [line.type, line.amount, line.balance]),
+      [
+        ['MoneyDeposited', 100, 100],
+        ['MoneyWithdrawn', -30, 70],
+        ['MoneyTransferredOut', -50, 20],
+      ],
+    );
+    assert.equal(statement.lines[2]!.counterparty, 'b');
+    assert.equal((await (await projection.collection<PaymentView>('payment')).get('p1'))?.status, 'refunded');
+    assert.deepEqual(await (await projection.collection<PaymentCounts>('payment_counts')).get('all'), { created: 1, confirmed: 0, refunded: 1 });
+    await projection.stop();
+  });
+});
