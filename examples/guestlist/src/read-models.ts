@@ -46,10 +46,11 @@ export const guestlistReadModels = defineProjection({
     InviteCreated: async (event, { documents }) => {
       const data = event.data as { name: string; age?: number };
       const created = await documents<InvitationView>('invitation').set(inviteIdOf(event), { inviteId: inviteIdOf(event), name: data.name, age: data.age ?? null, status: 'created' });
-      if (created) await documents<GuestListView>('guest_list').update('main', (current) => {
+      if (!created) return;
+      await documents<GuestListView>('guest_list').update('main', (current) => {
         const counts = { guests: 0, accepted: 0, declined: 0, confirmed: 0, denied: 0, ...current };
         return { ...counts, guests: counts.guests + 1 };
-      }));
+      });
     },
     InviteAccepted: (event, { documents }) => respond(event, documents),
     InviteDeclined: (event, { documents }) => respond(event, documents),
