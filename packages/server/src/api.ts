@@ -15,7 +15,7 @@ export interface HttpApiOptions {
   /** Command types are routed to whichever bus registered them. */
   buses: readonly CommandBus[];
   /** Read models by projection name. */
-  projections: Readonly<Record<string, AsyncProjection<unknown>>>;
+  projections: Readonly<Record<string, Pick<AsyncProjection<never>, 'waitFor' | 'collection'>>>;
   /** Default time a read waits for `?position=` (read-your-writes). Default 5000 ms. */
   waitTimeoutMs?: number;
   /** Largest request body in bytes (default 1 MiB + a little, so the store's own limit speaks first). */

@@ -1,0 +1,38 @@
+/**
+ * The demo service, composed from parts: the bank and the guest list on one event store, their read models as async
+ * projections, and the HTTP API. Storage is passed in, so the same app runs on PGlite, PostgreSQL or in memory.
+ */
+import { bankReadModels, createBank } from '@eventline/example-bank';
+import { createGuestlist, guestlistReadModels } from '@eventline/example-guestlist';
+import { createHttpApi } from '@eventline/server';
+import { createAsyncProjection, type DocumentStore, type EventStore, type ProjectionCatalog, type SnapshotStore, type SubscriptionStore } from 'eventline';
+
+export interface DemoStorage<Tx> {
+  store: EventStore;
+  subscriptions: SubscriptionStore<Tx>;
+  documents: DocumentStore<Tx>;
+  catalog: ProjectionCatalog;
+  snapshots?: SnapshotStore;
+}
+
+export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: { logger?: boolean } = {}) {
+  const bank = createBank(storage.store, storage.snapshots ? { snapshots: storage.snapshots } : {});
+  const guestlist = createGuestlist(storage.store, storage.snapshots ? { snapshots: storage.snapshots } : {});
+  const common = { store: storage.store, subscriptions: storage.subscriptions, documents: storage.documents, catalog: storage.catalog, pollIntervalMs: 500 };
+  const projections = {
+    bank: createAsyncProjection({ ...common, projection: bankReadModels }),
+    guestlist: createAsyncProjection({ ...common, projection: guestlistReadModels }),
+  };
+  for (const projection of Object.values(projections)) await projection.start();
+  const api = createHttpApi({ store: storage.store, buses: [bank.bus, guestlist.bus], projections, ...(options.logger === undefined ? {} : { logger: options.logger }) });
+  return {
+    api,
+    bank,
+    guestlist,
+    projections,
+    async close() {
+      await api.close();
+      for (const projection of Object.values(projections)) await projection.stop();
+    },
+  };
+}

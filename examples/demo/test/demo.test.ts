@@ -1,0 +1,33 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore } from 'eventline';
+import { createDemo } from '../src/app.js';
+
+describe('demo service (in memory)', () => {
+  it('open, deposit, transfer, then balance and statement over HTTP', async () => {
+    const store = createInMemoryStore();
+    const demo = await createDemo({ store, subscriptions: createInMemorySubscriptionStore(store), documents: createInMemoryDocumentStore(), catalog: createInMemoryProjectionCatalog() });
+    try {
+      const command = async (type: string, data: unknown) => {
+        const response = await demo.api.inject({ method: 'POST', url: `/commands/${type}`, payload: data as object });
+        assert.equal(response.statusCode, 200, response.body);
+        return response.json() as { position: string };
+      };
+      await command('OpenAccount', { accountId: 'ada', owner: 'Ada' });
+      await command('OpenAccount', { accountId: 'bob', owner: 'Bob' });
+      await command('Deposit', { accountId: 'ada', amount: 100 });
+      const { position } = await command('TransferMoney', { from: 'ada', to: 'bob', amount: 40 });
+      const balance = await demo.api.inject({ url: `/read-models/bank/balance/bob?position=${position}` });
+      assert.equal((balance.json() as { balance: number }).balance, 40);
+      const statement = await demo.api.inject({ url: `/read-models/bank/statement/ada?position=${position}` });
+      assert.deepEqual((statement.json() as { lines: Array<{ balance: number }> }).lines.map((l) => l.balance), [100, 60]);
+      const overdraft = await demo.api.inject({ method: 'POST', url: '/commands/Withdraw', payload: { accountId: 'bob', amount: 1000 } });
+      assert.equal(overdraft.statusCode, 422);
+      const invite = await command('CreateInvite', { inviteId: 'athena', name: 'Athena' });
+      const list = await demo.api.inject({ url: `/read-models/guestlist/guest_list/main?position=${invite.position}` });
+      assert.equal((list.json() as { guests: number }).guests, 1);
+    } finally {
+      await demo.close();
+    }
+  });
+});
