@@ -1,0 +1,406 @@
+/**
+ * The event store logic shared by the PostgreSQL and PGlite backends. Everything here runs the statements of sql.ts
+ * through an {@link Executor}; the backends only differ in how they reach the database (a pool or one embedded
+ * instance) and how they run transactions.
+ */
+import {
+  ConcurrencyError,
+  EventIdConflictError,
+  StoreClosedError,
+  StreamDeletedError,
+  assertExpectedVersion,
+  assertStreamId,
+  assertStreamMetadata,
+  firstVisibleVersion,
+  formatPosition,
+  normaliseReadAllOptions,
+  normaliseReadStreamOptions,
+  parsePosition,
+  positionBeforeTransaction,
+  prepareAppend,
+  type AppendOptions,
+  type AppendResult,
+  type EventInput,
+  type EventMetadata,
+  type EventRegistry,
+  type EventStore,
+  type EventStoreSession,
+  type ExpectedVersion,
+  type Position,
+  type ReadAllHoldback,
+  type ReadAllOptions,
+  type ReadAllPage,
+  type ReadStreamOptions,
+  type RecordedEvent,
+  type StreamInfo,
+  type StreamMetadata,
+} from 'eventline';
+import { DatabaseOperationError } from './errors.js';
+import type { Statement, Statements } from './sql.js';
+
+/** How the store code reaches the database: one statement at a time, errors already mapped (see errors.ts). */
+export interface Executor {
+  query<R>(statement: Statement, values: unknown[], operation: string): Promise<R[]>;
+  /** PGlite transactions: called before the first change to a stream, to remember its committed state. */
+  beforeStreamWrite?(streamId: string): Promise<void>;
+  /** PGlite transactions: a hard delete keeps the events until commit (see pglite.ts); `hardDeleted` is told which. */
+  readonly keepHardDeletedEvents?: boolean;
+  hardDeleted?(streamId: string): void;
+}
+
+/** A raw SQL client on the same connection and transaction as a session, for code that writes beside the events. */
+export interface SqlClient {
+  /** The schema of the store (unquoted). */
+  readonly schema: string;
+  /** Runs one statement with parameters ($1, $2...) and returns its rows. */
+  query<R = Record<string, unknown>>(text: string, values?: unknown[]): Promise<R[]>;
+}
+
+export interface StoreConfig {
+  readonly statements: Statements;
+  readonly events: EventRegistry | undefined;
+  readonly maxEventBytes: number | undefined;
+}
+
+/** The row of `streams`, as the drivers return it. */
+export interface StreamRowData {
+  version: string | number;
+  hidden_before: string | number;
+  deleted: 'soft' | 'hard' | null;
+  metadata: StreamMetadata;
+}
+
+interface EventRow {
+  event_id: string;
+  stream_id: string;
+  type: string;
+  version: string | number;
+  position: string | number | bigint;
+  transaction_id: string;
+  recorded_at: Date;
+  data: unknown;
+  metadata: EventMetadata;
+}
+
+interface WriteRow {
+  status: 'ok' | 'duplicate' | 'deleted' | 'wrong_version' | 'id_conflict';
+  stream_version: string | number | null;
+  stream_exists: boolean | null;
+}
+
+interface AppendRow extends WriteRow {
+  first_version: string | number | null;
+  last_position: string | number | bigint | null;
+  tx_id: string | null;
+  conflict_ids: string[] | null;
+}
+
+const INT8_MAX = 0x7fffffffffffffffn;
+
+function expectedText(expected: ExpectedVersion): string {
+  return typeof expected === 'number' ? String(expected) : expected;
+}
+
+function refusal(row: WriteRow, streamId: string, expected: ExpectedVersion): Error {
+  if (row.status === 'deleted') return new StreamDeletedError(streamId);
+  if (row.status === 'wrong_version') {
+    const version = Number(row.stream_version ?? 0);
+    return new ConcurrencyError(streamId, expected, row.stream_exists ? version : 'no_stream', version);
+  }
+  return new Error(`eventline: unexpected status '${String(row.status)}' from the database for stream '${streamId}'`);
+}
+
+/** A unique violation on events.event_id: the same id was inserted concurrently by an append to another stream. */
+function duplicateIdsOf(error: unknown, ids: readonly string[]): string[] | null {
+  const cause = error instanceof DatabaseOperationError ? error.cause : error;
+  const { code, constraint, detail } = (cause ?? {}) as { code?: string; constraint?: string; detail?: string };
+  if (code !== '23505') return null;
+  if (constraint !== undefined ? !constraint.endsWith('event_id_key') : !/\(event_id\)/.test(detail ?? '')) return null;
+  const found = /\(event_id\)=\(([0-9a-f-]{36})\)/i.exec(detail ?? '')?.[1]?.toLowerCase();
+  return found && ids.includes(found) ? [found] : [...ids];
+}
+
+function toStreamInfo(streamId: string, row: StreamRowData | undefined): StreamInfo {
+  if (!row) return { streamId, exists: false, version: 0, deleted: null };
+  const version = Number(row.version);
+  return { streamId, exists: version > 0 && row.deleted === null, version, deleted: row.deleted };
+}
+
+/**
+ * A session: the store's operations on one executor. The store's own methods use a session on the pool (each statement
+ * in its own transaction); `transaction()` gives `fn` a session on one transaction.
+ */
+export class SqlSession implements EventStoreSession {
+  /**
+   * Raw SQL on this session's connection: inside `transaction()`, statements run in the same transaction as the
+   * session's appends (read-model writers use it to commit with the events).
+   */
+  readonly sql: SqlClient;
+
+  constructor(
+    protected readonly config: StoreConfig,
+    protected readonly executor: Executor,
+    /** Checked before each operation (transaction sessions: the transaction is still running). */
+    private readonly guard?: (operation: string) => void,
+  ) {
+    this.sql = {
+      schema: config.statements.schema,
+      query: async <R>(text: string, values: unknown[] = []) => {
+        await this.enter('run a query');
+        return executor.query<R>({ name: '', text, readOnly: false }, values, 'run a query');
+      },
+    };
+  }
+
+  /** Checked before each operation: the store is open and migrated, the transaction still running. */
+  protected enter(operation: string): void | Promise<void> {
+    this.guard?.(operation);
+  }
+
+  async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
+    await this.enter('append');
+    const prepared = await prepareAppend(streamId, events, options, { registry: this.config.events, maxEventBytes: this.config.maxEventBytes });
+    const id = prepared.streamId;
+    const operation = `append to '${id}'`;
+    await this.enter(operation);
+    const count = prepared.events.length;
+    const ids = new Array<string>(count);
+    const types = new Array<string>(count);
+    const data = new Array<string>(count);
+    const metadata = new Array<string>(count);
+    for (let i = 0; i < count; i++) {
+      const event = prepared.events[i]!;
+      ids[i] = event.id;
+      types[i] = event.type;
+      data[i] = event.dataJson;
+      metadata[i] = event.metadataJson;
+    }
+    await this.executor.beforeStreamWrite?.(id);
+    let row: AppendRow;
+    try {
+      [row] = (await this.executor.query<AppendRow>(this.config.statements.appendEvents, [id, expectedText(prepared.expectedVersion), ids, types, data, metadata], operation)) as [AppendRow];
+    } catch (error) {
+      const conflicting = duplicateIdsOf(error, ids);
+      if (conflicting) throw new EventIdConflictError(id, conflicting);
+      throw error;
+    }
+    if (row.status === 'ok' || row.status === 'duplicate') {
+      return {
+        streamId: id,
+        version: Number(row.stream_version),
+        firstVersion: Number(row.first_version),
+        position: formatPosition(BigInt(row.tx_id!), BigInt(row.last_position!)),
+        duplicate: row.status === 'duplicate',
+      };
+    }
+    if (row.status === 'id_conflict') throw new EventIdConflictError(id, row.conflict_ids ?? ids);
+    throw refusal(row, id, prepared.expectedVersion);
+  }
+
+  readStream(streamId: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent> {
+    return this.readStreamPages(streamId, options);
+  }
+
+  private async *readStreamPages(streamId: string, options?: ReadStreamOptions): AsyncGenerator<RecordedEvent> {
+    await this.enter('read a stream');
+    const id = assertStreamId(streamId);
+    const { direction, from, limit, pageSize } = normaliseReadStreamOptions(options);
+    const operation = `read stream '${id}'`;
+    const row = await this.streamRow(id, operation);
+    if (row?.deleted === 'hard') throw new StreamDeletedError(id);
+    if (!row) return;
+    const version = Number(row.version);
+    if (version === 0) return;
+    const metadata = row.metadata ?? {};
+    const first = firstVisibleVersion({ version, hiddenBefore: Number(row.hidden_before) }, metadata);
+    const maxAge = metadata.maxAge ?? null;
+    const forwards = direction === 'forwards';
+    const statement = forwards ? this.config.statements.readStreamForwards : this.config.statements.readStreamBackwards;
+    // Bounded by the version read at the start, so a read shows one consistent state of the stream.
+    let low = forwards ? Math.max(from ?? 1, first) : first;
+    let high = forwards ? version : Math.min(from ?? version, version);
+    let remaining = limit;
+    while (remaining > 0 && low <= high) {
+      const size = Math.min(pageSize, remaining);
+      await this.enter(operation);
+      const rows = await this.executor.query<EventRow>(statement, [id, low, high, maxAge, size], operation);
+      for (const event of rows) yield this.toRecorded(event);
+      remaining -= rows.length;
+      if (rows.length < size) return;
+      const last = Number(rows[rows.length - 1]!.version);
+      if (forwards) low = last + 1;
+      else high = last - 1;
+    }
+  }
+
+  async streamInfo(streamId: string): Promise<StreamInfo> {
+    await this.enter('read stream info');
+    const id = assertStreamId(streamId);
+    return toStreamInfo(id, await this.streamRow(id, `read the info of stream '${id}'`));
+  }
+
+  async setStreamMetadata(streamId: string, metadata: StreamMetadata, options?: { expectedVersion?: ExpectedVersion }): Promise<void> {
+    await this.enter('set stream metadata');
+    const id = assertStreamId(streamId);
+    const checked = assertStreamMetadata(metadata);
+    const expected = assertExpectedVersion(options?.expectedVersion);
+    const operation = `set the metadata of stream '${id}'`;
+    await this.executor.beforeStreamWrite?.(id);
+    const [row] = (await this.executor.query<WriteRow>(this.config.statements.setStreamMetadata, [id, expectedText(expected), JSON.stringify(checked)], operation)) as [WriteRow];
+    if (row.status !== 'ok') throw refusal(row, id, expected);
+  }
+
+  async getStreamMetadata(streamId: string): Promise<StreamMetadata> {
+    await this.enter('get stream metadata');
+    const id = assertStreamId(streamId);
+    return (await this.streamRow(id, `read the metadata of stream '${id}'`))?.metadata ?? {};
+  }
+
+  async deleteStream(streamId: string, options?: { expectedVersion?: ExpectedVersion; hard?: boolean }): Promise<void> {
+    await this.enter('delete a stream');
+    const id = assertStreamId(streamId);
+    const expected = assertExpectedVersion(options?.expectedVersion);
+    const hard = options?.hard === true;
+    const keep = hard && this.executor.keepHardDeletedEvents === true;
+    const operation = `${hard ? 'hard-' : ''}delete stream '${id}'`;
+    await this.executor.beforeStreamWrite?.(id);
+    const [row] = (await this.executor.query<WriteRow>(this.config.statements.deleteStream, [id, expectedText(expected), hard, keep], operation)) as [WriteRow];
+    if (row.status !== 'ok') throw refusal(row, id, expected);
+    if (keep) this.executor.hardDeleted?.(id);
+  }
+
+  protected async streamRow(id: string, operation: string): Promise<StreamRowData | undefined> {
+    const rows = await this.executor.query<StreamRowData>(this.config.statements.streamState, [id], operation);
+    return rows[0];
+  }
+
+  protected toRecorded(row: EventRow): RecordedEvent {
+    const event: RecordedEvent = {
+      id: row.event_id,
+      type: row.type,
+      streamId: row.stream_id,
+      version: Number(row.version),
+      position: formatPosition(BigInt(row.transaction_id), BigInt(row.position)),
+      recordedAt: row.recorded_at,
+      data: row.data,
+      metadata: row.metadata,
+    };
+    return this.config.events ? this.config.events.upcast(event) : event;
+  }
+}
+
+/** The store's own operations (outside `transaction()`), on top of {@link SqlSession}: the global log and lifecycle. */
+export abstract class SqlStoreBase extends SqlSession implements EventStore {
+  private closed = false;
+  private migrated = false;
+  private migrating: Promise<number[]> | null = null;
+
+  constructor(config: StoreConfig, executor: Executor) {
+    super(config, executor);
+  }
+
+  protected override enter(operation: string): void | Promise<void> {
+    return this.ready(operation);
+  }
+
+  /** The schema the store uses. */
+  get schema(): string {
+    return this.config.statements.schema;
+  }
+
+  /** Applies the schema migrations now (otherwise the first operation does). Safe to call again and from several processes. */
+  migrate(): Promise<number[]> {
+    if (this.closed) return Promise.reject(new StoreClosedError('migrate'));
+    this.migrating ??= this.runMigrations().then(
+      (applied) => {
+        this.migrated = true;
+        return applied;
+      },
+      (error: unknown) => {
+        this.migrating = null;
+        throw error;
+      },
+    );
+    return this.migrating;
+  }
+
+  readAll(options?: ReadAllOptions): AsyncIterable<RecordedEvent> {
+    return this.readAllPages(options);
+  }
+
+  private async *readAllPages(options?: ReadAllOptions): AsyncGenerator<RecordedEvent> {
+    const normalised = normaliseReadAllOptions(options);
+    let after = normalised.after;
+    let remaining = normalised.limit;
+    while (remaining > 0) {
+      const page = await this.readAllPage({ ...options, after, limit: Math.min(remaining, normalised.pageSize) });
+      for (const event of page.events) yield event;
+      remaining -= page.events.length;
+      if (page.atEnd) return;
+      after = page.next;
+    }
+  }
+
+  async readAllPage(options?: ReadAllOptions): Promise<ReadAllPage> {
+    await this.ready('read all');
+    const { after, limit, types, categories } = normaliseReadAllOptions(options, 1000);
+    const storedTypes = types && this.config.events ? this.config.events.storedNames(types) : types;
+    const { transaction, sequence } = parsePosition(after);
+    const rows = await this.executor.query<EventRow & { snapshot_xmin: string }>(
+      this.config.statements.readAllPage,
+      [transaction.toString(), (sequence > INT8_MAX ? INT8_MAX : sequence).toString(), storedTypes, categories, limit],
+      'read all',
+    );
+    const first = rows[0]!;
+    const events: RecordedEvent[] = first.event_id === null ? [] : rows.map((row) => this.toRecorded(row));
+    if (events.length === limit) return { events, next: events[events.length - 1]!.position, atEnd: false };
+    const boundary = positionBeforeTransaction(BigInt(first.snapshot_xmin));
+    return { events, next: boundary > after ? boundary : after, atEnd: true };
+  }
+
+  async headPosition(): Promise<Position> {
+    await this.ready('read the head position');
+    const [row] = await this.executor.query<{ xmin: string }>(this.config.statements.snapshotXmin, [], 'read the head position');
+    return positionBeforeTransaction(BigInt(row!.xmin));
+  }
+
+  async readAllHoldback(): Promise<ReadAllHoldback> {
+    await this.ready('read the holdback');
+    const [row] = await this.executor.query<{ held_back: string | number; oldest_ms: number | null }>(this.config.statements.readAllHoldback, [], 'read the holdback');
+    return {
+      heldBackEvents: Number(row!.held_back),
+      oldestOpenTransactionMs: row!.oldest_ms === null ? this.openTransactionAgeMs() : Math.max(0, Math.round(row!.oldest_ms)),
+    };
+  }
+
+  async transaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
+    await this.ready('start a transaction');
+    return this.runTransaction(fn);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.releaseConnections();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  protected ready(operation: string): void | Promise<void> {
+    if (this.closed) throw new StoreClosedError(operation);
+    if (!this.migrated) return this.migrate().then(() => undefined);
+  }
+
+  /** Applies the migrations in one transaction holding the schema's advisory lock. */
+  protected abstract runMigrations(): Promise<number[]>;
+  /** Runs `fn` with a session on one transaction: commit when it resolves, roll back and rethrow when it throws. */
+  protected abstract runTransaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T>;
+  /** Ends what the store created. */
+  protected abstract releaseConnections(): Promise<void>;
+  /** Age of an open transaction the backend knows of itself, when the database does not say (PGlite). */
+  protected openTransactionAgeMs(): number | null {
+    return null;
+  }
+}

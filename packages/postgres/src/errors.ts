@@ -1,0 +1,64 @@
+import { EventlineError, StoreUnavailableError } from 'eventline';
+
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+  '57P01',
+  '57P02',
+  '57P03',
+  '53300',
+]);
+
+const CONNECTION_MESSAGES = /Connection terminated|terminating connection|Client has encountered a connection error|Client was closed and is not queryable|Connection is closed|timeout exceeded when trying to connect|connect ECONNREFUSED|read ECONNRESET|write EPIPE|the database system is (starting up|shutting down|in recovery)/i;
+
+/**
+ * Whether an error means that the connection is gone or the server cannot be reached (as opposed to an error in a
+ * statement on a healthy connection): socket errors, SQLSTATE class 08 (connection exception), 57P01-57P03 (the server
+ * terminated the session or is starting/stopping) and 53300 (too many connections), and node-postgres' messages for a
+ * connection that ended.
+ */
+export function isConnectionError(error: unknown): boolean {
+  if (typeof error !== 'object' || error === null) return false;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string' && (CONNECTION_CODES.has(code) || /^08[0-9A-Z]{3}$/.test(code))) return true;
+  const message = (error as { message?: unknown }).message;
+  if (typeof message === 'string' && CONNECTION_MESSAGES.test(message)) return true;
+  // Node's AggregateError from trying several addresses (e.g. ::1 and 127.0.0.1).
+  const errors = (error as { errors?: unknown }).errors;
+  return Array.isArray(errors) && errors.length > 0 && errors.every(isConnectionError);
+}
+
+/** An unexpected database error, with the operation that failed. The driver's error is `cause`; `code` is its SQLSTATE. */
+export class DatabaseOperationError extends Error {
+  readonly code: string | undefined;
+  constructor(
+    readonly operation: string,
+    override readonly cause: unknown,
+  ) {
+    const sqlState = (cause as { code?: unknown } | null)?.code;
+    const message = cause instanceof Error ? cause.message : String(cause);
+    super(`eventline: ${operation} failed: ${message}${typeof sqlState === 'string' ? ` (SQLSTATE ${sqlState})` : ''}`);
+    this.code = typeof sqlState === 'string' ? sqlState : undefined;
+  }
+  override get name(): string {
+    return 'DatabaseOperationError';
+  }
+}
+
+/**
+ * Turns a driver error into what callers get: eventline's own errors pass through, a lost or unreachable server becomes
+ * {@link StoreUnavailableError} naming the operation, anything else a {@link DatabaseOperationError} with context.
+ */
+export function toStoreError(error: unknown, operation: string): Error {
+  if (error instanceof EventlineError || error instanceof DatabaseOperationError) return error;
+  if (isConnectionError(error)) return new StoreUnavailableError(operation, error);
+  return new DatabaseOperationError(operation, error);
+}

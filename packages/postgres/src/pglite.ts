@@ -1,0 +1,197 @@
+/**
+ * The event store on PGlite: PostgreSQL compiled to WebAssembly, in this process, file-backed or in memory. Same schema
+ * and statements as the server store (sql.ts).
+ *
+ * PGlite has a single connection, and PGlite queues every query behind an open transaction. The memory store lets
+ * readers go on while a transaction is open and shows them only committed data; so does this store: while a
+ * `transaction()` is open, the store's reads (not its writes, which wait) run on the transaction's connection and are
+ * given the committed view:
+ * - readAll / readAllPage / headPosition only show transactions below the snapshot's xmin, and the open transaction is
+ *   never below it, so its events are invisible to them anyway;
+ * - stream reads, streamInfo and getStreamMetadata get the stream's row as it was before the transaction first changed
+ *   it (remembered by the transaction), and stream reads stop at that row's version;
+ * - a hard delete inside the transaction removes the stream's events only at commit, so that readers never miss
+ *   events that a rolled-back delete would have kept.
+ */
+import { PGlite, type PGliteInterface, type Transaction } from '@electric-sql/pglite';
+import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
+import { SqlSession, SqlStoreBase, type Executor, type StoreConfig, type StreamRowData } from './core.js';
+import { DatabaseOperationError, toStoreError } from './errors.js';
+import { runMigrations } from './migrations.js';
+import { DEFAULT_SCHEMA, statementsFor, type Statement, type Statements } from './sql.js';
+
+export const DEFAULT_PGLITE_DATA_DIR = './.eventline/data';
+
+export interface PGliteStoreOptions extends EventStoreOptions {
+  /** Directory of the database files (created when missing), or `'memory://'` for a database in memory. Default `./.eventline/data`. */
+  dataDir?: string;
+  /** A PGlite instance you own: the store uses it and leaves it open on `close()`. */
+  db?: PGliteInterface;
+  /** The schema holding the store's tables and functions. Default `eventline`. */
+  schema?: string;
+}
+
+/** The PGlite event store: the {@link EventStore} contract, plus migrations and access to its database. */
+export interface PGliteEventStore extends EventStore {
+  readonly schema: string;
+  /** The PGlite instance the store runs on (its own, or the one it was given). */
+  readonly db: PGliteInterface;
+  /** Applies the schema migrations now; see PostgresEventStore.migrate. */
+  migrate(): Promise<number[]>;
+}
+
+/**
+ * Creates an event store on PGlite. With neither `db` nor `dataDir`, the database lives in `./.eventline/data`. The
+ * schema is created and migrated on first use (or by `await store.migrate()`). `close()` closes the database only when
+ * the store created it.
+ */
+export function createPGliteStore(options: PGliteStoreOptions = {}): PGliteEventStore {
+  const statements = statementsFor(options.schema ?? DEFAULT_SCHEMA);
+  const own = options.db === undefined;
+  const db = options.db ?? new PGlite(options.dataDir ?? DEFAULT_PGLITE_DATA_DIR);
+  // A failed start is reported by the first operation, not as an unhandled rejection.
+  db.waitReady.catch(() => {});
+  return new PGliteStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, db, own);
+}
+
+/** The transaction open on a PGlite instance (at most one: PGlite runs transactions one at a time). */
+interface OpenTransaction {
+  readonly tx: Transaction;
+  /** False once the transaction's function has returned or failed: readers then wait for the commit or rollback. */
+  readable: boolean;
+  /** Stream rows (per schema and stream id) as they were before the transaction changed them; null: there was none. */
+  readonly before: Map<string, StreamRowData | null>;
+  readonly startedAt: number;
+}
+
+const openTransactions = new WeakMap<PGliteInterface, OpenTransaction>();
+
+const key = (schema: string, streamId: string) => `${schema}\u0000${streamId}`;
+
+/** Outside `transaction()`: writes queue behind an open transaction; reads get the committed view (see above). */
+class PGliteExecutor implements Executor {
+  constructor(
+    private readonly db: PGliteInterface,
+    private readonly statements: Statements,
+  ) {}
+
+  async query<R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> {
+    try {
+      const open = openTransactions.get(this.db);
+      if (!statement.readOnly || !open?.readable) return (await this.db.query<R>(statement.text, values)).rows;
+      const rows = (await open.tx.query<R>(statement.text, values)).rows;
+      if (statement === this.statements.streamState) {
+        // Looked up after the query: a row the transaction changed meanwhile was remembered before it changed.
+        const before = open.before.get(key(this.statements.schema, values[0] as string));
+        if (before !== undefined) return (before === null ? [] : [before]) as R[];
+      }
+      return rows;
+    } catch (error) {
+      throw toStoreError(error, operation);
+    }
+  }
+}
+
+class PGliteStore extends SqlStoreBase implements PGliteEventStore {
+  constructor(
+    config: StoreConfig,
+    readonly db: PGliteInterface,
+    private readonly own: boolean,
+  ) {
+    super(config, new PGliteExecutor(db, config.statements));
+  }
+
+  protected async runMigrations(): Promise<number[]> {
+    try {
+      return await this.db.transaction((tx) =>
+        runMigrations(
+          {
+            exec: async (sql) => {
+              await tx.exec(sql);
+            },
+            query: async <R>(text: string, values: unknown[]) => (await tx.query<R>(text, values)).rows,
+          },
+          this.schema,
+        ),
+      );
+    } catch (error) {
+      throw toStoreError(error, `migrate schema '${this.schema}'`);
+    }
+  }
+
+  protected async runTransaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
+    const statements = this.config.statements;
+    let fnError = null as { error: unknown } | null;
+    try {
+      return await this.db.transaction(async (tx) => {
+        const open: OpenTransaction = { tx, readable: true, before: new Map(), startedAt: Date.now() };
+        openTransactions.set(this.db, open);
+        let active = true;
+        let failure: Error | null = null;
+        const hardDeleted = new Set<string>();
+        const capturing = new Map<string, Promise<void>>();
+        const run = async <R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> => {
+          if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
+          if (failure) throw new DatabaseOperationError(operation, new Error(`the transaction was aborted by an earlier error: ${failure.message}`));
+          try {
+            return (await tx.query<R>(statement.text, values)).rows;
+          } catch (error) {
+            // PostgreSQL aborted the transaction: readers outside stop using its connection.
+            open.readable = false;
+            failure = toStoreError(error, operation);
+            throw failure;
+          }
+        };
+        const executor: Executor = {
+          query: run,
+          beforeStreamWrite: (streamId) => {
+            const k = key(statements.schema, streamId);
+            if (open.before.has(k)) return Promise.resolve();
+            let capture = capturing.get(k);
+            if (!capture) {
+              capture = run<StreamRowData>(statements.streamState, [streamId], `read stream '${streamId}'`).then((rows) => {
+                if (!open.before.has(k)) open.before.set(k, rows[0] ?? null);
+              });
+              capturing.set(k, capture);
+            }
+            return capture;
+          },
+          keepHardDeletedEvents: true,
+          hardDeleted: (streamId) => hardDeleted.add(streamId),
+        };
+        const session = new SqlSession(this.config, executor, (operation) => {
+          if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
+        });
+        try {
+          let result: T;
+          try {
+            result = await fn(session);
+          } catch (error) {
+            fnError = { error };
+            throw error;
+          }
+          if (failure) throw failure;
+          open.readable = false;
+          if (hardDeleted.size > 0) await run(statements.removeStreamEvents, [[...hardDeleted]], 'remove the events of hard-deleted streams');
+          return result;
+        } finally {
+          active = false;
+          open.readable = false;
+          if (openTransactions.get(this.db) === open) openTransactions.delete(this.db);
+        }
+      });
+    } catch (error) {
+      if (fnError?.error === error) throw error;
+      throw toStoreError(error, 'run a transaction');
+    }
+  }
+
+  protected override openTransactionAgeMs(): number | null {
+    const open = openTransactions.get(this.db);
+    return open ? Date.now() - open.startedAt : null;
+  }
+
+  protected async releaseConnections(): Promise<void> {
+    if (this.own && !this.db.closed) await this.db.close();
+  }
+}

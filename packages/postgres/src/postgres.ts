@@ -1,0 +1,188 @@
+/**
+ * The event store on a PostgreSQL server, through node-postgres.
+ */
+import pg from 'pg';
+import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
+import { SqlSession, SqlStoreBase, type Executor, type StoreConfig } from './core.js';
+import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';
+import { runMigrations } from './migrations.js';
+import { DEFAULT_SCHEMA, statementsFor, type Statement } from './sql.js';
+
+export const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
+
+export interface PostgresStoreOptions extends EventStoreOptions {
+  /** Where to connect when no `pool` is given. Default `process.env.DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/test`. */
+  connectionString?: string;
+  /** A pool you own: the store uses it and leaves it open on `close()`. */
+  pool?: pg.Pool;
+  /** The schema holding the store's tables and functions (created by the migrations). Default `eventline`. */
+  schema?: string;
+  /** Connections of the pool the store creates (ignored with `pool`). Default 10. */
+  poolSize?: number;
+}
+
+/** The PostgreSQL event store: the {@link EventStore} contract, plus migrations and access to its pool. */
+export interface PostgresEventStore extends EventStore {
+  /** The schema the store uses. */
+  readonly schema: string;
+  /** The pool the store runs on (its own, or the one it was given). */
+  readonly pool: pg.Pool;
+  /**
+   * Applies the schema migrations now and resolves with the versions applied (empty when up to date). Optional: the
+   * first operation of the store migrates too. Safe to call from several processes at once.
+   */
+  migrate(): Promise<number[]>;
+}
+
+/**
+ * Creates an event store on a PostgreSQL server (13 or later). The schema is created and migrated on first use (or by
+ * `await store.migrate()`). `close()` ends the pool only when the store created it.
+ */
+export function createPostgresStore(options: PostgresStoreOptions = {}): PostgresEventStore {
+  const statements = statementsFor(options.schema ?? DEFAULT_SCHEMA);
+  const ownPool = options.pool === undefined;
+  const pool =
+    options.pool ??
+    new pg.Pool({
+      connectionString: options.connectionString ?? process.env.DATABASE_URL ?? DEFAULT_DATABASE_URL,
+      max: options.poolSize ?? 10,
+      application_name: 'eventline',
+      allowExitOnIdle: true,
+    });
+  // An idle connection that the server drops must not crash the process: the pool discards it and opens another.
+  if (ownPool) pool.on('error', () => {});
+  return new PostgresStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, pool, ownPool);
+}
+
+const guarded = new WeakSet<pg.PoolClient>();
+const ignore = () => {};
+
+/** Takes a connection from the pool. A connection that breaks while checked out reports to the caller, not as an event. */
+async function connect(pool: pg.Pool, operation: string): Promise<pg.PoolClient> {
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (error) {
+    throw toStoreError(error, operation);
+  }
+  if (!guarded.has(client)) {
+    client.on('error', ignore);
+    guarded.add(client);
+  }
+  return client;
+}
+
+function config(statement: Statement, values: unknown[]): pg.QueryConfig {
+  return statement.name === '' ? { text: statement.text, values } : { name: statement.name, text: statement.text, values };
+}
+
+/** Each statement on a pooled connection, in its own implicit transaction. A broken connection is destroyed, not reused. */
+class PoolExecutor implements Executor {
+  constructor(private readonly pool: pg.Pool) {}
+
+  async query<R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> {
+    const client = await connect(this.pool, operation);
+    let result: pg.QueryResult;
+    try {
+      result = await client.query(config(statement, values));
+    } catch (error) {
+      client.release(isConnectionError(error));
+      throw toStoreError(error, operation);
+    }
+    client.release();
+    return result.rows as R[];
+  }
+}
+
+class PostgresStore extends SqlStoreBase implements PostgresEventStore {
+  constructor(
+    config: StoreConfig,
+    readonly pool: pg.Pool,
+    private readonly ownPool: boolean,
+  ) {
+    super(config, new PoolExecutor(pool));
+  }
+
+  protected async runMigrations(): Promise<number[]> {
+    const operation = `migrate schema '${this.schema}'`;
+    const client = await connect(this.pool, operation);
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      const applied = await runMigrations(
+        {
+          exec: async (sql) => {
+            await client.query(sql);
+          },
+          query: async <R>(text: string, values: unknown[]) => (await client.query(text, values)).rows as R[],
+        },
+        this.schema,
+      );
+      await client.query('COMMIT');
+      return applied;
+    } catch (error) {
+      broken = isConnectionError(error);
+      if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
+      throw toStoreError(error, operation);
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  protected async runTransaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
+    const client = await connect(this.pool, 'start a transaction');
+    let active = true;
+    let broken = false;
+    /** The first database error inside the transaction: PostgreSQL aborted the transaction, so it cannot commit. */
+    let failure: Error | null = null;
+    const executor: Executor = {
+      query: async <R>(statement: Statement, values: unknown[], operation: string) => {
+        if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
+        if (failure) throw new DatabaseOperationError(operation, new Error(`the transaction was aborted by an earlier error: ${failure.message}`));
+        try {
+          return (await client.query(config(statement, values))).rows as R[];
+        } catch (error) {
+          if (isConnectionError(error)) broken = true;
+          failure = toStoreError(error, operation);
+          throw failure;
+        }
+      },
+    };
+    const session = new SqlSession(this.config, executor, (operation) => {
+      if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
+    });
+    let fnError = null as { error: unknown } | null;
+    let stage = 'start a transaction';
+    try {
+      await client.query('BEGIN');
+      stage = 'run a transaction';
+      let result: T;
+      try {
+        result = await fn(session);
+      } catch (error) {
+        fnError = { error };
+        throw error;
+      }
+      // The caller caught a database error and went on: the transaction cannot commit; say why.
+      if (failure) throw failure;
+      active = false;
+      stage = 'commit a transaction';
+      const commit = await client.query('COMMIT');
+      if (commit.command === 'ROLLBACK') throw new Error('the transaction was rolled back by the server at commit');
+      return result;
+    } catch (error) {
+      active = false;
+      if (isConnectionError(error)) broken = true;
+      if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
+      if (fnError?.error === error || error === failure) throw error;
+      throw toStoreError(error, stage);
+    } finally {
+      active = false;
+      client.release(broken);
+    }
+  }
+
+  protected async releaseConnections(): Promise<void> {
+    if (this.ownPool) await this.pool.end();
+  }
+}

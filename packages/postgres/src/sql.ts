@@ -1,0 +1,376 @@
+/**
+ * Every SQL statement of the PostgreSQL and PGlite stores, in one place: both backends run exactly this text.
+ *
+ * Each statement is a function of the schema, already validated and double-quoted (see {@link quoteSchema}); user input
+ * never goes into the text, only into parameters. {@link statementsFor} binds them to one schema and gives each a name,
+ * which node-postgres uses as a prepared-statement name (parsed once per connection).
+ */
+import { ValidationError } from 'eventline';
+
+/** The schema used when none is configured. */
+export const DEFAULT_SCHEMA = 'eventline';
+
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/**
+ * Checks a schema name and returns it double-quoted, ready to be put in SQL text.
+ * Allowed: a lower-case letter or `_`, then up to 62 lower-case letters, digits or `_`; not `pg_…` (reserved by PostgreSQL).
+ * @throws {ValidationError}
+ */
+export function quoteSchema(schema: unknown): string {
+  if (typeof schema !== 'string' || !SCHEMA_NAME.test(schema)) {
+    throw new ValidationError(
+      `Invalid schema name ${JSON.stringify(schema) ?? String(schema)}: use a lower-case letter or '_' followed by up to 62 lower-case letters, digits or '_' (e.g. 'eventline', 'app_events')`,
+    );
+  }
+  if (schema.startsWith('pg_')) throw new ValidationError(`Invalid schema name '${schema}': names starting with 'pg_' are reserved by PostgreSQL`);
+  return `"${schema}"`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Schema objects (migration 1). `s` is the quoted schema.
+
+/** The migrations ledger; created before the lock-protected migration work reads it. */
+export const createMigrationsTable = (s: string) => `
+CREATE SCHEMA IF NOT EXISTS ${s};
+CREATE TABLE IF NOT EXISTS ${s}.migrations (
+  version integer PRIMARY KEY,
+  name text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);`;
+
+export const appliedMigrations = (s: string) => `SELECT version FROM ${s}.migrations ORDER BY version`;
+export const recordMigration = (s: string) => `INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`;
+/** Serialises migrations of one schema across processes; released at commit. The two keys come from the schema name. */
+export const migrationLock = () => `SELECT pg_advisory_xact_lock($1::int4, $2::int4)`;
+
+/**
+ * Locks the stream's row, creating it when missing (version 0, not yet existing). Concurrent creators serialise: the
+ * INSERT waits for a concurrent inserter's transaction, then the row is selected FOR UPDATE. `v_created` tells the
+ * caller to delete the row again when the operation is refused, so that a refused write leaves nothing behind.
+ */
+const lockStream = (s: string) => `
+  SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
+  IF NOT FOUND THEN
+    LOOP
+      INSERT INTO ${s}.streams (stream_id, category) VALUES (p_stream_id, split_part(p_stream_id, '-', 1))
+        ON CONFLICT (stream_id) DO NOTHING
+        RETURNING * INTO v_stream;
+      IF FOUND THEN
+        v_created := true;
+        EXIT;
+      END IF;
+      SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
+      EXIT WHEN FOUND;
+    END LOOP;
+  END IF;`;
+
+const dropIfCreated = (s: string) => `IF v_created THEN DELETE FROM ${s}.streams WHERE stream_id = p_stream_id; END IF;`;
+
+/** The expected-version rule of `checkExpectedVersion` in eventline's validate.ts, in SQL. */
+const expectedVersionHolds = `CASE p_expected
+    WHEN 'any' THEN true
+    WHEN 'no_stream' THEN NOT v_exists
+    WHEN 'stream_exists' THEN v_exists
+    ELSE p_expected::bigint = v_stream.version
+  END`;
+
+export const schemaV1 = (s: string) => `
+CREATE TABLE ${s}.streams (
+  stream_id text PRIMARY KEY,
+  category text NOT NULL,
+  version bigint NOT NULL DEFAULT 0,
+  hidden_before bigint NOT NULL DEFAULT 0,
+  deleted text NULL CHECK (deleted IN ('soft', 'hard')),
+  metadata jsonb NOT NULL DEFAULT '{}'
+) WITH (fillfactor = 80);
+
+CREATE TABLE ${s}.events (
+  position bigint GENERATED ALWAYS AS IDENTITY,
+  transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  event_id uuid NOT NULL UNIQUE,
+  stream_id text NOT NULL,
+  version bigint NOT NULL,
+  category text NOT NULL,
+  type text NOT NULL,
+  data jsonb NOT NULL,
+  metadata jsonb NOT NULL,
+  recorded_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (transaction_id, position),
+  UNIQUE (stream_id, version)
+);
+
+-- Appends a batch in one call. Never raises for a refused append (so that a refusal inside a transaction does not abort
+-- it); it returns a status instead: 'ok', 'duplicate' (this exact batch is already stored: its original result is
+-- returned), 'deleted' (tombstone), 'wrong_version' (with the stream's version and whether it exists) or 'id_conflict'
+-- (with the ids already stored elsewhere). A concurrent insert of the same ids into another stream raises 23505.
+CREATE FUNCTION ${s}.append_events(
+  p_stream_id text, p_expected text, p_ids uuid[], p_types text[], p_data text[], p_metadata text[],
+  OUT status text, OUT stream_version bigint, OUT first_version bigint, OUT last_position bigint,
+  OUT tx_id xid8, OUT stream_exists boolean, OUT conflict_ids text[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_stream ${s}.streams%ROWTYPE;
+  v_created boolean := false;
+  v_exists boolean;
+  v_count integer := cardinality(p_ids);
+  v_first bigint;
+  v_same boolean;
+BEGIN
+  ${lockStream(s)}
+  IF v_stream.deleted = 'hard' THEN
+    status := 'deleted';
+    RETURN;
+  END IF;
+  v_exists := v_stream.version > 0 AND v_stream.deleted IS NULL;
+  stream_version := v_stream.version;
+  stream_exists := v_exists;
+
+  -- Idempotency, checked under the stream lock so that concurrent retries of one batch see each other's commit.
+  IF EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
+    SELECT e.version INTO v_first FROM ${s}.events e WHERE e.event_id = p_ids[1] AND e.stream_id = p_stream_id;
+    SELECT coalesce(bool_and(coalesce(e.stream_id = p_stream_id AND e.version = v_first + u.n - 1, false)), false),
+           array_agg(u.id::text ORDER BY u.n) FILTER (WHERE e.event_id IS NOT NULL)
+      INTO v_same, conflict_ids
+      FROM unnest(p_ids) WITH ORDINALITY AS u(id, n)
+      LEFT JOIN ${s}.events e ON e.event_id = u.id;
+    IF v_same THEN
+      SELECT e.version, e.position, e.transaction_id INTO stream_version, last_position, tx_id
+        FROM ${s}.events e WHERE e.event_id = p_ids[v_count];
+      first_version := v_first;
+      status := 'duplicate';
+    ELSE
+      status := 'id_conflict';
+      ${dropIfCreated(s)}
+    END IF;
+    RETURN;
+  END IF;
+
+  IF NOT (${expectedVersionHolds}) THEN
+    status := 'wrong_version';
+    ${dropIfCreated(s)}
+    RETURN;
+  END IF;
+
+  tx_id := pg_current_xact_id();
+  WITH inserted AS (
+    INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
+    SELECT tx_id, u.id, p_stream_id, v_stream.version + u.n, v_stream.category, u.type, u.data::jsonb, u.metadata::jsonb
+      FROM unnest(p_ids, p_types, p_data, p_metadata) WITH ORDINALITY AS u(id, type, data, metadata, n)
+    RETURNING position
+  )
+  SELECT max(inserted.position) INTO last_position FROM inserted;
+
+  UPDATE ${s}.streams SET version = v_stream.version + v_count, deleted = NULL WHERE stream_id = p_stream_id;
+  status := 'ok';
+  stream_version := v_stream.version + v_count;
+  first_version := v_stream.version + 1;
+  stream_exists := true;
+END
+$fn$;
+
+-- Soft delete (hide the events, numbering continues) or hard delete (tombstone; the events are removed unless
+-- p_keep_events, which PGlite transactions use to remove them at commit). Statuses as for append_events.
+CREATE FUNCTION ${s}.delete_stream(
+  p_stream_id text, p_expected text, p_hard boolean, p_keep_events boolean,
+  OUT status text, OUT stream_version bigint, OUT stream_exists boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_stream ${s}.streams%ROWTYPE;
+  v_created boolean := false;
+  v_exists boolean;
+BEGIN
+  ${lockStream(s)}
+  IF v_stream.deleted = 'hard' THEN
+    status := 'deleted';
+    RETURN;
+  END IF;
+  v_exists := v_stream.version > 0 AND v_stream.deleted IS NULL;
+  stream_version := v_stream.version;
+  stream_exists := v_exists;
+  IF NOT (${expectedVersionHolds}) THEN
+    status := 'wrong_version';
+    ${dropIfCreated(s)}
+    RETURN;
+  END IF;
+  IF p_hard THEN
+    IF NOT p_keep_events THEN
+      DELETE FROM ${s}.events WHERE stream_id = p_stream_id;
+    END IF;
+    UPDATE ${s}.streams SET deleted = 'hard' WHERE stream_id = p_stream_id;
+  ELSIF v_exists THEN
+    UPDATE ${s}.streams SET deleted = 'soft', hidden_before = v_stream.version + 1 WHERE stream_id = p_stream_id;
+  ELSE
+    ${dropIfCreated(s)}
+  END IF;
+  status := 'ok';
+END
+$fn$;
+
+-- Replaces a stream's metadata (allowed before the stream exists). Statuses as for append_events.
+CREATE FUNCTION ${s}.set_stream_metadata(
+  p_stream_id text, p_expected text, p_metadata text,
+  OUT status text, OUT stream_version bigint, OUT stream_exists boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_stream ${s}.streams%ROWTYPE;
+  v_created boolean := false;
+  v_exists boolean;
+BEGIN
+  ${lockStream(s)}
+  IF v_stream.deleted = 'hard' THEN
+    status := 'deleted';
+    RETURN;
+  END IF;
+  v_exists := v_stream.version > 0 AND v_stream.deleted IS NULL;
+  stream_version := v_stream.version;
+  stream_exists := v_exists;
+  IF NOT (${expectedVersionHolds}) THEN
+    status := 'wrong_version';
+    ${dropIfCreated(s)}
+    RETURN;
+  END IF;
+  UPDATE ${s}.streams SET metadata = p_metadata::jsonb WHERE stream_id = p_stream_id;
+  status := 'ok';
+END
+$fn$;
+`;
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Statements the stores run.
+
+const EVENT_COLUMNS = 'event_id, stream_id, type, version, position, transaction_id, recorded_at, data, metadata';
+
+/** $1 stream id, $2 expected version as text ('any' | 'no_stream' | 'stream_exists' | digits), $3 ids, $4 types, $5 data JSON, $6 metadata JSON. */
+export const appendEvents = (s: string) =>
+  `SELECT status, stream_version, first_version, last_position, tx_id::text AS tx_id, stream_exists, conflict_ids
+     FROM ${s}.append_events($1, $2, $3::uuid[], $4::text[], $5::text[], $6::text[])`;
+
+/** $1 stream id, $2 expected version as text, $3 hard, $4 keep the events (until commit). */
+export const deleteStream = (s: string) => `SELECT status, stream_version, stream_exists FROM ${s}.delete_stream($1, $2, $3, $4)`;
+
+/** $1 stream id, $2 expected version as text, $3 metadata JSON. */
+export const setStreamMetadata = (s: string) => `SELECT status, stream_version, stream_exists FROM ${s}.set_stream_metadata($1, $2, $3)`;
+
+/** Removes the events of streams hard-deleted in a PGlite transaction, just before it commits. $1 stream ids. */
+export const removeStreamEvents = (s: string) => `DELETE FROM ${s}.events WHERE stream_id = ANY ($1::text[])`;
+
+/** The stream's row: read once at the start of every stream read, and by streamInfo / getStreamMetadata. $1 stream id. */
+export const streamState = (s: string) => `SELECT version, hidden_before, deleted, metadata FROM ${s}.streams WHERE stream_id = $1`;
+
+/**
+ * A page of a stream, forwards. $1 stream id, $2 lowest version, $3 highest version, $4 maxAge in seconds (null: no
+ * limit), $5 page size.
+ */
+export const readStreamForwards = (s: string) =>
+  `SELECT ${EVENT_COLUMNS} FROM ${s}.events
+    WHERE stream_id = $1 AND version >= $2 AND version <= $3
+      AND ($4::float8 IS NULL OR recorded_at >= now() - $4::float8 * interval '1 second')
+    ORDER BY version
+    LIMIT $5`;
+
+/** A page of a stream, backwards; parameters as for {@link readStreamForwards}. */
+export const readStreamBackwards = (s: string) =>
+  `SELECT ${EVENT_COLUMNS} FROM ${s}.events
+    WHERE stream_id = $1 AND version >= $2 AND version <= $3
+      AND ($4::float8 IS NULL OR recorded_at >= now() - $4::float8 * interval '1 second')
+    ORDER BY version DESC
+    LIMIT $5`;
+
+/**
+ * A gap-safe page of the global log: events of transactions older than every transaction still open (the snapshot's
+ * xmin), after the position ($1 transaction id, $2 sequence), in (transaction id, position) order, optionally only of
+ * the types $3 and the categories $4 (null: all), at most $5. Always returns at least one row, carrying the snapshot's
+ * xmin (`snapshot_xmin`): an empty page is one row whose event columns are null.
+ */
+export const readAllPage = (s: string) =>
+  `SELECT e.event_id, e.stream_id, e.type, e.version, e.position, e.transaction_id, e.recorded_at, e.data, e.metadata,
+          snap.xmin::text AS snapshot_xmin
+     FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS snap
+     LEFT JOIN LATERAL (
+       SELECT ${EVENT_COLUMNS} FROM ${s}.events
+        WHERE (transaction_id, position) > ($1::xid8, $2::int8)
+          AND transaction_id < snap.xmin
+          AND ($3::text[] IS NULL OR type = ANY ($3::text[]))
+          AND ($4::text[] IS NULL OR category = ANY ($4::text[]))
+        ORDER BY transaction_id, position
+        LIMIT $5
+     ) AS e ON true`;
+
+/** The snapshot's xmin: every transaction below it has ended. */
+export const snapshotXmin = () => `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`;
+
+/**
+ * What holds readAll readers back: events stored by transactions not below the snapshot's xmin (committed, but behind
+ * an older open transaction; the caller's own open transaction, if any, is not counted), and the age in ms of the oldest
+ * open transaction that has written something (null when none, or when pg_stat_activity does not show it).
+ */
+export const readAllHoldback = (s: string) =>
+  `SELECT (SELECT count(*) FROM ${s}.events
+            WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
+              AND transaction_id IS DISTINCT FROM pg_current_xact_id_if_assigned())::int8 AS held_back,
+          (SELECT (extract(epoch FROM clock_timestamp() - min(xact_start)) * 1000)::float8
+             FROM pg_stat_activity WHERE backend_xid IS NOT NULL) AS oldest_ms`;
+
+// ---------------------------------------------------------------------------------------------------------------------
+
+/** A statement bound to a schema. `name` is unique per schema and statement (node-postgres prepares it under that name). */
+export interface Statement {
+  readonly name: string;
+  readonly text: string;
+  /** True for statements that only read (PGlite may run them on an open transaction's connection, see pglite.ts). */
+  readonly readOnly: boolean;
+}
+
+export interface Statements {
+  readonly schema: string;
+  readonly quoted: string;
+  readonly appendEvents: Statement;
+  readonly deleteStream: Statement;
+  readonly setStreamMetadata: Statement;
+  readonly removeStreamEvents: Statement;
+  readonly streamState: Statement;
+  readonly readStreamForwards: Statement;
+  readonly readStreamBackwards: Statement;
+  readonly readAllPage: Statement;
+  readonly snapshotXmin: Statement;
+  readonly readAllHoldback: Statement;
+}
+
+/** Every statement of the store bound to `schema` (validated here). */
+export function statementsFor(schema: string): Statements {
+  const s = quoteSchema(schema);
+  // Prepared-statement names are truncated by PostgreSQL to 63 bytes: long schema names are replaced by a hash.
+  const tag = schema.length <= 40 ? schema : `h${hash32(schema).toString(16)}`;
+  const write = (name: string, text: string): Statement => ({ name: `eventline.${tag}.${name}`, text, readOnly: false });
+  const read = (name: string, text: string): Statement => ({ name: `eventline.${tag}.${name}`, text, readOnly: true });
+  return {
+    schema,
+    quoted: s,
+    appendEvents: write('append', appendEvents(s)),
+    deleteStream: write('delete', deleteStream(s)),
+    setStreamMetadata: write('set_metadata', setStreamMetadata(s)),
+    removeStreamEvents: write('remove_events', removeStreamEvents(s)),
+    streamState: read('stream', streamState(s)),
+    readStreamForwards: read('read_fwd', readStreamForwards(s)),
+    readStreamBackwards: read('read_bwd', readStreamBackwards(s)),
+    readAllPage: read('read_all', readAllPage(s)),
+    snapshotXmin: read('xmin', snapshotXmin()),
+    readAllHoldback: read('holdback', readAllHoldback(s)),
+  };
+}
+
+/** The two int4 keys of the advisory lock that serialises migrations of `schema`: 'evtl' and a hash of the name. */
+export function migrationLockKeys(schema: string): [number, number] {
+  return [0x6576746c, hash32(schema) | 0];
+}
+
+/** FNV-1a, 32 bits. */
+function hash32(text: string): number {
+  let hash = 0x811c9dc5;
+  for (const byte of Buffer.from(text, 'utf8')) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash >>> 0;
+}
