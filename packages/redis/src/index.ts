@@ -1,0 +1,1 @@
+export { createRedisTransport, type RedisTransport, type RedisTransportOptions } from './transport.js';

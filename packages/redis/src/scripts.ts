@@ -1,0 +1,285 @@
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+
+/**
+ * The Lua scripts of the transport. Each one runs atomically in Redis, which is what the ordering and ownership
+ * rules below rely on.
+ *
+ * Per-stream order within a group: every entry delivered to a group is put, in the same script as the XREADGROUP
+ * that delivers it, into the group's *order index* of its stream (`<prefix>:order:<group>:<streamId>`, a sorted set
+ * of the stream's delivered and unacknowledged entry ids, sorted by id). An entry may run only when it is the head of
+ * that index, i.e. when no earlier entry of its stream is pending in the group. Entries are delivered in id order, so
+ * once an entry is the head it stays the head until it is acknowledged. The group's pending entries list (PEL) is the
+ * authority: an index member that is no longer pending (trimmed, or lost with the group) is pruned when met.
+ */
+
+/** Helpers shared by the scripts (KEYS[1] is always the events stream, ARGV[1] the group, ARGV[2] the consumer). */
+const HELPERS = `
+local stream = KEYS[1]
+local group = ARGV[1]
+local consumer = ARGV[2]
+
+-- Entry ids sort in the index as zero-padded text ("ms-seq" → 20 digits each), followed by the id itself.
+local function member(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq .. '|' .. id
+end
+
+local function member_id(m)
+  return string.match(m, '|(.+)$')
+end
+
+local function group_exists()
+  if redis.call('EXISTS', stream) == 0 then return false end
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    for i = 1, #info, 2 do
+      if info[i] == 'name' and info[i + 1] == group then return true end
+    end
+  end
+  return false
+end
+
+-- The consumer holding a pending entry and its delivery count, or nil when the entry is not pending in the group.
+local function pending(id)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if p[1] then return p[1][2], p[1][4] end
+  return nil, 0
+end
+
+-- The earliest entry of an order index still pending in the group (stale members are removed on the way).
+local function head(key)
+  while true do
+    local first = redis.call('ZRANGE', key, 0, 0)[1]
+    if not first then return nil end
+    local id = member_id(first)
+    if pending(id) then return id end
+    redis.call('ZREM', key, first)
+  end
+end
+
+local function fields_of(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  return f
+end
+
+-- Subject filters, exactly like subjectMatches in eventline: ARGV[filters_at] is the count, then the filters.
+local function matcher(filters_at)
+  local count = tonumber(ARGV[filters_at])
+  local filters = {}
+  for i = 1, count do filters[i] = ARGV[filters_at + i] end
+  return function(subject)
+    if count == 0 then return true end
+    subject = subject or ''
+    for _, f in ipairs(filters) do
+      if f == subject then return true end
+      if #f >= 2 and string.sub(f, -2) == '.*' then
+        local prefix = string.sub(f, 1, #f - 1)
+        if string.sub(subject, 1, #prefix) == prefix then return true end
+      end
+    end
+    return false
+  end
+end
+`;
+
+/**
+ * KEYS: stream. ARGV: dedupe key prefix, dedupe window ms, max length ('' for none), then five per message: id,
+ * subject, streamId, body, headers. Adds each message whose id was not seen within the window (SET NX PX on
+ * `<dedupe key prefix><id>`, then XADD), in the given order. Returns how many were added. One call is atomic: a
+ * failure stops it at a message, and no later message of the call is added (so a retry keeps the order).
+ */
+const PUBLISH = `
+local added = 0
+for i = 4, #ARGV, 5 do
+  if redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'PX', ARGV[2]) then
+    if ARGV[3] ~= '' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[i], 'subject', ARGV[i + 1], 'streamId', ARGV[i + 2], 'body', ARGV[i + 3], 'headers', ARGV[i + 4])
+    else
+      redis.call('XADD', KEYS[1], '*', 'id', ARGV[i], 'subject', ARGV[i + 1], 'streamId', ARGV[i + 2], 'body', ARGV[i + 3], 'headers', ARGV[i + 4])
+    end
+    added = added + 1
+  end
+end
+return added
+`;
+
+/**
+ * ARGV: group, consumer, count, order key prefix, filter count, filters...
+ * Creates the group at 0 when Redis lost it, reads new entries for the consumer, acknowledges those the filters skip
+ * and indexes the others. Returns {1, {{id, fields, isHead}, ...}, skipped} or, when there was nothing new,
+ * {0, last generated id of the stream} (what a blocking XREAD waits after).
+ */
+const READ = `${HELPERS}
+if not group_exists() then redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM') end
+local res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS', stream, '>')
+if not res then
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return {0, info[i + 1]} end
+  end
+  return {0, '0-0'}
+end
+local matches = matcher(5)
+local out = {}
+local skipped = 0
+for _, entry in ipairs(res[1][2]) do
+  local id, flat = entry[1], entry[2]
+  local f = fields_of(flat)
+  if matches(f.subject) then
+    local key = ARGV[4] .. (f.streamId or '')
+    redis.call('ZADD', key, 0, member(id))
+    out[#out + 1] = {id, flat, head(key) == id and 1 or 0}
+  else
+    redis.call('XACK', stream, group, id)
+    skipped = skipped + 1
+  end
+end
+return {1, out, skipped}
+`;
+
+/**
+ * ARGV: group, consumer, id, order key. Acknowledges the entry if the consumer still holds it (a late acknowledgement
+ * of an entry reclaimed by another member is ignored) and returns {1, new head of the stream's index or ''};
+ * {0, ''} when the entry is no longer the consumer's.
+ */
+const ACK = `${HELPERS}
+if not group_exists() then return {0, ''} end
+local holder = pending(ARGV[3])
+if holder ~= consumer then return {0, ''} end
+redis.call('XACK', stream, group, ARGV[3])
+redis.call('ZREM', ARGV[4], member(ARGV[3]))
+return {1, head(ARGV[4]) or ''}
+`;
+
+/**
+ * ARGV: group, consumer, id. Before a failed entry is delivered again: claims it again (which counts a delivery) if
+ * the consumer still holds it. Returns the delivery count, or 0 when the entry is no longer the consumer's.
+ */
+const RETRY = `${HELPERS}
+if not group_exists() then return 0 end
+if pending(ARGV[3]) ~= consumer then return 0 end
+redis.call('XCLAIM', stream, group, consumer, 0, ARGV[3])
+local holder, count = pending(ARGV[3])
+if holder ~= consumer then return 0 end
+return count
+`;
+
+/**
+ * ARGV: group, consumer, idle ms, ids... Resets the idle time of the entries the consumer holds to the given value
+ * (0: "still alive, keep them"; claimIdleMs: "released, take them") without counting a delivery. Returns the ids
+ * it no longer holds.
+ */
+const TOUCH = `${HELPERS}
+local lost = {}
+local exists = group_exists()
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if exists and pending(id) == consumer then
+    redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', ARGV[3], 'JUSTID')
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+`;
+
+/**
+ * ARGV: group, consumer, order key prefix, then (id, streamId) pairs. For entries the consumer holds that wait behind
+ * an earlier entry of their stream: 1 when it is now the head, 2 when it still waits, 0 when it is no longer the
+ * consumer's.
+ */
+const HEADS = `${HELPERS}
+local out = {}
+local exists = group_exists()
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  if not exists or pending(id) ~= consumer then
+    out[#out + 1] = 0
+  elseif head(ARGV[3] .. ARGV[i + 1]) == id then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 2
+  end
+end
+return out
+`;
+
+/**
+ * ARGV: group, consumer, min idle ms, start id, count, order key prefix, filter count, filters...
+ * Takes over entries idle for longer than min idle (left by a dead or stopped member) with XAUTOCLAIM. Returns
+ * {next start id, {{id, fields, isHead, deliveryCount}, ...}}.
+ */
+const RECLAIM = `${HELPERS}
+if not group_exists() then return {'0-0', {}} end
+local res = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local matches = matcher(7)
+local out = {}
+for _, entry in ipairs(res[2]) do
+  local id, flat = entry[1], entry[2]
+  if flat then
+    local f = fields_of(flat)
+    local key = ARGV[6] .. (f.streamId or '')
+    if matches(f.subject) then
+      redis.call('ZADD', key, 0, member(id))
+      local _, count = pending(id)
+      out[#out + 1] = {id, flat, head(key) == id and 1 or 0, count}
+    else
+      redis.call('XACK', stream, group, id)
+      redis.call('ZREM', key, member(id))
+    end
+  end
+end
+return {res[1], out}
+`;
+
+/**
+ * ARGV: group, consumer, idle ms. Deletes this consumer from the group when it holds nothing, and the group's other
+ * consumers that hold nothing and were idle for longer than idle ms (left by crashed processes). A consumer deleted
+ * while alive is created again by its next read.
+ */
+const PRUNE = `${HELPERS}
+if not group_exists() then return 0 end
+local deleted = 0
+for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+  local c = fields_of(info)
+  if tonumber(c.pending) == 0 and (c.name == consumer or tonumber(c.idle) > tonumber(ARGV[3])) then
+    redis.call('XGROUP', 'DELCONSUMER', stream, group, c.name)
+    deleted = deleted + 1
+  end
+end
+return deleted
+`;
+
+export interface Script {
+  readonly lua: string;
+  readonly sha: string;
+  readonly keys: number;
+}
+
+function script(lua: string, keys: number): Script {
+  return { lua, sha: createHash('sha1').update(lua).digest('hex'), keys };
+}
+
+export const SCRIPTS = {
+  publish: script(PUBLISH, 1),
+  read: script(READ, 1),
+  ack: script(ACK, 1),
+  retry: script(RETRY, 1),
+  touch: script(TOUCH, 1),
+  heads: script(HEADS, 1),
+  reclaim: script(RECLAIM, 1),
+  prune: script(PRUNE, 1),
+} as const;
+
+const isNoScript = (error: unknown) => error instanceof Error && error.message.startsWith('NOSCRIPT');
+
+/** Runs a script by its hash, sending its text when Redis does not have it (first use, or after a restart). */
+export async function run(redis: Redis, s: Script, keys: readonly string[], args: ReadonlyArray<string | number>): Promise<unknown> {
+  try {
+    return await redis.evalsha(s.sha, s.keys, ...keys, ...args);
+  } catch (error) {
+    if (!isNoScript(error)) throw error;
+    return redis.eval(s.lua, s.keys, ...keys, ...args);
+  }
+}

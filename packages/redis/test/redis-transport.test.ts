@@ -1,0 +1,237 @@
+// Every test that talks to Redis lives in this one file: the test runner runs files in parallel, and the last test
+// restarts the machine's Redis, which must not cut another file's tests short.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { ReceivedMessage } from 'eventline';
+import { describeTransportConformance } from 'eventline/testing';
+import { Redis } from 'ioredis';
+import { createRedisTransport, type RedisTransport } from '../src/index.js';
+import { deleteKeys, messages, namespace, REDIS_URL, requireRedis, restartRedis, sleep, until } from './helpers.js';
+
+const CLAIM_IDLE_MS = 1000;
+
+describe('Redis is reachable', () => {
+  it(`answers PING at ${REDIS_URL}`, async () => requireRedis());
+});
+
+describeTransportConformance({
+  name: 'Redis Streams',
+  connect: async (prefix) => createRedisTransport({ url: REDIS_URL, prefix, claimIdleMs: CLAIM_IDLE_MS }),
+  crash: async (transport) => (transport as RedisTransport).destroy(),
+  cleanup: (prefix) => deleteKeys(prefix),
+  redeliveryTimeoutMs: 5 * CLAIM_IDLE_MS,
+});
+
+describe('Redis Streams transport', () => {
+  const prefixes: string[] = [];
+  const transports: RedisTransport[] = [];
+  let redis: Redis;
+
+  const open = (prefix: string, options: Parameters<typeof createRedisTransport>[0] = {}) => {
+    const transport = createRedisTransport({ url: REDIS_URL, prefix, claimIdleMs: CLAIM_IDLE_MS, ...options });
+    transports.push(transport);
+    return transport;
+  };
+  const fresh = () => {
+    const prefix = namespace();
+    prefixes.push(prefix);
+    return prefix;
+  };
+
+  before(() => {
+    redis = new Redis(REDIS_URL);
+    redis.on('error', () => undefined);
+  });
+  after(async () => {
+    for (const transport of transports) await transport.close().catch(() => undefined);
+    for (const prefix of prefixes) await deleteKeys(prefix).catch(() => undefined);
+    redis.disconnect();
+  });
+
+  it('stores a message id published twice once, in one batch or in two', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix);
+    const [first, second] = messages(['account-1'], 2);
+    await transport.publish([first!, first!]);
+    await transport.publish([first!, second!]);
+    await transport.publish([second!]);
+    const entries = await redis.xrange(`${prefix}:events`, '-', '+');
+    assert.deepEqual(
+      entries.map(([, fields]) => fields[fields.indexOf('id') + 1]),
+      [first!.id, second!.id],
+    );
+    const [, fields] = entries[0]!;
+    const record = Object.fromEntries(Array.from({ length: fields.length / 2 }, (_, i) => [fields[2 * i], fields[2 * i + 1]]));
+    assert.deepEqual(record, { id: first!.id, subject: 'account.Happened', streamId: 'account-1', body: first!.body, headers: JSON.stringify(first!.headers) });
+    const ttl = await redis.pttl(`${prefix}:dedupe:${first!.id}`);
+    assert.ok(ttl > 0 && ttl <= 3_600_000, `the de-duplication key expires (pttl ${ttl})`);
+  });
+
+  it('forgets a published id after the de-duplication window', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix, { dedupeWindowMs: 50 });
+    const [message] = messages(['account-1'], 1);
+    await transport.publish([message!]);
+    await sleep(120);
+    await transport.publish([message!]);
+    assert.equal(await redis.xlen(`${prefix}:events`), 2);
+  });
+
+  it('trims the stream to about maxLength', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix, { maxLength: 100 });
+    for (let i = 0; i < 5; i++) await transport.publish(messages(['account-1'], 200));
+    const length = await redis.xlen(`${prefix}:events`);
+    assert.ok(length >= 100 && length < 1000, `about 100 entries kept, got ${length}`);
+  });
+
+  it("from: 'new' starts after what the stream holds; the default starts at the oldest", { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix);
+    const [old, later] = [messages(['account-1'], 3), messages(['account-2'], 3)];
+    await transport.publish(old);
+    const fromNew: string[] = [];
+    const fromOldest: string[] = [];
+    const a = await transport.consume({ group: 'new', from: 'new', handler: async (m) => void fromNew.push(m.id) });
+    const b = await transport.consume({ group: 'oldest', handler: async (m) => void fromOldest.push(m.id) });
+    await transport.publish(later);
+    await until(() => fromNew.length >= 3 && fromOldest.length >= 6, 'both groups', 10_000);
+    await sleep(100);
+    await Promise.all([a.stop(), b.stop()]);
+    assert.deepEqual(fromNew, later.map((m) => m.id));
+    assert.deepEqual(fromOldest, [...old, ...later].map((m) => m.id));
+  });
+
+  it('a failing message holds back only its own stream', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix);
+    const batch = messages(['account-1', 'account-2'], 5);
+    const poison = batch[0]!; // account-1, version 1
+    let healed = false;
+    const seen: ReceivedMessage[] = [];
+    const c = await transport.consume({
+      group: 'g',
+      retryDelayMs: 100,
+      handler: async (m) => {
+        if (m.id === poison.id && !healed) throw new Error('not yet');
+        seen.push(m);
+      },
+    });
+    await transport.publish(batch);
+    await until(() => seen.filter((m) => m.streamId === 'account-2').length === 5, 'the other stream', 10_000);
+    assert.equal(seen.filter((m) => m.streamId === 'account-1').length, 0, 'account-1 waits for its first message');
+    healed = true;
+    await until(() => seen.length === 10, 'account-1 after the retry', 10_000);
+    await c.stop();
+    const account1 = seen.filter((m) => m.streamId === 'account-1');
+    assert.deepEqual(account1.map((m) => m.id), batch.filter((m) => m.streamId === 'account-1').map((m) => m.id));
+    assert.ok(account1[0]!.deliveryCount >= 2);
+    assert.ok(account1.slice(1).every((m) => m.deliveryCount === 1), 'the messages that waited were delivered once');
+  });
+
+  it('stop() returns promptly while waiting, and finishes and acknowledges the message in progress', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix, { blockMs: 10_000 });
+    const idle = await transport.consume({ group: 'idle', handler: async () => undefined });
+    await sleep(200);
+    let started = Date.now();
+    await idle.stop();
+    assert.ok(Date.now() - started < 1000, `stop while idle took ${Date.now() - started} ms`);
+
+    const [message] = messages(['account-1'], 1);
+    let entered!: () => void;
+    const inHandler = new Promise<void>((resolve) => (entered = resolve));
+    let finished = false;
+    const busy = await transport.consume({
+      group: 'busy',
+      handler: async () => {
+        entered();
+        await sleep(300);
+        finished = true;
+      },
+    });
+    await transport.publish([message!]);
+    await inHandler;
+    started = Date.now();
+    await busy.stop();
+    assert.ok(finished, 'the handler finished before stop() resolved');
+    assert.ok(Date.now() - started < 2000);
+    const [count] = (await redis.xpending(`${prefix}:events`, 'busy')) as [number];
+    assert.equal(count, 0, 'and its message was acknowledged');
+    const consumers = (await redis.xinfo('CONSUMERS', `${prefix}:events`, 'busy')) as unknown[];
+    assert.equal(consumers.length, 0, 'the stopped consumer left the group');
+  });
+
+  it('hands the messages a stopped member held to another member without waiting for claimIdleMs', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const one = open(prefix, { claimIdleMs: 3000 });
+    const two = open(prefix, { claimIdleMs: 3000 });
+    const batch = messages(['account-1'], 6);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const byOne: string[] = [];
+    const first = await one.consume({
+      group: 'g',
+      handler: async (m) => {
+        byOne.push(m.id);
+        await gate;
+      },
+    });
+    await one.publish(batch);
+    await until(() => byOne.length === 1, 'the first message in progress', 5000);
+    const stopping = first.stop(); // holds the other five (read in the same batch), waiting behind the first
+    release();
+    await stopping;
+    const byTwo: string[] = [];
+    const started = Date.now();
+    const second = await two.consume({ group: 'g', handler: async (m) => void byTwo.push(m.id) });
+    await until(() => byTwo.length === 5, 'the released messages', 10_000);
+    await second.stop();
+    assert.ok(Date.now() - started < 2500, `taken over in ${Date.now() - started} ms, before claimIdleMs`);
+    assert.deepEqual([...byOne, ...byTwo], batch.map((m) => m.id));
+  });
+
+  it('does not close a client it was given', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const client = new Redis(REDIS_URL);
+    client.on('error', () => undefined);
+    try {
+      const transport = createRedisTransport({ client, prefix });
+      const received: string[] = [];
+      const c = await transport.consume({ group: 'g', handler: async (m) => void received.push(m.id) });
+      await transport.publish(messages(['account-1'], 2));
+      await until(() => received.length === 2, 'two messages', 10_000);
+      await c.stop();
+      await transport.close();
+      assert.equal(await client.ping(), 'PONG');
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('a consumer keeps working after Redis is restarted', { timeout: 90_000 }, async () => {
+    const prefix = fresh();
+    const publisher = open(prefix);
+    const consumer = open(prefix);
+    const received: ReceivedMessage[] = [];
+    const c = await consumer.consume({ group: 'g', handler: async (m) => void received.push(m) });
+    const before = messages(['account-1', 'account-2'], 3);
+    await publisher.publish(before);
+    await until(() => received.length === before.length, 'the messages before the restart', 10_000);
+
+    await restartRedis(async () => {
+      // While Redis is down the consumer keeps trying; nothing to do but wait a little.
+      await sleep(300);
+    });
+
+    const afterRestart = messages(['account-1', 'account-2'], 3);
+    await publisher.publish(afterRestart);
+    await until(() => received.length === before.length + afterRestart.length, 'the messages after the restart', 30_000);
+    await c.stop();
+    assert.deepEqual(received.map((m) => m.id), [...before, ...afterRestart].map((m) => m.id));
+    assert.ok(received.every((m) => m.deliveryCount === 1));
+    // The group was created again on the fresh server, and what the consumer handled is acknowledged there.
+    const [pending] = (await redis.xpending(`${prefix}:events`, 'g')) as [number];
+    assert.equal(pending, 0);
+  });
+});
