@@ -7,6 +7,7 @@ import {
   ConcurrencyError,
   EventIdConflictError,
   StoreClosedError,
+  StoreUnavailableError,
   StreamDeletedError,
   assertExpectedVersion,
   assertStreamId,
@@ -390,7 +391,16 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
 
   protected ready(operation: string): void | Promise<void> {
     if (this.closed) throw new StoreClosedError(operation);
-    if (!this.migrated) return this.migrate().then(() => undefined);
+    if (!this.migrated) {
+      return this.migrate().then(
+        () => undefined,
+        (error: unknown) => {
+          // Name the caller's operation: "append to 'x' (migrating schema 'y' first)".
+          if (error instanceof StoreUnavailableError) throw new StoreUnavailableError(`${operation} (migrating schema '${this.schema}' first)`, error.cause);
+          throw error;
+        },
+      );
+    }
   }
 
   /** Applies the migrations in one transaction holding the schema's advisory lock. */

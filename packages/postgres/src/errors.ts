@@ -36,7 +36,7 @@ export function isConnectionError(error: unknown): boolean {
   return Array.isArray(errors) && errors.length > 0 && errors.every(isConnectionError);
 }
 
-/** An unexpected database error, with the operation that failed. The driver's error is `cause`; `code` is its SQLSTATE. */
+/** An unexpected database error, with the operation that failed. The driver's error is `cause`; `code` is its SQLSTATE (or Node error code). */
 export class DatabaseOperationError extends Error {
   readonly code: string | undefined;
   constructor(
@@ -45,7 +45,8 @@ export class DatabaseOperationError extends Error {
   ) {
     const sqlState = (cause as { code?: unknown } | null)?.code;
     const message = cause instanceof Error ? cause.message : String(cause);
-    super(`eventline: ${operation} failed: ${message}${typeof sqlState === 'string' ? ` (SQLSTATE ${sqlState})` : ''}`);
+    const isSqlState = typeof sqlState === 'string' && /^[0-9A-Z]{5}$/.test(sqlState);
+    super(`eventline: ${operation} failed: ${message}${isSqlState ? ` (SQLSTATE ${sqlState})` : ''}`);
     this.code = typeof sqlState === 'string' ? sqlState : undefined;
   }
   override get name(): string {

@@ -13,6 +13,8 @@
  * - a hard delete inside the transaction removes the stream's events only at commit, so that readers never miss
  *   events that a rolled-back delete would have kept.
  */
+import { mkdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { PGlite, type PGliteInterface, type Transaction } from '@electric-sql/pglite';
 import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
 import { SqlSession, SqlStoreBase, type Executor, type StoreConfig, type StreamRowData } from './core.js';
@@ -48,7 +50,13 @@ export interface PGliteEventStore extends EventStore {
 export function createPGliteStore(options: PGliteStoreOptions = {}): PGliteEventStore {
   const statements = statementsFor(options.schema ?? DEFAULT_SCHEMA);
   const own = options.db === undefined;
-  const db = options.db ?? new PGlite(options.dataDir ?? DEFAULT_PGLITE_DATA_DIR);
+  let db = options.db;
+  if (!db) {
+    const dataDir = options.dataDir ?? DEFAULT_PGLITE_DATA_DIR;
+    // PGlite creates the directory itself, but not its parents.
+    if (!dataDir.includes('://')) mkdirSync(dirname(resolve(dataDir)), { recursive: true });
+    db = new PGlite(dataDir);
+  }
   // A failed start is reported by the first operation, not as an unhandled rejection.
   db.waitReady.catch(() => {});
   return new PGliteStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, db, own);
