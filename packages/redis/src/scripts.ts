@@ -11,6 +11,10 @@ import type { Redis } from 'ioredis';
  * that index, i.e. when no earlier entry of its stream is pending in the group. Entries are delivered in id order, so
  * once an entry is the head it stays the head until it is acknowledged. The group's pending entries list (PEL) is the
  * authority: an index member that is no longer pending (trimmed, or lost with the group) is pruned when met.
+ *
+ * An entry that waits behind another member's entry of its stream stays with the member that read it; when the other
+ * member acknowledges its entry and the waiting one becomes the head, the acknowledgement wakes the waiting member
+ * (an entry on its wake stream, `<prefix>:wake:<group>:<consumer>`, which its blocking read watches).
  */
 
 /** Helpers shared by the scripts (KEYS[1] is always the events stream, ARGV[1] the group, ARGV[2] the consumer). */
@@ -106,8 +110,8 @@ return added
 
 /**
  * ARGV: group, consumer, count, order key prefix, filter count, filters...
- * Creates the group at 0 when Redis lost it, reads new entries for the consumer, acknowledges those the filters skip
- * and indexes the others. Returns {1, {{id, fields, isHead}, ...}, skipped} or, when there was nothing new,
+ * Creates the group at 0 when Redis lost it, reads new entries for the consumer, acknowledges those the filters skip,
+ * and indexes the others. Returns {1, {{id, fields, isHead}, ...}} or, when there was nothing new,
  * {0, last generated id of the stream} (what a blocking XREAD waits after).
  */
 const READ = `${HELPERS}
@@ -122,7 +126,6 @@ if not res then
 end
 local matches = matcher(5)
 local out = {}
-local skipped = 0
 for _, entry in ipairs(res[1][2]) do
   local id, flat = entry[1], entry[2]
   local f = fields_of(flat)
@@ -132,24 +135,31 @@ for _, entry in ipairs(res[1][2]) do
     out[#out + 1] = {id, flat, head(key) == id and 1 or 0}
   else
     redis.call('XACK', stream, group, id)
-    skipped = skipped + 1
   end
 end
-return {1, out, skipped}
+return {1, out}
 `;
 
 /**
- * ARGV: group, consumer, id, order key. Acknowledges the entry if the consumer still holds it (a late acknowledgement
- * of an entry reclaimed by another member is ignored) and returns {1, new head of the stream's index or ''};
- * {0, ''} when the entry is no longer the consumer's.
+ * ARGV: group, consumer, id, order key, wake key prefix, wake key expiry ms. Acknowledges the entry if the consumer
+ * still holds it (a late acknowledgement of an entry another member took over is ignored) and returns
+ * {1, new head of the stream or ''}; {0, ''} when the entry is no longer the consumer's. When another member holds the
+ * new head, it is woken: the head's id is added to its wake stream.
  */
 const ACK = `${HELPERS}
 if not group_exists() then return {0, ''} end
-local holder = pending(ARGV[3])
-if holder ~= consumer then return {0, ''} end
+if pending(ARGV[3]) ~= consumer then return {0, ''} end
 redis.call('XACK', stream, group, ARGV[3])
 redis.call('ZREM', ARGV[4], member(ARGV[3]))
-return {1, head(ARGV[4]) or ''}
+local next = head(ARGV[4])
+if not next then return {1, ''} end
+local holder = pending(next)
+if holder ~= consumer then
+  local wake = ARGV[5] .. holder
+  redis.call('XADD', wake, 'MAXLEN', '~', 1000, '*', 'id', next)
+  redis.call('PEXPIRE', wake, ARGV[6])
+end
+return {1, next}
 `;
 
 /**
@@ -166,22 +176,35 @@ return count
 `;
 
 /**
- * ARGV: group, consumer, idle ms, ids... Resets the idle time of the entries the consumer holds to the given value
- * (0: "still alive, keep them"; claimIdleMs: "released, take them") without counting a delivery. Returns the ids
- * it no longer holds.
+ * ARGV: group, consumer, ids... Keeps the entries the consumer holds and knows of from being taken over (resets their
+ * idle time without counting a delivery). Returns the ids it no longer holds.
  */
 const TOUCH = `${HELPERS}
 local lost = {}
 local exists = group_exists()
-for i = 4, #ARGV do
+for i = 3, #ARGV do
   local id = ARGV[i]
   if exists and pending(id) == consumer then
-    redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', ARGV[3], 'JUSTID')
+    redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
   else
     lost[#lost + 1] = id
   end
 end
 return lost
+`;
+
+/**
+ * ARGV: group, consumer, idle ms. When a consumer stops: marks everything it holds idle for idle ms (claimIdleMs), so
+ * that another member takes it over at once, and leaves the group when it holds nothing. Returns how many it released.
+ */
+const RELEASE = `${HELPERS}
+if not group_exists() then return 0 end
+local held = redis.call('XPENDING', stream, group, '-', '+', 10000, consumer)
+for _, p in ipairs(held) do
+  redis.call('XCLAIM', stream, group, consumer, 0, p[1], 'IDLE', ARGV[3], 'JUSTID')
+end
+if #held == 0 then redis.call('XGROUP', 'DELCONSUMER', stream, group, consumer) end
+return #held
 `;
 
 /**
@@ -234,16 +257,15 @@ return {res[1], out}
 `;
 
 /**
- * ARGV: group, consumer, idle ms. Deletes this consumer from the group when it holds nothing, and the group's other
- * consumers that hold nothing and were idle for longer than idle ms (left by crashed processes). A consumer deleted
- * while alive is created again by its next read.
+ * ARGV: group, consumer, idle ms. Deletes the group's consumers that hold nothing and were idle for longer than idle
+ * ms (left by crashed processes). A consumer deleted while alive is created again by its next read.
  */
 const PRUNE = `${HELPERS}
 if not group_exists() then return 0 end
 local deleted = 0
 for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
   local c = fields_of(info)
-  if tonumber(c.pending) == 0 and (c.name == consumer or tonumber(c.idle) > tonumber(ARGV[3])) then
+  if tonumber(c.pending) == 0 and c.name ~= consumer and tonumber(c.idle) > tonumber(ARGV[3]) then
     redis.call('XGROUP', 'DELCONSUMER', stream, group, c.name)
     deleted = deleted + 1
   end
@@ -267,6 +289,7 @@ export const SCRIPTS = {
   ack: script(ACK, 1),
   retry: script(RETRY, 1),
   touch: script(TOUCH, 1),
+  release: script(RELEASE, 1),
   heads: script(HEADS, 1),
   reclaim: script(RECLAIM, 1),
   prune: script(PRUNE, 1),

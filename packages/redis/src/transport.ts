@@ -25,7 +25,10 @@ export interface RedisTransportOptions {
   readonly batchSize?: number;
   /** Longest blocking wait for new entries before a consumer looks again (default 5000 ms). */
   readonly blockMs?: number;
-  /** How often a consumer looks whether an entry that waits behind another member's entry of its stream may run (default 50 ms). */
+  /**
+   * How often a consumer looks whether an entry that waits behind another member's entry of its stream may run
+   * (default 500 ms). The other member wakes it when it acknowledges its entry; this is the safety net.
+   */
   readonly pollMs?: number;
   /** Connection and consumer errors the transport recovers from (it reconnects and retries); default: ignored. */
   readonly onError?: (error: unknown) => void;
@@ -43,7 +46,7 @@ export interface RedisTransport extends Transport {
   destroy(): void;
 }
 
-const DEFAULTS = { prefix: 'eventline', claimIdleMs: 30_000, dedupeWindowMs: 3_600_000, batchSize: 10, blockMs: 5_000, pollMs: 50 };
+const DEFAULTS = { prefix: 'eventline', claimIdleMs: 30_000, dedupeWindowMs: 3_600_000, batchSize: 10, blockMs: 5_000, pollMs: 500 };
 /** Most messages one publish script call carries; a larger batch is sent as several calls, one after another. */
 const PUBLISH_CHUNK = 500;
 const PUBLISH_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -160,13 +163,21 @@ interface Held {
 }
 
 /**
- * One member of a consumer group. It processes one message at a time: the first entry it holds (in stream order)
- * that is the head of its stream in the group's order index. Entries that wait behind another member's entry of their
- * stream are held (and kept alive) until that member acknowledges it.
+ * One member of a consumer group (a Redis consumer with a name of its own). It processes one message at a time: the
+ * first entry it holds, in stream order, that is the head of its stream in the group's order index (see scripts.ts).
+ * Entries that wait behind another member's entry of their stream are held, and kept alive, until that member
+ * acknowledges its entry and wakes this one (or the periodic head check finds them free).
+ *
+ * Each turn of its loop: take over idle entries when due (XAUTOCLAIM), run the first runnable entry (a failed one when
+ * its retry is due), else check waiting heads when due, else read new entries, else block on its own connection
+ * until a new entry, a wake-up or the next due time.
  */
 class RedisConsumer implements Consumer {
   private readonly name = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   private readonly orderPrefix: string;
+  private readonly wakePrefix: string;
+  private readonly wakeKey: string;
+  private lastWakeId = '0-0';
   private readonly filters: string[];
   private readonly retryDelayMs: number;
   private readonly reclaimEveryMs: number;
@@ -189,6 +200,8 @@ class RedisConsumer implements Consumer {
     private readonly onStopped: () => void,
   ) {
     this.orderPrefix = `${settings.prefix}:order:${options.group}:`;
+    this.wakePrefix = `${settings.prefix}:wake:${options.group}:`;
+    this.wakeKey = this.wakePrefix + this.name;
     this.filters = [...(options.subjects ?? [])];
     this.retryDelayMs = options.retryDelayMs ?? 1000;
     this.reclaimEveryMs = Math.max(10, Math.floor(settings.claimIdleMs / 2));
@@ -239,10 +252,9 @@ class RedisConsumer implements Consumer {
     try {
       for (const held of this.held.filter((h) => h.handled)) await this.ack(held);
       // What it holds and did not process is released: marked idle, so another member takes it over at once.
-      const ids = this.held.map((h) => h.entryId);
-      if (ids.length > 0) await run(this.redis, SCRIPTS.touch, [this.settings.streamKey], [this.options.group, this.name, this.settings.claimIdleMs, ...ids]);
+      await run(this.redis, SCRIPTS.release, [this.settings.streamKey], [this.options.group, this.name, this.settings.claimIdleMs]);
       this.held = [];
-      await run(this.redis, SCRIPTS.prune, [this.settings.streamKey], [this.options.group, this.name, Math.max(60_000, this.settings.claimIdleMs * 10)]);
+      await this.redis.del(this.wakeKey);
     } catch (error) {
       this.settings.onError(error); // Redis is away: the entries are taken over once they are idle for claimIdleMs
     }
@@ -321,13 +333,17 @@ class RedisConsumer implements Consumer {
   }
 
   private async ack(held: Held): Promise<void> {
-    const reply = asArray(await run(this.redis, SCRIPTS.ack, [this.settings.streamKey], [this.options.group, this.name, held.entryId, held.orderKey]));
+    const reply = asArray(
+      await run(this.redis, SCRIPTS.ack, [this.settings.streamKey], [this.options.group, this.name, held.entryId, held.orderKey, this.wakePrefix, Math.max(60_000, this.settings.claimIdleMs * 10)]),
+    );
     this.drop(held.entryId);
-    const head = String(reply[1] ?? '');
-    if (head) {
-      const next = this.held.find((h) => h.entryId === head);
-      if (next) next.head = true;
-    }
+    this.headIs(String(reply[1] ?? ''));
+  }
+
+  /** An entry became the head of its stream: if this consumer holds it, it may run. */
+  private headIs(entryId: string): void {
+    const held = entryId ? this.held.find((h) => h.entryId === entryId) : undefined;
+    if (held) held.head = true;
   }
 
   /** Reads new entries for this consumer; `lastId` (what to wait after) when there were none. */
@@ -403,7 +419,7 @@ class RedisConsumer implements Consumer {
     this.touching = true;
     try {
       const ids = this.held.map((h) => h.entryId);
-      const lost = asArray(await run(this.redis, SCRIPTS.touch, [this.settings.streamKey], [this.options.group, this.name, 0, ...ids]));
+      const lost = asArray(await run(this.redis, SCRIPTS.touch, [this.settings.streamKey], [this.options.group, this.name, ...ids]));
       for (const id of lost) {
         const held = this.held.find((h) => h.entryId === String(id));
         if (held && !held.handled) this.drop(held.entryId);
@@ -424,7 +440,15 @@ class RedisConsumer implements Consumer {
     const ms = Math.ceil(until - now);
     if (ms <= 0 || this.stopping) return;
     if (lastId === undefined) return this.sleep(ms);
-    await this.blocking.xread('COUNT', 1, 'BLOCK', ms, 'STREAMS', this.settings.streamKey, lastId);
+    // Wakes up for a new entry of the group's stream, or for an entry of this consumer's that became a head.
+    const reply = await this.blocking.xread('COUNT', 10, 'BLOCK', ms, 'STREAMS', this.settings.streamKey, this.wakeKey, lastId, this.lastWakeId);
+    for (const [key, entries] of asArray(reply).map(asArray)) {
+      if (key !== this.wakeKey) continue;
+      for (const [wakeId, fields] of asArray(entries).map(asArray)) {
+        this.lastWakeId = String(wakeId);
+        this.headIs(String(asArray(fields)[1] ?? ''));
+      }
+    }
   }
 
   private sleep(ms: number): Promise<void> {
