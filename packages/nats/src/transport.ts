@@ -92,7 +92,14 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
   const publishTimeoutMs = options.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS;
   const duplicateWindowMs = options.duplicateWindowMs ?? DEFAULT_DUPLICATE_WINDOW_MS;
   if (!(duplicateWindowMs >= 100)) throw new NatsTransportError('configure', 'duplicateWindowMs must be at least 100');
-  const onError = options.onError ?? ((error: NatsTransportError) => console.warn(error.message));
+  const report = options.onError ?? ((error: NatsTransportError) => console.warn(error.message));
+  const onError = (error: NatsTransportError) => {
+    try {
+      report(error);
+    } catch {
+      /* a failing error callback must not end a consume loop */
+    }
+  };
 
   const owned = !options.connection;
   let nc: NatsConnection;
@@ -250,6 +257,7 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
       while (!this.stopped && !nc.isClosed()) {
         try {
           if (!setUp) {
+            streamReady = undefined; // check again: the stream may be what went missing
             await ensureStream('consume');
             await ensureConsumer(this.durable, this.options.group, this.config, this.options.from);
           }

@@ -39,6 +39,8 @@ if (!availability.available) {
     after(async () => {
       for (const transport of transports) await transport.close().catch(() => undefined);
       for (const stream of streams) await deleteStream(stream);
+      // Background errors are retried by the transport; listed for whoever reads the test output.
+      for (const error of backgroundErrors) console.log(`# background (retried): ${error.message}`);
     });
 
     it('the server itself de-duplicates a re-published id: one message in the stream', async () => {
@@ -178,6 +180,37 @@ if (!availability.available) {
         assert.ok(names.includes('billing_projector_v2'));
         assert.ok(names.some((name) => name.startsWith('billing_projector_v2_')), names.join(', '));
       });
+    });
+
+    it('a consumer carries on when its durable consumer or the whole stream is deleted under it', async () => {
+      const transport = await open(namespace());
+      const received: string[] = [];
+      const consumer = await transport.consume({ group: 'g', handler: async (m) => void received.push(m.id) });
+      const [one, two, three] = [messageOf('account-1', 1), messageOf('account-1', 2), messageOf('account-1', 3)];
+      await transport.publish([one]);
+      await until(() => received.length === 1, 'the first message', 10_000);
+      await withManager((jsm) => jsm.consumers.delete(transport.stream, 'g'));
+      await sleep(300);
+      await transport.publish([two]);
+      await until(() => received.includes(two.id), 'a message after the consumer was deleted', 15_000);
+      await withManager((jsm) => jsm.streams.delete(transport.stream));
+      await sleep(300);
+      await until(
+        async () => {
+          try {
+            await transport.publish([three]); // the first attempt may find the stream gone; the next creates it again
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        'a publish after the stream was deleted',
+        15_000,
+      );
+      await until(() => received.includes(three.id), 'a message after the stream was deleted', 15_000);
+      await consumer.stop();
+      assert.deepEqual(received.filter((id) => id !== one.id), [two.id, three.id]);
+      assert.ok(backgroundErrors.length > 0, 'the trouble was reported to onError');
     });
 
     it('uses a connection it is given and leaves it open on close()', async () => {
