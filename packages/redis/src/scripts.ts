@@ -194,14 +194,22 @@ return lost
 `;
 
 /**
- * ARGV: group, consumer, idle ms. When a consumer stops: marks everything it holds idle for idle ms (claimIdleMs), so
- * that another member takes it over at once, and leaves the group when it holds nothing. Returns how many it released.
+ * ARGV: group, consumer, idle ms, then (id, delivery count) pairs. When a consumer stops: marks everything it holds
+ * idle for idle ms (claimIdleMs), so that another member takes it over at once, and leaves the group when it holds
+ * nothing. The pairs name entries it held without handing them to its handler: their delivery count is set back so
+ * that the member taking them over counts the delivery its handler sees as the first. Returns how many it released.
  */
 const RELEASE = `${HELPERS}
 if not group_exists() then return 0 end
+local unstarted = {}
+for i = 4, #ARGV, 2 do unstarted[ARGV[i]] = ARGV[i + 1] end
 local held = redis.call('XPENDING', stream, group, '-', '+', 10000, consumer)
 for _, p in ipairs(held) do
-  redis.call('XCLAIM', stream, group, consumer, 0, p[1], 'IDLE', ARGV[3], 'JUSTID')
+  if unstarted[p[1]] then
+    redis.call('XCLAIM', stream, group, consumer, 0, p[1], 'IDLE', ARGV[3], 'RETRYCOUNT', unstarted[p[1]], 'JUSTID')
+  else
+    redis.call('XCLAIM', stream, group, consumer, 0, p[1], 'IDLE', ARGV[3], 'JUSTID')
+  end
 end
 if #held == 0 then redis.call('XGROUP', 'DELCONSUMER', stream, group, consumer) end
 return #held

@@ -160,6 +160,8 @@ interface Held {
   retryAt: number;
   /** The handler succeeded; only the acknowledgement is left. */
   handled: boolean;
+  /** The handler was given it (at least once) by this consumer. */
+  started: boolean;
 }
 
 /**
@@ -252,7 +254,8 @@ class RedisConsumer implements Consumer {
     try {
       for (const held of this.held.filter((h) => h.handled)) await this.ack(held);
       // What it holds and did not process is released: marked idle, so another member takes it over at once.
-      await run(this.redis, SCRIPTS.release, [this.settings.streamKey], [this.options.group, this.name, this.settings.claimIdleMs]);
+      const unstarted = this.held.filter((h) => !h.started).flatMap((h) => [h.entryId, Math.max(0, h.deliveries - 1)]);
+      await run(this.redis, SCRIPTS.release, [this.settings.streamKey], [this.options.group, this.name, this.settings.claimIdleMs, ...unstarted]);
       this.held = [];
       await this.redis.del(this.wakeKey);
     } catch (error) {
@@ -316,6 +319,7 @@ class RedisConsumer implements Consumer {
       held.deliveries = deliveries;
       held.retryAt = 0;
     }
+    held.started = true;
     const received: ReceivedMessage = { ...held.message, headers: { ...held.message.headers }, deliveryCount: held.deliveries };
     let ok = true;
     try {
@@ -383,7 +387,7 @@ class RedisConsumer implements Consumer {
       return;
     }
     const message = toMessage(fields);
-    const held: Held = { entryId, message, orderKey: this.orderPrefix + message.streamId, head, deliveries, retryAt: 0, handled: false };
+    const held: Held = { entryId, message, orderKey: this.orderPrefix + message.streamId, head, deliveries, retryAt: 0, handled: false, started: false };
     const at = this.held.findIndex((h) => compareEntryIds(h.entryId, entryId) > 0);
     if (at < 0) this.held.push(held);
     else this.held.splice(at, 0, held);

@@ -16,7 +16,10 @@ describe('Redis is reachable', () => {
 
 describeTransportConformance({
   name: 'Redis Streams',
-  connect: async (prefix) => createRedisTransport({ url: REDIS_URL, prefix, claimIdleMs: CLAIM_IDLE_MS }),
+  connect: async (prefix) => {
+    await requireRedis(); // fails within seconds when Redis is away, instead of after the client's reconnect attempts
+    return createRedisTransport({ url: REDIS_URL, prefix, claimIdleMs: CLAIM_IDLE_MS });
+  },
   crash: async (transport) => (transport as RedisTransport).destroy(),
   cleanup: (prefix) => deleteKeys(prefix),
   redeliveryTimeoutMs: 5 * CLAIM_IDLE_MS,
@@ -38,14 +41,15 @@ describe('Redis Streams transport', () => {
     return prefix;
   };
 
-  before(() => {
+  before(async () => {
+    await requireRedis();
     redis = new Redis(REDIS_URL);
     redis.on('error', () => undefined);
   });
   after(async () => {
     for (const transport of transports) await transport.close().catch(() => undefined);
     for (const prefix of prefixes) await deleteKeys(prefix).catch(() => undefined);
-    redis.disconnect();
+    redis?.disconnect();
   });
 
   it('stores a message id published twice once, in one batch or in two', { timeout: 20_000 }, async () => {
@@ -183,12 +187,14 @@ describe('Redis Streams transport', () => {
     release();
     await stopping;
     const byTwo: string[] = [];
+    const counts: number[] = [];
     const started = Date.now();
-    const second = await two.consume({ group: 'g', handler: async (m) => void byTwo.push(m.id) });
+    const second = await two.consume({ group: 'g', handler: async (m) => void (byTwo.push(m.id), counts.push(m.deliveryCount)) });
     await until(() => byTwo.length === 5, 'the released messages', 10_000);
     await second.stop();
     assert.ok(Date.now() - started < 2500, `taken over in ${Date.now() - started} ms, before claimIdleMs`);
     assert.deepEqual([...byOne, ...byTwo], batch.map((m) => m.id));
+    assert.deepEqual(counts, [1, 1, 1, 1, 1], 'what the stopped member never handed to its handler counts as a first delivery');
   });
 
   it('does not close a client it was given', { timeout: 20_000 }, async () => {
@@ -210,6 +216,8 @@ describe('Redis Streams transport', () => {
   });
 
   it('a consumer keeps working after Redis is restarted', { timeout: 90_000 }, async () => {
+    const { hostname, port } = new URL(REDIS_URL);
+    assert.ok(hostname === '127.0.0.1' && (port || '6379') === '6379', `this test restarts the machine's Redis at 127.0.0.1:6379; REDIS_URL is ${REDIS_URL}`);
     const prefix = fresh();
     const publisher = open(prefix);
     const consumer = open(prefix);
