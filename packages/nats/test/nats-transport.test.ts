@@ -213,6 +213,21 @@ if (!availability.available) {
       assert.ok(backgroundErrors.length > 0, 'the trouble was reported to onError');
     });
 
+    it('a dotted prefix gets a safe stream name and its own subjects', async () => {
+      const prefix = `acme.${namespace()}`;
+      const transport = await open(prefix);
+      assert.match(transport.stream, /^acme_n[0-9a-f]{12}_[0-9a-f]{10}$/);
+      const received: ReceivedMessage[] = [];
+      const consumer = await transport.consume({ group: 'g', subjects: ['account.*'], handler: async (m) => void received.push(m) });
+      const message = messageOf('account-1', 1);
+      await transport.publish([message]);
+      await until(() => received.length === 1, 'the message', 10_000);
+      await consumer.stop();
+      assert.equal(received[0]!.subject, 'account.Happened');
+      assert.equal(received[0]!.id, message.id);
+      assert.deepEqual(received[0]!.headers, message.headers);
+    });
+
     it('uses a connection it is given and leaves it open on close()', async () => {
       const nc = await connect({ servers: NATS_URL });
       try {
