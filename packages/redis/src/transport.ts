@@ -55,6 +55,8 @@ const MAX_HELD = 1000;
 /** Entries a reclaim takes at once, and pages of them per reclaim. */
 const RECLAIM_COUNT = 100;
 const RECLAIM_PAGES = 10;
+/** How long stop() waits for Redis (the acknowledgement of the last message, the release of the rest). */
+const STOP_GRACE_MS = 5_000;
 
 export function createRedisTransport(options: RedisTransportOptions = {}): RedisTransport {
   const prefix = options.prefix ?? DEFAULTS.prefix;
@@ -118,7 +120,11 @@ export function createRedisTransport(options: RedisTransportOptions = {}): Redis
       closed = true;
       if (destroyed) return;
       await Promise.all([...consumers].map((consumer) => consumer.stop()));
-      if (owned) await redis.quit().catch(() => redis.disconnect());
+      if (owned) {
+        // QUIT waits for the replies of earlier commands; without a connection it would wait for a reconnection.
+        if (redis.status === 'ready') await withTimeout(redis.quit(), STOP_GRACE_MS).catch(() => redis.disconnect());
+        else redis.disconnect();
+      }
     },
 
     destroy(): void {
@@ -194,6 +200,8 @@ class RedisConsumer implements Consumer {
   private nextReclaimAt = 0;
   private nextHeadCheckAt = 0;
   private readonly wakers = new Set<() => void>();
+  /** The handler running now, if any. */
+  private handling: Promise<void> | undefined;
 
   constructor(
     private readonly redis: Redis,
@@ -244,23 +252,34 @@ class RedisConsumer implements Consumer {
   }
 
   private async shutdown(): Promise<void> {
+    if (this.destroyed) return this.onStopped();
     this.stopping = true;
     this.wake();
     this.blocking.disconnect(); // ends a blocking wait at once
-    await this.loop; // the message in progress finishes (and is acknowledged) first
-    clearInterval(this.touchTimer);
-    this.onStopped();
-    if (this.destroyed) return;
+    await this.handling; // the message in progress finishes first, however long it takes
     try {
-      for (const held of this.held.filter((h) => h.handled)) await this.ack(held);
-      // What it holds and did not process is released: marked idle, so another member takes it over at once.
-      const unstarted = this.held.filter((h) => !h.started).flatMap((h) => [h.entryId, Math.max(0, h.deliveries - 1)]);
-      await run(this.redis, SCRIPTS.release, [this.settings.streamKey], [this.options.group, this.name, this.settings.claimIdleMs, ...unstarted]);
-      this.held = [];
-      await this.redis.del(this.wakeKey);
+      // Then its acknowledgement, and the release of what it holds; bounded, for when Redis is unreachable (the
+      // client would keep a command for its reconnection attempts): what is not released is taken over after
+      // claimIdleMs, what is not acknowledged is delivered again.
+      await withTimeout(this.loop, STOP_GRACE_MS);
+      clearInterval(this.touchTimer);
+      if (this.destroyed) return;
+      await withTimeout(this.release(), STOP_GRACE_MS);
     } catch (error) {
-      this.settings.onError(error); // Redis is away: the entries are taken over once they are idle for claimIdleMs
+      this.settings.onError(error);
+    } finally {
+      clearInterval(this.touchTimer);
+      this.onStopped();
     }
+  }
+
+  private async release(): Promise<void> {
+    for (const held of this.held.filter((h) => h.handled)) await this.ack(held);
+    // What it holds and did not process is marked idle, so another member takes it over at once.
+    const unstarted = this.held.filter((h) => !h.started).flatMap((h) => [h.entryId, Math.max(0, h.deliveries - 1)]);
+    await run(this.redis, SCRIPTS.release, [this.settings.streamKey], [this.options.group, this.name, this.settings.claimIdleMs, ...unstarted]);
+    this.held = [];
+    await this.redis.del(this.wakeKey);
   }
 
   private async runLoop(): Promise<void> {
@@ -321,12 +340,15 @@ class RedisConsumer implements Consumer {
     }
     held.started = true;
     const received: ReceivedMessage = { ...held.message, headers: { ...held.message.headers }, deliveryCount: held.deliveries };
-    let ok = true;
-    try {
-      await this.options.handler(received);
-    } catch {
-      ok = false;
-    }
+    const handling = Promise.resolve()
+      .then(() => this.options.handler(received))
+      .then(
+        () => true,
+        () => false,
+      );
+    this.handling = handling.then(() => undefined);
+    const ok = await handling;
+    this.handling = undefined;
     if (this.destroyed) return;
     if (!ok) {
       held.retryAt = Date.now() + this.retryDelayMs; // stays pending; its stream waits for it
@@ -469,6 +491,18 @@ class RedisConsumer implements Consumer {
 
   private wake(): void {
     for (const waker of [...this.wakers]) waker();
+  }
+}
+
+async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`Redis transport: Redis did not answer within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

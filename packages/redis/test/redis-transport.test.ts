@@ -227,9 +227,16 @@ describe('Redis Streams transport', () => {
     await publisher.publish(before);
     await until(() => received.length === before.length, 'the messages before the restart', 10_000);
 
+    const other = createRedisTransport({ url: REDIS_URL, prefix, claimIdleMs: CLAIM_IDLE_MS });
+    const otherConsumer = await other.consume({ group: 'other', handler: async () => undefined });
     await restartRedis(async () => {
-      // While Redis is down the consumer keeps trying; nothing to do but wait a little.
+      // While Redis is down the consumer keeps trying. Stopping and closing another one does not wait for Redis
+      // for ever (the client would keep the commands for its reconnection attempts).
       await sleep(300);
+      const started = Date.now();
+      await otherConsumer.stop();
+      await other.close();
+      assert.ok(Date.now() - started < 8000, `stop and close while Redis is down took ${Date.now() - started} ms`);
     });
 
     const afterRestart = messages(['account-1', 'account-2'], 3);
