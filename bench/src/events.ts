@@ -40,11 +40,12 @@ export const SEEDED_EVENTS = 100_000;
 export const HOT_STREAM_EVENTS = SEEDED_EVENTS / 10;
 
 /**
- * A SELECT of `SEEDED_EVENTS` rows `(event_id, stream_id, version, type, data, metadata)` in log order, the same shape as
- * {@link orderEvent}: every 10th event goes to {@link HOT_STREAM} (10,000 events), the others to 900 streams of 100
- * events (`order-<k>`), interleaved as many writers would leave them. Runs on PostgreSQL and PGlite alike.
+ * A SELECT of `count` rows `(event_id, stream_id, version, type, data, metadata)` in log order (a multiple of 1,000), the
+ * same shape as {@link orderEvent}: every 10th event goes to {@link HOT_STREAM} (10,000 events of the 100,000 the read
+ * figures seed), the others to 900 streams (`order-<k>`, 100 events each of the 100,000), interleaved as many writers
+ * would leave them. Runs on PostgreSQL and PGlite alike.
  */
-export function seedRowsSelect(): string {
+export function seedRowsSelect(count: number): string {
   return `
     SELECT gen_random_uuid() AS event_id,
            CASE WHEN i % 10 = 0 THEN '${HOT_STREAM}' ELSE 'order-' || (i % 1000) END AS stream_id,
@@ -60,5 +61,5 @@ export function seedRowsSelect(): string {
              'currency', 'EUR',
              'channel', 'web') AS data,
            jsonb_build_object('correlationId', gen_random_uuid(), 'causationId', gen_random_uuid()) AS metadata
-      FROM generate_series(0, ${SEEDED_EVENTS - 1}) AS i`;
+      FROM generate_series(0, ${count - 1}) AS i`;
 }

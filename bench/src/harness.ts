@@ -16,8 +16,8 @@ export interface Result {
 export interface BenchContext {
   /** Whether the run asks for this figure (its name starts with the prefix given on the command line). */
   wants(name: string): boolean;
-  /** Records a measured figure; the ratio is derived from the unit. */
-  record(name: string, unit: string, value: number, baseline: number | null): void;
+  /** Records a measured figure; the ratio is derived from the unit. `rounds`, when given, is shown in the progress. */
+  record(name: string, unit: string, value: number, baseline: number | null, rounds?: Interleaved): void;
   /** Progress on stderr, so stdout stays the table and the JSON line. */
   log(message: string): void;
 }

@@ -21,10 +21,11 @@ const started = performance.now();
 const results: Result[] = [];
 const ctx: BenchContext = {
   wants,
-  record(name, unit, value, baseline) {
+  record(name, unit, value, baseline, rounds) {
     const result = makeResult(name, unit, value, baseline);
     results.push(result);
-    ctx.log(`  ${name}: ${result.value} ${unit} (baseline ${result.baseline ?? '-'}, ratio ${result.ratio ?? '-'})`);
+    const detail = rounds ? `; rounds ${rounds.values.map(Math.round).join(' ')} vs ${rounds.baselines.map(Math.round).join(' ')}` : '';
+    ctx.log(`  ${name}: ${result.value} ${unit} (baseline ${result.baseline ?? '-'}, ratio ${result.ratio ?? '-'}${detail})`);
   },
   log(message) {
     process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(5)}s] ${message}\n`);

@@ -2,10 +2,24 @@
  * The raw-driver baseline: an event table with the store's columns, written and read the way a competent user of
  * node-postgres or PGlite would, with no library in between. The same code runs on both: each gives `query(text, params)`.
  */
+import type pg from 'pg';
 import type { BenchEvent } from './events.js';
 
 export type Row = Record<string, unknown>;
 export type Query = (text: string, params?: unknown[]) => Promise<{ rows: Row[] }>;
+
+/**
+ * node-postgres with each distinct statement prepared once per connection under a name of its own, as a competent user
+ * runs hot statements (and as the store does).
+ */
+export function preparedQueries(pool: pg.Pool): Query {
+  const names = new Map<string, string>();
+  return (text, values) => {
+    let name = names.get(text);
+    if (name === undefined) names.set(text, (name = `bench_${names.size}`));
+    return pool.query({ name, text, values });
+  };
+}
 
 /** The table: the store's columns, a global position for keyset paging, and the uniqueness an event store needs. */
 export function rawTableDdl(table: string): string {

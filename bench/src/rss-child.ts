@@ -6,7 +6,7 @@
 import { createPostgresStore } from '@eventline/postgres';
 import pg from 'pg';
 import { DATABASE_URL } from './harness.js';
-import { rawReadAll } from './raw.js';
+import { preparedQueries, rawReadAll } from './raw.js';
 
 export type RssRequest =
   | { mode: 'store'; schema: string; count: number; pageSize: number }
@@ -30,7 +30,7 @@ async function read(request: RssRequest): Promise<number> {
   }
   const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 1 });
   try {
-    return await rawReadAll((text, params) => pool.query(text, params), request.table, request.pageSize, request.count);
+    return await rawReadAll(preparedQueries(pool), request.table, request.pageSize, request.count);
   } finally {
     await pool.end();
   }

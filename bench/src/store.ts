@@ -10,7 +10,7 @@ import type { EventStore } from 'eventline';
 import pg from 'pg';
 import { HOT_STREAM, HOT_STREAM_EVENTS, orderEvents, SEEDED_EVENTS, seedRowsSelect } from './events.js';
 import { concurrently, DATABASE_URL, interleave, rate, uniqueName, type BenchContext, type BenchModule } from './harness.js';
-import { rawAppendBatch, rawAppendOne, rawReadAll, rawReadStream, rawTableDdl, type Query } from './raw.js';
+import { preparedQueries, rawAppendBatch, rawAppendOne, rawReadAll, rawReadStream, rawTableDdl, type Query } from './raw.js';
 import type { RssRequest, RssResponse } from './rss-child.js';
 
 const ROUNDS = 5;
@@ -19,6 +19,11 @@ const ALL_PAGE_SIZE = 1000;
 const STREAM_PAGE_SIZE = 500;
 /** Appends per round of the `append.single.c<writers>` figures. */
 const SINGLE_APPENDS: Record<number, number> = { 1: 500, 8: 1000 };
+/**
+ * Events already in the store and the raw table when the append figures start: a store in use, not one created a
+ * moment ago (whose cached plans and statistics describe an empty table; see the README).
+ */
+const PRIMED_EVENTS = 10_000;
 const BATCH_SIZE = 100;
 const BATCHES = 30;
 /** Reads of the hot stream per round of `readStream.10k`. */
@@ -30,7 +35,10 @@ type MigratableStore = EventStore & { migrate(): Promise<number[]> };
 interface Backend {
   /** `store` or `store.pglite`: the figure names' prefix. */
   readonly prefix: string;
+  /** For setting up and seeding. */
   readonly query: Query;
+  /** For the baseline's work. */
+  readonly raw: Query;
   /** Concurrent writers measured by `append.single.c<n>`. */
   readonly writers: readonly number[];
   /** Rounds of `readAll.catchup` (a round reads 100k events; PGlite is slow at it). */
@@ -56,6 +64,7 @@ export const postgresStoreBench: BenchModule = {
     const backend: Backend = {
       prefix: 'store',
       query: (text, params) => pool.query(text, params),
+      raw: preparedQueries(pool),
       writers: [1, 8],
       catchupRounds: ROUNDS,
       openStore: (schema) => createPostgresStore({ connectionString: DATABASE_URL, schema, poolSize: POOL_SIZE }),
@@ -78,6 +87,7 @@ export const pgliteStoreBench: BenchModule = {
     const backend: Backend = {
       prefix: 'store.pglite',
       query: (text, params) => db.query(text, params),
+      raw: (text, params) => db.query(text, params),
       writers: [1],
       catchupRounds: 3,
       openStore: (schema) => createPGliteStore({ db, schema }),
@@ -117,16 +127,16 @@ async function runFigures(ctx: BenchContext, b: Backend, afterSeed?: (seeded: Se
   try {
     await b.query(`CREATE SCHEMA ${raw}`);
     if (wantsWrites) {
-      await b.query(rawTableDdl(`${raw}.appended`));
-      await appendFigures(ctx, b, openStore('appended'), `${raw}.appended`);
+      const rawTable = `${raw}.appended`;
+      const store = openStore('appended');
+      await seed(b, store, schemas.at(-1)!, rawTable, PRIMED_EVENTS);
+      await appendFigures(ctx, b, store, rawTable);
     }
     if (wantsReads) {
       const rawTable = `${raw}.seeded`;
-      ctx.log(`${b.prefix}: seeding ${SEEDED_EVENTS} events`);
-      await b.query(rawTableDdl(rawTable));
-      await b.query(`INSERT INTO ${rawTable} (event_id, stream_id, version, type, data, metadata) ${seedRowsSelect()}`);
       const store = openStore('seeded');
-      await seedStore(b, store, schemas.at(-1)!, rawTable);
+      ctx.log(`${b.prefix}: seeding ${SEEDED_EVENTS} events`);
+      await seed(b, store, schemas.at(-1)!, rawTable, SEEDED_EVENTS);
       await readFigures(ctx, b, store, rawTable);
       await afterSeed?.({ storeSchema: schemas.at(-1)!, rawTable });
     }
@@ -150,10 +160,10 @@ async function appendFigures(ctx: BenchContext, b: Backend, store: EventStore, t
       },
       (round) => {
         const events = orderEvents(count);
-        return rate(count, () => concurrently(writers, count, (i) => rawAppendOne(b.query, table, `order-c${writers}r${round + 1}-${i}`, 1, events[i]!)));
+        return rate(count, () => concurrently(writers, count, (i) => rawAppendOne(b.raw, table, `order-c${writers}r${round + 1}-${i}`, 1, events[i]!)));
       },
     );
-    ctx.record(name, 'events/s', r.value, r.baseline);
+    ctx.record(name, 'events/s', r.value, r.baseline, r);
   }
 
   const name = `${b.prefix}.append.batch100`;
@@ -171,11 +181,11 @@ async function appendFigures(ctx: BenchContext, b: Backend, store: EventStore, t
     async (round) => {
       const events = batches();
       return rate(BATCHES * BATCH_SIZE, async () => {
-        for (const [i, batch] of events.entries()) await rawAppendBatch(b.query, table, `order-br${round + 1}-${i}`, 1, batch);
+        for (const [i, batch] of events.entries()) await rawAppendBatch(b.raw, table, `order-br${round + 1}-${i}`, 1, batch);
       });
     },
   );
-  ctx.record(name, 'events/s', r.value, r.baseline);
+  ctx.record(name, 'events/s', r.value, r.baseline, r);
 }
 
 async function readFigures(ctx: BenchContext, b: Backend, store: EventStore, table: string): Promise<void> {
@@ -195,10 +205,10 @@ async function readFigures(ctx: BenchContext, b: Backend, store: EventStore, tab
       },
       async (round) =>
         rate(limit(round), async () => {
-          expectCount(catchup, await rawReadAll(b.query, table, ALL_PAGE_SIZE, limit(round)), limit(round));
+          expectCount(catchup, await rawReadAll(b.raw, table, ALL_PAGE_SIZE, limit(round)), limit(round));
         }),
     );
-    ctx.record(catchup, 'events/s', r.value, r.baseline);
+    ctx.record(catchup, 'events/s', r.value, r.baseline, r);
   }
 
   const stream = `${b.prefix}.readStream.10k`;
@@ -217,10 +227,10 @@ async function readFigures(ctx: BenchContext, b: Backend, store: EventStore, tab
         }),
       () =>
         rate(total, async () => {
-          for (let i = 0; i < STREAM_READS; i++) expectCount(stream, await rawReadStream(b.query, table, HOT_STREAM, STREAM_PAGE_SIZE), HOT_STREAM_EVENTS);
+          for (let i = 0; i < STREAM_READS; i++) expectCount(stream, await rawReadStream(b.raw, table, HOT_STREAM, STREAM_PAGE_SIZE), HOT_STREAM_EVENTS);
         }),
     );
-    ctx.record(stream, 'events/s', r.value, r.baseline);
+    ctx.record(stream, 'events/s', r.value, r.baseline, r);
   }
 }
 
@@ -238,7 +248,7 @@ async function rssFigures(ctx: BenchContext, seeded: Seeded): Promise<void> {
       () => peakRss(name, { mode: 'raw', table: seeded.rawTable, count, pageSize: ALL_PAGE_SIZE }),
       { warmup: false },
     );
-    ctx.record(name, 'MiB', r.value, r.baseline);
+    ctx.record(name, 'MiB', r.value, r.baseline, r);
   }
 }
 
@@ -260,14 +270,17 @@ function expectCount(figure: string, actual: number, expected: number): void {
 }
 
 /**
- * Copies the seeded raw log into the store's tables with INSERT ... SELECT, in chunks of 1,000 events (one transaction
- * each, as if written by many appends); the read figures are not about writing. This writes the store's schema v1
- * (packages/postgres/src/sql.ts) directly: keep it in step with the store's migrations.
+ * Creates the raw table with `count` events of bulk SQL, and copies them into the store's tables with INSERT ... SELECT
+ * in chunks of 1,000 events (one transaction each, as if written by many appends); then VACUUM ANALYZE on both, as
+ * autovacuum would have done on a database in use. This writes the store's schema v1 (packages/postgres/src/sql.ts)
+ * directly: keep it in step with the store's migrations.
  */
-async function seedStore(b: Backend, store: MigratableStore, schema: string, rawTable: string): Promise<void> {
+async function seed(b: Backend, store: MigratableStore, schema: string, rawTable: string, count: number): Promise<void> {
+  await b.query(rawTableDdl(rawTable));
+  await b.query(`INSERT INTO ${rawTable} (event_id, stream_id, version, type, data, metadata) ${seedRowsSelect(count)}`);
   await store.migrate();
   const chunk = 1000;
-  for (let from = 0; from < SEEDED_EVENTS; from += chunk) {
+  for (let from = 0; from < count; from += chunk) {
     await b.query(
       `INSERT INTO ${schema}.events (event_id, stream_id, version, category, type, data, metadata)
        SELECT event_id, stream_id, version, split_part(stream_id, '-', 1), type, data, metadata || '{"schemaVersion": 1}'
@@ -279,7 +292,5 @@ async function seedStore(b: Backend, store: MigratableStore, schema: string, raw
     `INSERT INTO ${schema}.streams (stream_id, category, version)
      SELECT stream_id, split_part(stream_id, '-', 1), max(version) FROM ${rawTable} GROUP BY stream_id`,
   );
-  await b.query(`VACUUM ANALYZE ${schema}.events`);
-  await b.query(`VACUUM ANALYZE ${schema}.streams`);
-  await b.query(`VACUUM ANALYZE ${rawTable}`);
+  for (const table of [`${schema}.events`, `${schema}.streams`, rawTable]) await b.query(`VACUUM ANALYZE ${table}`);
 }
