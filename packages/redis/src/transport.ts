@@ -55,6 +55,8 @@ const MAX_HELD = 1000;
 /** Entries a reclaim takes at once, and pages of them per reclaim. */
 const RECLAIM_COUNT = 100;
 const RECLAIM_PAGES = 10;
+/** The idle time a stopping member gives what it releases: more than any member's claimIdleMs, so the next reclaim takes it. */
+const RELEASED_IDLE_MS = 86_400_000;
 /** How long stop() waits for Redis (the acknowledgement of the last message, the release of the rest). */
 const STOP_GRACE_MS = 5_000;
 
@@ -277,7 +279,7 @@ class RedisConsumer implements Consumer {
     for (const held of this.held.filter((h) => h.handled)) await this.ack(held);
     // What it holds and did not process is marked idle, so another member takes it over at once.
     const unstarted = this.held.filter((h) => !h.started).flatMap((h) => [h.entryId, Math.max(0, h.deliveries - 1)]);
-    await run(this.redis, SCRIPTS.release, [this.settings.streamKey], [this.options.group, this.name, this.settings.claimIdleMs, ...unstarted]);
+    await run(this.redis, SCRIPTS.release, [this.settings.streamKey], [this.options.group, this.name, Math.max(this.settings.claimIdleMs, RELEASED_IDLE_MS), ...unstarted]);
     this.held = [];
     await this.redis.del(this.wakeKey);
   }

@@ -197,6 +197,52 @@ describe('Redis Streams transport', () => {
     assert.deepEqual(counts, [1, 1, 1, 1, 1], 'what the stopped member never handed to its handler counts as a first delivery');
   });
 
+  it('keeps each stream in order and one at a time with three members, failing handlers and a member killed mid-way', { timeout: 60_000 }, async () => {
+    const prefix = fresh();
+    const [a, b, doomed] = [open(prefix), open(prefix), open(prefix)];
+    const batch = messages(Array.from({ length: 10 }, (_, i) => `account-${i}`), 20);
+    const busy = new Set<string>();
+    const succeeded = new Map<string, number>(); // message id → times its handler succeeded
+    const versions = new Map<string, number[]>(); // stream → versions in the order they succeeded
+    const problems: string[] = [];
+    let hungStream: string | undefined;
+    const handler = (mayHang: boolean) => async (m: ReceivedMessage) => {
+      if (busy.has(m.streamId)) problems.push(`${m.streamId} handled twice at once`);
+      busy.add(m.streamId);
+      try {
+        await sleep(Math.random() * 3);
+        if (mayHang && hungStream === undefined) {
+          hungStream = m.streamId;
+          await new Promise(() => undefined); // never settles: its member is killed with it in hand
+        }
+        if (Math.random() < 0.1) throw new Error('transient');
+        succeeded.set(m.id, (succeeded.get(m.id) ?? 0) + 1);
+        const list = versions.get(m.streamId) ?? [];
+        list.push(Number(m.headers['eventline-version']));
+        versions.set(m.streamId, list);
+      } finally {
+        busy.delete(m.streamId);
+      }
+    };
+    await doomed.consume({ group: 'g', retryDelayMs: 20, handler: handler(true) });
+    await a.publish(batch.slice(0, 100));
+    await until(() => hungStream !== undefined, 'a message in the hands of the member to kill', 10_000);
+    const consumers = [
+      await a.consume({ group: 'g', retryDelayMs: 20, handler: handler(false) }),
+      await b.consume({ group: 'g', retryDelayMs: 20, handler: handler(false) }),
+    ];
+    await sleep(100);
+    doomed.destroy();
+    busy.delete(hungStream!); // its handler is as good as dead
+    await a.publish(batch.slice(100));
+    await until(() => succeeded.size === batch.length, 'every message handled', 40_000);
+    await sleep(200);
+    await Promise.all(consumers.map((c) => c.stop()));
+    assert.deepEqual(problems, []);
+    assert.ok([...succeeded.values()].every((times) => times === 1), 'each message succeeded once');
+    for (const [stream, list] of versions) assert.deepEqual(list, Array.from({ length: 20 }, (_, i) => i + 1), `${stream} in order`);
+  });
+
   it('does not close a client it was given', { timeout: 20_000 }, async () => {
     const prefix = fresh();
     const client = new Redis(REDIS_URL);
