@@ -89,11 +89,9 @@ interface WriteRow {
   stream_exists: boolean | null;
 }
 
-interface AppendRow extends WriteRow {
-  first_version: string | number | null;
-  last_position: string | number | bigint | null;
-  tx_id: string | null;
-  conflict_ids: string[] | null;
+/** The append statement's single column: see `appendEvents` in sql.ts. */
+interface AppendRow {
+  r: string;
 }
 
 const INT8_MAX = 0x7fffffffffffffffn;
@@ -177,25 +175,27 @@ export class SqlSession implements EventStoreSession {
       metadata[i] = event.metadataJson;
     }
     await this.executor.beforeStreamWrite?.(id);
-    let row: AppendRow;
+    let result: string;
     try {
-      [row] = (await this.executor.query<AppendRow>(this.config.statements.appendEvents, [id, expectedText(prepared.expectedVersion), ids, types, data, metadata], operation)) as [AppendRow];
+      const rows = await this.executor.query<AppendRow>(this.config.statements.appendEvents, [id, expectedText(prepared.expectedVersion), ids, types, data, metadata], operation);
+      result = rows[0]!.r;
     } catch (error) {
       const conflicting = duplicateIdsOf(error, ids);
       if (conflicting) throw new EventIdConflictError(id, conflicting);
       throw error;
     }
-    if (row.status === 'ok' || row.status === 'duplicate') {
+    const [status, version, firstVersion, lastPosition, transaction, exists, conflicts] = result.split(' ') as [WriteRow['status'], string, string, string, string, string, string];
+    if (status === 'ok' || status === 'duplicate') {
       return {
         streamId: id,
-        version: Number(row.stream_version),
-        firstVersion: Number(row.first_version),
-        position: formatPosition(BigInt(row.tx_id!), BigInt(row.last_position!)),
-        duplicate: row.status === 'duplicate',
+        version: Number(version),
+        firstVersion: Number(firstVersion),
+        position: formatPosition(BigInt(transaction), BigInt(lastPosition)),
+        duplicate: status === 'duplicate',
       };
     }
-    if (row.status === 'id_conflict') throw new EventIdConflictError(id, row.conflict_ids ?? ids);
-    throw refusal(row, id, prepared.expectedVersion);
+    if (status === 'id_conflict') throw new EventIdConflictError(id, conflicts ? conflicts.split(',') : ids);
+    throw refusal({ status, stream_version: version, stream_exists: exists === 'true' }, id, prepared.expectedVersion);
   }
 
   readStream(streamId: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent> {
@@ -309,9 +309,13 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     return this.config.statements.schema;
   }
 
-  /** Applies the schema migrations now (otherwise the first operation does). Safe to call again and from several processes. */
+  /**
+   * Applies the schema migrations now (otherwise the first operation does) and resolves with the versions it applied:
+   * empty when the schema was up to date, or when this store already migrated it. Safe from several processes at once.
+   */
   migrate(): Promise<number[]> {
     if (this.closed) return Promise.reject(new StoreClosedError('migrate'));
+    if (this.migrated) return Promise.resolve([]);
     this.migrating ??= this.runMigrations().then(
       (applied) => {
         this.migrated = true;

@@ -100,71 +100,114 @@ CREATE TABLE ${s}.events (
   UNIQUE (stream_id, version)
 );
 
+-- Every statement in these functions is an index lookup by design, whatever the arguments. They use generic plans
+-- (re-planning on each call, PostgreSQL's choice for some of them, costs more than the whole append) made without
+-- sequential scans (a plan cached while a table is still nearly empty would otherwise scan it as it grows).
+
 -- Appends a batch in one call. Never raises for a refused append (so that a refusal inside a transaction does not abort
 -- it); it returns a status instead: 'ok', 'duplicate' (this exact batch is already stored: its original result is
 -- returned), 'deleted' (tombstone), 'wrong_version' (with the stream's version and whether it exists) or 'id_conflict'
 -- (with the ids already stored elsewhere). A concurrent insert of the same ids into another stream raises 23505.
+--
+-- The common cases take a fast path of three statements: an existing stream whose expected version holds is locked and
+-- bumped by one UPDATE; a new stream is created at its final version by one INSERT. Both hold the stream's row lock,
+-- so the idempotency check that follows sees every earlier append of the stream. Anything else (a retry, a conflict, a
+-- refusal, a race with a concurrent creator) is undone and decided on the slow path, under the lock, in the order of the
+-- in-memory store: tombstone, idempotency, expected version.
 CREATE FUNCTION ${s}.append_events(
   p_stream_id text, p_expected text, p_ids uuid[], p_types text[], p_data text[], p_metadata text[],
   OUT status text, OUT stream_version bigint, OUT first_version bigint, OUT last_position bigint,
   OUT tx_id xid8, OUT stream_exists boolean, OUT conflict_ids text[])
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
   v_stream ${s}.streams%ROWTYPE;
   v_created boolean := false;
   v_exists boolean;
   v_count integer := cardinality(p_ids);
+  v_base bigint;
+  v_category text;
+  v_deleted text;
   v_first bigint;
   v_same boolean;
 BEGIN
-  ${lockStream(s)}
-  IF v_stream.deleted = 'hard' THEN
-    status := 'deleted';
-    RETURN;
+  UPDATE ${s}.streams AS st SET version = st.version + v_count
+   WHERE st.stream_id = p_stream_id AND st.deleted IS DISTINCT FROM 'hard'
+     AND (CASE p_expected
+            WHEN 'any' THEN true
+            WHEN 'no_stream' THEN NOT (st.version > 0 AND st.deleted IS NULL)
+            WHEN 'stream_exists' THEN st.version > 0 AND st.deleted IS NULL
+            ELSE p_expected::bigint = st.version
+          END)
+  RETURNING st.version - v_count, st.category, st.deleted INTO v_base, v_category, v_deleted;
+  IF NOT FOUND AND p_expected IN ('any', 'no_stream', '0') THEN
+    INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
+      ON CONFLICT (stream_id) DO NOTHING
+      RETURNING 0, category, NULL::text INTO v_base, v_category, v_deleted;
+    v_created := FOUND;
   END IF;
-  v_exists := v_stream.version > 0 AND v_stream.deleted IS NULL;
-  stream_version := v_stream.version;
-  stream_exists := v_exists;
-
-  -- Idempotency, checked under the stream lock so that concurrent retries of one batch see each other's commit.
-  IF EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
-    SELECT e.version INTO v_first FROM ${s}.events e WHERE e.event_id = p_ids[1] AND e.stream_id = p_stream_id;
-    SELECT coalesce(bool_and(coalesce(e.stream_id = p_stream_id AND e.version = v_first + u.n - 1, false)), false),
-           array_agg(u.id::text ORDER BY u.n) FILTER (WHERE e.event_id IS NOT NULL)
-      INTO v_same, conflict_ids
-      FROM unnest(p_ids) WITH ORDINALITY AS u(id, n)
-      LEFT JOIN ${s}.events e ON e.event_id = u.id;
-    IF v_same THEN
-      SELECT e.version, e.position, e.transaction_id INTO stream_version, last_position, tx_id
-        FROM ${s}.events e WHERE e.event_id = p_ids[v_count];
-      first_version := v_first;
-      status := 'duplicate';
+  IF v_base IS NOT NULL AND EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
+    IF v_created THEN
+      DELETE FROM ${s}.streams WHERE stream_id = p_stream_id;
     ELSE
-      status := 'id_conflict';
-      ${dropIfCreated(s)}
+      UPDATE ${s}.streams SET version = v_base WHERE stream_id = p_stream_id;
     END IF;
-    RETURN;
+    v_base := NULL;
+    v_created := false;
   END IF;
 
-  IF NOT (${expectedVersionHolds}) THEN
-    status := 'wrong_version';
-    ${dropIfCreated(s)}
-    RETURN;
+  IF v_base IS NULL THEN
+    ${lockStream(s)}
+    IF v_stream.deleted = 'hard' THEN
+      status := 'deleted';
+      RETURN;
+    END IF;
+    v_exists := v_stream.version > 0 AND v_stream.deleted IS NULL;
+    stream_version := v_stream.version;
+    stream_exists := v_exists;
+    IF EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
+      SELECT e.version INTO v_first FROM ${s}.events e WHERE e.event_id = p_ids[1] AND e.stream_id = p_stream_id;
+      SELECT coalesce(bool_and(coalesce(e.stream_id = p_stream_id AND e.version = v_first + u.n - 1, false)), false),
+             array_agg(u.id::text ORDER BY u.n) FILTER (WHERE e.event_id IS NOT NULL)
+        INTO v_same, conflict_ids
+        FROM unnest(p_ids) WITH ORDINALITY AS u(id, n)
+        LEFT JOIN ${s}.events e ON e.event_id = u.id;
+      IF v_same THEN
+        SELECT e.version, e.position, e.transaction_id INTO stream_version, last_position, tx_id
+          FROM ${s}.events e WHERE e.event_id = p_ids[v_count];
+        first_version := v_first;
+        status := 'duplicate';
+      ELSE
+        status := 'id_conflict';
+        ${dropIfCreated(s)}
+      END IF;
+      RETURN;
+    END IF;
+    IF NOT (${expectedVersionHolds}) THEN
+      status := 'wrong_version';
+      ${dropIfCreated(s)}
+      RETURN;
+    END IF;
+    v_base := v_stream.version;
+    v_category := v_stream.category;
+    v_deleted := NULL;
+    UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL WHERE stream_id = p_stream_id;
   END IF;
 
   tx_id := pg_current_xact_id();
   WITH inserted AS (
     INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
-    SELECT tx_id, u.id, p_stream_id, v_stream.version + u.n, v_stream.category, u.type, u.data::jsonb, u.metadata::jsonb
+    SELECT tx_id, u.id, p_stream_id, v_base + u.n, v_category, u.type, u.data::jsonb, u.metadata::jsonb
       FROM unnest(p_ids, p_types, p_data, p_metadata) WITH ORDINALITY AS u(id, type, data, metadata, n)
     RETURNING position
   )
   SELECT max(inserted.position) INTO last_position FROM inserted;
-
-  UPDATE ${s}.streams SET version = v_stream.version + v_count, deleted = NULL WHERE stream_id = p_stream_id;
+  IF v_deleted = 'soft' THEN
+    -- Appending re-creates a soft-deleted stream.
+    UPDATE ${s}.streams SET deleted = NULL WHERE stream_id = p_stream_id;
+  END IF;
   status := 'ok';
-  stream_version := v_stream.version + v_count;
-  first_version := v_stream.version + 1;
+  stream_version := v_base + v_count;
+  first_version := v_base + 1;
   stream_exists := true;
 END
 $fn$;
@@ -174,7 +217,7 @@ $fn$;
 CREATE FUNCTION ${s}.delete_stream(
   p_stream_id text, p_expected text, p_hard boolean, p_keep_events boolean,
   OUT status text, OUT stream_version bigint, OUT stream_exists boolean)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
   v_stream ${s}.streams%ROWTYPE;
   v_created boolean := false;
@@ -211,7 +254,7 @@ $fn$;
 CREATE FUNCTION ${s}.set_stream_metadata(
   p_stream_id text, p_expected text, p_metadata text,
   OUT status text, OUT stream_version bigint, OUT stream_exists boolean)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
   v_stream ${s}.streams%ROWTYPE;
   v_created boolean := false;
@@ -241,9 +284,17 @@ $fn$;
 
 const EVENT_COLUMNS = 'event_id, stream_id, type, version, position, transaction_id, recorded_at, data, metadata';
 
-/** $1 stream id, $2 expected version as text ('any' | 'no_stream' | 'stream_exists' | digits), $3 ids, $4 types, $5 data JSON, $6 metadata JSON. */
+/**
+ * $1 stream id, $2 expected version as text ('any' | 'no_stream' | 'stream_exists' | digits), $3 ids, $4 types, $5 data
+ * JSON, $6 metadata JSON. The result is one text column, `r`: the function's OUT values separated by spaces (status,
+ * stream version, first version, last position, transaction id, stream exists 't'/'f', conflicting ids joined by ','),
+ * empty where null. One column instead of seven: drivers spend more on describing and decoding a row than on the append's
+ * own result, and an append is on the hot path.
+ */
 export const appendEvents = (s: string) =>
-  `SELECT status, stream_version, first_version, last_position, tx_id::text AS tx_id, stream_exists, conflict_ids
+  `SELECT concat_ws(' ', status, coalesce(stream_version::text, ''), coalesce(first_version::text, ''),
+            coalesce(last_position::text, ''), coalesce(tx_id::text, ''), coalesce(stream_exists::text, ''),
+            coalesce(array_to_string(conflict_ids, ','), '')) AS r
      FROM ${s}.append_events($1, $2, $3::uuid[], $4::text[], $5::text[], $6::text[])`;
 
 /** $1 stream id, $2 expected version as text, $3 hard, $4 keep the events (until commit). */
