@@ -1,0 +1,8 @@
+export {
+  createRabbitMqTransport,
+  DEFAULT_AMQP_URL,
+  type RabbitMqReconnectOptions,
+  type RabbitMqTransport,
+  type RabbitMqTransportOptions,
+} from './transport.js';
+export { namesFor, partitionOf, type RabbitMqNames, type RetentionOptions } from './topology.js';

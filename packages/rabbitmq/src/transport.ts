@@ -1,0 +1,353 @@
+import amqp, { type ChannelModel } from 'amqplib';
+import type { ConsumeOptions, Consumer, Transport, TransportMessage } from 'eventline';
+import { GroupMember, type GroupSettings } from './consumer.js';
+import { Session } from './session.js';
+import { declareNamespace, namesFor, PRIVATE_HEADERS, type RabbitMqNames, type RetentionOptions } from './topology.js';
+
+export const DEFAULT_AMQP_URL = 'amqp://guest:guest@127.0.0.1:5672';
+
+export interface RabbitMqReconnectOptions {
+  /** Attempts before giving up (the transport then fails for good and reports it). Default 60. */
+  readonly maxAttempts?: number;
+  /** Delay before the first attempt, doubled on each (default 200 ms), up to `maxDelayMs` (default 5000 ms). */
+  readonly initialDelayMs?: number;
+  readonly maxDelayMs?: number;
+  /** Longest time rejoining the consumer groups on a new connection may take before the attempt counts as failed. Default 30 s. */
+  readonly rejoinTimeoutMs?: number;
+}
+
+export interface RabbitMqTransportOptions {
+  /** AMQP URL. Default: the `AMQP_URL` environment variable, else `amqp://guest:guest@127.0.0.1:5672`. */
+  readonly url?: string;
+  /** Prefix of every name on the broker. Default `eventline`. */
+  readonly prefix?: string;
+  /** The topic exchange; the stream and the queues are named after it. Default `<prefix>.events`. */
+  readonly exchange?: string;
+  /**
+   * A connection to use instead of `url`: an amqplib connection (the transport then never closes it, and cannot
+   * reconnect once it is closed), or a function that opens one (called again to reconnect; the transport owns it).
+   */
+  readonly connection?: ChannelModel | (() => Promise<ChannelModel>);
+  /** Partitions of every consumer group (by stream id): the unit of parallelism and of hand-over. Default 4; the same for every client of a namespace. */
+  readonly partitions?: number;
+  /** Retention of the stream the groups read (see README). */
+  readonly retention?: RetentionOptions;
+  /** How often group members announce themselves (membership, balancing). Default 1000 ms. */
+  readonly heartbeatMs?: number;
+  /** Messages read ahead from the stream per partition (AMQP prefetch). Default 100. */
+  readonly readAhead?: number;
+  readonly reconnect?: RabbitMqReconnectOptions;
+  /** Connection losses, reconnection failures, configuration conflicts found while consuming. Default: `console.error`. */
+  readonly onError?: (error: Error) => void;
+  /** The transport's `name`. Default `rabbitmq`. */
+  readonly name?: string;
+}
+
+export interface RabbitMqTransport extends Transport {
+  readonly exchange: string;
+  readonly names: RabbitMqNames;
+  /** Connected now (not connecting yet, reconnecting, failed or closed). */
+  readonly connected: boolean;
+  /** The exchanges and queues this client declared (for clean-up and operations). */
+  topology(): { exchanges: string[]; queues: string[] };
+  /**
+   * Destroys the connection's socket at once: no acknowledgement, no close handshake, no reconnection. The broker
+   * sees a crashed client (its unacknowledged messages return to their queues). For fault tests.
+   */
+  destroy(): void;
+}
+
+type State = 'idle' | 'open' | 'reconnecting' | 'failed' | 'closed' | 'killed';
+
+function redact(url: string): string {
+  return url.replace(/\/\/([^:@/]*):([^@/]*)@/, '//$1:***@');
+}
+
+function withHeartbeat(url: string): string {
+  if (/[?&]heartbeat=/.test(url)) return url;
+  return `${url}${url.includes('?') ? '&' : '?'}heartbeat=10`;
+}
+
+function toError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value));
+}
+
+function positiveInteger(value: number, what: string): number {
+  if (!Number.isInteger(value) || value < 1) throw new Error(`createRabbitMqTransport: ${what} must be a positive integer`);
+  return value;
+}
+
+/**
+ * The eventline transport on RabbitMQ: publish to a durable topic exchange with confirms; every message is kept in a
+ * stream; consumer groups read the stream by partition, each partition's cursor held by one member at a time (see
+ * README for the guarantees).
+ */
+export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}): RabbitMqTransport {
+  const prefix = options.prefix ?? 'eventline';
+  const exchange = options.exchange ?? `${prefix}.events`;
+  const names = namesFor(exchange);
+  const url = options.url ?? process.env.AMQP_URL ?? DEFAULT_AMQP_URL;
+  const partitions = positiveInteger(options.partitions ?? 4, 'partitions');
+  const heartbeatMs = positiveInteger(options.heartbeatMs ?? 1000, 'heartbeatMs');
+  const readAhead = positiveInteger(options.readAhead ?? 100, 'readAhead');
+  const maxAttempts = positiveInteger(options.reconnect?.maxAttempts ?? 60, 'reconnect.maxAttempts');
+  const initialDelayMs = options.reconnect?.initialDelayMs ?? 200;
+  const maxDelayMs = options.reconnect?.maxDelayMs ?? 5000;
+  const rejoinTimeoutMs = options.reconnect?.rejoinTimeoutMs ?? 30_000;
+  const report = options.onError ?? ((error: Error) => console.error(`[eventline/rabbitmq ${exchange}] ${error.message}`));
+  const declaredQueues = new Set<string>();
+  const members = new Set<GroupMember>();
+  const settings: GroupSettings = { names, partitions, heartbeatMs, readAhead, report, declared: (queue) => declaredQueues.add(queue) };
+
+  let state: State = 'idle';
+  let session: Session | null = null;
+  let opening: Promise<Session> | null = null;
+  let failure: Error | null = null;
+  let generation = 0;
+  let wakeReconnect: (() => void) | null = null;
+  let externalClosed = false;
+  const external = options.connection && typeof options.connection !== 'function' ? options.connection : null;
+  external?.on('close', () => {
+    externalClosed = true;
+  });
+
+  /** Closed or destroyed (a function, so that the compiler does not narrow the state across awaits). */
+  const gone = (): boolean => state === 'closed' || state === 'killed';
+
+  const unavailable = (): Error => {
+    switch (state) {
+      case 'closed':
+        return new Error(`RabbitMQ transport ${exchange} is closed`);
+      case 'killed':
+        return new Error(`RabbitMQ transport ${exchange} was destroyed`);
+      case 'failed':
+        return failure ?? new Error(`RabbitMQ transport ${exchange} failed`);
+      default:
+        return new Error(`RabbitMQ transport ${exchange} is disconnected from ${redact(url)} and reconnecting; publish again once it is back`);
+    }
+  };
+
+  const connectModel = async (): Promise<{ model: ChannelModel; owned: boolean }> => {
+    if (typeof options.connection === 'function') return { model: await options.connection(), owned: true };
+    if (external) {
+      if (externalClosed) throw new Error('the RabbitMQ connection given to the transport is closed');
+      return { model: external, owned: false };
+    }
+    return { model: await amqp.connect(withHeartbeat(url), { noDelay: true, timeout: 10_000, clientProperties: { connection_name: `eventline ${exchange}` } }), owned: true };
+  };
+
+  const onLost = (lost: Session, error: Error): void => {
+    if (session !== lost) return;
+    session = null;
+    for (const member of members) member.detach(lost);
+    if (state !== 'open') return; // closing, or a reconnection attempt failing (the loop goes on)
+    if (!external) {
+      report(new Error(`RabbitMQ connection lost (${error.message}); reconnecting`, { cause: error }));
+      state = 'reconnecting';
+      void reconnectLoop(error);
+    } else if (externalClosed) {
+      fail(new Error(`the RabbitMQ connection given to transport ${exchange} closed (${error.message}); it cannot reconnect`, { cause: error }));
+    } else {
+      // A channel failed on a connection that is still open: start again on it.
+      report(new Error(`RabbitMQ channel failed (${error.message}); starting again`, { cause: error }));
+      state = 'reconnecting';
+      void reconnectLoop(error);
+    }
+  };
+
+  const open = async (): Promise<Session> => {
+    let connected: { model: ChannelModel; owned: boolean };
+    try {
+      connected = await connectModel();
+    } catch (error) {
+      throw new Error(`RabbitMQ at ${redact(url)} is not reachable: ${toError(error).message}`, { cause: error });
+    }
+    const opened = await Session.open(connected.model, ++generation, connected.owned, onLost);
+    try {
+      await opened.ensureNamespace((channel) => declareNamespace(channel, names, options.retention));
+    } catch (error) {
+      await opened.close();
+      throw error;
+    }
+    return opened;
+  };
+
+  const ensureSession = async (): Promise<Session> => {
+    if (state === 'open' && session?.alive) return session;
+    if (state !== 'idle') throw unavailable();
+    opening ??= open().then(
+      async (opened) => {
+        opening = null;
+        if (state !== 'idle') {
+          await opened.close();
+          throw unavailable();
+        }
+        session = opened;
+        state = 'open';
+        return opened;
+      },
+      (error: unknown) => {
+        opening = null;
+        throw error;
+      },
+    );
+    return opening;
+  };
+
+  const sleep = (ms: number): Promise<void> =>
+    new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        wakeReconnect = null;
+        resolve();
+      }, ms);
+      timer.unref();
+      wakeReconnect = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+
+  const withTimeout = async <T>(work: Promise<T>, ms: number, what: string): Promise<T> => {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} took more than ${ms} ms`)), ms);
+    });
+    try {
+      return await Promise.race([work, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  /** Bounded: `maxAttempts` tries with exponential back-off; rejoins every consumer group on the new connection. */
+  const reconnectLoop = async (cause: Error): Promise<void> => {
+    let last = cause;
+    for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+      await sleep(Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1)));
+      if (state !== 'reconnecting') return;
+      let opened: Session | null = null;
+      try {
+        opened = await open();
+        if (state !== 'reconnecting') {
+          await opened.close();
+          return;
+        }
+        session = opened;
+        const joining = opened;
+        await withTimeout(
+          (async () => {
+            for (const member of [...members]) await member.attach(joining);
+          })(),
+          rejoinTimeoutMs,
+          'rejoining the consumer groups',
+        );
+        if (!opened.alive) throw new Error('the connection was lost again while rejoining the consumer groups');
+        state = 'open';
+        return;
+      } catch (error) {
+        last = toError(error);
+        if (opened) {
+          if (session === opened) {
+            session = null;
+            for (const member of members) member.detach(opened);
+          }
+          await opened.close();
+        }
+      }
+    }
+    fail(new Error(`RabbitMQ transport ${exchange} gave up reconnecting to ${redact(url)} after ${maxAttempts} attempts: ${last.message}`, { cause: last }));
+  };
+
+  const fail = (error: Error): void => {
+    state = 'failed';
+    failure = error;
+    for (const member of members) member.kill();
+    members.clear();
+    report(error);
+  };
+
+  return {
+    name: options.name ?? 'rabbitmq',
+    exchange,
+    names,
+    get connected() {
+      return state === 'open' && session?.alive === true;
+    },
+
+    async publish(messages: readonly TransportMessage[]): Promise<void> {
+      const current = await ensureSession();
+      if (messages.length === 0) return;
+      const channel = current.publishChannel;
+      const confirmations: Promise<void>[] = [];
+      for (const message of messages) {
+        const sent = current.send(channel, exchange, message.subject, Buffer.from(message.body, 'utf8'), {
+          persistent: true,
+          messageId: message.id,
+          contentType: 'application/json',
+          timestamp: Math.floor(Date.now() / 1000),
+          headers: { ...message.headers, [PRIVATE_HEADERS.streamId]: message.streamId },
+        });
+        confirmations.push(sent.confirmed);
+        if (!sent.writable) await current.drained(channel);
+        if (!current.alive) break;
+      }
+      try {
+        await Promise.all(confirmations);
+      } catch (error) {
+        if (!current.alive) throw new Error(`RabbitMQ connection lost before the broker confirmed every message; publish them again (${toError(error).message})`, { cause: error });
+        throw error;
+      }
+      if (!current.alive || confirmations.length < messages.length) {
+        throw new Error(`RabbitMQ connection lost before every message was sent; publish them again`);
+      }
+    },
+
+    async consume(consumeOptions: ConsumeOptions): Promise<Consumer> {
+      if (state === 'closed' || state === 'killed' || state === 'failed') throw unavailable();
+      const member = new GroupMember(settings, consumeOptions, (stopped) => members.delete(stopped));
+      if (state === 'reconnecting') {
+        members.add(member); // joins when the connection is back
+        return member;
+      }
+      const current = await ensureSession();
+      members.add(member);
+      try {
+        await member.attach(current);
+      } catch (error) {
+        if (gone()) return member; // closed or destroyed meanwhile: a stopped consumer
+        if (!current.alive && members.has(member)) return member; // lost meanwhile: it joins after reconnecting
+        await member.stop();
+        throw error;
+      }
+      return member;
+    },
+
+    async close(): Promise<void> {
+      if (state === 'closed') return;
+      const killed = state === 'killed';
+      state = 'closed';
+      wakeReconnect?.();
+      for (const member of members) member.kill();
+      members.clear();
+      const current = session;
+      session = null;
+      if (current && !killed) await current.close();
+      await opening?.catch(() => undefined);
+    },
+
+    destroy(): void {
+      if (state === 'closed' || state === 'killed') return;
+      state = 'killed';
+      wakeReconnect?.();
+      for (const member of members) member.kill();
+      members.clear();
+      const current = session;
+      session = null;
+      current?.crash();
+    },
+
+    topology() {
+      return { exchanges: [exchange, names.members], queues: [names.stream, ...declaredQueues] };
+    },
+  };
+}

@@ -1,0 +1,313 @@
+// Runs against the machine's RabbitMQ (AMQP_URL, default amqp://guest:guest@127.0.0.1:5672). Each test uses its own
+// namespace (exchange, stream, queues), deleted at the end. The last test restarts RabbitMQ (rabbitmqctl stop_app /
+// start_app) and always brings it back; the tests of this package live in this one file so that nothing else of the
+// package runs against the broker while it restarts. Without RabbitMQ the tests are skipped, except under CI=true,
+// where they fail.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createConnection } from 'node:net';
+import { after, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import amqp, { type GetMessage } from 'amqplib';
+import { newId, type ReceivedMessage, type TransportMessage } from 'eventline';
+import { describeTransportConformance } from 'eventline/testing';
+import { createRabbitMqTransport, DEFAULT_AMQP_URL, type RabbitMqTransport, type RabbitMqTransportOptions } from '@eventline/rabbitmq';
+
+const url = process.env.AMQP_URL ?? DEFAULT_AMQP_URL;
+const target = new URL(url.replace(/^amqps?:/, 'http:'));
+const host = target.hostname || '127.0.0.1';
+const port = Number(target.port || 5672);
+const run = promisify(execFile);
+
+function portOpen(timeoutMs = 2000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ host, port });
+    const done = (open: boolean) => {
+      socket.destroy();
+      resolve(open);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+const reachable = await portOpen();
+const skip = !reachable && process.env.CI !== 'true' ? `RabbitMQ is not reachable at ${host}:${port} (under CI=true this fails instead)` : false;
+
+/** Every client a test made, by namespace, so that the namespace's exchanges and queues can be deleted. */
+const clients = new Map<string, RabbitMqTransport[]>();
+const errors: Error[] = [];
+
+function client(namespace: string, options: RabbitMqTransportOptions = {}): RabbitMqTransport {
+  const transport = createRabbitMqTransport({ url, prefix: namespace, onError: (error) => void errors.push(error), ...options });
+  clients.set(namespace, [...(clients.get(namespace) ?? []), transport]);
+  return transport;
+}
+
+async function deleteNamespace(namespace: string): Promise<void> {
+  const transports = clients.get(namespace) ?? [];
+  clients.delete(namespace);
+  const queues = new Set<string>();
+  const exchanges = new Set<string>();
+  for (const transport of transports) {
+    await transport.close().catch(() => undefined);
+    const topology = transport.topology();
+    topology.queues.forEach((queue) => queues.add(queue));
+    topology.exchanges.forEach((exchange) => exchanges.add(exchange));
+  }
+  if (queues.size === 0 && exchanges.size === 0) return;
+  const connection = await amqp.connect(url);
+  try {
+    for (const queue of queues) {
+      const channel = await connection.createChannel();
+      channel.on('error', () => undefined);
+      await channel.deleteQueue(queue).catch(() => undefined);
+      await channel.close().catch(() => undefined);
+    }
+    for (const exchange of exchanges) {
+      const channel = await connection.createChannel();
+      channel.on('error', () => undefined);
+      await channel.deleteExchange(exchange).catch(() => undefined);
+      await channel.close().catch(() => undefined);
+    }
+  } finally {
+    await connection.close().catch(() => undefined);
+  }
+}
+
+function namespace(): string {
+  return `rmqtest${newId().replace(/-/g, '').slice(-12)}`;
+}
+
+function messagesOf(streams: string[], perStream: number, firstVersion = 1): TransportMessage[] {
+  const messages: TransportMessage[] = [];
+  for (let version = firstVersion; version < firstVersion + perStream; version++) {
+    for (const streamId of streams) {
+      const id = newId();
+      const category = streamId.slice(0, streamId.indexOf('-'));
+      const event = { id, type: 'Happened', streamId, version, position: '', recordedAt: new Date().toISOString(), data: { version }, metadata: {} };
+      messages.push({
+        id,
+        subject: `${category}.Happened`,
+        streamId,
+        body: JSON.stringify(event),
+        headers: { 'eventline-type': 'Happened', 'eventline-stream': streamId, 'eventline-version': String(version) },
+      });
+    }
+  }
+  return messages;
+}
+
+async function until(check: () => boolean, what: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Versions of each stream never go back (a redelivered message may repeat in place, nothing overtakes). */
+function assertNonDecreasingPerStream(messages: readonly ReceivedMessage[]): void {
+  const last = new Map<string, number>();
+  for (const message of messages) {
+    const version = Number(message.headers['eventline-version']);
+    assert.ok(version >= (last.get(message.streamId) ?? 0), `stream ${message.streamId}: version ${version} after ${last.get(message.streamId)}`);
+    last.set(message.streamId, version);
+  }
+}
+
+async function rabbitmqctl(...args: string[]): Promise<void> {
+  await run('rabbitmqctl', args, { timeout: 120_000 });
+}
+
+/** Waits (bounded) until RabbitMQ accepts connections on its port and answers `rabbitmq-diagnostics ping`. */
+async function waitForRabbitMq(ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await portOpen(1000)) {
+      const pinged = await run('rabbitmq-diagnostics', ['-q', 'ping'], { timeout: 30_000 }).then(
+        () => true,
+        () => false,
+      );
+      if (pinged) return;
+    }
+    if (Date.now() > deadline) throw new Error(`RabbitMQ did not come back within ${ms} ms`);
+    await delay(500);
+  }
+}
+
+describe('RabbitMQ transport', { skip }, () => {
+  after(async () => {
+    for (const name of [...clients.keys()]) await deleteNamespace(name);
+  });
+
+  describeTransportConformance({
+    name: 'RabbitMQ',
+    connect: async (name) => client(name),
+    crash: async (transport) => (transport as RabbitMqTransport).destroy(),
+    cleanup: deleteNamespace,
+    redeliveryTimeoutMs: 5_000,
+  });
+
+  describe('RabbitMQ specifics', () => {
+    it('publishes to a durable topic exchange: routing key <category>.<type>, persistent, message id and headers', { timeout: 30_000 }, async () => {
+      const name = namespace();
+      const transport = client(name);
+      const [message] = messagesOf(['account-7'], 1);
+      await transport.publish([]); // declares the exchange and the stream
+      const connection = await amqp.connect(url);
+      try {
+        const channel = await connection.createChannel();
+        await channel.checkExchange(transport.exchange);
+        const { queue } = await channel.assertQueue('', { exclusive: true });
+        await channel.bindQueue(queue, transport.exchange, 'account.*');
+        await transport.publish([message!]);
+        let got: GetMessage | false = false;
+        for (let i = 0; i < 100 && got === false; i++) {
+          got = await channel.get(queue, { noAck: true });
+          if (got === false) await delay(50);
+        }
+        assert.ok(got, 'the message reached a queue bound with account.*');
+        assert.equal(got.fields.exchange, transport.exchange);
+        assert.equal(got.fields.routingKey, 'account.Happened');
+        assert.equal(got.properties.deliveryMode, 2, 'persistent');
+        assert.equal(got.properties.messageId, message!.id);
+        assert.equal(got.properties.headers?.['eventline-stream'], 'account-7');
+        assert.equal(got.properties.headers?.['eventline-version'], '1');
+        assert.equal(got.content.toString(), message!.body);
+        await channel.close();
+      } finally {
+        await connection.close();
+      }
+    });
+
+    it("from: 'new' starts after what was published before the group existed; 'oldest' gets everything retained", { timeout: 30_000 }, async () => {
+      const name = namespace();
+      const [publisher, consumer] = [client(name), client(name)];
+      const early = messagesOf(['account-1', 'payment-1'], 3);
+      await publisher.publish(early);
+      const fresh: ReceivedMessage[] = [];
+      const all: ReceivedMessage[] = [];
+      const consumers = [
+        await consumer.consume({ group: 'fresh', from: 'new', handler: async (m) => void fresh.push(m) }),
+        await consumer.consume({ group: 'all', handler: async (m) => void all.push(m) }),
+      ];
+      const late = messagesOf(['account-1', 'payment-1'], 2, 4);
+      await publisher.publish(late);
+      await until(() => fresh.length >= late.length && all.length >= early.length + late.length, 'both groups', 15_000);
+      await delay(200);
+      for (const c of consumers) await c.stop();
+      assert.deepEqual(fresh.map((m) => m.id).sort(), late.map((m) => m.id).sort());
+      assert.deepEqual(all.map((m) => m.id).sort(), [...early, ...late].map((m) => m.id).sort());
+    });
+
+    it('stop() finishes the message in progress and stores the cursor: the next member continues after it', { timeout: 30_000 }, async () => {
+      const name = namespace();
+      const [publisher, first, second] = [client(name), client(name), client(name)];
+      const messages = messagesOf(['account-1'], 5);
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let started!: () => void;
+      const inProgress = new Promise<void>((resolve) => (started = resolve));
+      const handledByFirst: string[] = [];
+      const c1 = await first.consume({
+        group: 'g',
+        handler: async (m) => {
+          started();
+          await released;
+          handledByFirst.push(m.id);
+        },
+      });
+      await publisher.publish(messages);
+      await inProgress;
+      let stopped = false;
+      const stopping = c1.stop().then(() => (stopped = true));
+      await delay(300);
+      assert.equal(stopped, false, 'stop() waits for the message in progress');
+      release();
+      await stopping;
+      assert.deepEqual(handledByFirst, [messages[0]!.id]);
+      const received: ReceivedMessage[] = [];
+      const c2 = await second.consume({ group: 'g', handler: async (m) => void received.push(m) });
+      await until(() => received.length >= 4, 'the rest of the stream', 15_000);
+      await delay(200);
+      await c2.stop();
+      assert.deepEqual(received.map((m) => m.id), messages.slice(1).map((m) => m.id), 'no redelivery of the acknowledged message');
+      assert.ok(received.every((m) => m.deliveryCount === 1));
+    });
+
+    it('a member with another partition count is refused with a clear error', { timeout: 30_000 }, async () => {
+      const name = namespace();
+      const seen: Error[] = [];
+      const four = client(name);
+      const two = client(name, { partitions: 2, onError: (error) => void seen.push(error) });
+      const c4 = await four.consume({ group: 'g', handler: async () => undefined });
+      const c2 = await two.consume({ group: 'g', handler: async () => undefined });
+      await c4.stop(); // the cursor tokens go to the next member in line: the one with 2 partitions
+      await until(() => seen.some((error) => /same number/.test(error.message)), 'the error', 10_000);
+      await c2.stop();
+    });
+
+    it('a stream with other retention arguments is a clear error, not a silent mismatch', { timeout: 30_000 }, async () => {
+      const name = namespace();
+      await client(name, { retention: { maxAge: '1D' } }).publish([]);
+      await assert.rejects(client(name, { retention: { maxAge: '2D' } }).publish([]), /other retention arguments/);
+    });
+
+    it('publish fails clearly when RabbitMQ is not reachable, and after close()', { timeout: 30_000 }, async () => {
+      const nowhere = createRabbitMqTransport({ url: 'amqp://guest:guest@127.0.0.1:1', prefix: namespace() });
+      await assert.rejects(nowhere.publish(messagesOf(['account-1'], 1)), /not reachable/);
+      await nowhere.close();
+      const name = namespace();
+      const transport = client(name);
+      await transport.publish(messagesOf(['account-1'], 1));
+      await transport.close();
+      await assert.rejects(transport.publish(messagesOf(['account-1'], 1)), /closed/);
+    });
+
+    // Last: it restarts the machine's RabbitMQ.
+    it('a consumer keeps receiving after RabbitMQ is restarted; publishing while it is down fails clearly', { timeout: 240_000 }, async () => {
+      const name = namespace();
+      const reconnect = { maxAttempts: 200, maxDelayMs: 1000 };
+      const publisher = client(name, { reconnect });
+      const consumer = client(name, { reconnect });
+      const received: ReceivedMessage[] = [];
+      const c = await consumer.consume({ group: 'survivor', retryDelayMs: 100, handler: async (m) => void received.push(m) });
+      const before = messagesOf(['account-1', 'account-2', 'payment-1'], 4);
+      await publisher.publish(before);
+      const seen = () => new Set(received.map((m) => m.id));
+      await until(() => before.every((m) => seen().has(m.id)), 'the messages before the restart', 15_000);
+      try {
+        await rabbitmqctl('stop_app');
+        await until(() => !publisher.connected && !consumer.connected, 'both clients to notice', 30_000);
+        await assert.rejects(publisher.publish(messagesOf(['account-1'], 1)), /disconnected|not reachable|connection lost/);
+      } finally {
+        await rabbitmqctl('start_app').catch(async () => {
+          await run('rabbitmq-server', ['-detached'], { timeout: 60_000 }).catch(() => undefined);
+        });
+        await waitForRabbitMq(120_000);
+      }
+      const afterRestart = messagesOf(['account-1', 'account-2', 'payment-1'], 4, 5);
+      const deadline = Date.now() + 90_000;
+      for (;;) {
+        try {
+          await publisher.publish(afterRestart);
+          break;
+        } catch (error) {
+          if (Date.now() > deadline) throw error;
+          await delay(500);
+        }
+      }
+      await until(() => afterRestart.every((m) => seen().has(m.id)), 'the messages after the restart', 90_000);
+      await delay(300);
+      await c.stop();
+      assertNonDecreasingPerStream(received);
+      assert.deepEqual([...seen()].sort(), [...before, ...afterRestart].map((m) => m.id).sort());
+    });
+  });
+});
