@@ -195,9 +195,10 @@ return lost
 
 /**
  * ARGV: group, consumer, idle ms, then (id, delivery count) pairs. When a consumer stops: marks everything it holds
- * idle for idle ms (more than claimIdleMs), so that another member takes it over on its next reclaim, and leaves the group when it holds
- * nothing. The pairs name entries it held without handing them to its handler: their delivery count is set back so
- * that the member taking them over counts the delivery its handler sees as the first. Returns how many it released.
+ * idle for idle ms (more than claimIdleMs), so that another member takes it over on its next reclaim, and leaves
+ * the group when it holds nothing. The pairs name entries it held without handing them to its handler: their delivery
+ * count is set back so that the member taking them over counts the delivery its handler sees as the first. Returns
+ * how many it released.
  */
 const RELEASE = `${HELPERS}
 if not group_exists() then return 0 end

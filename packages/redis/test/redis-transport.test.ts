@@ -243,6 +243,23 @@ describe('Redis Streams transport', () => {
     for (const [stream, list] of versions) assert.deepEqual(list, Array.from({ length: 20 }, (_, i) => i + 1), `${stream} in order`);
   });
 
+  it('a member waiting for the next entry of a stream is woken when the other member acknowledges', { timeout: 30_000 }, async () => {
+    const prefix = fresh();
+    // No polling to speak of: only the wake-ups can hand a stream from one member to the other in time.
+    const [a, b] = [open(prefix, { pollMs: 60_000, batchSize: 2 }), open(prefix, { pollMs: 60_000, batchSize: 2 })];
+    const batch = messages(['account-1'], 30);
+    const handled: Array<{ id: string; by: string }> = [];
+    const consumers = [
+      await a.consume({ group: 'g', handler: async (m) => void (await sleep(2), handled.push({ id: m.id, by: 'a' })) }),
+      await b.consume({ group: 'g', handler: async (m) => void (await sleep(2), handled.push({ id: m.id, by: 'b' })) }),
+    ];
+    await a.publish(batch);
+    await until(() => handled.length === batch.length, 'every message', 10_000);
+    await Promise.all(consumers.map((c) => c.stop()));
+    assert.deepEqual(handled.map((h) => h.id), batch.map((m) => m.id));
+    assert.equal(new Set(handled.map((h) => h.by)).size, 2, 'the stream went from one member to the other');
+  });
+
   it('does not close a client it was given', { timeout: 20_000 }, async () => {
     const prefix = fresh();
     const client = new Redis(REDIS_URL);
