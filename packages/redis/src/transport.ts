@@ -112,8 +112,13 @@ export function createRedisTransport(options: RedisTransportOptions = {}): Redis
     async consume(consumeOptions: ConsumeOptions): Promise<Consumer> {
       if (closed) throw new Error('this Redis transport is closed');
       const consumer = new RedisConsumer(redis, settings, consumeOptions, () => consumers.delete(consumer));
-      await consumer.start();
-      consumers.add(consumer);
+      consumers.add(consumer); // so that close() or destroy() during start() reaches it
+      try {
+        await consumer.start();
+      } catch (error) {
+        consumers.delete(consumer);
+        throw error;
+      }
       return consumer;
     },
 
@@ -233,6 +238,7 @@ class RedisConsumer implements Consumer {
     }
     // Consumers of crashed processes that hold nothing are removed from the group.
     await run(this.redis, SCRIPTS.prune, [this.settings.streamKey], [this.options.group, this.name, Math.max(60_000, this.settings.claimIdleMs * 10)]).catch(this.settings.onError);
+    if (this.stopping) return; // stopped (or the transport closed) while starting
     const touchEvery = Math.max(10, Math.floor(this.settings.claimIdleMs / 3));
     this.touchTimer = setInterval(() => void this.touch(), touchEvery);
     this.touchTimer.unref();
