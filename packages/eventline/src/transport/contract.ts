@@ -24,7 +24,10 @@ export interface ReceivedMessage extends TransportMessage {
 export interface ConsumeOptions {
   /** The consumer group: every group gets every message; within a group each message is handled by one member. */
   readonly group: string;
-  /** Only these subjects (`<category>.<type>`; `<category>.*` for a whole category). Default: everything. */
+  /**
+   * Only these subjects (`<category>.<type>`; `<category>.*` for a whole category). Default: everything. Every member
+   * of a group must use the same subjects (transports that filter on the consumer side acknowledge the others).
+   */
   readonly subjects?: readonly string[];
   /** Runs for each message; the message is acknowledged when it resolves and redelivered when it throws. */
   readonly handler: (message: ReceivedMessage) => Promise<void>;
@@ -42,7 +45,8 @@ export interface Consumer {
 /**
  * An external message bus, the small seam every transport implements (in-process, NATS JetStream, RabbitMQ, Redis
  * Streams) and the transport conformance suite in `eventline/testing` checks:
- * - `publish` resolves only when the broker has durably accepted every message (confirms); a message id published
+ * - `publish` resolves only when the broker has accepted every message (confirms); how durable that is depends on the
+ *   broker's own settings (a Redis without persistence loses confirmed messages on restart). A message id published
  *   twice is delivered once where the broker de-duplicates, and consumers de-duplicate with an inbox anyway.
  * - Delivery is at least once: a message is acknowledged after its handler succeeds, and redelivered when the handler
  *   throws or the consumer dies before acknowledging.
