@@ -71,17 +71,20 @@ export interface StreamRowData {
   metadata: StreamMetadata;
 }
 
-interface EventRow {
-  event_id: string;
-  stream_id: string;
-  type: string;
-  version: string | number;
-  position: string | number | bigint;
-  transaction_id: string;
-  recorded_at: Date;
-  data: unknown;
-  metadata: EventMetadata;
-}
+/** An event row of the read statements (rows as arrays): see EVENT_COLUMNS in sql.ts. */
+type EventRow = [
+  id: string,
+  streamId: string,
+  type: string,
+  version: string | number,
+  position: string,
+  recordedMs: string | number,
+  data: unknown,
+  metadata: EventMetadata,
+];
+
+/** A row of the readAll statement: an event, and null; or nulls and the snapshot's xmin. */
+type ReadAllRow = [...EventRow, string | null];
 
 interface WriteRow {
   status: 'ok' | 'duplicate' | 'deleted' | 'wrong_version' | 'id_conflict';
@@ -228,7 +231,7 @@ export class SqlSession implements EventStoreSession {
       for (const event of rows) yield this.toRecorded(event);
       remaining -= rows.length;
       if (rows.length < size) return;
-      const last = Number(rows[rows.length - 1]!.version);
+      const last = Number(rows[rows.length - 1]![3]);
       if (forwards) low = last + 1;
       else high = last - 1;
     }
@@ -277,14 +280,14 @@ export class SqlSession implements EventStoreSession {
 
   protected toRecorded(row: EventRow): RecordedEvent {
     const event: RecordedEvent = {
-      id: row.event_id,
-      type: row.type,
-      streamId: row.stream_id,
-      version: Number(row.version),
-      position: formatPosition(BigInt(row.transaction_id), BigInt(row.position)),
-      recordedAt: row.recorded_at,
-      data: row.data,
-      metadata: row.metadata,
+      id: row[0],
+      type: row[2],
+      streamId: row[1],
+      version: Number(row[3]),
+      position: row[4],
+      recordedAt: new Date(Number(row[5])),
+      data: row[6],
+      metadata: row[7],
     };
     return this.config.events ? this.config.events.upcast(event) : event;
   }
@@ -351,15 +354,19 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     const { after, limit, types, categories } = normaliseReadAllOptions(options, 1000);
     const storedTypes = types && this.config.events ? this.config.events.storedNames(types) : types;
     const { transaction, sequence } = parsePosition(after);
-    const rows = await this.executor.query<EventRow & { snapshot_xmin: string }>(
+    const rows = await this.executor.query<ReadAllRow>(
       this.config.statements.readAllPage,
       [transaction.toString(), (sequence > INT8_MAX ? INT8_MAX : sequence).toString(), storedTypes, categories, limit],
       'read all',
     );
-    const first = rows[0]!;
-    const events: RecordedEvent[] = first.event_id === null ? [] : rows.map((row) => this.toRecorded(row));
+    const events: RecordedEvent[] = [];
+    let xmin: string | null = null;
+    for (const row of rows) {
+      if (row[0] === null) xmin = row[8];
+      else events.push(this.toRecorded(row as unknown as EventRow));
+    }
     if (events.length === limit) return { events, next: events[events.length - 1]!.position, atEnd: false };
-    const boundary = positionBeforeTransaction(BigInt(first.snapshot_xmin));
+    const boundary = positionBeforeTransaction(BigInt(xmin!));
     return { events, next: boundary > after ? boundary : after, atEnd: true };
   }
 

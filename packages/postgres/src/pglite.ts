@@ -74,6 +74,8 @@ interface OpenTransaction {
 
 const openTransactions = new WeakMap<PGliteInterface, OpenTransaction>();
 
+const ARRAY_ROWS = { rowMode: 'array' } as const;
+
 const key = (schema: string, streamId: string) => `${schema}\u0000${streamId}`;
 
 /** Outside `transaction()`: writes queue behind an open transaction; reads get the committed view (see above). */
@@ -86,8 +88,9 @@ class PGliteExecutor implements Executor {
   async query<R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> {
     try {
       const open = openTransactions.get(this.db);
-      if (!statement.readOnly || !open?.readable) return (await this.db.query<R>(statement.text, values)).rows;
-      const rows = (await open.tx.query<R>(statement.text, values)).rows;
+      const options = statement.arrayRows ? ARRAY_ROWS : undefined;
+      if (!statement.readOnly || !open?.readable) return (await this.db.query<R>(statement.text, values, options)).rows;
+      const rows = (await open.tx.query<R>(statement.text, values, options)).rows;
       if (statement === this.statements.streamState) {
         // Looked up after the query: a row the transaction changed meanwhile was remembered before it changed.
         const before = open.before.get(key(this.statements.schema, values[0] as string));
@@ -142,7 +145,7 @@ class PGliteStore extends SqlStoreBase implements PGliteEventStore {
           if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
           if (failure) throw new DatabaseOperationError(operation, new Error(`the transaction was aborted by an earlier error: ${failure.message}`));
           try {
-            return (await tx.query<R>(statement.text, values)).rows;
+            return (await tx.query<R>(statement.text, values, statement.arrayRows ? ARRAY_ROWS : undefined)).rows;
           } catch (error) {
             // PostgreSQL aborted the transaction: readers outside stop using its connection.
             open.readable = false;

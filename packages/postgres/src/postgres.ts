@@ -72,8 +72,9 @@ async function connect(pool: pg.Pool, operation: string): Promise<pg.PoolClient>
   return client;
 }
 
-function config(statement: Statement, values: unknown[]): pg.QueryConfig {
-  return statement.name === '' ? { text: statement.text, values } : { name: statement.name, text: statement.text, values };
+function config(statement: Statement, values: unknown[]): pg.QueryConfig | pg.QueryArrayConfig {
+  if (statement.name === '') return { text: statement.text, values };
+  return statement.arrayRows ? { name: statement.name, text: statement.text, values, rowMode: 'array' } : { name: statement.name, text: statement.text, values };
 }
 
 /** Each statement on a pooled connection, in its own implicit transaction. A broken connection is destroyed, not reused. */

@@ -282,7 +282,15 @@ $fn$;
 // ---------------------------------------------------------------------------------------------------------------------
 // Statements the stores run.
 
-const EVENT_COLUMNS = 'event_id, stream_id, type, version, position, transaction_id, recorded_at, data, metadata';
+/**
+ * The columns of an event as the stores read them, in this order (rows come back as arrays): id, stream id, type,
+ * version, position (formatted as eventline's Position, `hhhh…/hhhh…`: the same text as `formatPosition`), recorded at
+ * (ms since the epoch, whole) and the data and metadata. The position and the time are computed here rather than by
+ * the driver and JavaScript: it is cheaper, and reading is mostly that.
+ */
+const EVENT_COLUMNS = `e.event_id, e.stream_id, e.type, e.version,
+       lpad(to_hex(e.transaction_id::text::int8), 16, '0') || '/' || lpad(to_hex(e.position), 16, '0') AS pos,
+       floor(extract(epoch FROM e.recorded_at) * 1000)::int8 AS recorded_ms, e.data, e.metadata`;
 
 /**
  * $1 stream id, $2 expected version as text ('any' | 'no_stream' | 'stream_exists' | digits), $3 ids, $4 types, $5 data
@@ -314,39 +322,37 @@ export const streamState = (s: string) => `SELECT version, hidden_before, delete
  * limit), $5 page size.
  */
 export const readStreamForwards = (s: string) =>
-  `SELECT ${EVENT_COLUMNS} FROM ${s}.events
-    WHERE stream_id = $1 AND version >= $2 AND version <= $3
-      AND ($4::float8 IS NULL OR recorded_at >= now() - $4::float8 * interval '1 second')
-    ORDER BY version
+  `SELECT ${EVENT_COLUMNS} FROM ${s}.events e
+    WHERE e.stream_id = $1 AND e.version >= $2 AND e.version <= $3
+      AND ($4::float8 IS NULL OR e.recorded_at >= now() - $4::float8 * interval '1 second')
+    ORDER BY e.version
     LIMIT $5`;
 
 /** A page of a stream, backwards; parameters as for {@link readStreamForwards}. */
 export const readStreamBackwards = (s: string) =>
-  `SELECT ${EVENT_COLUMNS} FROM ${s}.events
-    WHERE stream_id = $1 AND version >= $2 AND version <= $3
-      AND ($4::float8 IS NULL OR recorded_at >= now() - $4::float8 * interval '1 second')
-    ORDER BY version DESC
+  `SELECT ${EVENT_COLUMNS} FROM ${s}.events e
+    WHERE e.stream_id = $1 AND e.version >= $2 AND e.version <= $3
+      AND ($4::float8 IS NULL OR e.recorded_at >= now() - $4::float8 * interval '1 second')
+    ORDER BY e.version DESC
     LIMIT $5`;
 
 /**
  * A gap-safe page of the global log: events of transactions older than every transaction still open (the snapshot's
  * xmin), after the position ($1 transaction id, $2 sequence), in (transaction id, position) order, optionally only of
- * the types $3 and the categories $4 (null: all), at most $5. Always returns at least one row, carrying the snapshot's
- * xmin (`snapshot_xmin`): an empty page is one row whose event columns are null.
+ * the types $3 and the categories $4 (null: all), at most $5. One more row, whose event columns are null, carries the
+ * snapshot's xmin in a ninth column (null in the event rows); it usually comes last, but find it by its null id.
  */
 export const readAllPage = (s: string) =>
-  `SELECT e.event_id, e.stream_id, e.type, e.version, e.position, e.transaction_id, e.recorded_at, e.data, e.metadata,
-          snap.xmin::text AS snapshot_xmin
-     FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS snap
-     LEFT JOIN LATERAL (
-       SELECT ${EVENT_COLUMNS} FROM ${s}.events
-        WHERE (transaction_id, position) > ($1::xid8, $2::int8)
-          AND transaction_id < snap.xmin
-          AND ($3::text[] IS NULL OR type = ANY ($3::text[]))
-          AND ($4::text[] IS NULL OR category = ANY ($4::text[]))
-        ORDER BY transaction_id, position
-        LIMIT $5
-     ) AS e ON true`;
+  `(SELECT ${EVENT_COLUMNS}, NULL::text AS snapshot_xmin
+      FROM ${s}.events e
+     WHERE (e.transaction_id, e.position) > ($1::xid8, $2::int8)
+       AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+       AND ($3::text[] IS NULL OR e.type = ANY ($3::text[]))
+       AND ($4::text[] IS NULL OR e.category = ANY ($4::text[]))
+     ORDER BY e.transaction_id, e.position
+     LIMIT $5)
+   UNION ALL
+   SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())::text`;
 
 /** The snapshot's xmin: every transaction below it has ended. */
 export const snapshotXmin = () => `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`;
@@ -371,6 +377,8 @@ export interface Statement {
   readonly text: string;
   /** True for statements that only read (PGlite may run them on an open transaction's connection, see pglite.ts). */
   readonly readOnly: boolean;
+  /** Rows as arrays of column values, in column order (the event reads), rather than objects. */
+  readonly arrayRows?: boolean;
 }
 
 export interface Statements {
@@ -395,6 +403,7 @@ export function statementsFor(schema: string): Statements {
   const tag = schema.length <= 40 ? schema : `h${hash32(schema).toString(16)}`;
   const write = (name: string, text: string): Statement => ({ name: `eventline.${tag}.${name}`, text, readOnly: false });
   const read = (name: string, text: string): Statement => ({ name: `eventline.${tag}.${name}`, text, readOnly: true });
+  const events = (name: string, text: string): Statement => ({ name: `eventline.${tag}.${name}`, text, readOnly: true, arrayRows: true });
   return {
     schema,
     quoted: s,
@@ -403,9 +412,9 @@ export function statementsFor(schema: string): Statements {
     setStreamMetadata: write('set_metadata', setStreamMetadata(s)),
     removeStreamEvents: write('remove_events', removeStreamEvents(s)),
     streamState: read('stream', streamState(s)),
-    readStreamForwards: read('read_fwd', readStreamForwards(s)),
-    readStreamBackwards: read('read_bwd', readStreamBackwards(s)),
-    readAllPage: read('read_all', readAllPage(s)),
+    readStreamForwards: events('read_fwd', readStreamForwards(s)),
+    readStreamBackwards: events('read_bwd', readStreamBackwards(s)),
+    readAllPage: events('read_all', readAllPage(s)),
     snapshotXmin: read('xmin', snapshotXmin()),
     readAllHoldback: read('holdback', readAllHoldback(s)),
   };
