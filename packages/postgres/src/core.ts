@@ -336,38 +336,55 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     return this.readAllPages(options);
   }
 
+  /** Pages with {@link fetchAllPage}; rows become events only as they are yielded, so a page is held once, not twice. */
   private async *readAllPages(options?: ReadAllOptions): AsyncGenerator<RecordedEvent> {
     const normalised = normaliseReadAllOptions(options);
     let after = normalised.after;
     let remaining = normalised.limit;
     while (remaining > 0) {
-      const page = await this.readAllPage({ ...options, after, limit: Math.min(remaining, normalised.pageSize) });
-      for (const event of page.events) yield event;
-      remaining -= page.events.length;
+      const page = await this.fetchAllPage(normalised, after, Math.min(remaining, normalised.pageSize));
+      for (const row of page.rows) yield this.toRecorded(row);
+      remaining -= page.rows.length;
       if (page.atEnd) return;
       after = page.next;
     }
   }
 
   async readAllPage(options?: ReadAllOptions): Promise<ReadAllPage> {
+    const normalised = normaliseReadAllOptions(options, 1000);
+    const page = await this.fetchAllPage(normalised, normalised.after, normalised.limit);
+    return { events: page.rows.map((row) => this.toRecorded(row)), next: page.next, atEnd: page.atEnd };
+  }
+
+  /** One gap-safe page of event rows after `after`, and where to resume (see `readAllPage` in sql.ts and the contract). */
+  private async fetchAllPage(
+    filter: { types: string[] | null; categories: string[] | null },
+    after: Position,
+    limit: number,
+  ): Promise<{ rows: EventRow[]; next: Position; atEnd: boolean }> {
     await this.ready('read all');
-    const { after, limit, types, categories } = normaliseReadAllOptions(options, 1000);
-    const storedTypes = types && this.config.events ? this.config.events.storedNames(types) : types;
+    const storedTypes = filter.types && this.config.events ? this.config.events.storedNames(filter.types) : filter.types;
     const { transaction, sequence } = parsePosition(after);
-    const rows = await this.executor.query<ReadAllRow>(
+    const result = await this.executor.query<ReadAllRow>(
       this.config.statements.readAllPage,
-      [transaction.toString(), (sequence > INT8_MAX ? INT8_MAX : sequence).toString(), storedTypes, categories, limit],
+      [transaction.toString(), (sequence > INT8_MAX ? INT8_MAX : sequence).toString(), storedTypes, filter.categories, limit],
       'read all',
     );
-    const events: RecordedEvent[] = [];
+    // The xmin row usually comes last: drop it without copying the page.
     let xmin: string | null = null;
-    for (const row of rows) {
-      if (row[0] === null) xmin = row[8];
-      else events.push(this.toRecorded(row as unknown as EventRow));
+    const last = result[result.length - 1];
+    if (last && last[0] === null) {
+      xmin = last[8];
+      result.pop();
     }
-    if (events.length === limit) return { events, next: events[events.length - 1]!.position, atEnd: false };
+    let rows = result as unknown as EventRow[];
+    if (xmin === null) {
+      xmin = result.find((row) => row[0] === null)![8];
+      rows = result.filter((row) => row[0] !== null) as unknown as EventRow[];
+    }
+    if (rows.length === limit) return { rows, next: rows[rows.length - 1]![4], atEnd: false };
     const boundary = positionBeforeTransaction(BigInt(xmin!));
-    return { events, next: boundary > after ? boundary : after, atEnd: true };
+    return { rows, next: boundary > after ? boundary : after, atEnd: true };
   }
 
   async headPosition(): Promise<Position> {
