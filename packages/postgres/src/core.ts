@@ -165,40 +165,41 @@ export class SqlSession implements EventStoreSession {
     const id = prepared.streamId;
     const operation = `append to '${id}'`;
     await this.enter(operation);
-    const count = prepared.events.length;
-    const ids = new Array<string>(count);
-    const types = new Array<string>(count);
-    const data = new Array<string>(count);
-    const metadata = new Array<string>(count);
-    for (let i = 0; i < count; i++) {
+    // '{id,id}' (UUIDs need no quoting) and '[["Type",data,metadata],...]' from the JSON prepareAppend produced: no
+    // escaping and no second serialisation (types are letters, digits and '_').
+    let ids = '{';
+    let batch = '[';
+    for (let i = 0; i < prepared.events.length; i++) {
       const event = prepared.events[i]!;
-      ids[i] = event.id;
-      types[i] = event.type;
-      data[i] = event.dataJson;
-      metadata[i] = event.metadataJson;
+      const separator = i === 0 ? '' : ',';
+      ids += separator + event.id;
+      batch += `${separator}["${event.type}",${event.dataJson},${event.metadataJson}]`;
     }
+    ids += '}';
+    batch += ']';
     await this.executor.beforeStreamWrite?.(id);
     let result: string;
     try {
-      const rows = await this.executor.query<AppendRow>(this.config.statements.appendEvents, [id, expectedText(prepared.expectedVersion), ids, types, data, metadata], operation);
+      const rows = await this.executor.query<AppendRow>(this.config.statements.appendEvents, [id, expectedText(prepared.expectedVersion), ids, batch], operation);
       result = rows[0]!.r;
     } catch (error) {
-      const conflicting = duplicateIdsOf(error, ids);
+      const conflicting = duplicateIdsOf(error, prepared.events.map((event) => event.id));
       if (conflicting) throw new EventIdConflictError(id, conflicting);
       throw error;
     }
-    const [status, version, firstVersion, lastPosition, transaction, exists, conflicts] = result.split(' ') as [WriteRow['status'], string, string, string, string, string, string];
+    const fields = result.split(' ');
+    const status = fields[0] as WriteRow['status'];
     if (status === 'ok' || status === 'duplicate') {
       return {
         streamId: id,
-        version: Number(version),
-        firstVersion: Number(firstVersion),
-        position: formatPosition(BigInt(transaction), BigInt(lastPosition)),
+        version: Number(fields[1]),
+        firstVersion: Number(fields[2]),
+        position: formatPosition(BigInt(fields[4]!), BigInt(fields[3]!)),
         duplicate: status === 'duplicate',
       };
     }
-    if (status === 'id_conflict') throw new EventIdConflictError(id, conflicts ? conflicts.split(',') : ids);
-    throw refusal({ status, stream_version: version, stream_exists: exists === 'true' }, id, prepared.expectedVersion);
+    if (status === 'id_conflict') throw new EventIdConflictError(id, fields[1] ? fields[1].split(',') : prepared.events.map((event) => event.id));
+    throw refusal({ status, stream_version: fields[1] ?? null, stream_exists: fields[2] === 'true' }, id, prepared.expectedVersion);
   }
 
   readStream(streamId: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent> {
@@ -404,12 +405,53 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
 
   async transaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
     await this.ready('start a transaction');
-    return this.runTransaction(fn);
+    const result = await this.runTransaction(fn);
+    this.appended();
+    return result;
   }
+
+  override async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
+    const result = await super.append(streamId, events, options);
+    if (!result.duplicate) this.appended();
+    return result;
+  }
+
+  private readonly appendListeners = new Set<() => void>();
+
+  /**
+   * Calls `listener` soon after events are committed: by this store at once, and (on a PostgreSQL server) by other
+   * processes through LISTEN/NOTIFY. A wake-up only, which may be coalesced or spurious; readers also poll.
+   */
+  onAppended(listener: () => void): () => void {
+    this.appendListeners.add(listener);
+    if (this.appendListeners.size === 1) void this.listenForAppends(() => this.wakeListeners()).catch(() => undefined);
+    return () => {
+      this.appendListeners.delete(listener);
+      if (this.appendListeners.size === 0) void this.unlistenForAppends().catch(() => undefined);
+    };
+  }
+
+  /** After a commit: wake this process's listeners, and tell other processes (see {@link notifyAppended}). */
+  protected appended(): void {
+    this.wakeListeners();
+    this.notifyAppended();
+  }
+
+  private wakeListeners(): void {
+    for (const listener of this.appendListeners) queueMicrotask(listener);
+  }
+
+  /** Server backends: start listening for other processes' appends. */
+  protected async listenForAppends(_wake: () => void): Promise<void> {}
+  protected async unlistenForAppends(): Promise<void> {}
+  /** Server backends: a coalesced NOTIFY, off the append's path (not a trigger: NOTIFY at commit serialises writers). */
+  protected notifyAppended(): void {}
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.appendListeners.clear();
+    await this.unlistenForAppends().catch(() => undefined);
     await this.releaseConnections();
   }
 

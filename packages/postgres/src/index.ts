@@ -8,3 +8,12 @@ export { SqlSession, type SqlClient } from './core.js';
 export { DatabaseOperationError, isConnectionError } from './errors.js';
 export { migrations, LATEST_MIGRATION, runMigrations, type Migration, type MigrationConnection } from './migrations.js';
 export { DEFAULT_SCHEMA, quoteSchema } from './sql.js';
+export {
+  createSqlDocumentStore,
+  createSqlInbox,
+  createSqlProjectionCatalog,
+  createSqlSnapshotStore,
+  createSqlSubscriptionStore,
+  sqlOf,
+  type SqlEventStore,
+} from './read-side.js';

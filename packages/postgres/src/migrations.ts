@@ -12,6 +12,7 @@ import {
   recordMigration,
   schemaV1,
 } from './sql.js';
+import { schemaV2 } from './read-side-sql.js';
 
 export interface Migration {
   readonly version: number;
@@ -22,6 +23,7 @@ export interface Migration {
 
 export const migrations: readonly Migration[] = [
   { version: 1, name: 'event store: streams, events, append_events / delete_stream / set_stream_metadata', sql: schemaV1 },
+  { version: 2, name: 'read side: checkpoints, leases, parked events, snapshots, projection catalog, inbox, read-model registry', sql: schemaV2 },
 ];
 
 /** The latest migration version this package knows. */

@@ -13,6 +13,7 @@
  * - a hard delete inside the transaction removes the stream's events only at commit, so that readers never miss
  *   events that a rolled-back delete would have kept.
  */
+import type { SqlClient } from './core.js';
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { PGlite, type PGliteInterface, type Transaction } from '@electric-sql/pglite';
@@ -36,6 +37,10 @@ export interface PGliteStoreOptions extends EventStoreOptions {
 /** The PGlite event store: the {@link EventStore} contract, plus migrations and access to its database. */
 export interface PGliteEventStore extends EventStore {
   readonly schema: string;
+  /** Raw SQL on the store's connections (each statement its own transaction); inside `transaction()`, use the session's `sql`. */
+  readonly sql: SqlClient;
+  /** A wake-up soon after events are committed (see the package README). */
+  onAppended(listener: () => void): () => void;
   /** The PGlite instance the store runs on (its own, or the one it was given). */
   readonly db: PGliteInterface;
   /** Applies the schema migrations now; see PostgresEventStore.migrate. */

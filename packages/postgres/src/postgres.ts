@@ -2,6 +2,7 @@
  * The event store on a PostgreSQL server, through node-postgres.
  */
 import pg from 'pg';
+import type { SqlClient } from './core.js';
 import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
 import { SqlSession, SqlStoreBase, type Executor, type StoreConfig } from './core.js';
 import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';
@@ -25,6 +26,10 @@ export interface PostgresStoreOptions extends EventStoreOptions {
 export interface PostgresEventStore extends EventStore {
   /** The schema the store uses. */
   readonly schema: string;
+  /** Raw SQL on the store's connections (each statement its own transaction); inside `transaction()`, use the session's `sql`. */
+  readonly sql: SqlClient;
+  /** A wake-up soon after events are committed (see the package README). */
+  onAppended(listener: () => void): () => void;
   /** The pool the store runs on (its own, or the one it was given). */
   readonly pool: pg.Pool;
   /**
@@ -185,5 +190,64 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
 
   protected async releaseConnections(): Promise<void> {
     if (this.ownPool) await this.pool.end();
+  }
+
+  private listener: pg.Client | null = null;
+  private listening = false;
+  private notifying = false;
+  private notifyAgain = false;
+
+  /** The NOTIFY channel of this schema: `<schema>_appended`. */
+  private get channel(): string {
+    return `${this.schema}_appended`;
+  }
+
+  protected override notifyAppended(): void {
+    if (this.notifying) {
+      this.notifyAgain = true;
+      return;
+    }
+    this.notifying = true;
+    this.pool
+      .query('SELECT pg_notify($1, $2)', [this.channel, ''])
+      .catch(() => undefined) // a wake-up only: listeners poll anyway
+      .finally(() => {
+        this.notifying = false;
+        if (this.notifyAgain && !this.isClosed) {
+          this.notifyAgain = false;
+          this.notifyAppended();
+        }
+      });
+  }
+
+  /** A connection of its own (not from the pool) that LISTENs, reconnecting while anyone listens. */
+  protected override async listenForAppends(wake: () => void): Promise<void> {
+    this.listening = true;
+    while (this.listening && !this.isClosed) {
+      const client = new pg.Client(this.pool.options);
+      client.on('notification', () => wake());
+      const ended = new Promise<void>((resolve) => {
+        client.on('error', () => resolve());
+        client.on('end', () => resolve());
+      });
+      try {
+        await client.connect();
+        await client.query(`LISTEN ${pg.escapeIdentifier(this.channel)}`);
+        this.listener = client;
+        wake(); // events may have been appended while we were not listening
+        await ended;
+      } catch {
+        // fall through to retry
+      } finally {
+        this.listener = null;
+        await client.end().catch(() => undefined);
+      }
+      if (this.listening && !this.isClosed) await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+
+  protected override async unlistenForAppends(): Promise<void> {
+    this.listening = false;
+    await this.listener?.end().catch(() => undefined);
   }
 }

@@ -86,7 +86,7 @@ CREATE TABLE ${s}.streams (
 ) WITH (fillfactor = 80);
 
 CREATE TABLE ${s}.events (
-  position bigint GENERATED ALWAYS AS IDENTITY,
+  position bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME ${s}.events_position_seq),
   transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
   event_id uuid NOT NULL UNIQUE,
   stream_id text NOT NULL,
@@ -104,20 +104,20 @@ CREATE TABLE ${s}.events (
 -- (re-planning on each call, PostgreSQL's choice for some of them, costs more than the whole append) made without
 -- sequential scans (a plan cached while a table is still nearly empty would otherwise scan it as it grows).
 
--- Appends a batch in one call. Never raises for a refused append (so that a refusal inside a transaction does not abort
--- it); it returns a status instead: 'ok', 'duplicate' (this exact batch is already stored: its original result is
--- returned), 'deleted' (tombstone), 'wrong_version' (with the stream's version and whether it exists) or 'id_conflict'
--- (with the ids already stored elsewhere). A concurrent insert of the same ids into another stream raises 23505.
+-- Appends a batch in one call: p_ids are the event ids, p_events a JSON array of [type, data, metadata], one per id.
+-- Returns its outcome as one line of text (see appendEvents below): 'ok', 'duplicate' (this exact batch is already
+-- stored: its original result), 'deleted' (tombstone), 'wrong_version' (with the stream's version and whether it
+-- exists) or 'id_conflict' (with the ids already stored elsewhere). It never raises for a refused append, so that a
+-- refusal inside a transaction does not abort it; a concurrent insert of the same ids into another stream raises 23505.
 --
--- The common cases take a fast path of three statements: an existing stream whose expected version holds is locked and
--- bumped by one UPDATE; a new stream is created at its final version by one INSERT. Both hold the stream's row lock,
--- so the idempotency check that follows sees every earlier append of the stream. Anything else (a retry, a conflict, a
--- refusal, a race with a concurrent creator) is undone and decided on the slow path, under the lock, in the order of the
--- in-memory store: tombstone, idempotency, expected version.
-CREATE FUNCTION ${s}.append_events(
-  p_stream_id text, p_expected text, p_ids uuid[], p_types text[], p_data text[], p_metadata text[],
-  OUT status text, OUT stream_version bigint, OUT first_version bigint, OUT last_position bigint,
-  OUT tx_id xid8, OUT stream_exists boolean, OUT conflict_ids text[])
+-- The common cases take a fast path: a new stream is created at its final version by one INSERT; an existing stream
+-- whose expected version holds is locked and bumped by one UPDATE. Either holds the stream's row lock, so the
+-- idempotency check that follows sees every earlier append of the stream; then one INSERT writes the events. Anything
+-- else (a retry, a conflict, a refusal, a tombstone, a soft-deleted stream created again, a race with a concurrent
+-- creator) is undone and decided on the slow path, under the lock, in the order of the in-memory store: tombstone,
+-- idempotency, expected version.
+CREATE FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb)
+RETURNS text
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
   v_stream ${s}.streams%ROWTYPE;
@@ -129,21 +129,31 @@ DECLARE
   v_deleted text;
   v_first bigint;
   v_same boolean;
+  v_conflicts text;
+  v_version bigint;
+  v_position bigint;
+  v_tx xid8;
 BEGIN
-  UPDATE ${s}.streams AS st SET version = st.version + v_count
-   WHERE st.stream_id = p_stream_id AND st.deleted IS DISTINCT FROM 'hard'
-     AND (CASE p_expected
-            WHEN 'any' THEN true
-            WHEN 'no_stream' THEN NOT (st.version > 0 AND st.deleted IS NULL)
-            WHEN 'stream_exists' THEN st.version > 0 AND st.deleted IS NULL
-            ELSE p_expected::bigint = st.version
-          END)
-  RETURNING st.version - v_count, st.category, st.deleted INTO v_base, v_category, v_deleted;
-  IF NOT FOUND AND p_expected IN ('any', 'no_stream', '0') THEN
+  IF p_expected IN ('no_stream', '0') THEN
     INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
       ON CONFLICT (stream_id) DO NOTHING
-      RETURNING 0, category, NULL::text INTO v_base, v_category, v_deleted;
+      RETURNING 0, category INTO v_base, v_category;
     v_created := FOUND;
+  ELSE
+    UPDATE ${s}.streams AS st SET version = st.version + v_count
+     WHERE st.stream_id = p_stream_id AND st.deleted IS DISTINCT FROM 'hard'
+       AND (CASE p_expected
+              WHEN 'any' THEN true
+              WHEN 'stream_exists' THEN st.version > 0 AND st.deleted IS NULL
+              ELSE p_expected::bigint = st.version
+            END)
+    RETURNING st.version - v_count, st.category, st.deleted INTO v_base, v_category, v_deleted;
+    IF NOT FOUND AND p_expected = 'any' THEN
+      INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
+        ON CONFLICT (stream_id) DO NOTHING
+        RETURNING 0, category INTO v_base, v_category;
+      v_created := FOUND;
+    END IF;
   END IF;
   IF v_base IS NOT NULL AND EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
     IF v_created THEN
@@ -158,34 +168,27 @@ BEGIN
   IF v_base IS NULL THEN
     ${lockStream(s)}
     IF v_stream.deleted = 'hard' THEN
-      status := 'deleted';
-      RETURN;
+      RETURN 'deleted';
     END IF;
     v_exists := v_stream.version > 0 AND v_stream.deleted IS NULL;
-    stream_version := v_stream.version;
-    stream_exists := v_exists;
     IF EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
       SELECT e.version INTO v_first FROM ${s}.events e WHERE e.event_id = p_ids[1] AND e.stream_id = p_stream_id;
       SELECT coalesce(bool_and(coalesce(e.stream_id = p_stream_id AND e.version = v_first + u.n - 1, false)), false),
-             array_agg(u.id::text ORDER BY u.n) FILTER (WHERE e.event_id IS NOT NULL)
-        INTO v_same, conflict_ids
+             string_agg(u.id::text, ',' ORDER BY u.n) FILTER (WHERE e.event_id IS NOT NULL)
+        INTO v_same, v_conflicts
         FROM unnest(p_ids) WITH ORDINALITY AS u(id, n)
         LEFT JOIN ${s}.events e ON e.event_id = u.id;
       IF v_same THEN
-        SELECT e.version, e.position, e.transaction_id INTO stream_version, last_position, tx_id
+        SELECT e.version, e.position, e.transaction_id INTO v_version, v_position, v_tx
           FROM ${s}.events e WHERE e.event_id = p_ids[v_count];
-        first_version := v_first;
-        status := 'duplicate';
-      ELSE
-        status := 'id_conflict';
-        ${dropIfCreated(s)}
+        RETURN concat_ws(' ', 'duplicate', v_version, v_first, v_position, v_tx);
       END IF;
-      RETURN;
+      ${dropIfCreated(s)}
+      RETURN 'id_conflict ' || v_conflicts;
     END IF;
     IF NOT (${expectedVersionHolds}) THEN
-      status := 'wrong_version';
       ${dropIfCreated(s)}
-      RETURN;
+      RETURN concat_ws(' ', 'wrong_version', v_stream.version, v_exists::text);
     END IF;
     v_base := v_stream.version;
     v_category := v_stream.category;
@@ -193,22 +196,16 @@ BEGIN
     UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL WHERE stream_id = p_stream_id;
   END IF;
 
-  tx_id := pg_current_xact_id();
-  WITH inserted AS (
-    INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
-    SELECT tx_id, u.id, p_stream_id, v_base + u.n, v_category, u.type, u.data::jsonb, u.metadata::jsonb
-      FROM unnest(p_ids, p_types, p_data, p_metadata) WITH ORDINALITY AS u(id, type, data, metadata, n)
-    RETURNING position
-  )
-  SELECT max(inserted.position) INTO last_position FROM inserted;
+  v_tx := pg_current_xact_id();
+  INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
+  SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_category, u.e->>0, u.e->1, u.e->2
+    FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n);
   IF v_deleted = 'soft' THEN
     -- Appending re-creates a soft-deleted stream.
     UPDATE ${s}.streams SET deleted = NULL WHERE stream_id = p_stream_id;
   END IF;
-  status := 'ok';
-  stream_version := v_base + v_count;
-  first_version := v_base + 1;
-  stream_exists := true;
+  -- The rows took their positions in order, so the last one's is the sequence's last value in this session.
+  RETURN concat_ws(' ', 'ok', v_base + v_count, v_base + 1, currval('${s}.events_position_seq'), v_tx);
 END
 $fn$;
 
@@ -293,17 +290,13 @@ const EVENT_COLUMNS = `e.event_id, e.stream_id, e.type, e.version,
        floor(extract(epoch FROM e.recorded_at) * 1000)::int8 AS recorded_ms, e.data, e.metadata`;
 
 /**
- * $1 stream id, $2 expected version as text ('any' | 'no_stream' | 'stream_exists' | digits), $3 ids, $4 types, $5 data
- * JSON, $6 metadata JSON. The result is one text column, `r`: the function's OUT values separated by spaces (status,
- * stream version, first version, last position, transaction id, stream exists 't'/'f', conflicting ids joined by ','),
- * empty where null. One column instead of seven: drivers spend more on describing and decoding a row than on the append's
- * own result, and an append is on the hot path.
+ * $1 stream id, $2 expected version as text ('any' | 'no_stream' | 'stream_exists' | digits), $3 the event ids, $4 a
+ * JSON array of [type, data, metadata] (built by concatenating the JSON eventline already produced, so nothing is
+ * serialised or escaped twice). The result is one text column, `r`, with space-separated fields:
+ * `ok|duplicate <version> <first version> <last position> <transaction id>`, `wrong_version <version> <true|false: exists>`,
+ * `id_conflict <id,id...>` or `deleted`.
  */
-export const appendEvents = (s: string) =>
-  `SELECT concat_ws(' ', status, coalesce(stream_version::text, ''), coalesce(first_version::text, ''),
-            coalesce(last_position::text, ''), coalesce(tx_id::text, ''), coalesce(stream_exists::text, ''),
-            coalesce(array_to_string(conflict_ids, ','), '')) AS r
-     FROM ${s}.append_events($1, $2, $3::uuid[], $4::text[], $5::text[], $6::text[])`;
+export const appendEvents = (s: string) => `SELECT ${s}.append_events($1, $2, $3::uuid[], $4::jsonb) AS r`;
 
 /** $1 stream id, $2 expected version as text, $3 hard, $4 keep the events (until commit). */
 export const deleteStream = (s: string) => `SELECT status, stream_version, stream_exists FROM ${s}.delete_stream($1, $2, $3, $4)`;
