@@ -1,0 +1,249 @@
+/**
+ * The read side on both backends: subscriptions (checkpoint and read-model writes in one transaction, leases, parked
+ * events), document read models, the projection catalog and blue/green rebuild, snapshots, the inbox, wake-ups.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { PGlite } from '@electric-sql/pglite';
+import type pg from 'pg';
+import {
+  createAsyncProjection,
+  createRepository,
+  createSubscription,
+  defineAggregate,
+  defineProjection,
+  formatPosition,
+  newId,
+  type RecordedEvent,
+} from 'eventline';
+import {
+  createPGliteStore,
+  createPostgresStore,
+  createSqlDocumentStore,
+  createSqlInbox,
+  createSqlProjectionCatalog,
+  createSqlSnapshotStore,
+  createSqlSubscriptionStore,
+  type SqlClient,
+  type SqlEventStore,
+} from '@eventline/postgres';
+import { cleanUp, connectForTests, uniqueSchema } from './helpers.js';
+
+let admin: pg.Client;
+let pglite: PGlite;
+const schemas: string[] = [];
+const stores: SqlEventStore[] = [];
+
+before(async () => {
+  admin = await connectForTests();
+  pglite = new PGlite();
+});
+after(async () => {
+  await Promise.all(stores.map((s) => s.close()));
+  await pglite.close();
+  await cleanUp(admin, schemas);
+});
+
+const backends: Array<[string, (schema?: string) => SqlEventStore]> = [
+  [
+    'PostgreSQL',
+    (schema = uniqueSchema('rs')) => {
+      if (!schemas.includes(schema)) schemas.push(schema);
+      const store = createPostgresStore({ schema, poolSize: 4 });
+      stores.push(store);
+      return store;
+    },
+  ],
+  [
+    'PGlite',
+    (schema = uniqueSchema('rs')) => {
+      const store = createPGliteStore({ db: pglite, schema });
+      stores.push(store);
+      return store;
+    },
+  ],
+];
+
+const deposit = (amount: number) => ({ id: newId(), type: 'Deposited', data: { amount } });
+const balances = (version: number, factor = 1) =>
+  defineProjection<SqlClient>({
+    name: 'balances',
+    version,
+    handlers: {
+      Deposited: async (event, { documents }) => {
+        await documents<{ balance: number }>('balance').update(event.streamId, (current) => ({ balance: (current?.balance ?? 0) + (event.data as { amount: number }).amount * factor }));
+      },
+    },
+  });
+
+async function until(check: () => boolean | Promise<boolean>, what: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+for (const [name, create] of backends) {
+  describe(`read side on ${name}`, () => {
+    it('an async projection: documents and checkpoint commit together; read-your-writes with waitFor', async () => {
+      const store = create();
+      const parts = { store, subscriptions: createSqlSubscriptionStore(store), documents: createSqlDocumentStore(store), catalog: createSqlProjectionCatalog(store) };
+      const projection = createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 });
+      await projection.start();
+      await store.append('account-1', [deposit(10), deposit(5)]);
+      const { position } = await store.append('account-2', [deposit(7)]);
+      await projection.waitFor(position, { timeoutMs: 5000 });
+      const collection = await projection.collection<{ balance: number }>('balance');
+      assert.deepEqual(await collection.get('account-1'), { balance: 15 });
+      assert.equal(await collection.count(), 2);
+      assert.deepEqual((await collection.list()).map((d) => d.id), ['account-1', 'account-2']);
+      await projection.stop();
+      // The checkpoint was stored with the documents: a restart applies nothing twice.
+      const again = createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 });
+      await again.start();
+      const next = await store.append('account-1', [deposit(1)]);
+      await again.waitFor(next.position, { timeoutMs: 5000 });
+      assert.deepEqual(await (await again.collection<{ balance: number }>('balance')).get('account-1'), { balance: 16 });
+      await again.stop();
+    });
+
+    it('a failing batch leaves no write behind; the poison event is parked, and applied by a retry after the fix', async () => {
+      const store = create();
+      const documents = createSqlDocumentStore(store);
+      let broken = true;
+      const subscription = createSubscription<SqlClient>({
+        name: 'poison',
+        store,
+        subscriptions: createSqlSubscriptionStore(store),
+        retry: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 2 },
+        handle: async (event, { tx }) => {
+          const amount = (event.data as { amount: number }).amount;
+          await documents.collection<{ amount: number }>('seen', tx).put(event.id, { amount }, event.position);
+          if (amount === 2 && broken) throw new Error('cannot take 2');
+        },
+      });
+      const appended = await store.append('account-1', [deposit(1), deposit(2), deposit(3)]);
+      await subscription.catchUp();
+      const seen = documents.collection<{ amount: number }>('seen');
+      assert.deepEqual((await seen.list()).map((d) => d.data.amount).sort(), [1, 3]);
+      const [parked] = await subscription.parked();
+      assert.equal(parked?.error.message, 'cannot take 2');
+      assert.equal(parked?.event.streamId, 'account-1');
+      assert.ok(parked?.event.recordedAt instanceof Date);
+      broken = false;
+      await subscription.retryParked(parked!.event.id);
+      assert.equal(await seen.count(), 3);
+      assert.deepEqual(await subscription.parked(), []);
+      assert.ok((await subscription.status()).checkpoint! >= appended.position);
+    });
+
+    it('one instance holds the lease; a commit by an instance that lost it is refused and rolled back', async () => {
+      const store = create();
+      const subscriptions = createSqlSubscriptionStore(store);
+      assert.equal(await subscriptions.acquireLease('s', 'a', 60_000), true);
+      assert.equal(await subscriptions.acquireLease('s', 'b', 60_000), false);
+      assert.equal(await subscriptions.acquireLease('s', 'a', 60_000), true, 'the holder renews');
+      await assert.rejects(subscriptions.commit({ name: 's', owner: 'b', position: formatPosition(1n, 1n) }, async () => undefined), { code: 'LEASE_LOST' });
+      assert.equal(await subscriptions.checkpoint('s'), null);
+      assert.equal(await subscriptions.acquireLease('t', 'a', 1), true);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.equal(await subscriptions.acquireLease('t', 'b', 60_000), true, 'an expired lease is taken over');
+      await assert.rejects(subscriptions.commit({ name: 't', owner: 'a', position: formatPosition(1n, 1n) }, async () => undefined), { code: 'LEASE_LOST' });
+    });
+
+    it('documents: last write wins by version', async () => {
+      const store = create();
+      const collection = createSqlDocumentStore(store).collection<{ n: number }>('things');
+      assert.equal(await collection.put('a', { n: 2 }, formatPosition(1n, 2n)), true);
+      assert.equal(await collection.put('a', { n: 1 }, formatPosition(1n, 1n)), false);
+      assert.equal(await collection.put('a', { n: 3 }, formatPosition(1n, 2n)), false);
+      assert.equal(await collection.put('a', { n: 4 }, formatPosition(1n, 10n)), true, 'compared as positions, not as text in a locale');
+      assert.equal(await collection.delete('a', formatPosition(2n, 0n)), true);
+      assert.equal(await collection.put('a', { n: 9 }, formatPosition(1n, 99n)), false);
+      assert.equal(await collection.get('a'), null);
+    });
+
+    it('blue/green rebuild into new tables, then the switch; old tables dropped', async () => {
+      const store = create();
+      const parts = { store, subscriptions: createSqlSubscriptionStore(store), documents: createSqlDocumentStore(store), catalog: createSqlProjectionCatalog(store) };
+      const v1 = createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 });
+      await v1.start();
+      for (let i = 0; i < 30; i++) await store.append(`account-${i % 3}`, [deposit(1)]);
+      const head = await store.append('account-0', [deposit(1)]);
+      await v1.waitFor(head.position);
+      await v1.stop();
+      const v2 = createAsyncProjection({ ...parts, projection: balances(2, 10), pollIntervalMs: 50, batchSize: 7 });
+      await v2.start();
+      const last = await store.append('account-0', [deposit(1)]);
+      await v2.waitFor(last.position);
+      assert.deepEqual(await (await v1.collection<{ balance: number }>('balance')).get('account-0'), { balance: 120 });
+      assert.equal(await parts.catalog.active('balances'), 2);
+      const tables = await store.sql.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = $1 AND tablename LIKE 'rm_balances_v1%'`, [store.schema]);
+      assert.equal(tables[0]!.n, 0);
+      await v2.stop();
+    });
+
+    it('snapshots: a repository loads the tail after its snapshot; deleting them changes no result', async () => {
+      const store = create();
+      const snapshots = createSqlSnapshotStore(store);
+      const counter = defineAggregate<{ n: number }, never, { type: 'Deposited'; data: { amount: number } }>({
+        category: 'account',
+        snapshots: { every: 10 },
+        initialState: () => ({ n: 0 }),
+        decide: () => [],
+        evolve: (state, event) => ({ n: state.n + event.data.amount }),
+      });
+      const repository = createRepository(store, counter, { snapshots });
+      await store.append('account-9', Array.from({ length: 25 }, () => deposit(2)));
+      await repository.snapshot('9');
+      await store.append('account-9', [deposit(1)]);
+      const loaded = await repository.load('9');
+      assert.deepEqual([loaded.state.n, loaded.fromSnapshot, loaded.eventsRead], [51, true, 1]);
+      await snapshots.save({ streamId: 'account-9', version: 3, stateVersion: 1, state: { n: -1 } });
+      assert.equal((await snapshots.load('account-9'))?.version, 25, 'an older snapshot does not replace a newer one');
+      await snapshots.delete();
+      assert.deepEqual((await repository.load('9')).state, { n: 51 });
+    });
+
+    it('inbox: one effect per message id, also when two deliveries race', async () => {
+      const store = create();
+      const inbox = createSqlInbox(store);
+      let effects = 0;
+      const results = await Promise.all(Array.from({ length: 4 }, () => inbox.process('g', 'm1', async () => void effects++)));
+      assert.equal(results.filter(Boolean).length, 1);
+      assert.equal(effects, 1);
+      assert.equal(await inbox.process('other', 'm1', async () => void effects++), true, 'groups are independent');
+      await assert.rejects(inbox.process('g', 'm2', async () => { throw new Error('effect failed'); }));
+      assert.equal(await inbox.process('g', 'm2', async () => void effects++), true, 'a failed effect records nothing');
+    });
+
+    it('wakes listeners when events are appended', async () => {
+      const store = create();
+      let woken = 0;
+      const stop = store.onAppended(() => void woken++);
+      await store.append('account-1', [deposit(1)]);
+      await until(() => woken > 0, 'a wake-up');
+      stop();
+    });
+  });
+}
+
+describe('wake-ups across processes (PostgreSQL LISTEN/NOTIFY)', () => {
+  it('an append by one store wakes a listener of another store on the same schema', async () => {
+    const schema = uniqueSchema('rs');
+    const writer = backends[0]![1](schema);
+    const reader = backends[0]![1](schema);
+    await writer.migrate();
+    const seen: RecordedEvent[] = [];
+    let woken = 0;
+    const stop = reader.onAppended(() => void woken++);
+    await new Promise((resolve) => setTimeout(resolve, 300)); // LISTEN is set up in the background
+    woken = 0;
+    await writer.append('account-1', [deposit(1)]);
+    await until(() => woken > 0, 'a NOTIFY from the other store', 5000);
+    for await (const event of reader.readAll()) seen.push(event);
+    assert.equal(seen.length, 1);
+    stop();
+  });
+});
