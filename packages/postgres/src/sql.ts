@@ -155,56 +155,60 @@ BEGIN
       v_created := FOUND;
     END IF;
   END IF;
-  IF v_base IS NOT NULL AND EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
+  IF v_base IS NOT NULL THEN
+    -- Under the lock: the events, unless one of their ids is already stored (a retry, or a conflict).
+    v_tx := pg_current_xact_id();
+    INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
+    SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_category, u.e->>0, u.e->1, u.e->2
+      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n)
+     WHERE NOT EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids));
+    IF FOUND THEN
+      IF v_deleted = 'soft' THEN
+        -- Appending re-creates a soft-deleted stream.
+        UPDATE ${s}.streams SET deleted = NULL WHERE stream_id = p_stream_id;
+      END IF;
+      -- The rows took their positions in order, so the last one's is the sequence's last value in this session.
+      RETURN concat_ws(' ', 'ok', v_base + v_count, v_base + 1, currval('${s}.events_position_seq'), v_tx);
+    END IF;
     IF v_created THEN
       DELETE FROM ${s}.streams WHERE stream_id = p_stream_id;
     ELSE
       UPDATE ${s}.streams SET version = v_base WHERE stream_id = p_stream_id;
     END IF;
-    v_base := NULL;
     v_created := false;
   END IF;
 
-  IF v_base IS NULL THEN
-    ${lockStream(s)}
-    IF v_stream.deleted = 'hard' THEN
-      RETURN 'deleted';
-    END IF;
-    v_exists := v_stream.version > 0 AND v_stream.deleted IS NULL;
-    IF EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
-      SELECT e.version INTO v_first FROM ${s}.events e WHERE e.event_id = p_ids[1] AND e.stream_id = p_stream_id;
-      SELECT coalesce(bool_and(coalesce(e.stream_id = p_stream_id AND e.version = v_first + u.n - 1, false)), false),
-             string_agg(u.id::text, ',' ORDER BY u.n) FILTER (WHERE e.event_id IS NOT NULL)
-        INTO v_same, v_conflicts
-        FROM unnest(p_ids) WITH ORDINALITY AS u(id, n)
-        LEFT JOIN ${s}.events e ON e.event_id = u.id;
-      IF v_same THEN
-        SELECT e.version, e.position, e.transaction_id INTO v_version, v_position, v_tx
-          FROM ${s}.events e WHERE e.event_id = p_ids[v_count];
-        RETURN concat_ws(' ', 'duplicate', v_version, v_first, v_position, v_tx);
-      END IF;
-      ${dropIfCreated(s)}
-      RETURN 'id_conflict ' || v_conflicts;
-    END IF;
-    IF NOT (${expectedVersionHolds}) THEN
-      ${dropIfCreated(s)}
-      RETURN concat_ws(' ', 'wrong_version', v_stream.version, v_exists::text);
-    END IF;
-    v_base := v_stream.version;
-    v_category := v_stream.category;
-    v_deleted := NULL;
-    UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL WHERE stream_id = p_stream_id;
+  -- The slow path: lock (or create) the stream's row, then check in order.
+  ${lockStream(s)}
+  IF v_stream.deleted = 'hard' THEN
+    RETURN 'deleted';
   END IF;
-
+  v_exists := v_stream.version > 0 AND v_stream.deleted IS NULL;
+  IF EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids)) THEN
+    SELECT e.version INTO v_first FROM ${s}.events e WHERE e.event_id = p_ids[1] AND e.stream_id = p_stream_id;
+    SELECT coalesce(bool_and(coalesce(e.stream_id = p_stream_id AND e.version = v_first + u.n - 1, false)), false),
+           string_agg(u.id::text, ',' ORDER BY u.n) FILTER (WHERE e.event_id IS NOT NULL)
+      INTO v_same, v_conflicts
+      FROM unnest(p_ids) WITH ORDINALITY AS u(id, n)
+      LEFT JOIN ${s}.events e ON e.event_id = u.id;
+    IF v_same THEN
+      SELECT e.version, e.position, e.transaction_id INTO v_version, v_position, v_tx
+        FROM ${s}.events e WHERE e.event_id = p_ids[v_count];
+      RETURN concat_ws(' ', 'duplicate', v_version, v_first, v_position, v_tx);
+    END IF;
+    ${dropIfCreated(s)}
+    RETURN 'id_conflict ' || v_conflicts;
+  END IF;
+  IF NOT (${expectedVersionHolds}) THEN
+    ${dropIfCreated(s)}
+    RETURN concat_ws(' ', 'wrong_version', v_stream.version, v_exists::text);
+  END IF;
+  v_base := v_stream.version;
+  UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL WHERE stream_id = p_stream_id;
   v_tx := pg_current_xact_id();
   INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
-  SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_category, u.e->>0, u.e->1, u.e->2
+  SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_stream.category, u.e->>0, u.e->1, u.e->2
     FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n);
-  IF v_deleted = 'soft' THEN
-    -- Appending re-creates a soft-deleted stream.
-    UPDATE ${s}.streams SET deleted = NULL WHERE stream_id = p_stream_id;
-  END IF;
-  -- The rows took their positions in order, so the last one's is the sequence's last value in this session.
   RETURN concat_ws(' ', 'ok', v_base + v_count, v_base + 1, currval('${s}.events_position_seq'), v_tx);
 END
 $fn$;
