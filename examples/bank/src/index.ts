@@ -37,10 +37,13 @@ export const TransferMoney = defineCommand(
 /** Every event type of the bank, for the store's registry (validation on append, upcasting on read). */
 export const bankEvents = eventRegistry([...accountEvents, ...paymentEvents], { strict: false });
 
+/** Retries on conflict: one account can see many concurrent commands (every retry reloads and decides again). */
+const retry = { maxAttempts: 12, baseDelayMs: 5, maxDelayMs: 200 };
+
 export function createBank(store: EventStore, options: { snapshots?: SnapshotStore } = {}) {
-  const accounts = createRepository(store, account, options);
-  const payments = createRepository(store, payment, options);
-  const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+  const accounts = createRepository(store, account, { ...options, retry });
+  const payments = createRepository(store, payment, { ...options, retry });
+  const bus = createCommandBus({ middleware: defaultMiddleware(store, { retry }) });
   const byAccount = accounts.handler((command) => command.data.accountId);
   // TransferOut and TransferIn are not on the bus: only the transfer handler sends them, both in one transaction.
   for (const command of [OpenAccount, Deposit, Withdraw, CloseAccount]) bus.register(command, byAccount);
@@ -57,7 +60,7 @@ export function createBank(store: EventStore, options: { snapshots?: SnapshotSto
       };
       return context.session ? run(context.session) : store.transaction(run);
     };
-    return context.retrying || context.session ? both() : retryOnConflict(both);
+    return context.retrying || context.session ? both() : retryOnConflict(both, retry);
   });
   return { bus, accounts, payments };
 }

@@ -193,8 +193,9 @@ export function createSqlProjectionCatalog(store: SqlEventStore): ProjectionCata
 export function createSqlSnapshotStore(store: SqlEventStore): SnapshotStore {
   const s = quoteSchema(store.schema);
   return {
-    async load(streamId) {
-      const [row] = await store.sql.query<{ version: string | number; state_version: number; state: JsonValue }>(q.loadSnapshot(s), [streamId]);
+    async load(streamId, session) {
+      const sql = session ? sqlOf(session) : store.sql;
+      const [row] = await sql.query<{ version: string | number; state_version: number; state: JsonValue }>(q.loadSnapshot(s), [streamId]);
       return row ? { streamId, version: Number(row.version), stateVersion: Number(row.state_version), state: row.state } : null;
     },
     async save(snapshot: Snapshot) {

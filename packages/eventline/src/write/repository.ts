@@ -107,7 +107,7 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     let version = 0;
     let fromSnapshot = false;
     let staleSnapshot = false;
-    const snapshot = snapshotStore ? await snapshotStore.load(streamId) : null;
+    const snapshot = snapshotStore ? await snapshotStore.load(streamId, context.session) : null;
     if (snapshot && snapshot.stateVersion === stateVersion) {
       state = deserialize(snapshot.state);
       version = snapshot.version;

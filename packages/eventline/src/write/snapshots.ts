@@ -1,4 +1,5 @@
 import type { JsonValue } from '../json.js';
+import type { EventStoreSession } from '../store/contract.js';
 
 /** A saved state of one stream at one version. */
 export interface Snapshot {
@@ -15,7 +16,8 @@ export interface Snapshot {
  * Implementations: {@link createInMemorySnapshotStore}, and `createPostgresSnapshotStore` in `@eventline/postgres`.
  */
 export interface SnapshotStore {
-  load(streamId: string): Promise<Snapshot | null>;
+  /** The snapshot of a stream. Inside a transaction, `session` is that transaction (an embedded database has one connection). */
+  load(streamId: string, session?: EventStoreSession): Promise<Snapshot | null>;
   /** Keeps the newest snapshot per stream: saving an older version than the stored one does nothing. */
   save(snapshot: Snapshot): Promise<void>;
   /** Deletes the snapshot of one stream, or all snapshots. */

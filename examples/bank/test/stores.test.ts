@@ -1,0 +1,99 @@
+/**
+ * The bank on the embedded PGlite store and on the PostgreSQL server: the same commands and rules as in memory, plus
+ * what only a real store shows — idempotency keys surviving a restart, concurrent withdrawals, transfers in one
+ * transaction, snapshots in the database.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, describe, it } from 'node:test';
+import pg from 'pg';
+import { ConcurrencyError, DomainError, type EventStore } from 'eventline';
+import { createPGliteStore, createPostgresStore, createSqlSnapshotStore, type SqlEventStore } from '@eventline/postgres';
+import { bankEvents, createBank, Deposit, OpenAccount, TransferMoney, Withdraw } from '../src/index.js';
+
+const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const schemas: string[] = [];
+const stores: EventStore[] = [];
+after(async () => {
+  for (const store of stores) await store.close();
+  const admin = new pg.Client({ connectionString: DATABASE_URL });
+  await admin.connect();
+  for (const schema of schemas) await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  await admin.end();
+});
+
+const backends: Array<[string, () => { open: () => SqlEventStore }]> = [
+  [
+    'PostgreSQL',
+    () => {
+      const schema = `bank_${randomBytes(5).toString('hex')}`;
+      schemas.push(schema);
+      return { open: () => track(createPostgresStore({ connectionString: DATABASE_URL, schema, events: bankEvents, poolSize: 6 })) };
+    },
+  ],
+  [
+    'PGlite (file)',
+    () => {
+      const dataDir = `./.tmp/bank-${randomBytes(5).toString('hex')}`;
+      return { open: () => track(createPGliteStore({ dataDir, events: bankEvents })) };
+    },
+  ],
+];
+
+function track<S extends EventStore>(store: S): S {
+  stores.push(store);
+  return store;
+}
+
+for (const [name, backend] of backends) {
+  describe(`bank on ${name}`, () => {
+    it('idempotency keys hold across a restart of the process', async () => {
+      const database = backend();
+      let store = database.open();
+      let bank = createBank(store, { snapshots: createSqlSnapshotStore(store) });
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
+      const first = await bank.bus.dispatch(Deposit.create({ accountId: 'a', amount: 100 }, { idempotencyKey: 'deposit-1' }));
+      await store.close();
+      store = database.open(); // a new process: nothing kept in memory
+      bank = createBank(store, { snapshots: createSqlSnapshotStore(store) });
+      const again = await bank.bus.dispatch(Deposit.create({ accountId: 'a', amount: 100 }, { idempotencyKey: 'deposit-1' }));
+      assert.equal(again.duplicate, true);
+      assert.equal(again.position, first.position);
+      assert.equal((await bank.accounts.load('a')).state.balance, 100);
+    });
+
+    it('20 concurrent withdrawals never overdraw an account, and every success is in the log', async () => {
+      const store = backend().open();
+      const bank = createBank(store);
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
+      await bank.bus.dispatch(Deposit.create({ accountId: 'b', amount: 100 }));
+      const results = await Promise.allSettled(Array.from({ length: 20 }, () => bank.bus.dispatch(Withdraw.create({ accountId: 'b', amount: 15 }))));
+      const succeeded = results.filter((r) => r.status === 'fulfilled').length;
+      for (const result of results) {
+        if (result.status === 'fulfilled') continue;
+        // Refused by the rule, or (rarely) still conflicting after every retry: never anything else.
+        const refused = result.reason instanceof DomainError && result.reason.rule === 'INSUFFICIENT_FUNDS';
+        assert.ok(refused || result.reason instanceof ConcurrencyError, String(result.reason));
+      }
+      if (results.every((r) => r.status === 'fulfilled' || r.reason instanceof DomainError)) assert.equal(succeeded, 6, '100 / 15: six fit');
+      let withdrawn = 0;
+      for await (const event of store.readStream('account-b')) if (event.type === 'MoneyWithdrawn') withdrawn++;
+      assert.equal(withdrawn, succeeded, 'every successful withdrawal is in the log, and only those');
+      const balance = (await bank.accounts.load('b')).state.balance;
+      assert.equal(balance, 100 - 15 * succeeded);
+      assert.ok(balance >= 0, 'never overdrawn');
+    });
+
+    it('a transfer moves money in one transaction, or not at all', async () => {
+      const store = backend().open();
+      const bank = createBank(store);
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'x', owner: 'X' }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'y', owner: 'Y' }));
+      await bank.bus.dispatch(Deposit.create({ accountId: 'x', amount: 30 }));
+      await bank.bus.dispatch(TransferMoney.create({ transferId: 't1', from: 'x', to: 'y', amount: 20 }));
+      await assert.rejects(bank.bus.dispatch(TransferMoney.create({ transferId: 't2', from: 'x', to: 'nobody', amount: 5 })), (e: unknown) => e instanceof DomainError && e.rule === 'ACCOUNT_NOT_FOUND');
+      assert.equal((await bank.accounts.load('x')).state.balance, 10, 'the failed transfer took nothing out');
+      assert.equal((await bank.accounts.load('y')).state.balance, 20);
+    });
+  });
+}
