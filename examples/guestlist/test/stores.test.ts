@@ -1,0 +1,63 @@
+/** The guest list on PGlite and PostgreSQL: commands through the bus, rules, and its read models in the database. */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, describe, it } from 'node:test';
+import pg from 'pg';
+import { createAsyncProjection, DomainError, type EventStore } from 'eventline';
+import { createPGliteStore, createPostgresStore, createSqlDocumentStore, createSqlProjectionCatalog, createSqlSnapshotStore, createSqlSubscriptionStore, type SqlEventStore } from '@eventline/postgres';
+import { AcceptInvite, ConfirmInvite, CreateInvite, createGuestlist, DeclineInvite, guestlistEvents, guestlistReadModels, type GuestListView } from '../src/index.js';
+
+const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const schemas: string[] = [];
+const stores: EventStore[] = [];
+after(async () => {
+  for (const store of stores) await store.close();
+  const admin = new pg.Client({ connectionString: DATABASE_URL });
+  await admin.connect();
+  for (const schema of schemas) await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  await admin.end();
+});
+
+const backends: Array<[string, () => SqlEventStore]> = [
+  ['PostgreSQL', () => {
+    const schema = `guests_${randomBytes(5).toString('hex')}`;
+    schemas.push(schema);
+    const store = createPostgresStore({ connectionString: DATABASE_URL, schema, events: guestlistEvents, poolSize: 4 });
+    stores.push(store);
+    return store;
+  }],
+  ['PGlite', () => {
+    const store = createPGliteStore({ dataDir: 'memory://', events: guestlistEvents });
+    stores.push(store);
+    return store;
+  }],
+];
+
+for (const [name, create] of backends) {
+  describe(`guestlist on ${name}`, () => {
+    it('invitations follow the rules and the guest list counts follow the invitations', async () => {
+      const store = create();
+      const { bus, invitations } = createGuestlist(store, { snapshots: createSqlSnapshotStore(store) });
+      const projection = createAsyncProjection({
+        projection: guestlistReadModels,
+        store,
+        subscriptions: createSqlSubscriptionStore(store),
+        documents: createSqlDocumentStore(store),
+        catalog: createSqlProjectionCatalog(store),
+        pollIntervalMs: 50,
+      });
+      await projection.start();
+      await bus.dispatch(CreateInvite.create({ inviteId: 'athena', name: 'Athena', age: 42 }));
+      await bus.dispatch(CreateInvite.create({ inviteId: 'hades', name: 'Hades' }));
+      await bus.dispatch(AcceptInvite.create({ inviteId: 'athena' }));
+      await bus.dispatch(DeclineInvite.create({ inviteId: 'hades' }));
+      await assert.rejects(bus.dispatch(AcceptInvite.create({ inviteId: 'hades' })), (e: unknown) => e instanceof DomainError && e.rule === 'ALREADY_DECLINED');
+      await assert.rejects(bus.dispatch(ConfirmInvite.create({ inviteId: 'hades' })), (e: unknown) => e instanceof DomainError && e.rule === 'NOT_ACCEPTED');
+      const last = await bus.dispatch(ConfirmInvite.create({ inviteId: 'athena' }));
+      await projection.waitFor(last.position!, { timeoutMs: 5000 });
+      assert.deepEqual(await (await projection.collection<GuestListView>('guest_list')).get('main'), { guests: 2, accepted: 1, declined: 1, confirmed: 1, denied: 0 });
+      assert.equal((await invitations.load('athena')).state.decision, 'confirmed');
+      await projection.stop();
+    });
+  });
+}
