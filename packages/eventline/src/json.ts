@@ -6,7 +6,8 @@ export type JsonObject = { [key: string]: JsonValue };
 
 /**
  * Finds why a value would not survive a JSON round trip through the store unchanged, or returns no issues.
- * Accepted: null, booleans, finite numbers, strings without NUL characters (PostgreSQL's jsonb cannot hold U+0000), arrays
+ * Accepted: null, booleans, finite numbers, well-formed strings without NUL characters (PostgreSQL's jsonb cannot hold
+ * U+0000 or a lone surrogate), arrays
  * and plain objects of those. Object properties whose value is `undefined` are allowed and dropped, as JSON.stringify does.
  * Rejected: undefined elsewhere, NaN/Infinity, bigint, functions, symbols, class instances (Date, Map, Buffer...) and cycles:
  * each would come back as something else, or not at all.
@@ -17,11 +18,16 @@ export function jsonIssues(value: unknown, path: Array<string | number> = []): V
   return issues;
 }
 
+/** A UTF-16 surrogate without its pair: JSON.stringify writes it as `\ud800`, which PostgreSQL's jsonb refuses. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const LONE_SURROGATE_MESSAGE = 'strings must be well-formed Unicode (this one has a lone surrogate, which PostgreSQL cannot store)';
+
 function walk(value: unknown, path: Array<string | number>, seen: Set<object>, issues: ValidationIssue[]): void {
   if (issues.length >= 10) return;
   switch (typeof value) {
     case 'string':
       if (value.includes('\u0000')) issues.push({ path: [...path], message: 'strings cannot contain the NUL character (U+0000)' });
+      else if (LONE_SURROGATE.test(value)) issues.push({ path: [...path], message: LONE_SURROGATE_MESSAGE });
       return;
     case 'boolean':
       return;
@@ -57,6 +63,7 @@ function walk(value: unknown, path: Array<string | number>, seen: Set<object>, i
       for (const [key, item] of Object.entries(object)) {
         if (item === undefined) continue;
         if (key.includes('\u0000')) issues.push({ path: [...path, key], message: 'keys cannot contain the NUL character (U+0000)' });
+        else if (LONE_SURROGATE.test(key)) issues.push({ path: [...path, key], message: LONE_SURROGATE_MESSAGE });
         walk(item, [...path, key], seen, issues);
       }
     }
