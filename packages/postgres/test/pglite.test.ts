@@ -161,6 +161,14 @@ describe('one connection: readers outside an open transaction', () => {
     assert.equal((await collect(s.readAll())).length, 2);
   });
 
+  it('data that PostgreSQL cannot store as jsonb (a lone surrogate) is a ValidationError, as on every backend', async () => {
+    const s = await store();
+    await assert.rejects(s.append('acct-1', [ev('Opened', { text: 'half \ud83d of an emoji' })]), ValidationError);
+    await assert.rejects(s.setStreamMetadata('acct-1', { custom: { ['\udc00']: 1 } }), ValidationError);
+    await s.append('acct-1', [ev('Opened', { text: 'a whole 😀 emoji' })]);
+    assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => e.data), [{ text: 'a whole 😀 emoji' }]);
+  });
+
   it('a refused append caught inside a transaction does not abort it', async () => {
     const s = await store();
     await s.append('acct-1', [ev()]);
