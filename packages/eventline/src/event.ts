@@ -46,8 +46,7 @@ export interface RecordedEvent<Type extends string = string, Data = unknown> {
 export interface PreparedEvent {
   readonly id: string;
   readonly type: string;
-  readonly data: JsonValue;
-  readonly metadata: EventMetadata & { schemaVersion: number };
+  /** The data and metadata as JSON, serialised once (backends write these strings as they are). */
   readonly dataJson: string;
   readonly metadataJson: string;
 }

@@ -185,11 +185,14 @@ export function eventRegistry(definitions: Iterable<EventDefinition>, options: {
   };
 }
 
+/** Event types eventline itself appends (idempotency records), accepted by strict registries too. */
+const SYSTEM_EVENT_TYPES = new Set(['CommandHandled']);
+
 /** Validates `data` against the registry's definition of `type`; returns the validated output and the schema version. */
 export async function validateEventData(registry: EventRegistry | undefined, type: string, data: unknown): Promise<{ data: unknown; schemaVersion: number | undefined }> {
   const definition = registry?.get(type);
   if (!definition) {
-    if (registry?.strict) throw new UnknownEventTypeError(type, registry.types());
+    if (registry?.strict && !SYSTEM_EVENT_TYPES.has(type)) throw new UnknownEventTypeError(type, registry.types());
     return { data, schemaVersion: undefined };
   }
   return { data: await validateWithSchema(definition.schema, data, `The data of event '${type}'`), schemaVersion: definition.schemaVersion };

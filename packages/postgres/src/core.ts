@@ -405,8 +405,22 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
 
   async transaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
     await this.ready('start a transaction');
-    const result = await this.runTransaction(fn);
-    this.appended();
+    let appended = false;
+    const result = await this.runTransaction((session) =>
+      fn(
+        // The session as given, but noting whether it appended anything, so that only such commits wake readers.
+        Object.create(session, {
+          append: {
+            value: async (...args: Parameters<EventStoreSession['append']>) => {
+              const appendResult = await session.append(...args);
+              if (!appendResult.duplicate) appended = true;
+              return appendResult;
+            },
+          },
+        }) as EventStoreSession,
+      ),
+    );
+    if (appended) this.appended();
     return result;
   }
 

@@ -9,6 +9,8 @@ import { DatabaseOperationError, isConnectionError, toStoreError } from './error
 import { runMigrations } from './migrations.js';
 import { DEFAULT_SCHEMA, statementsFor, type Statement } from './sql.js';
 
+const NOTIFY_INTERVAL_MS = 5;
+
 export const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
 
 export interface PostgresStoreOptions extends EventStoreOptions {
@@ -202,6 +204,10 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
     return `${this.schema}_appended`;
   }
 
+  /**
+   * At most one NOTIFY per {@link NOTIFY_INTERVAL_MS}: the first append after a quiet moment notifies at once, appends
+   * during the interval share one trailing NOTIFY. Other processes wake within a few ms; busy writers pay almost nothing.
+   */
   protected override notifyAppended(): void {
     if (this.notifying) {
       this.notifyAgain = true;
@@ -211,6 +217,7 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
     this.pool
       .query('SELECT pg_notify($1, $2)', [this.channel, ''])
       .catch(() => undefined) // a wake-up only: listeners poll anyway
+      .then(() => new Promise((resolve) => setTimeout(resolve, NOTIFY_INTERVAL_MS)))
       .finally(() => {
         this.notifying = false;
         if (this.notifyAgain && !this.isClosed) {

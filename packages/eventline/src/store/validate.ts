@@ -46,7 +46,9 @@ export async function prepareAppend(
     seen.add(normalisedId);
     const type = input.type;
     if (!('data' in input)) throw new ValidationError(`${where} (${type}): missing 'data' (use null for an event without data)`);
-    const validated = await validateEventData(config.registry, input.type, input.data);
+    // Only a registry's schema can be asynchronous; without one, no await (a microtask per event adds up on big batches).
+    const validation = config.registry ? validateEventData(config.registry, input.type, input.data) : { data: input.data, schemaVersion: undefined };
+    const validated = validation instanceof Promise ? await validation : validation;
     const dataIssues = jsonIssues(validated.data, ['data']);
     const metadataInput = input.metadata ?? {};
     if (typeof metadataInput !== 'object' || metadataInput === null || Array.isArray(metadataInput)) {
@@ -64,7 +66,7 @@ export async function prepareAppend(
     const metadataJson = JSON.stringify(metadata);
     const bytes = Buffer.byteLength(dataJson) + Buffer.byteLength(metadataJson);
     if (bytes > limit) throw new PayloadTooLargeError(id, input.type, bytes, limit);
-    prepared.push({ id: normalisedId, type: input.type, data: JSON.parse(dataJson), metadata: JSON.parse(metadataJson), dataJson, metadataJson });
+    prepared.push({ id: normalisedId, type: input.type, dataJson, metadataJson });
   }
   return { streamId: id, expectedVersion, events: prepared };
 }

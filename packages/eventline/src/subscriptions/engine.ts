@@ -99,6 +99,7 @@ export interface Subscription {
 }
 
 const LAG_CAP = 10_000;
+const PERSIST_IDLE_CHECKPOINT_MS = 5_000;
 
 export function createSubscription<Tx>(options: SubscriptionOptions<Tx>): Subscription {
   return new SubscriptionRunner(options);
@@ -124,6 +125,8 @@ class SubscriptionRunner<Tx> implements Subscription {
   private leaseRenewedAt = 0;
   private progressListeners = new Set<() => void>();
   private unsubscribe: (() => void) | null = null;
+  private persisted: Position | null = null;
+  private persistedAt = 0;
 
   constructor(private readonly options: SubscriptionOptions<Tx>) {
     if (!/^[A-Za-z0-9_.:-]{1,150}$/.test(options.name)) throw new ValidationError(`Subscription name '${options.name}' must be 1-150 letters, digits, '_', '.', ':' or '-'`);
@@ -164,6 +167,9 @@ class SubscriptionRunner<Tx> implements Subscription {
     this.wake();
     await loop;
     this.loop = null;
+    if (this.checkpoint && this.checkpoint !== this.persisted) {
+      await this.commit({ position: this.checkpoint }, async () => undefined).catch(() => undefined); // best effort: we may have lost the lease
+    }
     await this.options.subscriptions.releaseLease(this.key, this.owner).catch(() => undefined);
   }
 
@@ -302,6 +308,8 @@ class SubscriptionRunner<Tx> implements Subscription {
         const { atEnd } = await this.step();
         errors = 0;
         if (atEnd && this.active) await this.idle(this.poll);
+        // An embedded database answers without going back to the event loop: let timers and I/O in between batches.
+        else await new Promise((resolve) => setImmediate(resolve));
       } catch (error) {
         if (!this.active) break;
         if (error instanceof LeaseLostError) {
@@ -346,7 +354,7 @@ class SubscriptionRunner<Tx> implements Subscription {
     const page = await this.options.store.readAllPage({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
     const events = page.events.filter((event) => this.inPartition(event));
     if (events.length > 0) await this.handleBatch(events, page.next);
-    else if (page.next > after) await this.commit({ position: page.next }, async () => undefined);
+    else if (page.next > after) await this.advance(page.next, !page.atEnd);
     // A batch cut short by a failing event is not the end: the rest is read again from the checkpoint.
     const reached = this.checkpoint ?? after;
     return { atEnd: page.atEnd && reached >= page.next, next: reached };
@@ -424,8 +432,24 @@ class SubscriptionRunner<Tx> implements Subscription {
     await this.options.subscriptions.commit({ name: this.key, owner: this.owner, ...args }, work);
     if (args.position !== undefined) {
       this.checkpoint = args.position;
+      this.persisted = args.position;
+      this.persistedAt = Date.now();
       for (const listener of [...this.progressListeners]) listener();
     }
+  }
+
+  /**
+   * Moves past a stretch with nothing to handle (filtered out, or only other transactions' numbers). In memory at once;
+   * stored at most every few seconds (or when asked), since a restart from the stored one only re-reads that stretch.
+   * Storing it on every poll would write a transaction per poll, and each one would move the boundary again.
+   */
+  private async advance(position: Position, persistNow: boolean): Promise<void> {
+    if (persistNow || Date.now() - this.persistedAt >= PERSIST_IDLE_CHECKPOINT_MS) {
+      await this.commit({ position }, async () => undefined);
+      return;
+    }
+    this.checkpoint = position;
+    for (const listener of [...this.progressListeners]) listener();
   }
 
   private inPartition(event: RecordedEvent): boolean {
