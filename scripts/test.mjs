@@ -26,9 +26,15 @@ if (selected.length === 0) {
   console.error(`no test files matched ${fragments.join(', ') || '(all)'}`);
   process.exit(1);
 }
+// A test file that leaves a handle open (a socket, a timer) never exits, and the run would wait for ever: bound it.
+const limitMinutes = Number(process.env.EVENTLINE_TEST_LIMIT_MINUTES ?? 30);
 const result = spawnSync(
   process.execPath,
-  ['--conditions=source', '--import', 'tsx', '--test', '--test-reporter=spec', ...selected],
-  { cwd: root, stdio: 'inherit', env: process.env },
+  ['--conditions=source', '--import', 'tsx', '--test', '--test-reporter=spec', '--test-timeout=300000', ...selected],
+  { cwd: root, stdio: 'inherit', env: process.env, timeout: limitMinutes * 60_000, killSignal: 'SIGKILL' },
 );
+if (result.error?.code === 'ETIMEDOUT') {
+  console.error(`\nThe tests did not finish within ${limitMinutes} minutes: a test file probably left a connection or timer open. Failing.`);
+  process.exit(1);
+}
 process.exit(result.status ?? 1);

@@ -232,6 +232,7 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
     this.listening = true;
     while (this.listening && !this.isClosed) {
       const client = new pg.Client(this.pool.options);
+      this.listener = client; // so that unlistening ends it, also while it is still connecting
       client.on('notification', () => wake());
       const ended = new Promise<void>((resolve) => {
         client.on('error', () => resolve());
@@ -240,13 +241,13 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
       try {
         await client.connect();
         await client.query(`LISTEN ${pg.escapeIdentifier(this.channel)}`);
-        this.listener = client;
+        if (!this.listening || this.isClosed) break; // unlistened meanwhile: the finally block ends the connection
         wake(); // events may have been appended while we were not listening
         await ended;
       } catch {
         // fall through to retry
       } finally {
-        this.listener = null;
+        if (this.listener === client) this.listener = null;
         await client.end().catch(() => undefined);
       }
       if (this.listening && !this.isClosed) await new Promise((resolve) => setTimeout(resolve, 1000));

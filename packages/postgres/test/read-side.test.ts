@@ -246,4 +246,19 @@ describe('wake-ups across processes (PostgreSQL LISTEN/NOTIFY)', () => {
     assert.equal(seen.length, 1);
     stop();
   });
+
+  it('stopping to listen right away, then closing, leaves no LISTEN connection behind', async () => {
+    const schema = uniqueSchema('rs');
+    const store = backends[0]![1](schema);
+    await store.migrate();
+    store.onAppended(() => undefined)(); // unsubscribe while the listener is still connecting
+    const again = store.onAppended(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    again();
+    await store.close();
+    await until(async () => {
+      const { rows } = await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1`, [`LISTEN "${schema}_appended"`]);
+      return rows[0].n === 0;
+    }, 'the LISTEN connection to close', 5000);
+  });
 });
