@@ -35,3 +35,4 @@ export * from './transport/contract.js';
 export { createInProcessBroker, type InProcessBroker } from './transport/in-process.js';
 export * from './transport/inbox.js';
 export * from './transport/publisher.js';
+export type { StandardSchemaV1 } from '@standard-schema/spec';

@@ -78,6 +78,9 @@ export interface Repository<State, C extends Command, E extends DomainEvent> {
   handler(idOf: (command: C) => string): (command: C, context: CommandContext) => Promise<CommandResult>;
 }
 
+/** Events per round trip when loading an aggregate: the whole tail is read anyway, so fewer, larger pages. */
+const LOAD_PAGE_SIZE = 5000;
+
 export function createRepository<State, C extends Command, E extends DomainEvent>(
   store: EventStore,
   aggregate: Aggregate<State, C, E>,
@@ -116,7 +119,7 @@ export function createRepository<State, C extends Command, E extends DomainEvent
       staleSnapshot = true;
     }
     let eventsRead = 0;
-    for await (const event of reader.readStream(streamId, { from: version + 1 })) {
+    for await (const event of reader.readStream(streamId, { from: version + 1, pageSize: LOAD_PAGE_SIZE })) {
       state = aggregate.evolve(state, event as unknown as E);
       version = event.version;
       eventsRead++;
