@@ -5,45 +5,35 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, describe, it } from 'node:test';
-import pg from 'pg';
-import { ConcurrencyError, DomainError, type EventStore } from 'eventline';
-import { createPGliteStore, createPostgresStore, createSqlSnapshotStore, type SqlEventStore } from '@eventline/postgres';
+import { after, before, describe, it } from 'node:test';
+import { ConcurrencyError, DomainError } from 'eventline';
+import { createSqlSnapshotStore, type SqlEventStore } from '@eventline/postgres';
+import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 import { bankEvents, createBank, Deposit, OpenAccount, TransferMoney, Withdraw } from '../src/index.js';
 
-const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const schemas: string[] = [];
-const stores: EventStore[] = [];
-after(async () => {
-  for (const store of stores) await store.close();
-  const admin = new pg.Client({ connectionString: DATABASE_URL });
-  await admin.connect();
-  for (const schema of schemas) await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-  await admin.end();
+let databases: TestDatabases;
+before(async () => {
+  databases = await openTestDatabases();
 });
+after(() => databases.close());
 
+/** Each backend gives a database that can be opened several times, as by a process that restarts. */
 const backends: Array<[string, () => { open: () => SqlEventStore }]> = [
   [
     'PostgreSQL',
     () => {
       const schema = `bank_${randomBytes(5).toString('hex')}`;
-      schemas.push(schema);
-      return { open: () => track(createPostgresStore({ connectionString: DATABASE_URL, schema, events: bankEvents, poolSize: 6 })) };
+      return { open: () => databases.postgres({ schema, events: bankEvents, poolSize: 6 }) };
     },
   ],
   [
     'PGlite (file)',
     () => {
       const dataDir = `./.tmp/bank-${randomBytes(5).toString('hex')}`;
-      return { open: () => track(createPGliteStore({ dataDir, events: bankEvents })) };
+      return { open: () => databases.pglite({ dataDir, events: bankEvents }) };
     },
   ],
 ];
-
-function track<S extends EventStore>(store: S): S {
-  stores.push(store);
-  return store;
-}
 
 for (const [name, backend] of backends) {
   describe(`bank on ${name}`, () => {

@@ -1,36 +1,20 @@
 /** The guest list on PGlite and PostgreSQL: commands through the bus, rules, and its read models in the database. */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { after, describe, it } from 'node:test';
-import pg from 'pg';
-import { createAsyncProjection, DomainError, type EventStore } from 'eventline';
-import { createPGliteStore, createPostgresStore, createSqlDocumentStore, createSqlProjectionCatalog, createSqlSnapshotStore, createSqlSubscriptionStore, type SqlEventStore } from '@eventline/postgres';
+import { after, before, describe, it } from 'node:test';
+import { createAsyncProjection, DomainError } from 'eventline';
+import { createSqlDocumentStore, createSqlProjectionCatalog, createSqlSnapshotStore, createSqlSubscriptionStore, type SqlEventStore } from '@eventline/postgres';
+import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 import { AcceptInvite, ConfirmInvite, CreateInvite, createGuestlist, DeclineInvite, guestlistEvents, guestlistReadModels, type GuestListView } from '../src/index.js';
 
-const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const schemas: string[] = [];
-const stores: EventStore[] = [];
-after(async () => {
-  for (const store of stores) await store.close();
-  const admin = new pg.Client({ connectionString: DATABASE_URL });
-  await admin.connect();
-  for (const schema of schemas) await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-  await admin.end();
+let databases: TestDatabases;
+before(async () => {
+  databases = await openTestDatabases();
 });
+after(() => databases.close());
 
 const backends: Array<[string, () => SqlEventStore]> = [
-  ['PostgreSQL', () => {
-    const schema = `guests_${randomBytes(5).toString('hex')}`;
-    schemas.push(schema);
-    const store = createPostgresStore({ connectionString: DATABASE_URL, schema, events: guestlistEvents, poolSize: 4 });
-    stores.push(store);
-    return store;
-  }],
-  ['PGlite', () => {
-    const store = createPGliteStore({ dataDir: 'memory://', events: guestlistEvents });
-    stores.push(store);
-    return store;
-  }],
+  ['PostgreSQL', () => databases.postgres({ events: guestlistEvents })],
+  ['PGlite', () => databases.pglite({ events: guestlistEvents })],
 ];
 
 for (const [name, create] of backends) {
