@@ -31,13 +31,18 @@ interface Token extends Cursor {
   readonly id: string;
   /** Each token written by a holder has the sequence number of the one it replaces plus one: the highest is current. */
   readonly seq: number;
+  /** The member that wrote it (none for a group's first tokens). */
+  readonly holder?: string;
+  /** Written by a holder handing the partition over or stopping; a token without it that comes back means its holder died. */
+  readonly released?: boolean;
   readonly group: string;
   readonly partition: number;
   readonly partitions: number;
 }
 
 interface PeerMessage {
-  readonly kind: 'hello' | 'alive' | 'bye';
+  /** `gone`: `member` died (a member found its cursor token returned, not released). */
+  readonly kind: 'hello' | 'alive' | 'bye' | 'gone';
   readonly member: string;
 }
 
@@ -175,19 +180,23 @@ export class GroupMember implements Consumer {
     return members[partition % members.length]!;
   }
 
-  /** Whether this member should hand a partition it holds over to its owner (not again and again: a cool-down). */
+  /**
+   * Whether this member should hand a partition it holds over to its owner. Not to the same owner again within a
+   * cool-down: when the owner is not in the queue's line (yet), the token comes back to this member, which keeps it.
+   */
   shouldHandOver(worker: PartitionWorker): boolean {
     if (this.stopping || !this.session) return false;
     const owner = this.ownerOf(worker.partition);
-    return owner !== this.id && this.peers.has(owner) && Date.now() - worker.lastHandOverAt >= 2 * this.settings.heartbeatMs;
+    if (owner === this.id || !this.peers.has(owner)) return false;
+    return worker.lastHandOver?.to !== owner || Date.now() - worker.lastHandOver.at >= 2 * this.settings.heartbeatMs;
   }
 
   report(error: Error): void {
     this.settings.report(error);
   }
 
-  async publishToken(session: Session, partition: number, id: string, seq: number, cursor: Cursor): Promise<void> {
-    const token: Token = { v: 1, id, seq, group: this.group, partition, partitions: this.settings.partitions, ...cursor };
+  async publishToken(session: Session, partition: number, id: string, seq: number, cursor: Cursor, released = false): Promise<void> {
+    const token: Token = { v: 1, id, seq, group: this.group, partition, partitions: this.settings.partitions, ...cursor, holder: this.id, released };
     await session.publishConfirmed(session.tokenChannel, '', this.cursorQueue(partition), Buffer.from(JSON.stringify(token)), {
       persistent: true,
       messageId: id,
@@ -226,10 +235,18 @@ export class GroupMember implements Consumer {
     }
   }
 
-  private announce(kind: PeerMessage['kind']): void {
+  /** A member's cursor token came back without being released: its connection died. Everyone forgets it at once. */
+  peerGone(member: string): void {
+    if (member === this.id) return;
+    this.peers.delete(member);
+    this.announce('gone', member);
+    this.rebalance();
+  }
+
+  private announce(kind: PeerMessage['kind'], member: string = this.id): void {
     const channel = this.membersChannel;
     if (!channel) return;
-    const message: PeerMessage = { kind, member: this.id };
+    const message: PeerMessage = { kind, member };
     try {
       channel.publish(this.settings.names.members, this.group, Buffer.from(JSON.stringify(message)), { contentType: 'application/json' });
     } catch {
@@ -244,8 +261,13 @@ export class GroupMember implements Consumer {
     } catch {
       return;
     }
-    if (typeof peer.member !== 'string' || peer.member === this.id) return;
-    if (peer.kind === 'bye') {
+    if (typeof peer.member !== 'string') return;
+    if (peer.member === this.id) {
+      // Said of this member by another: its previous connection died. It is alive now: say so.
+      if (peer.kind === 'gone' && !this.stopping) this.announce('alive');
+      return;
+    }
+    if (peer.kind === 'bye' || peer.kind === 'gone') {
       this.peers.delete(peer.member);
       this.rebalance();
       return;
@@ -280,7 +302,7 @@ class PartitionWorker {
   lease: Lease | null = null;
   /** The last lease's run: a new lease starts only after it (a handler from a lost connection may still run). */
   previous: Promise<void> = Promise.resolve();
-  lastHandOverAt = 0;
+  lastHandOver: { to: string; at: number } | null = null;
   private disabled = false;
   /** Tokens collected before adopting the most advanced one (after a holder died, stale tokens may come first). */
   private gathering: { channel: Channel; best: ConsumeMessage; token: Token } | null = null;
@@ -381,6 +403,7 @@ class PartitionWorker {
       );
       return;
     }
+    if (message.fields.redelivered && !token.released && token.holder && token.holder !== this.member.id) this.member.peerGone(token.holder);
     const next = new Lease(this, session, channel, message, token);
     this.lease = next;
     next.start(this.previous);
@@ -391,7 +414,7 @@ class PartitionWorker {
   async handOver(): Promise<void> {
     const lease = this.lease;
     if (!lease || lease.draining) return;
-    this.lastHandOverAt = Date.now();
+    this.lastHandOver = { to: this.member.ownerOf(this.partition), at: Date.now() };
     await lease.drain();
     lease.end();
     if (this.lease === lease) this.lease = null;
@@ -464,7 +487,7 @@ class Lease {
     token: Token,
   ) {
     this.held = held;
-    this.cursor = { offset: token.offset, deliveries: token.deliveries };
+    this.cursor = token.marker === undefined ? { offset: token.offset, deliveries: token.deliveries } : { offset: token.offset, deliveries: token.deliveries, marker: token.marker };
     this.seq = token.seq;
     this.marker = token.marker;
     this.seeking = token.marker !== undefined;
@@ -537,9 +560,10 @@ class Lease {
         }
       }
       if (this.ended) return;
-      // Stopping or handing over: store how far this lease got.
-      if (this.prepared !== null) await this.commit({ offset: this.prepared, deliveries: 0 });
-      else if (this.progress !== null && this.progress !== this.cursor.offset) await this.commit({ offset: this.progress, deliveries: 0 });
+      // Stopping or handing over: store how far this lease got, marked as released (its holder did not die).
+      if (this.prepared !== null) await this.commit({ offset: this.prepared, deliveries: 0 }, true);
+      else if (this.progress !== null && this.progress !== this.cursor.offset) await this.commit({ offset: this.progress, deliveries: 0 }, true);
+      else await this.commit(this.cursor, true);
     } catch (error) {
       if (this.ended || error instanceof LeaseEnded) return;
       // Anything else (a broker error): start over on a new connection, from the cursor stored on the broker.
@@ -653,13 +677,13 @@ class Lease {
    * Moves the cursor: writes the new token (confirmed), then acknowledges the one held. The new token may come back
    * to this consumer before the confirm: it is expected from before it is written.
    */
-  private async commit(next: Cursor): Promise<void> {
+  private async commit(next: Cursor, released = false): Promise<void> {
     const held = await this.waitHeld();
     const id = randomUUID();
     const seq = this.seq + 1;
     this.held = null;
     this.expected = id;
-    await this.member.publishToken(this.session, this.worker.partition, id, seq, next);
+    await this.member.publishToken(this.session, this.worker.partition, id, seq, next, released);
     if (this.ended) throw new LeaseEnded();
     ackQuietly(this.channel, held);
     this.seq = seq;

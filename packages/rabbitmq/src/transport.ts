@@ -94,7 +94,14 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
   const initialDelayMs = options.reconnect?.initialDelayMs ?? 200;
   const maxDelayMs = options.reconnect?.maxDelayMs ?? 5000;
   const rejoinTimeoutMs = options.reconnect?.rejoinTimeoutMs ?? 30_000;
-  const report = options.onError ?? ((error: Error) => console.error(`[eventline/rabbitmq ${exchange}] ${error.message}`));
+  const onError = options.onError ?? ((error: Error) => console.error(`[eventline/rabbitmq ${exchange}] ${error.message}`));
+  const report = (error: Error): void => {
+    try {
+      onError(error);
+    } catch {
+      // a failing error callback must not break reconnection or consumption
+    }
+  };
   const declaredQueues = new Set<string>();
   const members = new Set<GroupMember>();
   const settings: GroupSettings = { names, partitions, heartbeatMs, readAhead, report, declared: (queue) => declaredQueues.add(queue) };

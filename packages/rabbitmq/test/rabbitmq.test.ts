@@ -241,6 +241,47 @@ describe('RabbitMQ transport', { skip }, () => {
       assert.ok(received.every((m) => m.deliveryCount === 1));
     });
 
+    it('members joining, crashing and leaving mid-stream: nothing lost, each stream in order, the work shared', { timeout: 90_000 }, async () => {
+      const name = namespace();
+      const publisher = client(name);
+      const handled: Array<ReceivedMessage & { by: string }> = [];
+      const dead = new Set<string>();
+      const member = async (by: string) => {
+        const transport = client(name);
+        const consumer = await transport.consume({
+          group: 'g',
+          handler: async (m) => {
+            await delay(Math.random() * 2);
+            if (!dead.has(by)) handled.push({ ...m, by }); // a crashed process has no effects after it died
+          },
+        });
+        return { transport, consumer };
+      };
+      const messages = messagesOf(Array.from({ length: 12 }, (_, i) => `account-${i}`), 60);
+      const a = await member('a');
+      const b = await member('b');
+      await publisher.publish(messages.slice(0, 200));
+      await until(() => handled.length >= 60, 'a first part', 30_000);
+      const c = await member('c'); // joins: takes partitions over
+      await publisher.publish(messages.slice(200, 400));
+      await until(() => handled.length >= 200, 'a second part', 30_000);
+      dead.add('a');
+      a.transport.destroy(); // crashes: its partitions fail over to the next member in line
+      await until(() => handled.length >= 300, 'a third part', 30_000);
+      await b.consumer.stop(); // leaves gracefully
+      const d = await member('d'); // joins: takes partitions over
+      await publisher.publish(messages.slice(400));
+      const ids = () => new Set(handled.map((m) => m.id));
+      await until(() => messages.every((m) => ids().has(m.id)), 'every message', 60_000);
+      await delay(300);
+      await Promise.all([c.consumer.stop(), d.consumer.stop()]);
+      assertNonDecreasingPerStream(handled);
+      const repeats = handled.length - ids().size;
+      assert.ok(repeats <= 4, `only messages in progress at the crash are handled again (${repeats})`);
+      const by = new Set(handled.map((m) => m.by));
+      for (const name of ['a', 'b', 'c', 'd']) assert.ok(by.has(name), `member ${name} took part`);
+    });
+
     it('a member with another partition count is refused with a clear error', { timeout: 30_000 }, async () => {
       const name = namespace();
       const seen: Error[] = [];
@@ -274,8 +315,9 @@ describe('RabbitMQ transport', { skip }, () => {
     it('a consumer keeps receiving after RabbitMQ is restarted; publishing while it is down fails clearly', { timeout: 240_000 }, async () => {
       const name = namespace();
       const reconnect = { maxAttempts: 200, maxDelayMs: 1000 };
+      const reports: Error[] = [];
       const publisher = client(name, { reconnect });
-      const consumer = client(name, { reconnect });
+      const consumer = client(name, { reconnect, onError: (error) => void reports.push(error) });
       const received: ReceivedMessage[] = [];
       const c = await consumer.consume({ group: 'survivor', retryDelayMs: 100, handler: async (m) => void received.push(m) });
       const before = messagesOf(['account-1', 'account-2', 'payment-1'], 4);
@@ -306,6 +348,7 @@ describe('RabbitMQ transport', { skip }, () => {
       await until(() => afterRestart.every((m) => seen().has(m.id)), 'the messages after the restart', 90_000);
       await delay(300);
       await c.stop();
+      assert.ok(reports.some((error) => /connection lost/.test(error.message)), 'the consumer reported the lost connection');
       assertNonDecreasingPerStream(received);
       assert.deepEqual([...seen()].sort(), [...before, ...afterRestart].map((m) => m.id).sort());
     });
