@@ -229,10 +229,11 @@ export class SqlSession implements EventStoreSession {
       const size = Math.min(pageSize, remaining);
       await this.enter(operation);
       const rows = await this.executor.query<EventRow>(statement, [id, low, high, maxAge, size], operation);
-      for (const event of rows) yield this.toRecorded(event);
       remaining -= rows.length;
-      if (rows.length < size) return;
-      const last = Number(rows[rows.length - 1]![3]);
+      const last = Number(rows[rows.length - 1]?.[3]);
+      const full = rows.length === size;
+      yield* this.eventsOf(rows);
+      if (!full) return;
       if (forwards) low = last + 1;
       else high = last - 1;
     }
@@ -277,6 +278,19 @@ export class SqlSession implements EventStoreSession {
   protected async streamRow(id: string, operation: string): Promise<StreamRowData | undefined> {
     const rows = await this.executor.query<StreamRowData>(this.config.statements.streamState, [id], operation);
     return rows[0];
+  }
+
+  /**
+   * A page's rows as events, letting go of each row as it is yielded (the page array is the caller's and is emptied):
+   * a garbage collection while a consumer works through the page then keeps only the rest of it, so long reads stay
+   * in the young generation and peak memory does not grow with the number of events read.
+   */
+  protected *eventsOf(rows: EventRow[]): Generator<RecordedEvent> {
+    for (let i = 0; i < rows.length; i++) {
+      const row = rows[i]!;
+      (rows as Array<EventRow | undefined>)[i] = undefined;
+      yield this.toRecorded(row);
+    }
   }
 
   protected toRecorded(row: EventRow): RecordedEvent {
@@ -344,8 +358,8 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     let remaining = normalised.limit;
     while (remaining > 0) {
       const page = await this.fetchAllPage(normalised, after, Math.min(remaining, normalised.pageSize));
-      for (const row of page.rows) yield this.toRecorded(row);
       remaining -= page.rows.length;
+      yield* this.eventsOf(page.rows);
       if (page.atEnd) return;
       after = page.next;
     }
