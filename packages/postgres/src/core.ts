@@ -47,6 +47,12 @@ export interface Executor {
   /** PGlite transactions: a hard delete keeps the events until commit (see pglite.ts); `hardDeleted` is told which. */
   readonly keepHardDeletedEvents?: boolean;
   hardDeleted?(streamId: string): void;
+  /**
+   * Whether a stream read may take the stream's row and its first page in one statement (default yes). PGlite says no
+   * while a transaction is open and store reads get the committed view (the row is then the one remembered before the
+   * transaction changed it). Asked right before the query, with no await in between.
+   */
+  readsStreamAtOnce?(): boolean;
 }
 
 /** A raw SQL client on the same connection and transaction as a session, for code that writes beside the events. */
@@ -211,31 +217,53 @@ export class SqlSession implements EventStoreSession {
     const id = assertStreamId(streamId);
     const { direction, from, limit, pageSize } = normaliseReadStreamOptions(options);
     const operation = `read stream '${id}'`;
-    const row = await this.streamRow(id, operation);
-    if (row?.deleted === 'hard') throw new StreamDeletedError(id);
-    if (!row) return;
-    const version = Number(row.version);
-    if (version === 0) return;
-    const metadata = row.metadata ?? {};
-    const first = firstVisibleVersion({ version, hiddenBefore: Number(row.hidden_before) }, metadata);
-    const maxAge = metadata.maxAge ?? null;
     const forwards = direction === 'forwards';
-    const statement = forwards ? this.config.statements.readStreamForwards : this.config.statements.readStreamBackwards;
+    const statements = this.config.statements;
+    let size = Math.min(pageSize, limit);
+    let rows: EventRow[];
+    let row: StreamRowData | undefined;
+    if (this.executor.readsStreamAtOnce?.() ?? true) {
+      // The stream's row and the first page in one round trip (see readStreamFirstPage in sql.ts).
+      const first = forwards ? [id, from ?? 1, null, size] : [id, 1, from ?? null, size];
+      rows = await this.executor.query<EventRow>(forwards ? statements.readStreamFirstForwards : statements.readStreamFirstBackwards, first, operation);
+      const index = rows.findIndex((r) => r[0] === null);
+      if (index >= 0) {
+        const [state] = rows.splice(index, 1) as unknown as Array<[...EventRow, string | number, string | number, StreamRowData['deleted'], StreamMetadata]>;
+        row = { version: state![8], hidden_before: state![9], deleted: state![10], metadata: state![11] };
+      }
+      if (row?.deleted === 'hard') throw new StreamDeletedError(id);
+      if (!row || Number(row.version) === 0) return;
+    } else {
+      row = await this.streamRow(id, operation);
+      if (row?.deleted === 'hard') throw new StreamDeletedError(id);
+      if (!row || Number(row.version) === 0) return;
+      rows = [];
+      size = 0;
+    }
+    const version = Number(row.version);
+    const metadata = row.metadata ?? {};
+    const firstVisible = firstVisibleVersion({ version, hiddenBefore: Number(row.hidden_before) }, metadata);
+    const maxAge = metadata.maxAge ?? null;
+    const statement = forwards ? statements.readStreamForwards : statements.readStreamBackwards;
     // Bounded by the version read at the start, so a read shows one consistent state of the stream.
-    let low = forwards ? Math.max(from ?? 1, first) : first;
+    let low = forwards ? Math.max(from ?? 1, firstVisible) : firstVisible;
     let high = forwards ? version : Math.min(from ?? version, version);
     let remaining = limit;
-    while (remaining > 0 && low <= high) {
-      const size = Math.min(pageSize, remaining);
-      await this.enter(operation);
-      const rows = await this.executor.query<EventRow>(statement, [id, low, high, maxAge, size], operation);
+    for (;;) {
+      // `rows` is a page of `size` asked for (the first one may come with the stream's row, or be empty and of size 0).
       remaining -= rows.length;
       const last = Number(rows[rows.length - 1]?.[3]);
       const full = rows.length === size;
       yield* this.eventsOf(rows);
       if (!full) return;
-      if (forwards) low = last + 1;
-      else high = last - 1;
+      if (size > 0) {
+        if (forwards) low = last + 1;
+        else high = last - 1;
+      }
+      if (remaining <= 0 || low > high) return;
+      size = Math.min(pageSize, remaining);
+      await this.enter(operation);
+      rows = await this.executor.query<EventRow>(statement, [id, low, high, maxAge, size], operation);
     }
   }
 

@@ -90,6 +90,10 @@ class PGliteExecutor implements Executor {
     private readonly statements: Statements,
   ) {}
 
+  readsStreamAtOnce(): boolean {
+    return !openTransactions.get(this.db)?.readable;
+  }
+
   async query<R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> {
     try {
       const open = openTransactions.get(this.db);

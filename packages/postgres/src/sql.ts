@@ -334,6 +334,40 @@ export const readStreamBackwards = (s: string) =>
     LIMIT $5`;
 
 /**
+ * The first page of a stream read and the stream's row, in one statement (one round trip, one snapshot: the page is
+ * exactly as of the row). One row, whose event columns are null, carries the stream's row in four more columns
+ * (version, hidden_before, deleted, metadata; null in the event rows); find it by its null id. No row at all: no such
+ * stream. The events are those from max($2, the first visible version) to min($3 or the stream's version, its version),
+ * at most $4, none when the stream is hard-deleted; the first visible version and the maxAge filter are
+ * `firstVisibleVersion` of eventline's validate.ts and the maxAge rule of {@link readStreamForwards}, in SQL.
+ */
+const readStreamFirstPage = (s: string, order: 'ASC' | 'DESC') => `
+  WITH st AS (
+    SELECT version, hidden_before, deleted, metadata,
+           greatest(1, hidden_before, (metadata->>'truncateBefore')::int8, version - (metadata->>'maxCount')::int8 + 1) AS first_visible,
+           (metadata->>'maxAge')::float8 AS max_age
+      FROM ${s}.streams WHERE stream_id = $1)
+  SELECT NULL::uuid, NULL::text, NULL::text, NULL::int8, NULL::text, NULL::int8, NULL::jsonb, NULL::jsonb,
+         st.version, st.hidden_before, st.deleted, st.metadata
+    FROM st
+  UNION ALL
+  SELECT page.*, NULL, NULL, NULL, NULL
+    FROM st CROSS JOIN LATERAL (
+      -- Lateral, so that the bounds taken from the row are the index scan's conditions, in a generic plan too.
+      SELECT ${EVENT_COLUMNS}
+        FROM ${s}.events e
+       WHERE st.deleted IS DISTINCT FROM 'hard'
+         AND e.stream_id = $1 AND e.version >= greatest($2::int8, st.first_visible) AND e.version <= least(coalesce($3::int8, st.version), st.version)
+         AND (st.max_age IS NULL OR e.recorded_at >= now() - st.max_age * interval '1 second')
+       ORDER BY e.version ${order}
+       LIMIT $4) page`;
+
+/** {@link readStreamFirstPage} forwards: $1 stream id, $2 first version wanted, $3 null, $4 page size. */
+export const readStreamFirstForwards = (s: string) => readStreamFirstPage(s, 'ASC');
+/** {@link readStreamFirstPage} backwards: $1 stream id, $2 1, $3 last version wanted (null: the stream's version), $4 page size. */
+export const readStreamFirstBackwards = (s: string) => readStreamFirstPage(s, 'DESC');
+
+/**
  * A gap-safe page of the global log: events of transactions older than every transaction still open (the snapshot's
  * xmin), after the position ($1 transaction id, $2 sequence), in (transaction id, position) order, optionally only of
  * the types $3 and the categories $4 (null: all), at most $5. One more row, whose event columns are null, carries the
@@ -388,6 +422,8 @@ export interface Statements {
   readonly streamState: Statement;
   readonly readStreamForwards: Statement;
   readonly readStreamBackwards: Statement;
+  readonly readStreamFirstForwards: Statement;
+  readonly readStreamFirstBackwards: Statement;
   readonly readAllPage: Statement;
   readonly snapshotXmin: Statement;
   readonly readAllHoldback: Statement;
@@ -411,6 +447,8 @@ export function statementsFor(schema: string): Statements {
     streamState: read('stream', streamState(s)),
     readStreamForwards: events('read_fwd', readStreamForwards(s)),
     readStreamBackwards: events('read_bwd', readStreamBackwards(s)),
+    readStreamFirstForwards: events('first_fwd', readStreamFirstForwards(s)),
+    readStreamFirstBackwards: events('first_bwd', readStreamFirstBackwards(s)),
     readAllPage: events('read_all', readAllPage(s)),
     snapshotXmin: read('xmin', snapshotXmin()),
     readAllHoldback: read('holdback', readAllHoldback(s)),
