@@ -51,6 +51,40 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
     await consumer.stop();
   });
 
+  it('a broker away for longer than any retry schedule holds the publisher back: nothing parked, nothing skipped, order kept', async () => {
+    const store = createInMemoryStore();
+    const broker = createInProcessBroker();
+    const real = broker.connect();
+    let down = true;
+    let refused = 0;
+    const restarting: Transport = {
+      ...real,
+      name: 'restarting',
+      publish: async (messages) => {
+        if (down) {
+          refused++;
+          throw new Error('broker restarting');
+        }
+        await real.publish(messages);
+      },
+      consume: (o) => real.consume(o),
+      close: () => real.close(),
+    };
+    const publisher = createPublisher({ name: 'bus', store, subscriptions: createInMemorySubscriptionStore(store), transport: restarting, pollIntervalMs: 10, retry: { baseDelayMs: 1, maxDelayMs: 2 } });
+    for (let i = 0; i < 10; i++) await store.append(`account-${i % 3}`, [deposit(i)]);
+    const effects: number[] = [];
+    const consumer = await consumeEvents(broker.connect(), { group: 'statements', inbox: createInMemoryInbox(), handle: async (event) => void effects.push((event.data as { i: number }).i) });
+    publisher.start();
+    await until(() => refused >= 30, 'many more refused publishes than the default retry count');
+    down = false;
+    await until(() => effects.length === 10, 'all events on the bus once the broker is back');
+    assert.deepEqual(effects, [...Array(10).keys()], 'in log order, none skipped');
+    assert.deepEqual(await publisher.parked(), []);
+    assert.equal((await publisher.status()).state, 'running');
+    await publisher.stop();
+    await consumer.stop();
+  });
+
   it('replay republishes history marked as replay; a wiped consumer rebuilds, one that kept its inbox ignores it', async () => {
     const store = createInMemoryStore();
     const broker = createInProcessBroker();

@@ -7,9 +7,16 @@ import type { SubscriptionStore } from '../subscriptions/contract.js';
 import { createSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
 import { encodeEvent, type Transport } from './contract.js';
 
-export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch'> {
+export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure'> {
   /** Names the publisher's subscription (checkpoint and lease): `publisher-<name>`. */
   name: string;
+  /**
+   * Retries of a publish the broker refused or did not confirm. By default a publisher retries for ever (with a
+   * backoff up to `maxDelayMs`, each failure reported to `onError`): it never skips an event, since that would lose
+   * it on the bus and break the order of its stream. With a finite `maxAttempts`, the publisher stops (state
+   * 'failed') when they run out; it never parks an event.
+   */
+  retry?: SubscriptionOptions<Tx>['retry'];
   transport: Transport;
   subscriptions: SubscriptionStore<Tx>;
 }
@@ -21,10 +28,14 @@ export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'nam
  * in log order, so in order per stream.
  */
 export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription {
-  const { transport, name, ...rest } = options;
+  const { transport, name, retry, ...rest } = options;
   return createSubscription<Tx>({
     ...rest,
     name: `publisher-${name}`,
+    // A broker that is away (restarting, unreachable) must hold the publisher back, never make it skip an event:
+    // parking a message would lose it on the bus and let later events of its stream overtake it.
+    retry: { maxAttempts: Number.POSITIVE_INFINITY, maxDelayMs: 5_000, ...retry },
+    onFailure: 'stop',
     handle: (event) => transport.publish([encodeEvent(event)]),
     handleBatch: (events) => transport.publish(events.map((event) => encodeEvent(event))),
   });
