@@ -4,33 +4,12 @@
 // package runs against the broker while it restarts. Without RabbitMQ the tests are skipped, except under CI=true,
 // where they fail.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { createConnection } from 'node:net';
 import { after, describe, it } from 'node:test';
-import { promisify } from 'node:util';
 import amqp, { type GetMessage } from 'amqplib';
 import { newId, type ReceivedMessage, type TransportMessage } from 'eventline';
 import { describeTransportConformance } from 'eventline/testing';
-import { createRabbitMqTransport, DEFAULT_AMQP_URL, type RabbitMqTransport, type RabbitMqTransportOptions } from '@eventline/rabbitmq';
-
-const url = process.env.AMQP_URL ?? DEFAULT_AMQP_URL;
-const target = new URL(url.replace(/^amqps?:/, 'http:'));
-const host = target.hostname || '127.0.0.1';
-const port = Number(target.port || 5672);
-const run = promisify(execFile);
-
-function portOpen(timeoutMs = 2000): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection({ host, port });
-    const done = (open: boolean) => {
-      socket.destroy();
-      resolve(open);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
-}
+import { createRabbitMqTransport, type RabbitMqTransport, type RabbitMqTransportOptions } from '@eventline/rabbitmq';
+import { delay, host, port, portOpen, rabbitmqctl, startRabbitMq, url } from './helpers.js';
 
 const reachable = await portOpen();
 const skip = !reachable && process.env.CI !== 'true' ? `RabbitMQ is not reachable at ${host}:${port} (under CI=true this fails instead)` : false;
@@ -107,9 +86,6 @@ async function until(check: () => boolean, what: string, ms: number): Promise<vo
   }
 }
 
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 /** Versions of each stream never go back (a redelivered message may repeat in place, nothing overtakes). */
 function assertNonDecreasingPerStream(messages: readonly ReceivedMessage[]): void {
@@ -118,26 +94,6 @@ function assertNonDecreasingPerStream(messages: readonly ReceivedMessage[]): voi
     const version = Number(message.headers['eventline-version']);
     assert.ok(version >= (last.get(message.streamId) ?? 0), `stream ${message.streamId}: version ${version} after ${last.get(message.streamId)}`);
     last.set(message.streamId, version);
-  }
-}
-
-async function rabbitmqctl(...args: string[]): Promise<void> {
-  await run('rabbitmqctl', args, { timeout: 120_000 });
-}
-
-/** Waits (bounded) until RabbitMQ accepts connections on its port and answers `rabbitmq-diagnostics ping`. */
-async function waitForRabbitMq(ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (await portOpen(1000)) {
-      const pinged = await run('rabbitmq-diagnostics', ['-q', 'ping'], { timeout: 30_000 }).then(
-        () => true,
-        () => false,
-      );
-      if (pinged) return;
-    }
-    if (Date.now() > deadline) throw new Error(`RabbitMQ did not come back within ${ms} ms`);
-    await delay(500);
   }
 }
 
@@ -329,10 +285,7 @@ describe('RabbitMQ transport', { skip }, () => {
         await until(() => !publisher.connected && !consumer.connected, 'both clients to notice', 30_000);
         await assert.rejects(publisher.publish(messagesOf(['account-1'], 1)), /disconnected|not reachable|connection lost/);
       } finally {
-        await rabbitmqctl('start_app').catch(async () => {
-          await run('rabbitmq-server', ['-detached'], { timeout: 60_000 }).catch(() => undefined);
-        });
-        await waitForRabbitMq(120_000);
+        await startRabbitMq();
       }
       const afterRestart = messagesOf(['account-1', 'account-2', 'payment-1'], 4, 5);
       const deadline = Date.now() + 90_000;
