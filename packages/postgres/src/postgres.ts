@@ -196,6 +196,8 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
 
   private listener: pg.Client | null = null;
   private listening = false;
+  /** Which listen loop is current: an unlisten ends the loop it belongs to, even when a new one starts right after. */
+  private listenGeneration = 0;
   private notifying = false;
   private notifyAgain = false;
 
@@ -230,7 +232,10 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
   /** A connection of its own (not from the pool) that LISTENs, reconnecting while anyone listens. */
   protected override async listenForAppends(wake: () => void): Promise<void> {
     this.listening = true;
-    while (this.listening && !this.isClosed) {
+    const generation = ++this.listenGeneration;
+    // Listening again right after an unlisten starts a new loop: the old one must end, not reconnect beside it.
+    const current = () => this.listening && !this.isClosed && this.listenGeneration === generation;
+    while (current()) {
       const client = new pg.Client(this.pool.options);
       this.listener = client; // so that unlistening ends it, also while it is still connecting
       client.on('notification', () => wake());
@@ -241,7 +246,7 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
       try {
         await client.connect();
         await client.query(`LISTEN ${pg.escapeIdentifier(this.channel)}`);
-        if (!this.listening || this.isClosed) break; // unlistened meanwhile: the finally block ends the connection
+        if (!current()) break; // unlistened meanwhile: the finally block ends the connection
         wake(); // events may have been appended while we were not listening
         await ended;
       } catch {
@@ -250,12 +255,13 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
         if (this.listener === client) this.listener = null;
         await client.end().catch(() => undefined);
       }
-      if (this.listening && !this.isClosed) await new Promise((resolve) => setTimeout(resolve, 1000));
+      if (current()) await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   }
 
   protected override async unlistenForAppends(): Promise<void> {
     this.listening = false;
+    this.listenGeneration++;
     await this.listener?.end().catch(() => undefined);
   }
 }
