@@ -6,9 +6,10 @@ import { readFileSync } from 'node:fs';
 import { formatTable, jsonLine, makeResult, type BenchContext, type BenchModule, type Result } from './harness.js';
 import { pgliteStoreBench, postgresStoreBench } from './store.js';
 import { writeBench } from './write.js';
+import { busBench } from './bus.js';
 
 /** Every area of the bench; a new area is a new module added here. */
-const modules: readonly BenchModule[] = [postgresStoreBench, pgliteStoreBench, writeBench];
+const modules: readonly BenchModule[] = [postgresStoreBench, pgliteStoreBench, writeBench, busBench];
 
 const prefix = process.argv[2] ?? '';
 const wants = (name: string): boolean => name.startsWith(prefix);
