@@ -2,7 +2,7 @@ import { EventlineError, ValidationError } from '../errors.js';
 import type { RecordedEvent } from '../event.js';
 import { newId } from '../ids.js';
 import { isPosition, START, type Position } from '../position.js';
-import type { EventStore, ReadAllFilter } from '../store/contract.js';
+import type { EventStore, ReadAllFilter, ReadAllPage } from '../store/contract.js';
 import { LeaseLostError, type ParkedEvent, type SubscriptionStore } from './contract.js';
 
 /** What a handler gets with each event. */
@@ -127,6 +127,8 @@ class SubscriptionRunner<Tx> implements Subscription {
   private unsubscribe: (() => void) | null = null;
   private persisted: Position | null = null;
   private persistedAt = 0;
+  /** The next page, read while the current batch is handled (catching up only); used when the checkpoint lands on `after`. */
+  private prefetched: { after: Position; page: Promise<ReadAllPage> } | null = null;
 
   constructor(private readonly options: SubscriptionOptions<Tx>) {
     if (!/^[A-Za-z0-9_.:-]{1,150}$/.test(options.name)) throw new ValidationError(`Subscription name '${options.name}' must be 1-150 letters, digits, '_', '.', ':' or '-'`);
@@ -189,6 +191,7 @@ class SubscriptionRunner<Tx> implements Subscription {
     if (!isPosition(position)) throw new ValidationError(`Subscription '${this.name}': reset takes 'beginning', 'end' or a position`);
     if (this.loop && this.state !== 'failed' && this.state !== 'stopped') {
       this.pendingReset = position;
+      this.prefetched = null;
       this.wake();
       return;
     }
@@ -301,6 +304,7 @@ class SubscriptionRunner<Tx> implements Subscription {
         if (!(await this.renewLease())) {
           this.state = 'standby';
           this.checkpoint = undefined; // the holder moves it; reload when we take over
+          this.prefetched = null;
           await this.idle(this.poll);
           continue;
         }
@@ -315,6 +319,7 @@ class SubscriptionRunner<Tx> implements Subscription {
         if (error instanceof LeaseLostError) {
           this.state = 'standby';
           this.checkpoint = undefined;
+          this.prefetched = null;
           this.leaseRenewedAt = 0;
           continue;
         }
@@ -351,13 +356,29 @@ class SubscriptionRunner<Tx> implements Subscription {
   /** One batch: read a page after the checkpoint, handle it, commit. */
   private async step(): Promise<{ atEnd: boolean; next: Position }> {
     const after = await this.currentCheckpoint();
-    const page = await this.options.store.readAllPage({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+    const page = await this.readPage(after);
     const events = page.events.filter((event) => this.inPartition(event));
+    // Catching up (more after this page): read the next page while this batch is handled, so that reading the log
+    // and handling it (a broker's confirms, for a publisher) overlap instead of taking turns.
+    if (events.length > 0 && !page.atEnd) this.prefetch(page.next);
     if (events.length > 0) await this.handleBatch(events, page.next);
     else if (page.next > after) await this.advance(page.next, !page.atEnd);
     // A batch cut short by a failing event is not the end: the rest is read again from the checkpoint.
     const reached = this.checkpoint ?? after;
     return { atEnd: page.atEnd && reached >= page.next, next: reached };
+  }
+
+  private readPage(after: Position): Promise<ReadAllPage> {
+    const prefetched = this.prefetched;
+    this.prefetched = null;
+    if (prefetched && prefetched.after === after) return prefetched.page;
+    return this.options.store.readAllPage({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+  }
+
+  private prefetch(after: Position): void {
+    const page = this.options.store.readAllPage({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+    page.catch(() => undefined); // a failed read ahead is read again when its turn comes
+    this.prefetched = { after, page };
   }
 
   private async handleBatch(events: RecordedEvent[], next: Position): Promise<void> {
