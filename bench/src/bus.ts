@@ -21,8 +21,8 @@ import pg from 'pg';
 import { orderEvent } from './events.js';
 import { DATABASE_URL, interleave, median, uniqueName, type BenchContext, type BenchModule } from './harness.js';
 
-const EVENTS = 5_000;
-const STREAMS = 100;
+const EVENTS = 20_000;
+const STREAMS = 400;
 const BATCH = 500;
 const ROUNDS = 5;
 const LATENCY_EVENTS = 200;
