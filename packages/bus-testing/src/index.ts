@@ -147,6 +147,7 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
   const transports: Transport[] = [];
   let stopping = false;
   let started = Date.now();
+  let progress: NodeJS.Timeout | undefined;
   let childOutput = '';
   try {
     const store = databases.postgres({ poolSize: members + writers + 2 });
@@ -274,7 +275,7 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
       await Promise.all(Array.from({ length: writers }, writer));
     };
 
-    const progress = setInterval(() => log(`progress at ${Date.now() - started} ms: ${appended} appended, ${JSON.stringify(counters)}`), 5_000);
+    progress = setInterval(() => log(`progress at ${Date.now() - started} ms: ${appended} appended, ${JSON.stringify(counters)}`), 5_000);
     progress.unref();
     startChild();
     await ready;
@@ -374,6 +375,7 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
     if (childOutput) log(`publisher child's last output:\n${childOutput}`);
     throw error;
   } finally {
+    clearInterval(progress);
     stopping = true;
     for (const child of children) child.kill('SIGKILL');
     await Promise.all(consumers.map((consumer) => consumer.stop().catch(() => undefined)));
