@@ -135,10 +135,11 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
   const writers = options.writers ?? 8;
   const appendBatch = options.appendBatch ?? 10;
   const members = options.members ?? 4;
-  const deadline = Date.now() + (options.timeoutMs ?? 150_000);
   const log = options.log ?? (() => undefined);
 
-  const databases = await openTestDatabases();
+  const databases = await openTestDatabases({ timeoutMs: 120_000 });
+  // Counted from here: waiting for the server-wide test lock (another test file holding it) is not this run's time.
+  const deadline = Date.now() + (options.timeoutMs ?? 150_000);
   const databaseUrl = process.env.DATABASE_URL ?? DEFAULT_DATABASE_URL;
   const children = new Set<ChildProcess>();
   const pools: pg.Pool[] = [];

@@ -10,7 +10,7 @@ import { deleteStream, natsAvailability, NATS_URL, startNatsServer, stopNatsServ
 const availability = await natsAvailability();
 
 describe('publisher faults on NATS JetStream', { skip: availability.available ? false : availability.reason }, () => {
-  it('SIGKILLed 10 times during 50k events, NATS restarted once: every event applied once, in order per stream', { timeout: 240_000 }, async (t) => {
+  it('SIGKILLed 10 times during 50k events, NATS restarted once: every event applied once, in order per stream', { timeout: 300_000 }, async (t) => {
     const prefix = faultNamespace('nats');
     try {
       const figures = await runPublisherFaults({

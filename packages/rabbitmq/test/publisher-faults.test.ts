@@ -13,7 +13,7 @@ const reachable = await portOpen();
 const skip = !reachable && process.env.CI !== 'true' ? `RabbitMQ is not reachable at ${host}:${port} (under CI=true this fails instead)` : false;
 
 describe('publisher faults on RabbitMQ', { skip }, () => {
-  it('SIGKILLed 10 times during 50k events, RabbitMQ restarted once: every event applied once, in order per stream', { timeout: 240_000 }, async (t) => {
+  it('SIGKILLed 10 times during 50k events, RabbitMQ restarted once: every event applied once, in order per stream', { timeout: 300_000 }, async (t) => {
     const prefix = faultNamespace('rabbitmq');
     const made: RabbitMqTransport[] = [];
     try {

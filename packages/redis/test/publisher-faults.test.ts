@@ -10,7 +10,7 @@ import { createRedisTransport } from '../src/index.js';
 import { deleteKeys, REDIS_URL, requireRedis, restartRedis } from './helpers.js';
 
 describe('publisher faults on Redis Streams', () => {
-  it('SIGKILLed 10 times during 50k events, Redis restarted once: every event applied once, in order per stream (with a replay)', { timeout: 240_000 }, async (t) => {
+  it('SIGKILLed 10 times during 50k events, Redis restarted once: every event applied once, in order per stream (with a replay)', { timeout: 300_000 }, async (t) => {
     const { hostname, port } = new URL(REDIS_URL);
     assert.ok(hostname === '127.0.0.1' && (port || '6379') === '6379', `this test restarts the machine's Redis at 127.0.0.1:6379; REDIS_URL is ${REDIS_URL}`);
     await requireRedis();
