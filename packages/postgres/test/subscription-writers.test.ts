@@ -47,7 +47,7 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
     let transactions = 0;
     let rollbacks = 0;
 
-    const event = (w: number): EventInput => ({ id: newId(), type: 'Written', data: { w, note: 'x'.repeat(40) } });
+    const event = (w: number): EventInput & { id: string } => ({ id: newId(), type: 'Written', data: { w, note: 'x'.repeat(40) } });
     const writer = async (w: number) => {
       const store = writers[w]!;
       while (remaining > 0) {
