@@ -186,6 +186,33 @@ describe('subscriptions (in-memory)', () => {
     await subscription.stop();
   });
 
+  it('an append notified while a batch is being handled is not lost (no wait for the poll interval)', async () => {
+    const { store, seen, options } = setup();
+    let appended: Promise<{ position: bigint }> | null = null;
+    const subscription = createSubscription(
+      options({
+        pollIntervalMs: 60_000,
+        handle: async (event) => {
+          seen.push(event);
+          // The wake-up for this append comes while the runner is busy with this batch, not idle.
+          if (seen.length === 1) appended = append(store, 'a-2');
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        },
+      }),
+    );
+    subscription.start();
+    try {
+      const first = await append(store, 'a-1');
+      await subscription.waitFor(first.position, { timeoutMs: 2000 });
+      await until(() => appended !== null, 'the append made by the handler');
+      const second = await appended!;
+      await subscription.waitFor(second.position, { timeoutMs: 2000 });
+      assert.equal(seen.length, 2);
+    } finally {
+      await subscription.stop();
+    }
+  });
+
   it('waitFor times out with a typed error', async () => {
     const { store, options } = setup();
     const subscription = createSubscription(options());

@@ -100,6 +100,8 @@ export interface Subscription {
 
 const LAG_CAP = 10_000;
 const PERSIST_IDLE_CHECKPOINT_MS = 5_000;
+const HOLDBACK_FAST_MS = 10;
+const HOLDBACK_FAST_RETRIES = 50;
 
 export function createSubscription<Tx>(options: SubscriptionOptions<Tx>): Subscription {
   return new SubscriptionRunner(options);
@@ -121,6 +123,15 @@ class SubscriptionRunner<Tx> implements Subscription {
   private failure: Error | null = null;
   private loop: Promise<void> | null = null;
   private wakeUp: (() => void) | null = null;
+  /** A wake-up came while no one was idle (a batch was being read or handled): the next idle returns at once. */
+  private woken = false;
+  /**
+   * A notification came: events were committed. When the next read finds nothing because an older transaction
+   * (anywhere on the server) still holds them back, nothing will notify again when it ends: poll again soon, with
+   * backoff, while the store reports events held back.
+   */
+  private notified = false;
+  private holdbackRetries = 0;
   private pendingReset: Position | undefined;
   private leaseRenewedAt = 0;
   private progressListeners = new Set<() => void>();
@@ -155,7 +166,10 @@ class SubscriptionRunner<Tx> implements Subscription {
     if (this.loop) return;
     this.state = 'standby';
     this.failure = null;
-    this.unsubscribe = this.options.subscriptions.onAppended(() => this.wake());
+    this.unsubscribe = this.options.subscriptions.onAppended(() => {
+      this.notified = true;
+      this.wake();
+    });
     this.loop = this.run().finally(() => {
       this.unsubscribe?.();
       this.unsubscribe = null;
@@ -273,10 +287,15 @@ class SubscriptionRunner<Tx> implements Subscription {
   private wake() {
     const wake = this.wakeUp;
     this.wakeUp = null;
-    wake?.();
+    if (wake) wake();
+    else this.woken = true;
   }
 
   private idle(ms: number): Promise<void> {
+    if (this.woken) {
+      this.woken = false;
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.wakeUp = null;
@@ -309,9 +328,10 @@ class SubscriptionRunner<Tx> implements Subscription {
           continue;
         }
         if (this.state === 'standby') this.state = 'running';
+        this.woken = false; // this step reads what was committed before it: only a later wake-up matters
         const { atEnd } = await this.step();
         errors = 0;
-        if (atEnd && this.active) await this.idle(this.poll);
+        if (atEnd && this.active) await this.idle(await this.idleTime());
         // An embedded database answers without going back to the event loop: let timers and I/O in between batches.
         else await new Promise((resolve) => setImmediate(resolve));
       } catch (error) {
@@ -328,6 +348,19 @@ class SubscriptionRunner<Tx> implements Subscription {
         await this.idle(Math.min(this.maxDelay, this.baseDelay * 2 ** Math.min(errors, 10)));
       }
     }
+  }
+
+  /** How long to wait for a wake-up when caught up: the poll interval, or less while notified events are held back. */
+  private async idleTime(): Promise<number> {
+    if (this.notified && (await this.options.store.readAllHoldback()).heldBackEvents > 0) {
+      // Every few ms for the first half second (a writer's transaction usually ends within it), then backing off.
+      const n = this.holdbackRetries++;
+      const delay = n < HOLDBACK_FAST_RETRIES ? Math.min(HOLDBACK_FAST_MS, 2 * 2 ** n) : HOLDBACK_FAST_MS * 2 ** Math.min(n - HOLDBACK_FAST_RETRIES + 1, 10);
+      return Math.min(this.poll, delay);
+    }
+    this.notified = false;
+    this.holdbackRetries = 0;
+    return this.poll;
   }
 
   private async renewLease(): Promise<boolean> {
