@@ -188,7 +188,7 @@ describe('subscriptions (in-memory)', () => {
 
   it('an append notified while a batch is being handled is not lost (no wait for the poll interval)', async () => {
     const { store, seen, options } = setup();
-    let appended: Promise<{ position: bigint }> | null = null;
+    let appended: ReturnType<typeof append> | null = null;
     const subscription = createSubscription(
       options({
         pollIntervalMs: 60_000,
