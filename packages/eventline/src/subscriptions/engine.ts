@@ -125,13 +125,14 @@ class SubscriptionRunner<Tx> implements Subscription {
   private wakeUp: (() => void) | null = null;
   /** A wake-up came while no one was idle (a batch was being read or handled): the next idle returns at once. */
   private woken = false;
-  /**
-   * A notification came: events were committed. When the next read finds nothing because an older transaction
-   * (anywhere on the server) still holds them back, nothing will notify again when it ends: poll again soon, with
-   * backoff, while the store reports events held back.
-   */
+  /** A notification came (events were committed) since the last step began. */
   private notified = false;
-  private holdbackRetries = 0;
+  /**
+   * Following a notification whose events the last read did not find: an older transaction (anywhere on the server)
+   * may still hold them back, and nothing notifies when it ends. Read again soon, with backoff, while the store
+   * reports events held back (see {@link idleTime}).
+   */
+  private chase: { retries: number; rechecked: boolean } | null = null;
   private pendingReset: Position | undefined;
   private leaseRenewedAt = 0;
   private progressListeners = new Set<() => void>();
@@ -328,10 +329,13 @@ class SubscriptionRunner<Tx> implements Subscription {
           continue;
         }
         if (this.state === 'standby') this.state = 'running';
-        this.woken = false; // this step reads what was committed before it: only a later wake-up matters
-        const { atEnd } = await this.step();
+        // This step reads what was committed before it: only a later wake-up or notification matters.
+        this.woken = false;
+        const notified = this.notified || this.chase !== null;
+        this.notified = false;
+        const { atEnd, handled } = await this.step();
         errors = 0;
-        if (atEnd && this.active) await this.idle(await this.idleTime());
+        if (atEnd && this.active) await this.idle(await this.idleTime(notified && handled === 0));
         // An embedded database answers without going back to the event loop: let timers and I/O in between batches.
         else await new Promise((resolve) => setImmediate(resolve));
       } catch (error) {
@@ -350,16 +354,29 @@ class SubscriptionRunner<Tx> implements Subscription {
     }
   }
 
-  /** How long to wait for a wake-up when caught up: the poll interval, or less while notified events are held back. */
-  private async idleTime(): Promise<number> {
-    if (this.notified && (await this.options.store.readAllHoldback()).heldBackEvents > 0) {
-      // Every few ms for the first half second (a writer's transaction usually ends within it), then backing off.
-      const n = this.holdbackRetries++;
+  /**
+   * How long to wait for a wake-up when caught up: the poll interval, or much less when a notification's events were
+   * not found (`missed`) and the store reports events held back by an older open transaction: every few ms for the
+   * first half second, then backing off to the poll interval. When none is held back (the transaction may have ended
+   * between the read and this check), read once more at once before waiting the poll interval.
+   */
+  private async idleTime(missed: boolean): Promise<number> {
+    if (!missed) {
+      this.chase = null;
+      return this.poll;
+    }
+    const chase = (this.chase ??= { retries: 0, rechecked: false });
+    if ((await this.options.store.readAllHoldback()).heldBackEvents > 0) {
+      const n = chase.retries++;
+      chase.rechecked = false;
       const delay = n < HOLDBACK_FAST_RETRIES ? Math.min(HOLDBACK_FAST_MS, 2 * 2 ** n) : HOLDBACK_FAST_MS * 2 ** Math.min(n - HOLDBACK_FAST_RETRIES + 1, 10);
       return Math.min(this.poll, delay);
     }
-    this.notified = false;
-    this.holdbackRetries = 0;
+    if (!chase.rechecked) {
+      chase.rechecked = true;
+      return 0;
+    }
+    this.chase = null;
     return this.poll;
   }
 
@@ -387,7 +404,7 @@ class SubscriptionRunner<Tx> implements Subscription {
   }
 
   /** One batch: read a page after the checkpoint, handle it, commit. */
-  private async step(): Promise<{ atEnd: boolean; next: Position }> {
+  private async step(): Promise<{ atEnd: boolean; next: Position; handled: number }> {
     const after = await this.currentCheckpoint();
     const page = await this.readPage(after);
     const events = page.events.filter((event) => this.inPartition(event));
@@ -398,7 +415,7 @@ class SubscriptionRunner<Tx> implements Subscription {
     else if (page.next > after) await this.advance(page.next, !page.atEnd);
     // A batch cut short by a failing event is not the end: the rest is read again from the checkpoint.
     const reached = this.checkpoint ?? after;
-    return { atEnd: page.atEnd && reached >= page.next, next: reached };
+    return { atEnd: page.atEnd && reached >= page.next, next: reached, handled: events.length };
   }
 
   private readPage(after: Position): Promise<ReadAllPage> {
