@@ -49,7 +49,7 @@ class Worker {
   ) {
     this.process = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', WORKER], {
       cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe'], // stdin held open: the worker exits when this process goes
       env: {
         ...process.env,
         EVENTLINE_FAULTS_URL: DATABASE_URL,
