@@ -169,6 +169,7 @@ class SubscriptionRunner<Tx> implements Subscription {
     this.failure = null;
     this.unsubscribe = this.options.subscriptions.onAppended(() => {
       this.notified = true;
+      if (this.chase) this.chase.retries = 0; // new commits: follow them quickly again
       this.wake();
     });
     this.loop = this.run().finally(() => {
