@@ -7,9 +7,10 @@ import { formatTable, jsonLine, makeResult, type BenchContext, type BenchModule,
 import { pgliteStoreBench, postgresStoreBench } from './store.js';
 import { writeBench } from './write.js';
 import { busBench } from './bus.js';
+import { projectionBench } from './projection.js';
 
 /** Every area of the bench; a new area is a new module added here. */
-const modules: readonly BenchModule[] = [postgresStoreBench, pgliteStoreBench, writeBench, busBench];
+const modules: readonly BenchModule[] = [postgresStoreBench, pgliteStoreBench, writeBench, projectionBench, busBench];
 
 const prefix = process.argv[2] ?? '';
 const wants = (name: string): boolean => name.startsWith(prefix);
