@@ -9,13 +9,13 @@
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import type pg from 'pg';
+import pg from 'pg';
 import { createSubscription, newId, type EventInput, type Position } from 'eventline';
 import { createPostgresStore, createSqlDocumentStore, createSqlSubscriptionStore, type PostgresEventStore } from '@eventline/postgres';
-import { cleanUp, connectForTests, uniqueSchema } from './helpers.js';
+import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
 
 let admin: pg.Client;
-const schema = uniqueSchema('subw');
+const schemas: string[] = [];
 const stores: PostgresEventStore[] = [];
 
 before(async () => {
@@ -23,11 +23,12 @@ before(async () => {
 });
 after(async () => {
   await Promise.all(stores.map((s) => s.close()));
-  await cleanUp(admin, [schema]);
+  await cleanUp(admin, schemas);
 });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const open = (poolSize: number): PostgresEventStore => {
+/** A store on the current test's schema (the last one pushed). */
+const open = (poolSize: number, schema = schemas[schemas.length - 1]!): PostgresEventStore => {
   const store = createPostgresStore({ schema, poolSize });
   stores.push(store);
   return store;
@@ -37,6 +38,7 @@ class Rollback extends Error {}
 
 describe('subscriptions under concurrent writers (PostgreSQL)', () => {
   it('16 writers on their own pools, ~20k events with transactions and rollbacks: every committed event handled exactly once, in increasing positions', async () => {
+    schemas.push(uniqueSchema('subw'));
     const reader = open(4);
     await reader.migrate();
     const writers = Array.from({ length: 16 }, () => open(2));
@@ -147,5 +149,43 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
     assert.equal(status.parked, 0);
     assert.equal(status.lag.events, 0);
     assert.ok(Date.now() - started < 40_000, `took ${Date.now() - started} ms`);
+  });
+
+  it('an event held back by an older open transaction is handled soon after that transaction ends, not at the next poll', async () => {
+    schemas.push(uniqueSchema('subw'));
+    const reader = open(2);
+    await reader.migrate();
+    const writer = open(2);
+    const handled: string[] = [];
+    const subscription = createSubscription({
+      name: 'held-back',
+      store: reader,
+      subscriptions: createSqlSubscriptionStore(reader),
+      pollIntervalMs: 20_000,
+      lease: { ttlMs: 60_000 },
+      handle: (e) => void handled.push(e.id),
+    });
+    const first = await writer.append('held-0', [{ id: newId(), type: 'Written', data: {} }]);
+    subscription.start();
+    const holder = new pg.Client({ connectionString: DATABASE_URL });
+    await holder.connect();
+    try {
+      await subscription.waitFor(first.position, { timeoutMs: 5000 });
+      // A transaction with a transaction id, open elsewhere on the server: the next append is held back behind it.
+      await holder.query('BEGIN');
+      await holder.query('SELECT pg_current_xact_id()');
+      const id = newId();
+      const { position } = await writer.append('held-1', [{ id, type: 'Written', data: {} }]);
+      await sleep(150); // the notification came, the read found nothing
+      assert.ok(!handled.includes(id), 'held back while the older transaction is open');
+      await holder.query('COMMIT');
+      const released = Date.now();
+      await subscription.waitFor(position, { timeoutMs: 5000 });
+      assert.ok(Date.now() - released < 1000, `handled ${Date.now() - released} ms after the transaction ended (the poll is 20 s)`);
+      assert.equal(handled.length, 2);
+    } finally {
+      await holder.end();
+      await subscription.stop();
+    }
   });
 });
