@@ -60,7 +60,30 @@ export interface SqlClient {
   /** The schema of the store (unquoted). */
   readonly schema: string;
   /** Runs one statement with parameters ($1, $2...) and returns its rows. */
-  query<R = Record<string, unknown>>(text: string, values?: unknown[]): Promise<R[]>;
+  query<R = Record<string, unknown>>(text: string, values?: unknown[], options?: SqlQueryOptions): Promise<R[]>;
+}
+
+export interface SqlQueryOptions {
+  /**
+   * Prepare the statement once per connection and reuse it (PostgreSQL parses and plans it once; PGlite ignores this).
+   * Only for statement texts that do not vary: each distinct text stays prepared on every connection that ran it.
+   */
+  prepare?: boolean;
+}
+
+const preparedNames = new Map<string, string>();
+
+/** The prepared-statement name of a text: `eventline.p.` and a 64-bit FNV-1a hash of it (names are per connection). */
+function preparedName(text: string): string {
+  let name = preparedNames.get(text);
+  if (name === undefined) {
+    let hash = 0xcbf29ce484222325n;
+    for (const byte of Buffer.from(text, 'utf8')) hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+    name = `eventline.p.${hash.toString(16)}`;
+    if (preparedNames.size >= 10_000) preparedNames.clear();
+    preparedNames.set(text, name);
+  }
+  return name;
 }
 
 export interface StoreConfig {
@@ -153,9 +176,9 @@ export class SqlSession implements EventStoreSession {
   ) {
     this.sql = {
       schema: config.statements.schema,
-      query: async <R>(text: string, values: unknown[] = []) => {
+      query: async <R>(text: string, values: unknown[] = [], options?: SqlQueryOptions) => {
         await this.enter('run a query');
-        return executor.query<R>({ name: '', text, readOnly: false }, values, 'run a query');
+        return executor.query<R>({ name: options?.prepare ? preparedName(text) : '', text, readOnly: false }, values, 'run a query');
       },
     };
   }

@@ -24,7 +24,10 @@ import {
   type StoredDocument,
   type SubscriptionStore,
 } from 'eventline';
-import type { SqlClient } from './core.js';
+import type { SqlClient, SqlQueryOptions } from './core.js';
+
+/** The read side's statements have fixed texts (per schema and table): prepared once per connection. */
+const PREPARED: SqlQueryOptions = { prepare: true };
 import * as q from './read-side-sql.js';
 import { quoteSchema } from './sql.js';
 
@@ -50,37 +53,37 @@ export function createSqlSubscriptionStore(store: SqlEventStore): SubscriptionSt
   return {
     atomic: true,
     async checkpoint(name) {
-      const rows = await store.sql.query<{ position: string }>(q.loadCheckpoint(s), [name]);
+      const rows = await store.sql.query<{ position: string }>(q.loadCheckpoint(s), [name], PREPARED);
       return (rows[0]?.position as Position | undefined) ?? null;
     },
     async commit(args, work) {
       return store.transaction(async (session) => {
         const sql = sqlOf(session);
-        const lease = await sql.query<{ valid: boolean }>(q.holdLease(s), [args.name, args.owner]);
+        const lease = await sql.query<{ valid: boolean }>(q.holdLease(s), [args.name, args.owner], PREPARED);
         if (!lease[0]?.valid) throw new LeaseLostError(args.name, args.owner);
         const result = await work(sql);
-        if (args.position !== undefined) await sql.query(q.saveCheckpoint(s), [args.name, args.position]);
+        if (args.position !== undefined) await sql.query(q.saveCheckpoint(s), [args.name, args.position], PREPARED);
         if (args.park) {
           const { event, error, attempts } = args.park;
-          await sql.query(q.parkEvent(s), [args.name, event.id, JSON.stringify(event), JSON.stringify(error), attempts]);
+          await sql.query(q.parkEvent(s), [args.name, event.id, JSON.stringify(event), JSON.stringify(error), attempts], PREPARED);
         }
-        if (args.unpark !== undefined) await sql.query(q.unparkEvent(s), [args.name, args.unpark]);
+        if (args.unpark !== undefined) await sql.query(q.unparkEvent(s), [args.name, args.unpark], PREPARED);
         return result;
       });
     },
     async setCheckpoint(name, position) {
-      if (position === null) await store.sql.query(q.deleteCheckpoint(s), [name]);
-      else await store.sql.query(q.saveCheckpoint(s), [name, position]);
+      if (position === null) await store.sql.query(q.deleteCheckpoint(s), [name], PREPARED);
+      else await store.sql.query(q.saveCheckpoint(s), [name, position], PREPARED);
     },
     async acquireLease(name, owner, ttlMs) {
-      const rows = await store.sql.query<{ owner: string }>(q.acquireLease(s), [name, owner, Math.round(ttlMs)]);
+      const rows = await store.sql.query<{ owner: string }>(q.acquireLease(s), [name, owner, Math.round(ttlMs)], PREPARED);
       return rows.length === 1;
     },
     async releaseLease(name, owner) {
-      await store.sql.query(q.releaseLease(s), [name, owner]);
+      await store.sql.query(q.releaseLease(s), [name, owner], PREPARED);
     },
     async parked(name) {
-      const rows = await store.sql.query<{ event: RecordedEvent & { recordedAt: string }; error: ParkedEvent['error']; attempts: number; parked_at: Date | string }>(q.listParked(s), [name]);
+      const rows = await store.sql.query<{ event: RecordedEvent & { recordedAt: string }; error: ParkedEvent['error']; attempts: number; parked_at: Date | string }>(q.listParked(s), [name], PREPARED);
       return rows.map((row) => ({
         subscription: name,
         event: { ...row.event, recordedAt: new Date(row.event.recordedAt) },
@@ -106,7 +109,7 @@ export function createSqlDocumentStore(store: SqlEventStore): DocumentStore<SqlC
   const ensure = async (tx: SqlClient | undefined, collection: string, table: string) => {
     if (ready.has(table) || (tx && createdIn.get(tx)?.has(table))) return;
     const create = async (client: SqlClient) => {
-      const [found] = await client.query<{ exists: boolean }>(q.tableExists(), [`${s}.${table}`]);
+      const [found] = await client.query<{ exists: boolean }>(q.tableExists(), [`${s}.${table}`], PREPARED);
       if (found?.exists) return true;
       await client.query(q.lockKey(), [`${store.schema}.${table}`]);
       await client.query(q.createDocumentTable(s, table));
@@ -131,7 +134,7 @@ export function createSqlDocumentStore(store: SqlEventStore): DocumentStore<SqlC
       const client = () => tx ?? store.sql;
       const run = async <R>(text: string, values: unknown[]): Promise<R[]> => {
         await ensure(tx, name, table);
-        return client().query<R>(text, values);
+        return client().query<R>(text, values, PREPARED);
       };
       return {
         async get(id) {
@@ -180,11 +183,11 @@ export function createSqlProjectionCatalog(store: SqlEventStore): ProjectionCata
   const s = quoteSchema(store.schema);
   return {
     async active(name) {
-      const [row] = await store.sql.query<{ active_version: number }>(q.activeProjection(s), [name]);
+      const [row] = await store.sql.query<{ active_version: number }>(q.activeProjection(s), [name], PREPARED);
       return row ? Number(row.active_version) : null;
     },
     async activate(name, version) {
-      await store.sql.query(q.activateProjection(s), [name, version]);
+      await store.sql.query(q.activateProjection(s), [name, version], PREPARED);
     },
   };
 }
@@ -195,15 +198,15 @@ export function createSqlSnapshotStore(store: SqlEventStore): SnapshotStore {
   return {
     async load(streamId, session) {
       const sql = session ? sqlOf(session) : store.sql;
-      const [row] = await sql.query<{ version: string | number; state_version: number; state: JsonValue }>(q.loadSnapshot(s), [streamId]);
+      const [row] = await sql.query<{ version: string | number; state_version: number; state: JsonValue }>(q.loadSnapshot(s), [streamId], PREPARED);
       return row ? { streamId, version: Number(row.version), stateVersion: Number(row.state_version), state: row.state } : null;
     },
     async save(snapshot: Snapshot) {
-      await store.sql.query(q.saveSnapshot(s), [snapshot.streamId, snapshot.version, snapshot.stateVersion, JSON.stringify(snapshot.state)]);
+      await store.sql.query(q.saveSnapshot(s), [snapshot.streamId, snapshot.version, snapshot.stateVersion, JSON.stringify(snapshot.state)], PREPARED);
     },
     async delete(streamId) {
-      if (streamId === undefined) await store.sql.query(q.deleteAllSnapshots(s));
-      else await store.sql.query(q.deleteSnapshot(s), [streamId]);
+      if (streamId === undefined) await store.sql.query(q.deleteAllSnapshots(s), [], PREPARED);
+      else await store.sql.query(q.deleteSnapshot(s), [streamId], PREPARED);
     },
   };
 }
@@ -215,7 +218,7 @@ export function createSqlInbox(store: SqlEventStore): Inbox<SqlClient> {
     process(group, messageId, effect) {
       return store.transaction(async (session) => {
         const sql = sqlOf(session);
-        const fresh = await sql.query(q.recordInbox(s), [group, messageId]);
+        const fresh = await sql.query(q.recordInbox(s), [group, messageId], PREPARED);
         if (fresh.length === 0) return false;
         await effect(sql);
         return true;
