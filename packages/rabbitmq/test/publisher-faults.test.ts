@@ -4,10 +4,9 @@
 // except under CI=true, where it fails.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import amqp from 'amqplib';
 import { faultNamespace, runPublisherFaults } from '@eventline/bus-testing';
 import { createRabbitMqTransport, type RabbitMqTransport } from '../src/index.js';
-import { host, port, portOpen, restartRabbitMq, startRabbitMq, url } from './helpers.js';
+import { deleteTopology, host, port, portOpen, restartRabbitMq, startRabbitMq, url } from './helpers.js';
 
 const reachable = await portOpen();
 const skip = !reachable && process.env.CI !== 'true' ? `RabbitMQ is not reachable at ${host}:${port} (under CI=true this fails instead)` : false;
@@ -38,31 +37,3 @@ describe('publisher faults on RabbitMQ', { skip }, () => {
     }
   });
 });
-
-async function deleteTopology(transports: RabbitMqTransport[]): Promise<void> {
-  const queues = new Set<string>();
-  const exchanges = new Set<string>();
-  for (const transport of transports) {
-    await transport.close().catch(() => undefined);
-    const topology = transport.topology();
-    topology.queues.forEach((queue) => queues.add(queue));
-    topology.exchanges.forEach((exchange) => exchanges.add(exchange));
-  }
-  const connection = await amqp.connect(url);
-  try {
-    for (const name of queues) {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await channel.deleteQueue(name).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-    for (const name of exchanges) {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await channel.deleteExchange(name).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-  } finally {
-    await connection.close().catch(() => undefined);
-  }
-}

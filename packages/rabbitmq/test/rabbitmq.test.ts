@@ -9,7 +9,7 @@ import amqp, { type GetMessage } from 'amqplib';
 import { newId, type ReceivedMessage, type TransportMessage } from 'eventline';
 import { describeTransportConformance } from 'eventline/testing';
 import { createRabbitMqTransport, type RabbitMqTransport, type RabbitMqTransportOptions } from '@eventline/rabbitmq';
-import { delay, host, port, portOpen, rabbitmqctl, startRabbitMq, url } from './helpers.js';
+import { delay, deleteTopology, host, port, portOpen, rabbitmqctl, startRabbitMq, url } from './helpers.js';
 
 const reachable = await portOpen();
 const skip = !reachable && process.env.CI !== 'true' ? `RabbitMQ is not reachable at ${host}:${port} (under CI=true this fails instead)` : false;
@@ -27,32 +27,7 @@ function client(namespace: string, options: RabbitMqTransportOptions = {}): Rabb
 async function deleteNamespace(namespace: string): Promise<void> {
   const transports = clients.get(namespace) ?? [];
   clients.delete(namespace);
-  const queues = new Set<string>();
-  const exchanges = new Set<string>();
-  for (const transport of transports) {
-    await transport.close().catch(() => undefined);
-    const topology = transport.topology();
-    topology.queues.forEach((queue) => queues.add(queue));
-    topology.exchanges.forEach((exchange) => exchanges.add(exchange));
-  }
-  if (queues.size === 0 && exchanges.size === 0) return;
-  const connection = await amqp.connect(url);
-  try {
-    for (const queue of queues) {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await channel.deleteQueue(queue).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-    for (const exchange of exchanges) {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await channel.deleteExchange(exchange).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-  } finally {
-    await connection.close().catch(() => undefined);
-  }
+  await deleteTopology(transports);
 }
 
 function namespace(): string {
