@@ -311,7 +311,7 @@ export const setStreamMetadata = (s: string) => `SELECT status, stream_version, 
 /** Removes the events of streams hard-deleted in a PGlite transaction, just before it commits. $1 stream ids. */
 export const removeStreamEvents = (s: string) => `DELETE FROM ${s}.events WHERE stream_id = ANY ($1::text[])`;
 
-/** The stream's row: read once at the start of every stream read, and by streamInfo / getStreamMetadata. $1 stream id. */
+/** The stream's row: read by streamInfo / getStreamMetadata, and at the start of a stream read on PGlite during a transaction. $1 stream id. */
 export const streamState = (s: string) => `SELECT version, hidden_before, deleted, metadata FROM ${s}.streams WHERE stream_id = $1`;
 
 /**
