@@ -12,7 +12,7 @@ import { jetstreamManager, jetstream } from '@nats-io/jetstream';
 import { connect as natsConnect, headers as natsHeaders, nanos } from '@nats-io/transport-node';
 import { createNatsTransport, safeName } from '@eventline/nats';
 import { createPostgresStore, createSqlSubscriptionStore, type PostgresEventStore } from '@eventline/postgres';
-import { createRabbitMqTransport, type RabbitMqTransport } from '@eventline/rabbitmq';
+import { createRabbitMqTransport, deleteRabbitMqTopology, type RabbitMqTransport } from '@eventline/rabbitmq';
 import { createRedisTransport } from '@eventline/redis';
 import amqp from 'amqplib';
 import { createPublisher, decodeEvent, encodeEvent, newId, type Transport, type TransportMessage } from 'eventline';
@@ -113,28 +113,13 @@ const rabbitmq: Broker = {
     };
   },
   async cleanup(prefixes) {
-    const queues = new Set<string>();
-    const exchanges = new Set<string>();
+    const transports: RabbitMqTransport[] = [];
     for (const [key, transport] of rabbitTransports) {
       if (!prefixes.some((prefix) => key.startsWith(`${prefix}:`))) continue;
-      await transport.close().catch(() => undefined);
-      transport.topology().queues.forEach((queue) => queues.add(queue));
-      transport.topology().exchanges.forEach((exchange) => exchanges.add(exchange));
+      transports.push(transport);
       rabbitTransports.delete(key);
     }
-    const connection = await amqp.connect(AMQP_URL);
-    for (const [names, remove] of [
-      [queues, (channel: amqp.Channel, name: string) => channel.deleteQueue(name)],
-      [exchanges, (channel: amqp.Channel, name: string) => channel.deleteExchange(name)],
-    ] as const) {
-      for (const name of names) {
-        const channel = await connection.createChannel();
-        channel.on('error', () => undefined);
-        await remove(channel, name).catch(() => undefined);
-        await channel.close().catch(() => undefined);
-      }
-    }
-    await connection.close().catch(() => undefined);
+    await deleteRabbitMqTopology(transports, AMQP_URL);
   },
 };
 

@@ -1,5 +1,6 @@
 export {
   createRabbitMqTransport,
+  deleteRabbitMqTopology,
   DEFAULT_AMQP_URL,
   type RabbitMqReconnectOptions,
   type RabbitMqTransport,

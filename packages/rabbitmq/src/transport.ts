@@ -1,4 +1,4 @@
-import amqp, { type ChannelModel } from 'amqplib';
+import amqp, { type Channel, type ChannelModel } from 'amqplib';
 import type { ConsumeOptions, Consumer, Transport, TransportMessage } from 'eventline';
 import { GroupMember, type GroupSettings } from './consumer.js';
 import { Session } from './session.js';
@@ -357,4 +357,38 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
       return { exchanges: [exchange, names.members], queues: [names.stream, ...declaredQueues] };
     },
   };
+}
+
+/**
+ * Closes the transports and deletes every exchange and queue they declared (their `topology()`): the clean-up of a
+ * namespace that is no longer used, such as a test's or a benchmark's. Connects to `url` (default: `AMQP_URL`, else
+ * `amqp://guest:guest@127.0.0.1:5672`). Names already gone are skipped.
+ */
+export async function deleteRabbitMqTopology(transports: readonly RabbitMqTransport[], url = process.env.AMQP_URL ?? DEFAULT_AMQP_URL): Promise<void> {
+  const queues = new Set<string>();
+  const exchanges = new Set<string>();
+  for (const transport of transports) {
+    await transport.close().catch(() => undefined);
+    const topology = transport.topology();
+    topology.queues.forEach((queue) => queues.add(queue));
+    topology.exchanges.forEach((exchange) => exchanges.add(exchange));
+  }
+  if (queues.size === 0 && exchanges.size === 0) return;
+  const connection = await amqp.connect(url);
+  try {
+    for (const [names, remove] of [
+      [queues, (channel: Channel, name: string) => channel.deleteQueue(name)],
+      [exchanges, (channel: Channel, name: string) => channel.deleteExchange(name)],
+    ] as const) {
+      for (const name of names) {
+        // A channel each: deleting a name that is gone closes the channel with an error.
+        const channel = await connection.createChannel();
+        channel.on('error', () => undefined);
+        await remove(channel, name).catch(() => undefined);
+        await channel.close().catch(() => undefined);
+      }
+    }
+  } finally {
+    await connection.close().catch(() => undefined);
+  }
 }

@@ -3,8 +3,7 @@
 import { execFile } from 'node:child_process';
 import { createConnection } from 'node:net';
 import { promisify } from 'node:util';
-import amqp from 'amqplib';
-import { DEFAULT_AMQP_URL, type RabbitMqTransport } from '@eventline/rabbitmq';
+import { DEFAULT_AMQP_URL, deleteRabbitMqTopology, type RabbitMqTransport } from '@eventline/rabbitmq';
 
 export const url = process.env.AMQP_URL ?? DEFAULT_AMQP_URL;
 const target = new URL(url.replace(/^amqps?:/, 'http:'));
@@ -68,30 +67,6 @@ export async function restartRabbitMq(during: () => Promise<void> = async () => 
 }
 
 /** Closes the transports and deletes every queue and exchange they declared (a test namespace's clean-up). */
-export async function deleteTopology(transports: readonly RabbitMqTransport[]): Promise<void> {
-  const queues = new Set<string>();
-  const exchanges = new Set<string>();
-  for (const transport of transports) {
-    await transport.close().catch(() => undefined);
-    const topology = transport.topology();
-    topology.queues.forEach((queue) => queues.add(queue));
-    topology.exchanges.forEach((exchange) => exchanges.add(exchange));
-  }
-  if (queues.size === 0 && exchanges.size === 0) return;
-  const connection = await amqp.connect(url);
-  try {
-    for (const [names, remove] of [
-      [queues, (channel: amqp.Channel, name: string) => channel.deleteQueue(name)],
-      [exchanges, (channel: amqp.Channel, name: string) => channel.deleteExchange(name)],
-    ] as const) {
-      for (const name of names) {
-        const channel = await connection.createChannel();
-        channel.on('error', () => undefined);
-        await remove(channel, name).catch(() => undefined);
-        await channel.close().catch(() => undefined);
-      }
-    }
-  } finally {
-    await connection.close().catch(() => undefined);
-  }
+export function deleteTopology(transports: readonly RabbitMqTransport[]): Promise<void> {
+  return deleteRabbitMqTopology(transports, url);
 }
