@@ -14,21 +14,29 @@ export type JsonObject = { [key: string]: JsonValue };
  */
 export function jsonIssues(value: unknown, path: Array<string | number> = []): ValidationIssue[] {
   const issues: ValidationIssue[] = [];
-  walk(value, path, new Set(), issues);
+  // One path stack for the whole walk, copied only when an issue is found: this runs on every event appended.
+  walk(value, [...path], new Set(), issues);
   return issues;
 }
 
-/** A UTF-16 surrogate without its pair: JSON.stringify writes it as `\ud800`, which PostgreSQL's jsonb refuses. */
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 const LONE_SURROGATE_MESSAGE = 'strings must be well-formed Unicode (this one has a lone surrogate, which PostgreSQL cannot store)';
+
+/** Why a string (a value or a key) cannot be stored, or undefined. */
+function stringIssue(value: string): string | undefined {
+  if (value.includes('\u0000')) return 'cannot contain the NUL character (U+0000)';
+  // A UTF-16 surrogate without its pair: JSON.stringify writes it as `\ud800`, which PostgreSQL's jsonb refuses.
+  if (!value.isWellFormed()) return LONE_SURROGATE_MESSAGE;
+  return undefined;
+}
 
 function walk(value: unknown, path: Array<string | number>, seen: Set<object>, issues: ValidationIssue[]): void {
   if (issues.length >= 10) return;
   switch (typeof value) {
-    case 'string':
-      if (value.includes('\u0000')) issues.push({ path: [...path], message: 'strings cannot contain the NUL character (U+0000)' });
-      else if (LONE_SURROGATE.test(value)) issues.push({ path: [...path], message: LONE_SURROGATE_MESSAGE });
+    case 'string': {
+      const issue = stringIssue(value);
+      if (issue !== undefined) issues.push({ path: [...path], message: issue === LONE_SURROGATE_MESSAGE ? issue : `strings ${issue}` });
       return;
+    }
     case 'boolean':
       return;
     case 'number':
@@ -53,18 +61,27 @@ function walk(value: unknown, path: Array<string | number>, seen: Set<object>, i
   }
   seen.add(object);
   if (Array.isArray(object)) {
-    object.forEach((item, index) => walk(item, [...path, index], seen, issues));
+    for (let index = 0; index < object.length; index++) {
+      path.push(index);
+      walk(object[index], path, seen, issues);
+      path.pop();
+    }
   } else {
     const proto = Object.getPrototypeOf(object) as unknown;
     if (proto !== Object.prototype && proto !== null) {
       const name = (object as { constructor?: { name?: string } }).constructor?.name ?? 'object';
       issues.push({ path: [...path], message: `a ${name} is not plain JSON; convert it (e.g. a Date to an ISO string) first` });
     } else {
-      for (const [key, item] of Object.entries(object)) {
+      const record = object as Record<string, unknown>;
+      // A plain object's own enumerable string keys (its prototype is Object.prototype or null): what JSON.stringify writes.
+      for (const key in record) {
+        const item = record[key];
         if (item === undefined) continue;
-        if (key.includes('\u0000')) issues.push({ path: [...path, key], message: 'keys cannot contain the NUL character (U+0000)' });
-        else if (LONE_SURROGATE.test(key)) issues.push({ path: [...path, key], message: LONE_SURROGATE_MESSAGE });
-        walk(item, [...path, key], seen, issues);
+        path.push(key);
+        const issue = stringIssue(key);
+        if (issue !== undefined) issues.push({ path: [...path], message: issue === LONE_SURROGATE_MESSAGE ? issue : `keys ${issue}` });
+        walk(item, path, seen, issues);
+        path.pop();
       }
     }
   }

@@ -28,6 +28,7 @@ import {
   type EventStoreSession,
   type ExpectedVersion,
   type Position,
+  type PreparedEvent,
   type ReadAllHoldback,
   type ReadAllOptions,
   type ReadAllPage,
@@ -151,6 +152,49 @@ function duplicateIdsOf(error: unknown, ids: readonly string[]): string[] | null
   return found && ids.includes(found) ? [found] : [...ids];
 }
 
+/** An append checked by prepareAppend and encoded for the append statement (see appendEvents in sql.ts). */
+interface EncodedAppend {
+  readonly streamId: string;
+  readonly expectedVersion: ExpectedVersion;
+  readonly eventIds: readonly string[];
+  /** The ids as a PostgreSQL array literal, '{id,id}' (UUIDs need no quoting). */
+  readonly ids: string;
+  /** '[["Type",data,metadata],...]': JSON made of the JSON prepareAppend produced, with no second serialisation. */
+  readonly batch: string;
+  /** For error messages: "append to 'stream'". */
+  readonly operation: string;
+}
+
+function encodeAppend(streamId: string, expectedVersion: ExpectedVersion, events: readonly PreparedEvent[]): EncodedAppend {
+  // Types are letters, digits and '_' (checked by prepareAppend): no escaping needed.
+  const eventIds: string[] = [];
+  let batch = '[';
+  for (let i = 0; i < events.length; i++) {
+    const event = events[i]!;
+    eventIds.push(event.id);
+    batch += `${i === 0 ? '' : ','}["${event.type}",${event.dataJson},${event.metadataJson}]`;
+  }
+  return { streamId, expectedVersion, eventIds, ids: `{${eventIds.join(',')}}`, batch: `${batch}]`, operation: `append to '${streamId}'` };
+}
+
+/** The append's result, or its refusal as a typed error, from the append function's result line. */
+function appendResult(append: EncodedAppend, line: string): AppendResult {
+  const fields = line.split(' ');
+  const status = fields[0] as WriteRow['status'];
+  const id = append.streamId;
+  if (status === 'ok' || status === 'duplicate') {
+    return {
+      streamId: id,
+      version: Number(fields[1]),
+      firstVersion: Number(fields[2]),
+      position: formatPosition(BigInt(fields[4]!), BigInt(fields[3]!)),
+      duplicate: status === 'duplicate',
+    };
+  }
+  if (status === 'id_conflict') throw new EventIdConflictError(id, fields[1] ? fields[1].split(',') : [...append.eventIds]);
+  throw refusal({ status, stream_version: fields[1] ?? null, stream_exists: fields[2] === 'true' }, id, append.expectedVersion);
+}
+
 function toStreamInfo(streamId: string, row: StreamRowData | undefined): StreamInfo {
   if (!row) return { streamId, exists: false, version: 0, deleted: null };
   const version = Number(row.version);
@@ -191,44 +235,32 @@ export class SqlSession implements EventStoreSession {
   async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
     await this.enter('append');
     const prepared = await prepareAppend(streamId, events, options, { registry: this.config.events, maxEventBytes: this.config.maxEventBytes });
-    const id = prepared.streamId;
-    const operation = `append to '${id}'`;
-    await this.enter(operation);
-    // '{id,id}' (UUIDs need no quoting) and '[["Type",data,metadata],...]' from the JSON prepareAppend produced: no
-    // escaping and no second serialisation (types are letters, digits and '_').
-    let ids = '{';
-    let batch = '[';
-    for (let i = 0; i < prepared.events.length; i++) {
-      const event = prepared.events[i]!;
-      const separator = i === 0 ? '' : ',';
-      ids += separator + event.id;
-      batch += `${separator}["${event.type}",${event.dataJson},${event.metadataJson}]`;
-    }
-    ids += '}';
-    batch += ']';
-    await this.executor.beforeStreamWrite?.(id);
-    let result: string;
+    const append = encodeAppend(prepared.streamId, prepared.expectedVersion, prepared.events);
+    await this.enter(append.operation);
+    await this.executor.beforeStreamWrite?.(append.streamId);
+    return appendResult(append, await this.appendLine(append));
+  }
+
+  /**
+   * Runs the append statement and resolves with its result line (see appendEvents in sql.ts). The store's own session
+   * (no `guard`: each statement its own transaction) skips the look-up of the batch's ids (see appendEventsFunction in
+   * sql.ts) and asks again with it only when the unique index refused an id; a transaction's session always looks, so
+   * that a retry or a conflict is an answer and not an aborted transaction.
+   */
+  private async appendLine(append: EncodedAppend, check = this.guard !== undefined): Promise<string> {
     try {
-      const rows = await this.executor.query<AppendRow>(this.config.statements.appendEvents, [id, expectedText(prepared.expectedVersion), ids, batch], operation);
-      result = rows[0]!.r;
+      const rows = await this.executor.query<AppendRow>(
+        this.config.statements.appendEvents,
+        [append.streamId, expectedText(append.expectedVersion), append.ids, append.batch, check],
+        append.operation,
+      );
+      return rows[0]!.r;
     } catch (error) {
-      const conflicting = duplicateIdsOf(error, prepared.events.map((event) => event.id));
-      if (conflicting) throw new EventIdConflictError(id, conflicting);
-      throw error;
+      const conflicting = duplicateIdsOf(error, append.eventIds);
+      if (!conflicting) throw error;
+      if (!check) return this.appendLine(append, true);
+      throw new EventIdConflictError(append.streamId, conflicting);
     }
-    const fields = result.split(' ');
-    const status = fields[0] as WriteRow['status'];
-    if (status === 'ok' || status === 'duplicate') {
-      return {
-        streamId: id,
-        version: Number(fields[1]),
-        firstVersion: Number(fields[2]),
-        position: formatPosition(BigInt(fields[4]!), BigInt(fields[3]!)),
-        duplicate: status === 'duplicate',
-      };
-    }
-    if (status === 'id_conflict') throw new EventIdConflictError(id, fields[1] ? fields[1].split(',') : prepared.events.map((event) => event.id));
-    throw refusal({ status, stream_version: fields[1] ?? null, stream_exists: fields[2] === 'true' }, id, prepared.expectedVersion);
   }
 
   readStream(streamId: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent> {

@@ -11,6 +11,7 @@ import {
   quoteSchema,
   recordMigration,
   schemaV1,
+  schemaV3,
 } from './sql.js';
 import { schemaV2 } from './read-side-sql.js';
 
@@ -24,6 +25,7 @@ export interface Migration {
 export const migrations: readonly Migration[] = [
   { version: 1, name: 'event store: streams, events, append_events / delete_stream / set_stream_metadata', sql: schemaV1 },
   { version: 2, name: 'read side: checkpoints, leases, parked events, snapshots, projection catalog, inbox, read-model registry', sql: schemaV2 },
+  { version: 3, name: 'append_events: the id look-up optional outside transactions', sql: schemaV3 },
 ];
 
 /** The latest migration version this package knows. */

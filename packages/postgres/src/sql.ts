@@ -75,48 +75,13 @@ const expectedVersionHolds = `CASE p_expected
     ELSE p_expected::bigint = v_stream.version
   END`;
 
-export const schemaV1 = (s: string) => `
-CREATE TABLE ${s}.streams (
-  stream_id text PRIMARY KEY,
-  category text NOT NULL,
-  version bigint NOT NULL DEFAULT 0,
-  hidden_before bigint NOT NULL DEFAULT 0,
-  deleted text NULL CHECK (deleted IN ('soft', 'hard')),
-  metadata jsonb NOT NULL DEFAULT '{}'
-) WITH (fillfactor = 80);
-
-CREATE TABLE ${s}.events (
-  position bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME ${s}.events_position_seq),
-  transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
-  event_id uuid NOT NULL UNIQUE,
-  stream_id text NOT NULL,
-  version bigint NOT NULL,
-  category text NOT NULL,
-  type text NOT NULL,
-  data jsonb NOT NULL,
-  metadata jsonb NOT NULL,
-  recorded_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (transaction_id, position),
-  UNIQUE (stream_id, version)
-);
-
--- Every statement in these functions is an index lookup by design, whatever the arguments. They use generic plans
--- (re-planning on each call, PostgreSQL's choice for some of them, costs more than the whole append) made without
--- sequential scans (a plan cached while a table is still nearly empty would otherwise scan it as it grows).
-
--- Appends a batch in one call: p_ids are the event ids, p_events a JSON array of [type, data, metadata], one per id.
--- Returns its outcome as one line of text (see appendEvents below): 'ok', 'duplicate' (this exact batch is already
--- stored: its original result), 'deleted' (tombstone), 'wrong_version' (with the stream's version and whether it
--- exists) or 'id_conflict' (with the ids already stored elsewhere). It never raises for a refused append, so that a
--- refusal inside a transaction does not abort it; a concurrent insert of the same ids into another stream raises 23505.
---
--- The common cases take a fast path: a new stream is created at its final version by one INSERT; an existing stream
--- whose expected version holds is locked and bumped by one UPDATE. Either holds the stream's row lock, so the
--- idempotency check that follows sees every earlier append of the stream; then one INSERT writes the events. Anything
--- else (a retry, a conflict, a refusal, a tombstone, a soft-deleted stream created again, a race with a concurrent
--- creator) is undone and decided on the slow path, under the lock, in the order of the in-memory store: tombstone,
--- idempotency, expected version.
-CREATE FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb)
+/**
+ * The append function (see its comment in {@link schemaV1}). Migration 1 created it without `optionalCheck`; migration 3
+ * re-creates it with `p_check` (default true): false skips the look-up of the batch's ids before the INSERT, for
+ * appends outside a transaction, where the unique index refusing a stored id simply fails the statement (the store then
+ * asks again with the check, to tell a retry from a conflict). In a transaction, a refused append must not abort it.
+ */
+const appendEventsFunction = (s: string, optionalCheck: boolean) => `CREATE FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb${optionalCheck ? ', p_check boolean DEFAULT true' : ''})
 RETURNS text
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
@@ -161,7 +126,7 @@ BEGIN
     INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
     SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_category, u.e->>0, u.e->1, u.e->2
       FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n)
-     WHERE NOT EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids));
+     WHERE ${optionalCheck ? 'NOT p_check OR ' : ''}NOT EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids));
     IF FOUND THEN
       IF v_deleted = 'soft' THEN
         -- Appending re-creates a soft-deleted stream.
@@ -211,7 +176,50 @@ BEGIN
     FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n);
   RETURN concat_ws(' ', 'ok', v_base + v_count, v_base + 1, currval('${s}.events_position_seq'), v_tx);
 END
-$fn$;
+$fn$;`;
+
+export const schemaV1 = (s: string) => `
+CREATE TABLE ${s}.streams (
+  stream_id text PRIMARY KEY,
+  category text NOT NULL,
+  version bigint NOT NULL DEFAULT 0,
+  hidden_before bigint NOT NULL DEFAULT 0,
+  deleted text NULL CHECK (deleted IN ('soft', 'hard')),
+  metadata jsonb NOT NULL DEFAULT '{}'
+) WITH (fillfactor = 80);
+
+CREATE TABLE ${s}.events (
+  position bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME ${s}.events_position_seq),
+  transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  event_id uuid NOT NULL UNIQUE,
+  stream_id text NOT NULL,
+  version bigint NOT NULL,
+  category text NOT NULL,
+  type text NOT NULL,
+  data jsonb NOT NULL,
+  metadata jsonb NOT NULL,
+  recorded_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (transaction_id, position),
+  UNIQUE (stream_id, version)
+);
+
+-- Every statement in these functions is an index lookup by design, whatever the arguments. They use generic plans
+-- (re-planning on each call, PostgreSQL's choice for some of them, costs more than the whole append) made without
+-- sequential scans (a plan cached while a table is still nearly empty would otherwise scan it as it grows).
+
+-- Appends a batch in one call: p_ids are the event ids, p_events a JSON array of [type, data, metadata], one per id.
+-- Returns its outcome as one line of text (see appendEvents below): 'ok', 'duplicate' (this exact batch is already
+-- stored: its original result), 'deleted' (tombstone), 'wrong_version' (with the stream's version and whether it
+-- exists) or 'id_conflict' (with the ids already stored elsewhere). It never raises for a refused append, so that a
+-- refusal inside a transaction does not abort it; a concurrent insert of the same ids into another stream raises 23505.
+--
+-- The common cases take a fast path: a new stream is created at its final version by one INSERT; an existing stream
+-- whose expected version holds is locked and bumped by one UPDATE. Either holds the stream's row lock, so the
+-- idempotency check that follows sees every earlier append of the stream; then one INSERT writes the events. Anything
+-- else (a retry, a conflict, a refusal, a tombstone, a soft-deleted stream created again, a race with a concurrent
+-- creator) is undone and decided on the slow path, under the lock, in the order of the in-memory store: tombstone,
+-- idempotency, expected version.
+${appendEventsFunction(s, false)}
 
 -- Soft delete (hide the events, numbering continues) or hard delete (tombstone; the events are removed unless
 -- p_keep_events, which PGlite transactions use to remove them at commit). Statuses as for append_events.
@@ -280,6 +288,12 @@ END
 $fn$;
 `;
 
+/** Migration 3: `append_events` gains `p_check` (see {@link appendEventsFunction}). */
+export const schemaV3 = (s: string) => `
+DROP FUNCTION ${s}.append_events(text, text, uuid[], jsonb);
+${appendEventsFunction(s, true)}
+`;
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Statements the stores run.
 
@@ -300,7 +314,7 @@ const EVENT_COLUMNS = `e.event_id, e.stream_id, e.type, e.version,
  * `ok|duplicate <version> <first version> <last position> <transaction id>`, `wrong_version <version> <true|false: exists>`,
  * `id_conflict <id,id...>` or `deleted`.
  */
-export const appendEvents = (s: string) => `SELECT ${s}.append_events($1, $2, $3::uuid[], $4::jsonb) AS r`;
+export const appendEvents = (s: string) => `SELECT ${s}.append_events($1, $2, $3::uuid[], $4::jsonb, $5) AS r`;
 
 /** $1 stream id, $2 expected version as text, $3 hard, $4 keep the events (until commit). */
 export const deleteStream = (s: string) => `SELECT status, stream_version, stream_exists FROM ${s}.delete_stream($1, $2, $3, $4)`;

@@ -16,7 +16,7 @@ import {
   type Position,
   type RecordedEvent,
 } from 'eventline';
-import { LATEST_MIGRATION, createPostgresStore, type PostgresEventStore, type SqlSession } from '@eventline/postgres';
+import { LATEST_MIGRATION, createPostgresStore, migrations, type PostgresEventStore, type SqlSession } from '@eventline/postgres';
 import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
 
 let admin: pg.Client;
@@ -85,6 +85,35 @@ describe('migrations', () => {
     await Promise.all([s.append('acct-1', [ev()]), s.streamInfo('acct-1'), s.headPosition(), collect(s.readAll())]);
     const { rows } = await admin.query(`SELECT count(*)::int AS n FROM "${schema}".migrations`);
     assert.equal(rows[0].n, LATEST_MIGRATION);
+  });
+  it('a schema created by an older version is brought up to date, and its events and idempotency carry over', async () => {
+    // Migrations 1 and 2 as an older release applied them: the append function without the p_check parameter.
+    const schema = uniqueSchema('upg');
+    const quoted = `"${schema}"`;
+    await admin.query(`CREATE SCHEMA ${quoted}; CREATE TABLE ${quoted}.migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+    for (const migration of migrations.filter((m) => m.version <= 2)) {
+      await admin.query(migration.sql(quoted));
+      await admin.query(`INSERT INTO ${quoted}.migrations (version, name) VALUES ($1, $2)`, [migration.version, migration.name]);
+    }
+    const first = ev();
+    const { rows: old } = await admin.query(`SELECT ${quoted}.append_events('acct-1', 'any', $1::uuid[], $2::jsonb) AS r`, [
+      `{${first.id}}`,
+      JSON.stringify([[first.type, first.data, { schemaVersion: 1 }]]),
+    ]);
+    assert.match(old[0].r, /^ok 1 1 /);
+
+    const s = store({ schema });
+    assert.deepEqual(await s.migrate(), Array.from({ length: LATEST_MIGRATION - 2 }, (_, i) => i + 3));
+    // The event appended before the upgrade, retried after it with expectedVersion 'any': the original result.
+    const retried = await s.append('acct-1', [first]);
+    assert.equal(retried.duplicate, true);
+    assert.equal(retried.version, 1);
+    // Its id in another stream: a conflict, with nothing stored.
+    await assert.rejects(s.append('acct-2', [first]), EventIdConflictError);
+    assert.deepEqual(await s.streamInfo('acct-2'), { streamId: 'acct-2', exists: false, version: 0, deleted: null });
+    const appended = await s.append('acct-1', [ev()], { expectedVersion: 1 });
+    assert.equal(appended.version, 2);
+    assert.equal((await collect(s.readStream('acct-1'))).length, 2);
   });
 });
 

@@ -32,43 +32,51 @@ export async function prepareAppend(
   const limit = config.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
   const seen = new Set<string>();
   const prepared: PreparedEvent[] = [];
-  for (const [index, raw] of (events as unknown[]).entries()) {
-    const where = `Append to '${id}', event #${index}`;
-    if (typeof raw !== 'object' || raw === null) throw new ValidationError(`${where}: expected an object { type, data, metadata?, id? }`);
+  for (let index = 0; index < events.length; index++) {
+    const raw = (events as unknown[])[index];
+    if (typeof raw !== 'object' || raw === null) throw new ValidationError(`${where(id, index)}: expected an object { type, data, metadata?, id? }`);
     const input = raw as EventInput<string, unknown>;
     if (!isValidEventType(input.type)) {
-      throw new ValidationError(`${where}: invalid event type ${JSON.stringify((raw as { type?: unknown }).type) ?? 'undefined'}; use a letter followed by letters, digits or '_'`);
+      throw new ValidationError(`${where(id, index)}: invalid event type ${JSON.stringify((raw as { type?: unknown }).type) ?? 'undefined'}; use a letter followed by letters, digits or '_'`);
     }
     const eventId = input.id ?? newId();
-    if (!isUuid(eventId)) throw new ValidationError(`${where} (${input.type}): event id ${JSON.stringify(eventId)} is not a UUID`);
+    if (!isUuid(eventId)) throw new ValidationError(`${where(id, index)} (${input.type}): event id ${JSON.stringify(eventId)} is not a UUID`);
     const normalisedId = eventId.toLowerCase();
-    if (seen.has(normalisedId)) throw new ValidationError(`${where} (${input.type}): event id ${eventId} appears twice in the batch`);
+    if (seen.has(normalisedId)) throw new ValidationError(`${where(id, index)} (${input.type}): event id ${eventId} appears twice in the batch`);
     seen.add(normalisedId);
     const type = input.type;
-    if (!('data' in input)) throw new ValidationError(`${where} (${type}): missing 'data' (use null for an event without data)`);
+    if (!('data' in input)) throw new ValidationError(`${where(id, index)} (${type}): missing 'data' (use null for an event without data)`);
     // Only a registry's schema can be asynchronous; without one, no await (a microtask per event adds up on big batches).
     const validation = config.registry ? validateEventData(config.registry, input.type, input.data) : { data: input.data, schemaVersion: undefined };
     const validated = validation instanceof Promise ? await validation : validation;
     const dataIssues = jsonIssues(validated.data, ['data']);
     const metadataInput = input.metadata ?? {};
     if (typeof metadataInput !== 'object' || metadataInput === null || Array.isArray(metadataInput)) {
-      throw new ValidationError(`${where} (${input.type}): metadata must be an object`);
+      throw new ValidationError(`${where(id, index)} (${input.type}): metadata must be an object`);
     }
     const metadata = { ...metadataInput, schemaVersion: validated.schemaVersion ?? metadataInput.schemaVersion ?? 1 };
     const metadataIssues = jsonIssues(metadata, ['metadata']);
     if (dataIssues.length + metadataIssues.length > 0) {
-      throw new ValidationError(`${where} (${input.type}) is not JSON`, [...dataIssues, ...metadataIssues]);
+      throw new ValidationError(`${where(id, index)} (${input.type}) is not JSON`, [...dataIssues, ...metadataIssues]);
     }
     if (!Number.isInteger(metadata.schemaVersion) || metadata.schemaVersion < 1) {
-      throw new ValidationError(`${where} (${input.type}): metadata.schemaVersion must be a whole number of 1 or more`);
+      throw new ValidationError(`${where(id, index)} (${input.type}): metadata.schemaVersion must be a whole number of 1 or more`);
     }
     const dataJson = JSON.stringify(validated.data);
     const metadataJson = JSON.stringify(metadata);
-    const bytes = Buffer.byteLength(dataJson) + Buffer.byteLength(metadataJson);
-    if (bytes > limit) throw new PayloadTooLargeError(id, input.type, bytes, limit);
+    // A UTF-16 code unit is at most 3 bytes of UTF-8: only a payload that might be over the limit is measured.
+    if ((dataJson.length + metadataJson.length) * 3 > limit) {
+      const bytes = Buffer.byteLength(dataJson) + Buffer.byteLength(metadataJson);
+      if (bytes > limit) throw new PayloadTooLargeError(id, input.type, bytes, limit);
+    }
     prepared.push({ id: normalisedId, type: input.type, dataJson, metadataJson });
   }
   return { streamId: id, expectedVersion, events: prepared };
+}
+
+/** The start of an append's error messages; built only for an error (the loop above runs for every event appended). */
+function where(streamId: string, index: number): string {
+  return `Append to '${streamId}', event #${index}`;
 }
 
 /** Checks an expectedVersion option; `undefined` means `'any'`. */
