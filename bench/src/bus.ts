@@ -51,7 +51,7 @@ const nats: Broker = {
   name: 'nats',
   transport: (prefix) => createNatsTransport({ servers: NATS_URL, prefix, onError: () => undefined }),
   async raw(prefix) {
-    const nc = await natsConnect({ servers: NATS_URL, name: 'eventline-bench-raw' });
+    const nc = await natsConnect({ servers: NATS_URL, name: 'eventline-bench-raw', noAsyncTraces: true }); // as the transport connects
     const stream = safeName(prefix);
     await (await jetstreamManager(nc)).streams.add({ name: stream, subjects: [`${prefix}.>`], duplicate_window: nanos(120_000) });
     const js = jetstream(nc);
