@@ -25,7 +25,7 @@ const SINGLE_APPENDS: Record<number, number> = { 1: 500, 8: 1000 };
  */
 const PRIMED_EVENTS = 10_000;
 const BATCH_SIZE = 100;
-const BATCHES = 30;
+const BATCHES = 100;
 /** Reads of the hot stream per round of `readStream.10k`. */
 const STREAM_READS = 3;
 

@@ -153,7 +153,7 @@ function duplicateIdsOf(error: unknown, ids: readonly string[]): string[] | null
 }
 
 /** An append checked by prepareAppend and encoded for the append statement (see appendEvents in sql.ts). */
-interface EncodedAppend {
+export interface EncodedAppend {
   readonly streamId: string;
   readonly expectedVersion: ExpectedVersion;
   readonly eventIds: readonly string[];
@@ -238,7 +238,12 @@ export class SqlSession implements EventStoreSession {
     const append = encodeAppend(prepared.streamId, prepared.expectedVersion, prepared.events);
     await this.enter(append.operation);
     await this.executor.beforeStreamWrite?.(append.streamId);
-    return appendResult(append, await this.appendLine(append));
+    return appendResult(append, await this.sendAppend(append));
+  }
+
+  /** Sends an append; resolves with the append function's result line. The PostgreSQL store groups them (append-groups.ts). */
+  protected sendAppend(append: EncodedAppend): Promise<string> {
+    return this.appendLine(append);
   }
 
   /**
@@ -247,7 +252,7 @@ export class SqlSession implements EventStoreSession {
    * sql.ts) and asks again with it only when the unique index refused an id; a transaction's session always looks, so
    * that a retry or a conflict is an answer and not an aborted transaction.
    */
-  private async appendLine(append: EncodedAppend, check = this.guard !== undefined): Promise<string> {
+  protected async appendLine(append: EncodedAppend, check = this.guard !== undefined): Promise<string> {
     try {
       const rows = await this.executor.query<AppendRow>(
         this.config.statements.appendEvents,

@@ -25,7 +25,7 @@ export interface Migration {
 export const migrations: readonly Migration[] = [
   { version: 1, name: 'event store: streams, events, append_events / delete_stream / set_stream_metadata', sql: schemaV1 },
   { version: 2, name: 'read side: checkpoints, leases, parked events, snapshots, projection catalog, inbox, read-model registry', sql: schemaV2 },
-  { version: 3, name: 'append_events: the id look-up optional outside transactions', sql: schemaV3 },
+  { version: 3, name: 'append_events: optional id look-up and lock wait; append_group (group commit)', sql: schemaV3 },
 ];
 
 /** The latest migration version this package knows. */

@@ -3,8 +3,9 @@
  */
 import pg from 'pg';
 import type { SqlClient } from './core.js';
-import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
-import { SqlSession, SqlStoreBase, type Executor, type StoreConfig } from './core.js';
+import { StoreClosedError, ValidationError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
+import { AppendGroups, DEFAULT_APPEND_GROUP_OPTIONS, type AppendGroupOptions } from './append-groups.js';
+import { SqlSession, SqlStoreBase, type EncodedAppend, type Executor, type StoreConfig } from './core.js';
 import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';
 import { runMigrations } from './migrations.js';
 import { DEFAULT_SCHEMA, statementsFor, type Statement } from './sql.js';
@@ -22,6 +23,12 @@ export interface PostgresStoreOptions extends EventStoreOptions {
   schema?: string;
   /** Connections of the pool the store creates (ignored with `pool`). Default 10. */
   poolSize?: number;
+  /**
+   * Group commit (see the package README): appends outside `transaction()` made in the same turn of the event loop, or
+   * while this many statements of appends are at the server, go together in one statement and one commit, each still
+   * succeeding or refused on its own. Default 4. `0` turns grouping off: each append is sent at once, alone.
+   */
+  maxConcurrentAppends?: number;
 }
 
 /** The PostgreSQL event store: the {@link EventStore} contract, plus migrations and access to its pool. */
@@ -58,7 +65,12 @@ export function createPostgresStore(options: PostgresStoreOptions = {}): Postgre
     });
   // An idle connection that the server drops must not crash the process: the pool discards it and opens another.
   if (ownPool) pool.on('error', () => {});
-  return new PostgresStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, pool, ownPool);
+  const maxInFlight = options.maxConcurrentAppends ?? DEFAULT_APPEND_GROUP_OPTIONS.maxInFlight;
+  if (!(Number.isSafeInteger(maxInFlight) && maxInFlight >= 0)) {
+    throw new ValidationError(`maxConcurrentAppends must be a whole number of 0 (no grouping) or more; got ${JSON.stringify(maxInFlight)}`);
+  }
+  const grouping = maxInFlight === 0 ? null : { ...DEFAULT_APPEND_GROUP_OPTIONS, maxInFlight };
+  return new PostgresStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, pool, ownPool, grouping);
 }
 
 const guarded = new WeakSet<pg.PoolClient>();
@@ -107,8 +119,22 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
     config: StoreConfig,
     readonly pool: pg.Pool,
     private readonly ownPool: boolean,
+    grouping: AppendGroupOptions | null,
   ) {
     super(config, new PoolExecutor(pool));
+    this.groups =
+      grouping &&
+      new AppendGroups<EncodedAppend>(
+        grouping,
+        (append) => this.appendLine(append),
+        async (parameters) => (await this.executor.query<{ r: string[] }>(config.statements.appendGroup, parameters, `append to ${parameters[0].length} streams`))[0]!.r,
+      );
+  }
+
+  private readonly groups: AppendGroups<EncodedAppend> | null;
+
+  protected override sendAppend(append: EncodedAppend): Promise<string> {
+    return this.groups ? this.groups.submit(append) : this.appendLine(append);
   }
 
   protected async runMigrations(): Promise<number[]> {

@@ -49,7 +49,38 @@ export const migrationLock = () => `SELECT pg_advisory_xact_lock($1::int4, $2::i
  * INSERT waits for a concurrent inserter's transaction, then the row is selected FOR UPDATE. `v_created` tells the
  * caller to delete the row again when the operation is refused, so that a refused write leaves nothing behind.
  */
-const lockStream = (s: string) => `
+const lockStream = (s: string, nowait = false) =>
+  nowait
+    ? `
+  IF p_nowait THEN
+    SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND AND EXISTS (SELECT 1 FROM ${s}.streams WHERE stream_id = p_stream_id) THEN
+      RETURN 'busy';
+    END IF;
+  ELSE
+    SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
+  END IF;
+  IF NOT FOUND THEN
+    LOOP
+      INSERT INTO ${s}.streams (stream_id, category) VALUES (p_stream_id, split_part(p_stream_id, '-', 1))
+        ON CONFLICT (stream_id) DO NOTHING
+        RETURNING * INTO v_stream;
+      IF FOUND THEN
+        v_created := true;
+        EXIT;
+      END IF;
+      IF p_nowait THEN
+        SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+          RETURN 'busy';
+        END IF;
+        EXIT;
+      END IF;
+      SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
+      EXIT WHEN FOUND;
+    END LOOP;
+  END IF;`
+    : `
   SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
   IF NOT FOUND THEN
     LOOP
@@ -65,6 +96,18 @@ const lockStream = (s: string) => `
     END LOOP;
   END IF;`;
 
+/**
+ * p_nowait: takes the lock of an existing stream's row before the fast path's UPDATE (which would wait for it), or
+ * answers 'busy' when another transaction holds it. A missing row is left to the UPDATE (which then finds nothing).
+ */
+const nowaitPrelock = (s: string) => `
+    IF p_nowait THEN
+      PERFORM 1 FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE SKIP LOCKED;
+      IF NOT FOUND AND EXISTS (SELECT 1 FROM ${s}.streams WHERE stream_id = p_stream_id) THEN
+        RETURN 'busy';
+      END IF;
+    END IF;`;
+
 const dropIfCreated = (s: string) => `IF v_created THEN DELETE FROM ${s}.streams WHERE stream_id = p_stream_id; END IF;`;
 
 /** The expected-version rule of `checkExpectedVersion` in eventline's validate.ts, in SQL. */
@@ -76,12 +119,15 @@ const expectedVersionHolds = `CASE p_expected
   END`;
 
 /**
- * The append function (see its comment in {@link schemaV1}). Migration 1 created it without `optionalCheck`; migration 3
- * re-creates it with `p_check` (default true): false skips the look-up of the batch's ids before the INSERT, for
- * appends outside a transaction, where the unique index refusing a stored id simply fails the statement (the store then
- * asks again with the check, to tell a retry from a conflict). In a transaction, a refused append must not abort it.
+ * The append function (see its comment in {@link schemaV1}). Migration 1 created it as it was then (`v3` false);
+ * migration 3 re-creates it with two parameters:
+ * - `p_check` (default true): false skips the look-up of the batch's ids before the INSERT, for appends outside a
+ *   transaction, where the unique index refusing a stored id simply fails the statement (the store then asks again
+ *   with the check, to tell a retry from a conflict). In a transaction, a refused append must not abort it.
+ * - `p_nowait` (default false): true never waits for a stream's row locked by another transaction, and answers `busy`
+ *   instead: used by append_group, so that one locked stream does not hold up every append of a group.
  */
-const appendEventsFunction = (s: string, optionalCheck: boolean) => `CREATE FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb${optionalCheck ? ', p_check boolean DEFAULT true' : ''})
+const appendEventsFunction = (s: string, v3: boolean) => `CREATE FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb${v3 ? ', p_check boolean DEFAULT true, p_nowait boolean DEFAULT false' : ''})
 RETURNS text
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
@@ -104,7 +150,7 @@ BEGIN
       ON CONFLICT (stream_id) DO NOTHING
       RETURNING 0, category INTO v_base, v_category;
     v_created := FOUND;
-  ELSE
+  ELSE${v3 ? nowaitPrelock(s) : ''}
     UPDATE ${s}.streams AS st SET version = st.version + v_count
      WHERE st.stream_id = p_stream_id AND st.deleted IS DISTINCT FROM 'hard'
        AND (CASE p_expected
@@ -126,7 +172,7 @@ BEGIN
     INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
     SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_category, u.e->>0, u.e->1, u.e->2
       FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n)
-     WHERE ${optionalCheck ? 'NOT p_check OR ' : ''}NOT EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids));
+     WHERE ${v3 ? 'NOT p_check OR ' : ''}NOT EXISTS (SELECT 1 FROM ${s}.events e WHERE e.event_id = ANY (p_ids));
     IF FOUND THEN
       IF v_deleted = 'soft' THEN
         -- Appending re-creates a soft-deleted stream.
@@ -144,7 +190,7 @@ BEGIN
   END IF;
 
   -- The slow path: lock (or create) the stream's row, then check in order.
-  ${lockStream(s)}
+  ${v3 ? lockStream(s, true) : lockStream(s)}
   IF v_stream.deleted = 'hard' THEN
     RETURN 'deleted';
   END IF;
@@ -288,10 +334,34 @@ END
 $fn$;
 `;
 
-/** Migration 3: `append_events` gains `p_check` (see {@link appendEventsFunction}). */
+/**
+ * Migration 3: `append_events` gains `p_check` and `p_nowait` (see {@link appendEventsFunction}), and `append_group`
+ * appends several independent batches in one call and one transaction (group commit: see append-groups.ts).
+ */
 export const schemaV3 = (s: string) => `
 DROP FUNCTION ${s}.append_events(text, text, uuid[], jsonb);
 ${appendEventsFunction(s, true)}
+
+-- Appends a group of independent batches, in the order given: p_streams, p_expected and p_counts have one entry per
+-- batch, p_ids all the event ids one batch after the other, p_events a JSON array of the batches (each as for
+-- append_events). Returns one result per batch, each what append_events returns, or 'busy': the stream's row is locked
+-- by another transaction, and rather than make the whole group wait, that batch is left for the caller to send alone.
+-- The ids are not looked up first (p_check false): a stored id fails the group, which the store then sends again
+-- batch by batch. The store sorts a group by stream id, so that two groups take their rows' locks in the same order.
+CREATE FUNCTION ${s}.append_group(p_streams text[], p_expected text[], p_ids uuid[], p_counts integer[], p_events jsonb)
+RETURNS text[]
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
+DECLARE
+  v_results text[] := '{}';
+  v_at integer := 1;
+BEGIN
+  FOR i IN 1 .. cardinality(p_streams) LOOP
+    v_results := v_results || ${s}.append_events(p_streams[i], p_expected[i], p_ids[v_at : v_at + p_counts[i] - 1], p_events -> (i - 1), false, true);
+    v_at := v_at + p_counts[i];
+  END LOOP;
+  RETURN v_results;
+END
+$fn$;
 `;
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -315,6 +385,12 @@ const EVENT_COLUMNS = `e.event_id, e.stream_id, e.type, e.version,
  * `id_conflict <id,id...>` or `deleted`.
  */
 export const appendEvents = (s: string) => `SELECT ${s}.append_events($1, $2, $3::uuid[], $4::jsonb, $5) AS r`;
+
+/**
+ * $1 stream ids, $2 expected versions as text, $3 every event id, $4 the number of events of each batch, $5 a JSON array
+ * of the batches (each as $4 of {@link appendEvents}). One column, `r`: the results, in order (see append_group).
+ */
+export const appendGroup = (s: string) => `SELECT ${s}.append_group($1::text[], $2::text[], $3::uuid[], $4::int4[], $5::jsonb) AS r`;
 
 /** $1 stream id, $2 expected version as text, $3 hard, $4 keep the events (until commit). */
 export const deleteStream = (s: string) => `SELECT status, stream_version, stream_exists FROM ${s}.delete_stream($1, $2, $3, $4)`;
@@ -430,6 +506,7 @@ export interface Statements {
   readonly schema: string;
   readonly quoted: string;
   readonly appendEvents: Statement;
+  readonly appendGroup: Statement;
   readonly deleteStream: Statement;
   readonly setStreamMetadata: Statement;
   readonly removeStreamEvents: Statement;
@@ -455,6 +532,7 @@ export function statementsFor(schema: string): Statements {
     schema,
     quoted: s,
     appendEvents: write('append', appendEvents(s)),
+    appendGroup: write('append_group', appendGroup(s)),
     deleteStream: write('delete', deleteStream(s)),
     setStreamMetadata: write('set_metadata', setStreamMetadata(s)),
     removeStreamEvents: write('remove_events', removeStreamEvents(s)),

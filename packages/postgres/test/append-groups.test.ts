@@ -1,0 +1,141 @@
+// Group commit of the PostgreSQL store (src/append-groups.ts): appends made together go in one statement, and each
+// still gets the answer it would have had alone. Runs on the real server.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
+import { ConcurrencyError, EventIdConflictError, StreamDeletedError, ValidationError, newId, type AppendResult, type EventInput } from 'eventline';
+import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
+import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
+
+let admin: pg.Client;
+const schemas: string[] = [];
+const stores: PostgresEventStore[] = [];
+const pools: pg.Pool[] = [];
+
+/** A store on a pool of its own, and a count of the append statements (append_events or append_group) it sends. */
+async function countedStore(options: { maxConcurrentAppends?: number } = {}): Promise<{ store: PostgresEventStore; statements: () => number }> {
+  const schema = uniqueSchema('grp');
+  schemas.push(schema);
+  const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 8 });
+  pools.push(pool);
+  const store = createPostgresStore({ pool, schema, ...options });
+  stores.push(store);
+  let count = 0;
+  pool.on('connect', (client) => {
+    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+      const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: string } | undefined)?.text;
+      if (text && /\.append_(events|group)\(/.test(text)) count++;
+      return query(...args);
+    };
+  });
+  await store.migrate();
+  return { store, statements: () => count };
+}
+
+before(async () => {
+  admin = await connectForTests();
+});
+
+after(async () => {
+  await Promise.all(stores.map((s) => s.close()));
+  await Promise.all(pools.map((p) => p.end()));
+  await cleanUp(admin, schemas);
+});
+
+const ev = (): EventInput & { id: string } => ({ id: newId(), type: 'Deposited', data: { amount: 1 } });
+const settle = <T>(promise: Promise<T>) => promise.then((value) => ({ value }), (error: unknown) => ({ error }));
+
+describe('group commit', () => {
+  it('appends made together go in a few statements, and each gets its own answer', async () => {
+    const { store, statements } = await countedStore();
+    const stored = ev();
+    await store.append('acct-stored', [stored], { expectedVersion: 'no_stream' });
+    await store.append('acct-open', [ev()]);
+    await store.append('acct-gone', [ev()]);
+    await store.deleteStream('acct-gone', { hard: true });
+    const before = statements();
+
+    // All made in the same turn of the event loop.
+    const fresh = Array.from({ length: 20 }, (_, i) => store.append(`acct-new${i}`, [ev(), ev()], { expectedVersion: 'no_stream' }));
+    const first = store.append('acct-open', [ev()], { expectedVersion: 1 });
+    const second = settle(store.append('acct-open', [ev()], { expectedVersion: 1 }));
+    const retried = store.append('acct-stored', [stored], { expectedVersion: 'no_stream' });
+    const gone = settle(store.append('acct-gone', [ev()]));
+
+    const results: AppendResult[] = await Promise.all(fresh);
+    for (const result of results) assert.deepEqual([result.version, result.firstVersion, result.duplicate], [2, 1, false]);
+    assert.equal((await first).version, 2);
+    const refused = await second;
+    assert.ok('error' in refused && refused.error instanceof ConcurrencyError, 'the second append with the same expected version is refused');
+    assert.equal((refused.error as ConcurrencyError).actualVersion, 2);
+    const retry = await retried;
+    assert.equal(retry.duplicate, true);
+    assert.equal(retry.version, 1);
+    const deleted = await gone;
+    assert.ok('error' in deleted && deleted.error instanceof StreamDeletedError);
+    // 24 appends, grouped: at most one statement per slot (4), where alone they take 24.
+    assert.ok(statements() - before <= 4, `${statements() - before} statements for 24 appends`);
+
+    // Positions follow the log, each stream holds what was appended to it.
+    const positions = results.map((result) => result.position).sort();
+    assert.equal(new Set(positions).size, 20);
+    assert.equal((await store.streamInfo('acct-open')).version, 2);
+    for (let i = 0; i < 20; i++) assert.equal((await store.streamInfo(`acct-new${i}`)).version, 2);
+  });
+
+  it('an id already stored fails the group, and each append is then sent alone: only that one is refused', async () => {
+    const { store, statements } = await countedStore();
+    const stored = ev();
+    await store.append('acct-a', [stored]);
+    const before = statements();
+    const fresh = Array.from({ length: 10 }, (_, i) => store.append(`acct-b${i}`, [ev()], { expectedVersion: 'no_stream' }));
+    const conflict = settle(store.append('acct-c', [ev(), stored], { expectedVersion: 'no_stream' }));
+    for (const result of await Promise.all(fresh)) assert.equal(result.version, 1);
+    const refused = await conflict;
+    assert.ok('error' in refused && refused.error instanceof EventIdConflictError);
+    assert.deepEqual((refused.error as EventIdConflictError).eventIds, [stored.id]);
+    assert.equal((await store.streamInfo('acct-c')).exists, false, 'nothing of the refused batch is stored');
+    // The group, then 11 appends alone (the refused one twice: without, then with the id look-up).
+    assert.ok(statements() - before > 11, 'the appends were sent again alone');
+  });
+
+  it('a stream locked by an open transaction holds up only its own append', async () => {
+    const { store } = await countedStore();
+    await store.append('acct-locked', [ev()]);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let inside!: () => void;
+    const locked = new Promise<void>((resolve) => (inside = resolve));
+    const transaction = store.transaction(async (session) => {
+      await session.append('acct-locked', [ev()], { expectedVersion: 1 });
+      inside();
+      await gate;
+    });
+    await locked;
+
+    let waitingDone = false;
+    const waiting = store.append('acct-locked', [ev()]).then((result) => {
+      waitingDone = true;
+      return result;
+    });
+    const others = await Promise.all(Array.from({ length: 10 }, (_, i) => store.append(`acct-free${i}`, [ev()], { expectedVersion: 'no_stream' })));
+    assert.equal(others.length, 10);
+    assert.equal(waitingDone, false, 'the append to the locked stream waits for the transaction');
+
+    release();
+    await transaction;
+    const result = await waiting;
+    assert.equal(result.version, 3, 'appended after the transaction committed');
+  });
+
+  it('maxConcurrentAppends 0 sends each append alone; a negative or fractional value is refused', async () => {
+    const { store, statements } = await countedStore({ maxConcurrentAppends: 0 });
+    const before = statements();
+    await Promise.all(Array.from({ length: 6 }, (_, i) => store.append(`acct-${i}`, [ev()])));
+    assert.equal(statements() - before, 6);
+    for (const bad of [-1, 1.5, Number.NaN]) {
+      assert.throws(() => createPostgresStore({ schema: 'unused', maxConcurrentAppends: bad, connectionString: 'postgres://nobody@127.0.0.1:1/none' }), ValidationError);
+    }
+  });
+});
