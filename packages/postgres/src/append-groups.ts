@@ -3,7 +3,7 @@
  *
  * Appends are not sent the moment they are made: the ones made during the same turn of the event loop, and the ones
  * made while `maxInFlight` statements are already at the server, go together in one statement (`append_group`,
- * sql.ts): one round trip, one transaction, one commit for all of them. Each append of a group still succeeds or is
+ * sql.ts; the collecting is coalescer.ts): one round trip, one transaction, one commit for all of them. Each append of a group still succeeds or is
  * refused on its own, with the answer it would have had alone. A writer alone waits one event-loop turn
  * (`setImmediate`); eight concurrent writers make one statement where they made eight, and the server and the client
  * each spend about half the CPU per append (see bench/README.md).
@@ -14,6 +14,7 @@
  * (`duplicate: true`), and none is stored twice.
  */
 import type { ExpectedVersion } from 'eventline';
+import { Coalescer, type Waiting } from './coalescer.js';
 
 /** What a group needs of an append: see EncodedAppend in core.ts. */
 export interface GroupableAppend {
@@ -38,90 +39,47 @@ export const DEFAULT_APPEND_GROUP_OPTIONS: AppendGroupOptions = { maxInFlight: 4
 /** The statement's parameters for a group: see appendGroup in sql.ts. */
 export type GroupParameters = [streams: string[], expected: string[], ids: string[], counts: number[], events: string];
 
-interface Waiting<A extends GroupableAppend> {
-  readonly append: A;
-  readonly resolve: (line: string) => void;
-  readonly reject: (error: unknown) => void;
-}
-
-export class AppendGroups<A extends GroupableAppend> {
-  private inFlight = 0;
-  private waiting: Array<Waiting<A>> = [];
-  private scheduled = false;
-
+/** Groups appends (see the top of the file). */
+export class AppendGroups<A extends GroupableAppend> extends Coalescer<A, string> {
   constructor(
     private readonly options: AppendGroupOptions,
     /** Sends one append alone; resolves with its result line. */
     private readonly alone: (append: A) => Promise<string>,
     /** Sends a group; resolves with one result line per append, in order. */
     private readonly together: (parameters: GroupParameters) => Promise<string[]>,
-  ) {}
-
-  /** Resolves with the append's result line (see appendEvents in sql.ts), or rejects as the append alone would. */
-  submit(append: A): Promise<string> {
-    return new Promise((resolve, reject) => {
-      this.waiting.push({ append, resolve, reject });
-      this.schedule();
-    });
+  ) {
+    super(options.maxInFlight);
   }
 
-  /**
-   * Sends what waits after the current turn of the event loop: writers whose previous appends just came back make
-   * their next ones in promise continuations of this turn, and those go together.
-   */
-  private schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      this.drain();
-    });
-  }
-
-  private drain(): void {
-    while (this.inFlight < this.options.maxInFlight && this.waiting.length > 0) {
-      // Shared between the free slots, so that a large crowd keeps several server processes busy.
-      const share = Math.max(16, Math.ceil(this.waiting.length / (this.options.maxInFlight - this.inFlight)));
-      const group = this.take(share);
-      this.inFlight++;
-      void this.send(group).finally(() => {
-        this.inFlight--;
-        if (this.waiting.length > 0) this.schedule();
-      });
-    }
-  }
-
-  /** The next group: waiting appends in arrival order, up to `count` and the limits (the first always). */
-  private take(count: number): Array<Waiting<A>> {
+  /** Waiting appends in arrival order, up to `share` and the limits (the first always). */
+  protected override count(waiting: ReadonlyArray<Waiting<A, string>>, share: number): number {
     let events = 0;
     let chars = 0;
     let taken = 0;
-    for (const { append } of this.waiting) {
-      events += append.eventIds.length;
-      chars += append.batch.length;
-      if (taken > 0 && (taken >= count || events > this.options.maxEvents || chars > this.options.maxChars)) break;
+    for (const { item } of waiting) {
+      events += item.eventIds.length;
+      chars += item.batch.length;
+      if (taken > 0 && (taken >= share || events > this.options.maxEvents || chars > this.options.maxChars)) break;
       taken++;
     }
-    const group = this.waiting.slice(0, taken);
-    this.waiting = this.waiting.slice(taken);
-    return group;
+    return taken;
   }
 
-  private async send(group: Array<Waiting<A>>): Promise<void> {
+  protected async send(group: Array<Waiting<A, string>>): Promise<void> {
     if (group.length === 1) return this.sendAlone(group[0]!);
     // Sorted by stream id (a stable sort keeps one stream's appends in the order they were made): two groups that share
     // streams take their rows' locks in the same order, so they cannot deadlock each other.
-    const sorted = [...group].sort((a, b) => (a.append.streamId < b.append.streamId ? -1 : a.append.streamId > b.append.streamId ? 1 : 0));
+    const sorted = [...group].sort((a, b) => (a.item.streamId < b.item.streamId ? -1 : a.item.streamId > b.item.streamId ? 1 : 0));
     let results: string[];
     try {
-      results = await this.together(groupParameters(sorted.map((waiting) => waiting.append)));
+      results = await this.together(groupParameters(sorted.map((waiting) => waiting.item)));
       if (results.length !== sorted.length) throw new Error(`append_group returned ${results.length} results for ${sorted.length} appends`);
     } catch {
       // Rolled back, or unknown when the connection was lost: alone, each gets its own answer (see the top of the file).
       await Promise.all(sorted.map((waiting) => this.sendAlone(waiting)));
       return;
     }
-    const busy: Array<Waiting<A>> = [];
+    const busy: Array<Waiting<A, string>> = [];
     sorted.forEach((waiting, i) => {
       const line = results[i]!;
       if (line === 'busy') busy.push(waiting);
@@ -130,9 +88,9 @@ export class AppendGroups<A extends GroupableAppend> {
     await Promise.all(busy.map((waiting) => this.sendAlone(waiting)));
   }
 
-  private async sendAlone(waiting: Waiting<A>): Promise<void> {
+  private async sendAlone(waiting: Waiting<A, string>): Promise<void> {
     try {
-      waiting.resolve(await this.alone(waiting.append));
+      waiting.resolve(await this.alone(waiting.item));
     } catch (error) {
       waiting.reject(error);
     }

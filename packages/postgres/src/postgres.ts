@@ -25,10 +25,10 @@ export interface PostgresStoreOptions extends EventStoreOptions {
   poolSize?: number;
   /**
    * Group commit (see the package README): appends outside `transaction()` made in the same turn of the event loop, or
-   * while this many statements of appends are at the server, go together in one statement and one commit, each still
-   * succeeding or refused on its own. Default 4. `0` turns grouping off: each append is sent at once, alone.
+   * while this many append statements are at the server, go together in one statement and one commit, each still
+   * succeeding or refused on its own. Default 4; `0` sends each append at once, alone.
    */
-  maxConcurrentAppends?: number;
+  grouping?: number;
 }
 
 /** The PostgreSQL event store: the {@link EventStore} contract, plus migrations and access to its pool. */
@@ -65,9 +65,9 @@ export function createPostgresStore(options: PostgresStoreOptions = {}): Postgre
     });
   // An idle connection that the server drops must not crash the process: the pool discards it and opens another.
   if (ownPool) pool.on('error', () => {});
-  const maxInFlight = options.maxConcurrentAppends ?? DEFAULT_APPEND_GROUP_OPTIONS.maxInFlight;
+  const maxInFlight = options.grouping ?? DEFAULT_APPEND_GROUP_OPTIONS.maxInFlight;
   if (!(Number.isSafeInteger(maxInFlight) && maxInFlight >= 0)) {
-    throw new ValidationError(`maxConcurrentAppends must be a whole number of 0 (no grouping) or more; got ${JSON.stringify(maxInFlight)}`);
+    throw new ValidationError(`grouping must be a whole number: 0 (no grouping) or the append statements at the server at once; got ${JSON.stringify(maxInFlight)}`);
   }
   const grouping = maxInFlight === 0 ? null : { ...DEFAULT_APPEND_GROUP_OPTIONS, maxInFlight };
   return new PostgresStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, pool, ownPool, grouping);

@@ -1,5 +1,5 @@
-// Group commit of the PostgreSQL store (src/append-groups.ts): appends made together go in one statement, and each
-// still gets the answer it would have had alone. Runs on the real server.
+// Group commit in the PostgreSQL store (src/append-groups.ts): appends made together go in one statement and one
+// commit, and each still gets the answer it would have had alone. On the real server.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
@@ -13,7 +13,7 @@ const stores: PostgresEventStore[] = [];
 const pools: pg.Pool[] = [];
 
 /** A store on a pool of its own, and a count of the append statements (append_events or append_group) it sends. */
-async function countedStore(options: { maxConcurrentAppends?: number } = {}): Promise<{ store: PostgresEventStore; statements: () => number }> {
+async function countedStore(options: { grouping?: number } = {}): Promise<{ store: PostgresEventStore; statements: () => number }> {
   const schema = uniqueSchema('grp');
   schemas.push(schema);
   const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 8 });
@@ -129,13 +129,13 @@ describe('group commit', () => {
     assert.equal(result.version, 3, 'appended after the transaction committed');
   });
 
-  it('maxConcurrentAppends 0 sends each append alone; a negative or fractional value is refused', async () => {
-    const { store, statements } = await countedStore({ maxConcurrentAppends: 0 });
+  it('grouping 0 sends each append alone; a negative or fractional value is refused', async () => {
+    const { store, statements } = await countedStore({ grouping: 0 });
     const before = statements();
     await Promise.all(Array.from({ length: 6 }, (_, i) => store.append(`acct-${i}`, [ev()])));
     assert.equal(statements() - before, 6);
     for (const bad of [-1, 1.5, Number.NaN]) {
-      assert.throws(() => createPostgresStore({ schema: 'unused', maxConcurrentAppends: bad, connectionString: 'postgres://nobody@127.0.0.1:1/none' }), ValidationError);
+      assert.throws(() => createPostgresStore({ schema: 'unused', grouping: bad, connectionString: 'postgres://nobody@127.0.0.1:1/none' }), ValidationError);
     }
   });
 });
