@@ -13,10 +13,46 @@ export type JsonObject = { [key: string]: JsonValue };
  * each would come back as something else, or not at all.
  */
 export function jsonIssues(value: unknown, path: Array<string | number> = []): ValidationIssue[] {
+  // This runs on every event appended: first a quick yes, then, only for a no, the walk that says where and why.
+  if (storable(value, 0)) return [];
   const issues: ValidationIssue[] = [];
   // One path stack for the whole walk, copied only when an issue is found: this runs on every event appended.
   walk(value, [...path], new Set(), issues);
   return issues;
+}
+
+/**
+ * Whether a value is JSON the store keeps as it is (the rules of {@link jsonIssues}), with no paths, no messages and no
+ * cycle bookkeeping: a cycle (or a nesting deeper than 256) answers no, and the full walk then tells.
+ */
+function storable(value: unknown, depth: number): boolean {
+  switch (typeof value) {
+    case 'string':
+      return !value.includes('\u0000') && value.isWellFormed();
+    case 'boolean':
+      return true;
+    case 'number':
+      return Number.isFinite(value);
+    case 'object': {
+      if (value === null) return true;
+      if (depth > 256) return false;
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) if (!storable(value[i], depth + 1)) return false;
+        return true;
+      }
+      const proto = Object.getPrototypeOf(value) as unknown;
+      if (proto !== Object.prototype && proto !== null) return false;
+      const record = value as Record<string, unknown>;
+      for (const key in record) {
+        const item = record[key];
+        if (item === undefined) continue;
+        if (key.includes('\u0000') || !key.isWellFormed() || !storable(item, depth + 1)) return false;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
 }
 
 const LONE_SURROGATE_MESSAGE = 'strings must be well-formed Unicode (this one has a lone surrogate, which PostgreSQL cannot store)';

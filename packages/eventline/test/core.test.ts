@@ -55,6 +55,29 @@ describe('JSON checks', () => {
     const issues = jsonIssues({ a: [1, NaN], d: new Date(0), n: 1n });
     assert.deepEqual(issues.map((issue) => issue.path), [['a', 1], ['d'], ['n']]);
   });
+
+  it('find cycles, holes, NUL and lone surrogates in values and keys, and accept deep nesting and shared objects', () => {
+    const cycle: Record<string, unknown> = { a: { b: [1] } };
+    (cycle.a as { b: unknown[] }).b.push(cycle);
+    assert.deepEqual(jsonIssues(cycle, ['data']), [{ path: ['data', 'a', 'b', 1], message: 'circular reference' }]);
+    const holed = [1, 2, 3];
+    delete holed[1]; // a hole: JSON.stringify would write null, so it would not come back as it went in
+    assert.deepEqual(jsonIssues({ list: holed }).map((issue) => issue.path), [['list', 1]]);
+    assert.deepEqual(
+      jsonIssues({ 'k\u0000': 1, ok: 'a\ud800', [`\udc00`]: 2 }).map((issue) => [issue.path, issue.message.split(' ')[0]]),
+      [
+        [['k\u0000'], 'keys'],
+        [['ok'], 'strings'],
+        [['\udc00'], 'strings'],
+      ],
+    );
+    let deep: unknown = 'leaf';
+    for (let i = 0; i < 300; i++) deep = { next: [deep] };
+    assert.deepEqual(jsonIssues(deep), []);
+    const shared = { x: 1 };
+    assert.deepEqual(jsonIssues({ a: shared, b: [shared, shared] }), []);
+    assert.deepEqual(jsonIssues(Object.assign(Object.create(null) as object, { a: 1 })), []);
+  });
 });
 
 describe('event definitions with zod', () => {

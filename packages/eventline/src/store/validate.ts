@@ -47,14 +47,20 @@ export async function prepareAppend(
     const type = input.type;
     if (!('data' in input)) throw new ValidationError(`${where(id, index)} (${type}): missing 'data' (use null for an event without data)`);
     // Only a registry's schema can be asynchronous; without one, no await (a microtask per event adds up on big batches).
-    const validation = config.registry ? validateEventData(config.registry, input.type, input.data) : { data: input.data, schemaVersion: undefined };
-    const validated = validation instanceof Promise ? await validation : validation;
-    const dataIssues = jsonIssues(validated.data, ['data']);
+    let data: unknown = input.data;
+    let schemaVersion: number | undefined;
+    if (config.registry) {
+      const validation = validateEventData(config.registry, input.type, input.data);
+      const validated = validation instanceof Promise ? await validation : validation;
+      data = validated.data;
+      schemaVersion = validated.schemaVersion;
+    }
+    const dataIssues = jsonIssues(data, ['data']);
     const metadataInput = input.metadata ?? {};
     if (typeof metadataInput !== 'object' || metadataInput === null || Array.isArray(metadataInput)) {
       throw new ValidationError(`${where(id, index)} (${input.type}): metadata must be an object`);
     }
-    const metadata = { ...metadataInput, schemaVersion: validated.schemaVersion ?? metadataInput.schemaVersion ?? 1 };
+    const metadata = { ...metadataInput, schemaVersion: schemaVersion ?? metadataInput.schemaVersion ?? 1 };
     const metadataIssues = jsonIssues(metadata, ['metadata']);
     if (dataIssues.length + metadataIssues.length > 0) {
       throw new ValidationError(`${where(id, index)} (${input.type}) is not JSON`, [...dataIssues, ...metadataIssues]);
@@ -62,7 +68,7 @@ export async function prepareAppend(
     if (!Number.isInteger(metadata.schemaVersion) || metadata.schemaVersion < 1) {
       throw new ValidationError(`${where(id, index)} (${input.type}): metadata.schemaVersion must be a whole number of 1 or more`);
     }
-    const dataJson = JSON.stringify(validated.data);
+    const dataJson = JSON.stringify(data);
     const metadataJson = JSON.stringify(metadata);
     // A UTF-16 code unit is at most 3 bytes of UTF-8: only a payload that might be over the limit is measured.
     if ((dataJson.length + metadataJson.length) * 3 > limit) {
