@@ -97,6 +97,13 @@ const lockStream = (s: string, nowait = false) =>
   END IF;`;
 
 /**
+ * p_nowait, creating a stream: an existing one goes to the slow path (whose lock does not wait) rather than to the
+ * INSERT, which would wait for a transaction that holds the row (a conflicting key waits for its writer to end).
+ */
+const nowaitExisting = (s: string) => `
+    IF NOT p_nowait OR NOT EXISTS (SELECT 1 FROM ${s}.streams WHERE stream_id = p_stream_id) THEN`;
+
+/**
  * p_nowait: takes the lock of an existing stream's row before the fast path's UPDATE (which would wait for it), or
  * answers 'busy' when another transaction holds it. A missing row is left to the UPDATE (which then finds nothing).
  */
@@ -145,11 +152,11 @@ DECLARE
   v_position bigint;
   v_tx xid8;
 BEGIN
-  IF p_expected IN ('no_stream', '0') THEN
+  IF p_expected IN ('no_stream', '0') THEN${v3 ? nowaitExisting(s) : ''}
     INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
       ON CONFLICT (stream_id) DO NOTHING
       RETURNING 0, category INTO v_base, v_category;
-    v_created := FOUND;
+    v_created := FOUND;${v3 ? '\n    END IF;' : ''}
   ELSE${v3 ? nowaitPrelock(s) : ''}
     UPDATE ${s}.streams AS st SET version = st.version + v_count
      WHERE st.stream_id = p_stream_id AND st.deleted IS DISTINCT FROM 'hard'

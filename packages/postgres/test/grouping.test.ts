@@ -119,14 +119,23 @@ describe('group commit', () => {
       waitingDone = true;
       return result;
     });
+    // Refused, but only once the stream's row can be locked (the slow path of the append, not the fast one above).
+    let refusedDone = false;
+    const refused = settle(store.append('acct-locked', [ev()], { expectedVersion: 'no_stream' })).then((result) => {
+      refusedDone = true;
+      return result;
+    });
     const others = await Promise.all(Array.from({ length: 10 }, (_, i) => store.append(`acct-free${i}`, [ev()], { expectedVersion: 'no_stream' })));
     assert.equal(others.length, 10);
     assert.equal(waitingDone, false, 'the append to the locked stream waits for the transaction');
+    assert.equal(refusedDone, false, 'so does the one that will be refused');
 
     release();
     await transaction;
     const result = await waiting;
     assert.equal(result.version, 3, 'appended after the transaction committed');
+    const outcome = await refused;
+    assert.ok('error' in outcome && outcome.error instanceof ConcurrencyError);
   });
 
   it('grouping 0 sends each append alone; a negative or fractional value is refused', async () => {
