@@ -49,39 +49,32 @@ export const migrationLock = () => `SELECT pg_advisory_xact_lock($1::int4, $2::i
  * INSERT waits for a concurrent inserter's transaction, then the row is selected FOR UPDATE. `v_created` tells the
  * caller to delete the row again when the operation is refused, so that a refused write leaves nothing behind.
  */
-const lockStream = (s: string, nowait = false) =>
-  nowait
+const lockStream = (s: string, nowait = false) => {
+  const select = `SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE`;
+  // p_nowait (append_group): SKIP LOCKED, and 'busy' when another transaction holds the row.
+  const first = nowait
     ? `
   IF p_nowait THEN
-    SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE SKIP LOCKED;
+    ${select} SKIP LOCKED;
     IF NOT FOUND AND EXISTS (SELECT 1 FROM ${s}.streams WHERE stream_id = p_stream_id) THEN
       RETURN 'busy';
     END IF;
   ELSE
-    SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
-  END IF;
-  IF NOT FOUND THEN
-    LOOP
-      INSERT INTO ${s}.streams (stream_id, category) VALUES (p_stream_id, split_part(p_stream_id, '-', 1))
-        ON CONFLICT (stream_id) DO NOTHING
-        RETURNING * INTO v_stream;
-      IF FOUND THEN
-        v_created := true;
-        EXIT;
-      END IF;
+    ${select};
+  END IF;`
+    : `
+  ${select};`;
+  const again = nowait
+    ? `
       IF p_nowait THEN
-        SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE SKIP LOCKED;
+        ${select} SKIP LOCKED;
         IF NOT FOUND THEN
           RETURN 'busy';
         END IF;
         EXIT;
-      END IF;
-      SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
-      EXIT WHEN FOUND;
-    END LOOP;
-  END IF;`
-    : `
-  SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
+      END IF;`
+    : '';
+  return `${first}
   IF NOT FOUND THEN
     LOOP
       INSERT INTO ${s}.streams (stream_id, category) VALUES (p_stream_id, split_part(p_stream_id, '-', 1))
@@ -90,11 +83,12 @@ const lockStream = (s: string, nowait = false) =>
       IF FOUND THEN
         v_created := true;
         EXIT;
-      END IF;
-      SELECT * INTO v_stream FROM ${s}.streams WHERE stream_id = p_stream_id FOR UPDATE;
+      END IF;${again}
+      ${select};
       EXIT WHEN FOUND;
     END LOOP;
   END IF;`;
+};
 
 /**
  * p_nowait, creating a stream: an existing one goes to the slow path (whose lock does not wait) rather than to the
