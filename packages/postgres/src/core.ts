@@ -157,8 +157,6 @@ export interface EncodedAppend {
   readonly streamId: string;
   readonly expectedVersion: ExpectedVersion;
   readonly eventIds: readonly string[];
-  /** The ids as a PostgreSQL array literal, '{id,id}' (UUIDs need no quoting). */
-  readonly ids: string;
   /** '[["Type",data,metadata],...]': JSON made of the JSON prepareAppend produced, with no second serialisation. */
   readonly batch: string;
   /** For error messages: "append to 'stream'". */
@@ -174,7 +172,7 @@ function encodeAppend(streamId: string, expectedVersion: ExpectedVersion, events
     eventIds.push(event.id);
     batch += `${i === 0 ? '' : ','}["${event.type}",${event.dataJson},${event.metadataJson}]`;
   }
-  return { streamId, expectedVersion, eventIds, ids: `{${eventIds.join(',')}}`, batch: `${batch}]`, operation: `append to '${streamId}'` };
+  return { streamId, expectedVersion, eventIds, batch: `${batch}]`, operation: `append to '${streamId}'` };
 }
 
 /** The append's result, or its refusal as a typed error, from the append function's result line. */
@@ -256,7 +254,8 @@ export class SqlSession implements EventStoreSession {
     try {
       const rows = await this.executor.query<AppendRow>(
         this.config.statements.appendEvents,
-        [append.streamId, expectedText(append.expectedVersion), append.ids, append.batch, check],
+        // The ids as an array literal: UUIDs need no quoting.
+        [append.streamId, expectedText(append.expectedVersion), `{${append.eventIds.join(',')}}`, append.batch, check],
         append.operation,
       );
       return rows[0]!.r;
