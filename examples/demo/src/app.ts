@@ -7,6 +7,8 @@ import { createGuestlist, guestlistReadModels } from '@eventline/example-guestli
 import { createHttpApi } from '@eventline/server';
 import { createAsyncProjection, type DocumentStore, type EventStore, type ProjectionCatalog, type SnapshotStore, type SubscriptionStore } from 'eventline';
 
+export { openSqlStore, sqlStorage, stopOnSignals } from './process.js';
+
 export interface DemoStorage<Tx> {
   store: EventStore;
   subscriptions: SubscriptionStore<Tx>;

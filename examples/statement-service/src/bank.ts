@@ -7,28 +7,17 @@
  * directory BANK_DATA (default ./.eventline/bank); NATS_URL (default nats://127.0.0.1:4222); BUS_PREFIX (default `bank`).
  */
 import { accountEvents, paymentEvents } from '@eventline/example-bank';
-import { createDemo } from '@eventline/example-demo';
+import { createDemo, openSqlStore, sqlStorage, stopOnSignals } from '@eventline/example-demo';
 import { createNatsTransport } from '@eventline/nats';
-import {
-  createPGliteStore,
-  createPostgresStore,
-  createSqlDocumentStore,
-  createSqlProjectionCatalog,
-  createSqlSnapshotStore,
-  createSqlSubscriptionStore,
-  type SqlEventStore,
-} from '@eventline/postgres';
 import { createPublisher, eventRegistry, replayToTransport } from 'eventline';
 
 const events = eventRegistry([...accountEvents, ...paymentEvents], { strict: false });
-const store: SqlEventStore = process.env.DATABASE_URL
-  ? createPostgresStore({ connectionString: process.env.DATABASE_URL, schema: process.env.BANK_SCHEMA ?? 'bank', events })
-  : createPGliteStore({ dataDir: process.env.BANK_DATA ?? './.eventline/bank', events });
-await store.migrate();
-const subscriptions = createSqlSubscriptionStore(store);
+const { store } = await openSqlStore({ events, schema: process.env.BANK_SCHEMA ?? 'bank', dataDir: process.env.BANK_DATA ?? './.eventline/bank' });
+const storage = sqlStorage(store);
+const subscriptions = storage.subscriptions;
 const bus = await createNatsTransport({ prefix: process.env.BUS_PREFIX ?? 'bank' });
 
-const demo = await createDemo({ store, subscriptions, documents: createSqlDocumentStore(store), catalog: createSqlProjectionCatalog(store), snapshots: createSqlSnapshotStore(store) }, { logger: false });
+const demo = await createDemo(storage, { logger: false });
 const publisher = createPublisher({ name: 'nats', store, subscriptions, transport: bus, pollIntervalMs: 500 });
 publisher.start();
 
@@ -41,15 +30,9 @@ demo.api.post<{ Querystring: { category?: string } }>('/admin/replay', async (re
 const address = await demo.api.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 3000) });
 console.log(`bank on ${address}, publishing to NATS (prefix ${process.env.BUS_PREFIX ?? 'bank'})`);
 
-let stopping = false;
-const stop = async () => {
-  if (stopping) return;
-  stopping = true;
+stopOnSignals(async () => {
   await demo.close();
   await publisher.stop();
   await bus.close();
   await store.close();
-  process.exit(0);
-};
-process.on('SIGINT', () => void stop());
-process.on('SIGTERM', () => void stop());
+});

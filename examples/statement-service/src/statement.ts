@@ -8,15 +8,16 @@
  * the PGlite directory STATEMENT_DATA (default ./.eventline/statement); NATS_URL; BUS_PREFIX (default `bank`).
  */
 import { createNatsTransport } from '@eventline/nats';
-import { createPGliteStore, createPostgresStore, createSqlDocumentStore, createSqlInbox, type SqlClient, type SqlEventStore } from '@eventline/postgres';
+import { openSqlStore, stopOnSignals } from '@eventline/example-demo';
+import { createSqlDocumentStore, createSqlInbox, type SqlClient } from '@eventline/postgres';
 import { consumeEvents } from 'eventline';
 import Fastify from 'fastify';
 import { nextStatement, type Statement } from './model.js';
 
-const store: SqlEventStore = process.env.DATABASE_URL
-  ? createPostgresStore({ connectionString: process.env.DATABASE_URL, schema: process.env.STATEMENT_SCHEMA ?? 'statement_service' })
-  : createPGliteStore({ dataDir: process.env.STATEMENT_DATA ?? './.eventline/statement' });
-await store.migrate();
+const { store } = await openSqlStore({
+  schema: process.env.STATEMENT_SCHEMA ?? 'statement_service',
+  dataDir: process.env.STATEMENT_DATA ?? './.eventline/statement',
+});
 const documents = createSqlDocumentStore(store);
 const bus = await createNatsTransport({ prefix: process.env.BUS_PREFIX ?? 'bank' });
 
@@ -43,15 +44,9 @@ api.get<{ Params: { accountId: string } }>('/statements/:accountId', async (requ
 const address = await api.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 3001) });
 console.log(`statement service on ${address}, consuming account events from NATS (prefix ${process.env.BUS_PREFIX ?? 'bank'})`);
 
-let stopping = false;
-const stop = async () => {
-  if (stopping) return;
-  stopping = true;
+stopOnSignals(async () => {
   await api.close();
   await consumer.stop();
   await bus.close();
   await store.close();
-  process.exit(0);
-};
-process.on('SIGINT', () => void stop());
-process.on('SIGTERM', () => void stop());
+});

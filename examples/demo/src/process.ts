@@ -1,0 +1,52 @@
+/**
+ * What a process of the examples needs around the demo: its store chosen by the environment, the read side in the
+ * store's own database, and a clean stop on SIGINT / SIGTERM. Used by `npm start` (main.ts) and by the statement
+ * service's bank process.
+ */
+import {
+  createPGliteStore,
+  createPostgresStore,
+  createSqlDocumentStore,
+  createSqlProjectionCatalog,
+  createSqlSnapshotStore,
+  createSqlSubscriptionStore,
+  type SqlEventStore,
+} from '@eventline/postgres';
+import type { EventRegistry } from 'eventline';
+
+/**
+ * PostgreSQL when DATABASE_URL is set (in `schema`), else PGlite in `dataDir`; migrated before it is returned.
+ * `where` says which, for the start-up line.
+ */
+export async function openSqlStore(options: { events?: EventRegistry; schema: string; dataDir: string }): Promise<{ store: SqlEventStore; where: string }> {
+  const url = process.env.DATABASE_URL;
+  const store: SqlEventStore = url
+    ? createPostgresStore({ connectionString: url, schema: options.schema, ...(options.events ? { events: options.events } : {}) })
+    : createPGliteStore({ dataDir: options.dataDir, ...(options.events ? { events: options.events } : {}) });
+  await store.migrate();
+  return { store, where: url ? `PostgreSQL (schema ${store.schema})` : `PGlite in ${options.dataDir}` };
+}
+
+/** The demo's storage (see createDemo) on the store's own database. */
+export function sqlStorage(store: SqlEventStore) {
+  return {
+    store,
+    subscriptions: createSqlSubscriptionStore(store),
+    documents: createSqlDocumentStore(store),
+    catalog: createSqlProjectionCatalog(store),
+    snapshots: createSqlSnapshotStore(store),
+  };
+}
+
+/** On SIGINT or SIGTERM, runs `close` once and exits. */
+export function stopOnSignals(close: () => Promise<void>): void {
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await close();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop());
+  process.on('SIGTERM', () => void stop());
+}
