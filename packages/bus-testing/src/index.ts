@@ -142,6 +142,12 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
   const deadline = Date.now() + (options.timeoutMs ?? 150_000);
   const databaseUrl = process.env.DATABASE_URL ?? DEFAULT_DATABASE_URL;
   const children = new Set<ChildProcess>();
+  // A test cancelled on its timeout ends this process without running the `finally` below: the publisher child must
+  // not outlive it (it would keep the database busy for the next test files).
+  const killChildren = () => {
+    for (const child of children) child.kill('SIGKILL');
+  };
+  process.once('exit', killChildren);
   const pools: pg.Pool[] = [];
   const closers: Array<() => Promise<void>> = [];
   const consumers: Consumer[] = [];
@@ -378,7 +384,8 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
   } finally {
     clearInterval(progress);
     stopping = true;
-    for (const child of children) child.kill('SIGKILL');
+    killChildren();
+    process.off('exit', killChildren);
     await Promise.all(consumers.map((consumer) => consumer.stop().catch(() => undefined)));
     await Promise.all(transports.map((transport) => transport.close().catch(() => undefined)));
     for (const close of closers) await close().catch(() => undefined);
