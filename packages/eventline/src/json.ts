@@ -16,7 +16,7 @@ export function jsonIssues(value: unknown, path: Array<string | number> = []): V
   // This runs on every event appended: first a quick yes, then, only for a no, the walk that says where and why.
   if (storable(value, 0)) return [];
   const issues: ValidationIssue[] = [];
-  // One path stack for the whole walk, copied only when an issue is found: this runs on every event appended.
+  // One path stack for the whole walk, copied only when an issue is found.
   walk(value, [...path], new Set(), issues);
   return issues;
 }
@@ -28,7 +28,7 @@ export function jsonIssues(value: unknown, path: Array<string | number> = []): V
 function storable(value: unknown, depth: number): boolean {
   switch (typeof value) {
     case 'string':
-      return !value.includes('\u0000') && value.isWellFormed();
+      return stringIssue(value, 'strings') === undefined;
     case 'boolean':
       return true;
     case 'number':
@@ -46,7 +46,7 @@ function storable(value: unknown, depth: number): boolean {
       for (const key in record) {
         const item = record[key];
         if (item === undefined) continue;
-        if (key.includes('\u0000') || !key.isWellFormed() || !storable(item, depth + 1)) return false;
+        if (stringIssue(key, 'keys') !== undefined || !storable(item, depth + 1)) return false;
       }
       return true;
     }
@@ -55,13 +55,11 @@ function storable(value: unknown, depth: number): boolean {
   }
 }
 
-const LONE_SURROGATE_MESSAGE = 'strings must be well-formed Unicode (this one has a lone surrogate, which PostgreSQL cannot store)';
-
 /** Why a string (a value or a key) cannot be stored, or undefined. */
-function stringIssue(value: string): string | undefined {
-  if (value.includes('\u0000')) return 'cannot contain the NUL character (U+0000)';
+function stringIssue(value: string, what: 'strings' | 'keys'): string | undefined {
+  if (value.includes('\u0000')) return `${what} cannot contain the NUL character (U+0000)`;
   // A UTF-16 surrogate without its pair: JSON.stringify writes it as `\ud800`, which PostgreSQL's jsonb refuses.
-  if (!value.isWellFormed()) return LONE_SURROGATE_MESSAGE;
+  if (!value.isWellFormed()) return 'strings must be well-formed Unicode (this one has a lone surrogate, which PostgreSQL cannot store)';
   return undefined;
 }
 
@@ -69,8 +67,8 @@ function walk(value: unknown, path: Array<string | number>, seen: Set<object>, i
   if (issues.length >= 10) return;
   switch (typeof value) {
     case 'string': {
-      const issue = stringIssue(value);
-      if (issue !== undefined) issues.push({ path: [...path], message: issue === LONE_SURROGATE_MESSAGE ? issue : `strings ${issue}` });
+      const issue = stringIssue(value, 'strings');
+      if (issue !== undefined) issues.push({ path: [...path], message: issue });
       return;
     }
     case 'boolean':
@@ -114,8 +112,8 @@ function walk(value: unknown, path: Array<string | number>, seen: Set<object>, i
         const item = record[key];
         if (item === undefined) continue;
         path.push(key);
-        const issue = stringIssue(key);
-        if (issue !== undefined) issues.push({ path: [...path], message: issue === LONE_SURROGATE_MESSAGE ? issue : `keys ${issue}` });
+        const issue = stringIssue(key, 'keys');
+        if (issue !== undefined) issues.push({ path: [...path], message: issue });
         walk(item, path, seen, issues);
         path.pop();
       }
