@@ -3,10 +3,11 @@
  *
  * Appends are not sent the moment they are made: the ones made during the same turn of the event loop, and the ones
  * made while `maxInFlight` statements are already at the server, go together in one statement (`append_group`,
- * sql.ts; the collecting is coalescer.ts): one round trip, one transaction, one commit for all of them. Each append of a group still succeeds or is
+ * sql.ts): one round trip, one transaction, one commit for all of them. Each append of a group still succeeds or is
  * refused on its own, with the answer it would have had alone. A writer alone waits one event-loop turn
- * (`setImmediate`); eight concurrent writers make one statement where they made eight, and the server and the client
- * each spend about half the CPU per append (see bench/README.md).
+ * (`setImmediate`): writers whose previous appends just came back make their next ones in promise continuations of the
+ * same turn, and those go together. Eight concurrent writers make one statement where they made eight, and the server
+ * and the client each spend about half the CPU per append (see bench/README.md).
  *
  * A group never waits for a stream's row that another transaction holds: that append comes back `busy` and is sent
  * alone. If the group's statement fails (a stored id, a deadlock, a lost connection), each append in it is sent again
@@ -14,7 +15,6 @@
  * (`duplicate: true`), and none is stored twice.
  */
 import type { ExpectedVersion } from 'eventline';
-import { Coalescer, type Waiting } from './coalescer.js';
 
 /** What a group needs of an append: see EncodedAppend in core.ts. */
 export interface GroupableAppend {
@@ -39,24 +39,65 @@ export const DEFAULT_APPEND_GROUP_OPTIONS: AppendGroupOptions = { maxInFlight: 4
 /** The statement's parameters for a group: see appendGroup in sql.ts. */
 export type GroupParameters = [streams: string[], expected: string[], ids: string[], counts: number[], events: string];
 
+interface Waiting<A> {
+  readonly item: A;
+  readonly resolve: (line: string) => void;
+  readonly reject: (error: unknown) => void;
+}
+
 /** Groups appends (see the top of the file). */
-export class AppendGroups<A extends GroupableAppend> extends Coalescer<A, string> {
+export class AppendGroups<A extends GroupableAppend> {
+  private inFlight = 0;
+  private waiting: Array<Waiting<A>> = [];
+  private scheduled = false;
+
   constructor(
     private readonly options: AppendGroupOptions,
     /** Sends one append alone; resolves with its result line. */
     private readonly alone: (append: A) => Promise<string>,
     /** Sends a group; resolves with one result line per append, in order. */
     private readonly together: (parameters: GroupParameters) => Promise<string[]>,
-  ) {
-    super(options.maxInFlight);
+  ) {}
+
+  /** Resolves with the append's result line (see appendEvents in sql.ts), or rejects as the append alone would. */
+  submit(item: A): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ item, resolve, reject });
+      this.schedule();
+    });
   }
 
-  /** Waiting appends in arrival order, up to `share` and the limits (the first always). */
-  protected override count(waiting: ReadonlyArray<Waiting<A, string>>, share: number): number {
+  /** Sends what waits after the current turn of the event loop (see the top of the file). */
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.drain();
+    });
+  }
+
+  private drain(): void {
+    while (this.inFlight < this.options.maxInFlight && this.waiting.length > 0) {
+      // Shared between the free slots, so that a large crowd keeps several server processes busy.
+      const share = Math.max(16, Math.ceil(this.waiting.length / (this.options.maxInFlight - this.inFlight)));
+      const taken = this.count(share);
+      const group = this.waiting.slice(0, taken);
+      this.waiting = this.waiting.slice(taken);
+      this.inFlight++;
+      void this.send(group).finally(() => {
+        this.inFlight--;
+        if (this.waiting.length > 0) this.schedule();
+      });
+    }
+  }
+
+  /** How many waiting appends go in the next group: in arrival order, up to `share` and the limits (the first always). */
+  private count(share: number): number {
     let events = 0;
     let chars = 0;
     let taken = 0;
-    for (const { item } of waiting) {
+    for (const { item } of this.waiting) {
       events += item.eventIds.length;
       chars += item.batch.length;
       if (taken > 0 && (taken >= share || events > this.options.maxEvents || chars > this.options.maxChars)) break;
@@ -65,7 +106,8 @@ export class AppendGroups<A extends GroupableAppend> extends Coalescer<A, string
     return taken;
   }
 
-  protected async send(group: Array<Waiting<A, string>>): Promise<void> {
+  /** Sends a group and settles each of its appends; never rejects (each append gets its own answer or error). */
+  private async send(group: Array<Waiting<A>>): Promise<void> {
     if (group.length === 1) return this.sendAlone(group[0]!);
     // Sorted by stream id (a stable sort keeps one stream's appends in the order they were made): two groups that share
     // streams take their rows' locks in the same order, so they cannot deadlock each other.
@@ -79,7 +121,7 @@ export class AppendGroups<A extends GroupableAppend> extends Coalescer<A, string
       await Promise.all(sorted.map((waiting) => this.sendAlone(waiting)));
       return;
     }
-    const busy: Array<Waiting<A, string>> = [];
+    const busy: Array<Waiting<A>> = [];
     sorted.forEach((waiting, i) => {
       const line = results[i]!;
       if (line === 'busy') busy.push(waiting);
@@ -88,7 +130,7 @@ export class AppendGroups<A extends GroupableAppend> extends Coalescer<A, string
     await Promise.all(busy.map((waiting) => this.sendAlone(waiting)));
   }
 
-  private async sendAlone(waiting: Waiting<A, string>): Promise<void> {
+  private async sendAlone(waiting: Waiting<A>): Promise<void> {
     try {
       waiting.resolve(await this.alone(waiting.item));
     } catch (error) {
