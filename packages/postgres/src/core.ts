@@ -102,7 +102,7 @@ export interface StreamRowData {
 }
 
 /** An event row of the read statements (rows as arrays): see EVENT_COLUMNS in sql.ts. */
-type EventRow = [
+export type EventRow = [
   id: string,
   streamId: string,
   type: string,
@@ -283,8 +283,9 @@ export class SqlSession implements EventStoreSession {
     let row: StreamRowData | undefined;
     if (this.executor.readsStreamAtOnce?.() ?? true) {
       // The stream's row and the first page in one round trip (see readStreamFirstPage in sql.ts).
-      const first = forwards ? [id, from ?? 1, null, size] : [id, 1, from ?? null, size];
-      rows = await this.executor.query<EventRow>(forwards ? statements.readStreamFirstForwards : statements.readStreamFirstBackwards, first, operation);
+      rows = forwards
+        ? await this.readFirstPage(id, from ?? 1, size, operation)
+        : await this.executor.query<EventRow>(statements.readStreamFirstBackwards, [id, 1, from ?? null, size], operation);
       const index = rows.findIndex((r) => r[0] === null);
       if (index >= 0) {
         const [state] = rows.splice(index, 1) as unknown as Array<[...EventRow, string | number, string | number, StreamRowData['deleted'], StreamMetadata]>;
@@ -324,6 +325,14 @@ export class SqlSession implements EventStoreSession {
       await this.enter(operation);
       rows = await this.executor.query<EventRow>(statement, [id, low, high, maxAge, size], operation);
     }
+  }
+
+  /**
+   * The stream's row and the first page of a forwards read, as the rows of {@link Statements.readStreamFirstForwards}
+   * (see readStreamFirstPage in sql.ts). The PostgreSQL store reads several streams in one statement (read-groups.ts).
+   */
+  protected readFirstPage(streamId: string, from: number, size: number, operation: string): Promise<EventRow[]> {
+    return this.executor.query<EventRow>(this.config.statements.readStreamFirstForwards, [streamId, from, null, size], operation);
   }
 
   async streamInfo(streamId: string): Promise<StreamInfo> {

@@ -5,9 +5,10 @@ import pg from 'pg';
 import type { SqlClient } from './core.js';
 import { StoreClosedError, ValidationError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
 import { AppendGroups, DEFAULT_APPEND_GROUP_OPTIONS, type AppendGroupOptions } from './append-groups.js';
-import { SqlSession, SqlStoreBase, type EncodedAppend, type Executor, type StoreConfig } from './core.js';
+import { SqlSession, SqlStoreBase, type EncodedAppend, type EventRow, type Executor, type StoreConfig } from './core.js';
 import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';
 import { runMigrations } from './migrations.js';
+import { DEFAULT_READ_GROUP_OPTIONS, ReadGroups, type GroupedRow } from './read-groups.js';
 import { DEFAULT_SCHEMA, statementsFor, type Statement } from './sql.js';
 
 const NOTIFY_INTERVAL_MS = 5;
@@ -26,7 +27,8 @@ export interface PostgresStoreOptions extends EventStoreOptions {
   /**
    * Group commit (see the package README): appends outside `transaction()` made in the same turn of the event loop, or
    * while this many append statements are at the server, go together in one statement and one commit, each still
-   * succeeding or refused on its own. Default 4; `0` sends each append at once, alone.
+   * succeeding or refused on its own; and the first pages of forwards stream reads made in the same turn go together
+   * in one statement (read-groups.ts). Default 4; `0` sends each append and each stream read at once, alone.
    */
   grouping?: number;
 }
@@ -129,9 +131,21 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
         (append) => this.appendLine(append),
         async (parameters) => (await this.executor.query<{ r: string[] }>(config.statements.appendGroup, parameters, `append to ${parameters[0].length} streams`))[0]!.r,
       );
+    this.reads =
+      grouping &&
+      new ReadGroups(
+        DEFAULT_READ_GROUP_OPTIONS,
+        (read) => super.readFirstPage(read.streamId, read.from, read.size, `read stream '${read.streamId}'`),
+        (streamIds, froms, sizes) => this.executor.query<GroupedRow>(config.statements.readStreamFirstGroup, [streamIds, froms, sizes], `read ${streamIds.length} streams`),
+      );
   }
 
   private readonly groups: AppendGroups<EncodedAppend> | null;
+  private readonly reads: ReadGroups | null;
+
+  protected override readFirstPage(streamId: string, from: number, size: number, operation: string): Promise<EventRow[]> {
+    return this.reads ? this.reads.submit({ streamId, from, size }) : super.readFirstPage(streamId, from, size, operation);
+  }
 
   protected override sendAppend(append: EncodedAppend): Promise<string> {
     return this.groups ? this.groups.submit(append) : this.appendLine(append);

@@ -432,12 +432,12 @@ export const readStreamBackwards = (s: string) =>
  * at most $4, none when the stream is hard-deleted; the first visible version and the maxAge filter are
  * `firstVisibleVersion` of eventline's validate.ts and the maxAge rule of {@link readStreamForwards}, in SQL.
  */
-const readStreamFirstPage = (s: string, order: 'ASC' | 'DESC') => `
+const readStreamFirstPage = (s: string, order: 'ASC' | 'DESC', p = { streamId: '$1', from: '$2', to: '$3', size: '$4' }) => `
   WITH st AS (
     SELECT version, hidden_before, deleted, metadata,
            greatest(1, hidden_before, (metadata->>'truncateBefore')::int8, version - (metadata->>'maxCount')::int8 + 1) AS first_visible,
            (metadata->>'maxAge')::float8 AS max_age
-      FROM ${s}.streams WHERE stream_id = $1)
+      FROM ${s}.streams WHERE stream_id = ${p.streamId})
   SELECT NULL::uuid, NULL::text, NULL::text, NULL::int8, NULL::text, NULL::int8, NULL::jsonb, NULL::jsonb,
          st.version, st.hidden_before, st.deleted, st.metadata
     FROM st
@@ -448,10 +448,20 @@ const readStreamFirstPage = (s: string, order: 'ASC' | 'DESC') => `
       SELECT ${EVENT_COLUMNS}
         FROM ${s}.events e
        WHERE st.deleted IS DISTINCT FROM 'hard'
-         AND e.stream_id = $1 AND e.version >= greatest($2::int8, st.first_visible) AND e.version <= least(coalesce($3::int8, st.version), st.version)
+         AND e.stream_id = ${p.streamId} AND e.version >= greatest(${p.from}::int8, st.first_visible) AND e.version <= least(coalesce(${p.to}::int8, st.version), st.version)
          AND (st.max_age IS NULL OR e.recorded_at >= now() - st.max_age * interval '1 second')
        ORDER BY e.version ${order}
-       LIMIT $4) page`;
+       LIMIT ${p.size}) page`;
+
+/**
+ * {@link readStreamFirstPage} forwards for several streams in one statement: $1 stream ids, $2 the first version wanted
+ * of each, $3 the page size of each. Each row is a row of {@link readStreamFirstForwards} for the stream at index
+ * `n - 1` of the arrays, with `n` put first; a stream's rows come together, in the order of its own read.
+ */
+export const readStreamFirstGroup = (s: string) => `
+  SELECT g.n, r.*
+    FROM unnest($1::text[], $2::int8[], $3::int4[]) WITH ORDINALITY AS g(stream_id, from_version, page_size, n)
+   CROSS JOIN LATERAL (${readStreamFirstPage(s, 'ASC', { streamId: 'g.stream_id', from: 'g.from_version', to: 'NULL', size: 'g.page_size' })}) r`;
 
 /** {@link readStreamFirstPage} forwards: $1 stream id, $2 first version wanted, $3 null, $4 page size. */
 export const readStreamFirstForwards = (s: string) => readStreamFirstPage(s, 'ASC');
@@ -516,6 +526,7 @@ export interface Statements {
   readonly readStreamBackwards: Statement;
   readonly readStreamFirstForwards: Statement;
   readonly readStreamFirstBackwards: Statement;
+  readonly readStreamFirstGroup: Statement;
   readonly readAllPage: Statement;
   readonly snapshotXmin: Statement;
   readonly readAllHoldback: Statement;
@@ -542,6 +553,7 @@ export function statementsFor(schema: string): Statements {
     readStreamBackwards: events('read_bwd', readStreamBackwards(s)),
     readStreamFirstForwards: events('first_fwd', readStreamFirstForwards(s)),
     readStreamFirstBackwards: events('first_bwd', readStreamFirstBackwards(s)),
+    readStreamFirstGroup: events('first_group', readStreamFirstGroup(s)),
     readAllPage: events('read_all', readAllPage(s)),
     snapshotXmin: read('xmin', snapshotXmin()),
     readAllHoldback: read('holdback', readAllHoldback(s)),
