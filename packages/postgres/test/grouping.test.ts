@@ -2,10 +2,10 @@
 // commit, and each still gets the answer it would have had alone. On the real server.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import pg from 'pg';
+import type pg from 'pg';
 import { ConcurrencyError, EventIdConflictError, StreamDeletedError, ValidationError, newId, type AppendResult, type EventInput } from 'eventline';
 import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
-import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
+import { cleanUp, connectForTests, spiedPool, uniqueSchema } from './helpers.js';
 
 let admin: pg.Client;
 const schemas: string[] = [];
@@ -16,19 +16,13 @@ const pools: pg.Pool[] = [];
 async function countedStore(options: { grouping?: number } = {}): Promise<{ store: PostgresEventStore; statements: () => number }> {
   const schema = uniqueSchema('grp');
   schemas.push(schema);
-  const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 8 });
+  let count = 0;
+  const pool = spiedPool(({ text }) => {
+    if (text && /\.append_(events|group)\(/.test(text)) count++;
+  });
   pools.push(pool);
   const store = createPostgresStore({ pool, schema, ...options });
   stores.push(store);
-  let count = 0;
-  pool.on('connect', (client) => {
-    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: string } | undefined)?.text;
-      if (text && /\.append_(events|group)\(/.test(text)) count++;
-      return query(...args);
-    };
-  });
   await store.migrate();
   return { store, statements: () => count };
 }

@@ -51,3 +51,19 @@ export async function cleanUp(client: pg.Client | undefined, schemas: readonly s
     await client.end();
   }
 }
+
+/**
+ * A pool whose connections show `spy` every query they run (the config object, or the text) before running it; a
+ * query for which `spy` returns an error fails with it, as if the connection had been lost.
+ */
+export function spiedPool(spy: (query: { name?: string; text?: string }) => Error | void): pg.Pool {
+  const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 8 });
+  pool.on('connect', (client) => {
+    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+      const error = spy(typeof args[0] === 'string' ? { text: args[0] } : ((args[0] ?? {}) as { name?: string; text?: string }));
+      return error ? Promise.reject(error) : query(...args);
+    };
+  });
+  return pool;
+}

@@ -2,10 +2,10 @@
 // same turn go in one statement, and each read yields exactly what it yields alone. On the real server.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import pg from 'pg';
+import type pg from 'pg';
 import { StreamDeletedError, newId, type RecordedEvent, type ReadStreamOptions } from 'eventline';
 import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
-import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
+import { cleanUp, connectForTests, spiedPool, uniqueSchema } from './helpers.js';
 
 let admin: pg.Client;
 const schemas: string[] = [];
@@ -19,26 +19,18 @@ const pools: pg.Pool[] = [];
 async function countedStore(options: { grouping?: number } = {}) {
   const schema = uniqueSchema('rgrp');
   schemas.push(schema);
-  const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 8 });
+  const counts = { alone: 0, grouped: 0, failNextGroups: 0 };
+  const pool = spiedPool(({ name = '' }) => {
+    if (name.endsWith('.first_fwd')) counts.alone++;
+    if (!name.endsWith('.first_group')) return;
+    counts.grouped++;
+    if (counts.failNextGroups === 0) return;
+    counts.failNextGroups--;
+    return Object.assign(new Error('Connection terminated unexpectedly'), { code: 'ECONNRESET' });
+  });
   pools.push(pool);
   const store = createPostgresStore({ pool, schema, ...options });
   stores.push(store);
-  const counts = { alone: 0, grouped: 0, failNextGroups: 0 };
-  pool.on('connect', (client) => {
-    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      const name = (args[0] as { name?: string } | undefined)?.name ?? '';
-      if (name.endsWith('.first_fwd')) counts.alone++;
-      if (name.endsWith('.first_group')) {
-        counts.grouped++;
-        if (counts.failNextGroups > 0) {
-          counts.failNextGroups--;
-          return Promise.reject(Object.assign(new Error('Connection terminated unexpectedly'), { code: 'ECONNRESET' }));
-        }
-      }
-      return query(...args);
-    };
-  });
   await store.migrate();
   return { store, counts };
 }
