@@ -135,7 +135,7 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
       grouping &&
       new ReadGroups(
         DEFAULT_READ_GROUP_OPTIONS,
-        (read) => super.readFirstPage(read.streamId, read.from, read.size, `read stream '${read.streamId}'`),
+        (read) => super.readFirstPage(read.streamId, read.from, read.size, read.operation),
         (streamIds, froms, sizes) => this.executor.query<GroupedRow>(config.statements.readStreamFirstGroup, [streamIds, froms, sizes], `read ${streamIds.length} streams`),
       );
   }
@@ -144,7 +144,7 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
   private readonly reads: ReadGroups | null;
 
   protected override readFirstPage(streamId: string, from: number, size: number, operation: string): Promise<EventRow[]> {
-    return this.reads ? this.reads.submit({ streamId, from, size }) : super.readFirstPage(streamId, from, size, operation);
+    return this.reads ? this.reads.submit({ streamId, from, size, operation }) : super.readFirstPage(streamId, from, size, operation);
   }
 
   protected override sendAppend(append: EncodedAppend): Promise<string> {

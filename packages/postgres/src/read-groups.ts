@@ -19,6 +19,8 @@ export interface FirstPageRead {
   readonly streamId: string;
   readonly from: number;
   readonly size: number;
+  /** For error messages: "read stream 'id'". */
+  readonly operation: string;
 }
 
 interface Waiting {
@@ -27,8 +29,8 @@ interface Waiting {
   readonly reject: (error: unknown) => void;
 }
 
-/** A grouped statement's row: the index (1-based) of the read it belongs to, then that read's row. */
-export type GroupedRow = [n: string | number, ...row: EventRow];
+/** A grouped statement's row: a read's row, then the index (1-based) of the read it belongs to. */
+export type GroupedRow = [...row: EventRow, n: string | number];
 
 export interface ReadGroupOptions {
   /** Reads in one statement at most; more wait for the next statement of the same turn. */
@@ -79,7 +81,8 @@ export class ReadGroups {
       return;
     }
     const rows: EventRow[][] = group.map(() => []);
-    for (const [n, ...row] of grouped) rows[Number(n) - 1]!.push(row as EventRow);
+    // The trailing index is left on the row: the store reads a row's columns by position.
+    for (const row of grouped) rows[Number(row[row.length - 1]) - 1]!.push(row as unknown as EventRow);
     group.forEach((waiting, i) => waiting.resolve(rows[i]!));
   }
 

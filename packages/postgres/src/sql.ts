@@ -456,10 +456,11 @@ const readStreamFirstPage = (s: string, order: 'ASC' | 'DESC', p = { streamId: '
 /**
  * {@link readStreamFirstPage} forwards for several streams in one statement: $1 stream ids, $2 the first version wanted
  * of each, $3 the page size of each. Each row is a row of {@link readStreamFirstForwards} for the stream at index
- * `n - 1` of the arrays, with `n` put first; a stream's rows come together, in the order of its own read.
+ * `n - 1` of the arrays, with `n` put last (so the row is used as it is); a stream's rows come together, in the order
+ * of its own read.
  */
 export const readStreamFirstGroup = (s: string) => `
-  SELECT g.n, r.*
+  SELECT r.*, g.n
     FROM unnest($1::text[], $2::int8[], $3::int4[]) WITH ORDINALITY AS g(stream_id, from_version, page_size, n)
    CROSS JOIN LATERAL (${readStreamFirstPage(s, 'ASC', { streamId: 'g.stream_id', from: 'g.from_version', to: 'NULL', size: 'g.page_size' })}) r`;
 
