@@ -144,6 +144,45 @@ describe('subscriptions (in-memory)', () => {
     assert.deepEqual(await subscription.parked(), []);
   });
 
+  it('transactional: false runs handlers with no transaction, each event once; parking and retries work the same', async () => {
+    const { store, subscriptions, options } = setup();
+    let broken = true;
+    const applied: number[] = [];
+    const transactions = new Set<unknown>();
+    const subscription = createSubscription(
+      options({
+        transactional: false,
+        handle: (event, { tx }) => {
+          transactions.add(tx);
+          const i = (event.data as { i: number }).i;
+          if (i === 2 && broken) throw new Error('cannot handle event 2');
+          applied.push(i);
+        },
+      }),
+    );
+    const last = await append(store, 'a-1', 5);
+    await subscription.catchUp();
+    assert.deepEqual(applied, [0, 1, 3, 4], 'the events before the poison one are not handled again');
+    assert.deepEqual([...transactions], [undefined]);
+    assert.ok((await subscriptions.checkpoint('test'))! >= last.position, 'the checkpoint moved past the batch');
+    const [parked] = await subscription.parked();
+    assert.equal(parked?.error.message, 'cannot handle event 2');
+    broken = false;
+    await subscription.retryParked(parked!.event.id);
+    assert.deepEqual(applied, [0, 1, 3, 4, 2]);
+    assert.deepEqual(await subscription.parked(), []);
+  });
+
+  it('moveCheckpoint is fenced by the lease', async () => {
+    const { store, subscriptions } = setup();
+    const { position } = await append(store, 'a-1');
+    assert.equal(await subscriptions.acquireLease('s', 'a', 60_000), true);
+    await assert.rejects(subscriptions.moveCheckpoint!({ name: 's', owner: 'b', position }), { code: 'LEASE_LOST' });
+    assert.equal(await subscriptions.checkpoint('s'), null);
+    await subscriptions.moveCheckpoint!({ name: 's', owner: 'a', position });
+    assert.equal(await subscriptions.checkpoint('s'), position);
+  });
+
   it("with onFailure 'stop' a poison event stops the subscription before it", async () => {
     const { store, options } = setup();
     const applied: number[] = [];

@@ -78,6 +78,12 @@ export const loadCheckpoint = (s: string) => `SELECT position FROM ${s}.checkpoi
 export const saveCheckpoint = (s: string) => `
 INSERT INTO ${s}.checkpoints (name, position) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()`;
+/** Moves a checkpoint only while `owner` holds the lease ($1 name, $2 owner, $3 position); a row when it moved. */
+export const moveCheckpoint = (s: string) => `
+WITH lease AS (SELECT 1 FROM ${s}.leases WHERE name = $1 AND owner = $2 AND expires_at > clock_timestamp() FOR UPDATE)
+INSERT INTO ${s}.checkpoints (name, position) SELECT $1, $3::text FROM lease
+ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()
+RETURNING 1 AS moved`;
 export const deleteCheckpoint = (s: string) => `DELETE FROM ${s}.checkpoints WHERE name = $1`;
 /** Locks the lease row for the batch: a takeover waits until this transaction ends (fencing). */
 export const holdLease = (s: string) => `SELECT expires_at > clock_timestamp() AS valid FROM ${s}.leases WHERE name = $1 AND owner = $2 FOR UPDATE`;

@@ -71,6 +71,10 @@ export function createSqlSubscriptionStore(store: SqlEventStore): SubscriptionSt
         return result;
       });
     },
+    async moveCheckpoint(args) {
+      const moved = await store.sql.query(q.moveCheckpoint(s), [args.name, args.owner, args.position], PREPARED);
+      if (moved.length === 0) throw new LeaseLostError(args.name, args.owner);
+    },
     async setCheckpoint(name, position) {
       if (position === null) await store.sql.query(q.deleteCheckpoint(s), [name], PREPARED);
       else await store.sql.query(q.saveCheckpoint(s), [name, position], PREPARED);

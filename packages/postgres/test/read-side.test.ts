@@ -150,6 +150,56 @@ for (const [name, create] of backends) {
       await new Promise((resolve) => setTimeout(resolve, 20));
       assert.equal(await subscriptions.acquireLease('t', 'b', 60_000), true, 'an expired lease is taken over');
       await assert.rejects(subscriptions.commit({ name: 't', owner: 'a', position: formatPosition(1n, 1n) }, async () => undefined), { code: 'LEASE_LOST' });
+      // moveCheckpoint (the checkpoint alone, one statement) is fenced the same way.
+      await assert.rejects(subscriptions.moveCheckpoint!({ name: 't', owner: 'a', position: formatPosition(1n, 1n) }), { code: 'LEASE_LOST' });
+      assert.equal(await subscriptions.checkpoint('t'), null);
+      await subscriptions.moveCheckpoint!({ name: 't', owner: 'b', position: formatPosition(1n, 2n) });
+      assert.equal(await subscriptions.checkpoint('t'), formatPosition(1n, 2n));
+      await subscriptions.moveCheckpoint!({ name: 't', owner: 'b', position: formatPosition(1n, 3n) });
+      assert.equal(await subscriptions.checkpoint('t'), formatPosition(1n, 3n));
+    });
+
+    it('a non-transactional handler (a publisher) waits on the outside world with no transaction open: readers are not held back', async () => {
+      const store = create();
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let entered!: () => void;
+      const inHandler = new Promise<void>((resolve) => (entered = resolve));
+      const handled: string[] = [];
+      const transactions: unknown[] = [];
+      const subscription = createSubscription<SqlClient>({
+        name: 'outside',
+        store,
+        subscriptions: createSqlSubscriptionStore(store),
+        transactional: false,
+        pollIntervalMs: 20,
+        handle: async (event, { tx }) => {
+          transactions.push(tx);
+          entered();
+          await released; // a broker that takes its time to confirm
+          handled.push(event.id);
+        },
+      });
+      const first = deposit(1);
+      await store.append('account-1', [first]);
+      subscription.start();
+      try {
+        await inHandler;
+        // While the handler waits, an append is visible to readAll at once (no open transaction holds the log back).
+        const second = deposit(2);
+        const { position } = await store.append('account-2', [second]);
+        assert.equal((await store.readAllHoldback()).heldBackEvents, 0);
+        const page = await store.readAllPage();
+        assert.ok(page.events.some((event) => event.position === position), 'the new event is readable while the handler waits');
+        release();
+        await subscription.waitFor(position, { timeoutMs: 5000 });
+        assert.deepEqual(handled, [first.id, second.id]);
+        assert.deepEqual(transactions, [undefined, undefined], 'no transaction is given to a non-transactional handler');
+        assert.equal(await createSqlSubscriptionStore(store).checkpoint('outside'), (await subscription.status()).checkpoint);
+      } finally {
+        release();
+        await subscription.stop();
+      }
     });
 
     it('documents: last write wins by version', async () => {

@@ -29,6 +29,13 @@ export interface SubscriptionStore<Tx = unknown> {
    * transaction. Fenced: when `owner` no longer holds the lease, nothing commits and {@link LeaseLostError} is thrown.
    */
   commit<T>(args: { name: string; owner: string; position?: Position; park?: ParkedEvent; unpark?: string }, work: (tx: Tx) => Promise<T>): Promise<T>;
+  /**
+   * Optional: moves the checkpoint with no work to commit, fenced like {@link commit} (throws {@link LeaseLostError}
+   * when `owner` no longer holds the lease), in one statement where the store can. Subscriptions whose handlers write
+   * nothing through `tx` (`transactional: false`: publishers) use it after their handler; without it they call
+   * `commit` with no work.
+   */
+  moveCheckpoint?(args: { name: string; owner: string; position: Position }): Promise<void>;
   /** Sets (or with null, clears) a checkpoint, outside any lease: for resets by an operator. */
   setCheckpoint(name: string, position: Position | null): Promise<void>;
   /** Acquires the lease for `owner`, or renews it when `owner` already holds it. False when another owner holds it. */

@@ -27,6 +27,15 @@ export interface SubscriptionOptions<Tx> {
    * is retried event by event through `handle`, so a poison event is still found, retried and parked.
    */
   handleBatch?: (events: readonly RecordedEvent[], context: HandlerContext<Tx>) => Promise<void>;
+  /**
+   * Whether handlers run inside the transaction the checkpoint commits in (default true): their writes through `tx`
+   * then commit with it, exactly once. `false` is for handlers whose effect is outside the store's database (a
+   * publisher's broker, an HTTP call): they run first, with no transaction open (and `tx` undefined), and the
+   * checkpoint then moves on its own (fenced by the lease, one statement where the subscription store has
+   * `moveCheckpoint`). An open transaction would otherwise hold every gap-safe reader of the log back (see
+   * `readAllHoldback`) for as long as the handler waits on the outside world. Delivery stays at least once.
+   */
+  transactional?: boolean;
   /** Only these categories / event types (filtered in the store). */
   filter?: ReadAllFilter;
   /** Where a subscription with no checkpoint starts: the beginning (default), the end, or a position. */
@@ -281,9 +290,15 @@ class SubscriptionRunner<Tx> implements Subscription {
     const parked = (await this.options.subscriptions.parked(this.key)).find((entry) => entry.event.id === eventId);
     if (!parked) throw new ValidationError(`Subscription '${this.name}' has no parked event ${eventId}`);
     if (!(await this.options.subscriptions.acquireLease(this.key, this.owner, this.ttl))) throw new LeaseLostError(this.key, this.owner);
-    await this.options.subscriptions.commit({ name: this.key, owner: this.owner, unpark: eventId }, async (tx) => {
+    const work = async (tx: Tx) => {
       await this.options.handle(parked.event, { tx, subscription: this.name, attempt: parked.attempts + 1 });
-    });
+    };
+    if (this.options.transactional === false) {
+      await work(undefined as Tx);
+      await this.options.subscriptions.commit({ name: this.key, owner: this.owner, unpark: eventId }, async () => undefined);
+      return;
+    }
+    await this.options.subscriptions.commit({ name: this.key, owner: this.owner, unpark: eventId }, work);
   }
 
   private wake() {
@@ -458,7 +473,7 @@ class SubscriptionRunner<Tx> implements Subscription {
     if (before.length > 0) {
       const position = before[before.length - 1]!.position;
       await this.commit({ position }, async (tx) => {
-        if (this.options.subscriptions.atomic) for (const event of before) await this.options.handle(event, { tx, subscription: this.name, attempt: 1 });
+        if (this.options.subscriptions.atomic && this.options.transactional !== false) for (const event of before) await this.options.handle(event, { tx, subscription: this.name, attempt: 1 });
       });
     }
     await this.handleOne(events[failedAt]!);
@@ -500,8 +515,19 @@ class SubscriptionRunner<Tx> implements Subscription {
     this.options.onParked?.(park);
   }
 
+  /**
+   * Runs `work` and moves the checkpoint to `position` and parks `park`, fenced by the lease: in one transaction, or
+   * (`transactional: false`) `work` first, with no transaction open, then the checkpoint alone.
+   */
   private async commit(args: { position?: Position; park?: ParkedEvent }, work: (tx: Tx) => Promise<void>): Promise<void> {
-    await this.options.subscriptions.commit({ name: this.key, owner: this.owner, ...args }, work);
+    const subscriptions = this.options.subscriptions;
+    if (this.options.transactional !== false) await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, work);
+    else {
+      await work(undefined as Tx);
+      if (args.position !== undefined && !args.park && subscriptions.moveCheckpoint) {
+        await subscriptions.moveCheckpoint({ name: this.key, owner: this.owner, position: args.position });
+      } else await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, async () => undefined);
+    }
     if (args.position !== undefined) {
       this.checkpoint = args.position;
       this.persisted = args.position;

@@ -36,6 +36,10 @@ export function createInMemorySubscriptionStore(store: InMemoryEventStore, optio
       if (args.unpark !== undefined) parked.set(args.name, (parked.get(args.name) ?? []).filter((p) => p.event.id !== args.unpark));
       return result;
     },
+    async moveCheckpoint(args) {
+      if (!holds(args.name, args.owner)) throw new LeaseLostError(args.name, args.owner);
+      checkpoints.set(args.name, args.position);
+    },
     async setCheckpoint(name, position) {
       if (position === null) checkpoints.delete(name);
       else checkpoints.set(name, position);

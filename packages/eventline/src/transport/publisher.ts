@@ -7,7 +7,7 @@ import type { SubscriptionStore } from '../subscriptions/contract.js';
 import { createSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
 import { encodeEvent, type Transport } from './contract.js';
 
-export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure'> {
+export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure' | 'transactional'> {
   /** Names the publisher's subscription (checkpoint and lease): `publisher-<name>`. */
   name: string;
   /**
@@ -36,6 +36,8 @@ export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription
     // parking a message would lose it on the bus and let later events of its stream overtake it.
     retry: { maxAttempts: Number.POSITIVE_INFINITY, maxDelayMs: 5_000, ...retry },
     onFailure: 'stop',
+    // The broker is outside the store's database: publish with no transaction open, then move the checkpoint.
+    transactional: false,
     handle: (event) => transport.publish([encodeEvent(event)]),
     handleBatch: (events) => transport.publish(events.map((event) => encodeEvent(event))),
   });
