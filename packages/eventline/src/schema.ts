@@ -137,6 +137,8 @@ export interface EventRegistry {
    * not know come back unchanged. Backends call this on every read path.
    */
   upcast<E extends RecordedEvent>(event: E): E;
+  /** True when {@link upcast} leaves an event of this stored type and schema version as it is. */
+  isCurrent(type: string, schemaVersion: number): boolean;
   /** The names events of these types may be stored under (each type and its earlier names), for read filters. */
   storedNames(types: readonly string[]): string[];
 }
@@ -163,6 +165,12 @@ export function eventRegistry(definitions: Iterable<EventDefinition>, options: {
     strict: options.strict ?? true,
     get: (type) => byType.get(type),
     types: () => [...byType.keys()].sort(),
+    isCurrent(type, schemaVersion) {
+      if (!needsUpcasting) return true;
+      if (renames.has(type)) return false;
+      const definition = byType.get(type);
+      return !definition || schemaVersion === definition.schemaVersion;
+    },
     storedNames: (types) => [...new Set(types.flatMap((type) => [type, ...(byType.get(type)?.renamedFrom ?? [])]))],
     upcast<E extends RecordedEvent>(event: E): E {
       if (!needsUpcasting) return event;

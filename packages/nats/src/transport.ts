@@ -14,8 +14,9 @@ import {
   type JsMsg,
   type StreamInfo,
 } from '@nats-io/jetstream';
-import { connect, headers as natsHeaders, nanos, type NatsConnection } from '@nats-io/transport-node';
+import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
 import { HEADERS, subjectMatches, type ConsumeOptions, type Consumer, type ReceivedMessage, type Transport, type TransportMessage } from 'eventline';
+import { AckCollector, type OutgoingMessage } from './acks.js';
 import { assertPrefix, filterSubjects, safeName, subjectProblem, versionAtLeast } from './names.js';
 
 export interface NatsTransportOptions {
@@ -68,6 +69,18 @@ const DEFAULT_PUBLISH_TIMEOUT_MS = 5_000;
 /** Pull requests expire (and are renewed) this often; heartbeats every half of it detect a silent server. */
 const PULL_EXPIRES_MS = 5_000;
 const MSG_ID_HEADER = 'Nats-Msg-Id';
+const EXPECTED_STREAM_HEADER = 'Nats-Expected-Stream';
+const HEADER_KEY = /^[!-9;-~]+$/;
+const LINE_BREAK = /[\r\n]/;
+
+/** Why a message's headers cannot go on the wire (keys: visible ASCII but ':'; values: no CR or LF), or undefined. */
+function headerProblem(message: TransportMessage): string | undefined {
+  for (const key in message.headers) {
+    if (!HEADER_KEY.test(key)) return `header name ${JSON.stringify(key)} is not visible ASCII without ':'`;
+    if (LINE_BREAK.test(message.headers[key]!)) return `header ${key} contains a line break`;
+  }
+  return LINE_BREAK.test(message.id) ? 'the id contains a line break' : undefined;
+}
 
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -169,19 +182,15 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
   };
 
   // ---- publish ------------------------------------------------------------------------------------------------
-  const publishOne = async (message: TransportMessage): Promise<void> => {
-    const hdrs = natsHeaders();
-    for (const [key, value] of Object.entries(message.headers)) hdrs.set(key, value);
-    hdrs.set(HEADERS.streamId, message.streamId);
-    let ack;
-    try {
-      ack = await js.publish(`${prefix}.${message.subject}`, message.body, { msgID: message.id, headers: hdrs, expect: { streamName: stream }, timeout: publishTimeoutMs });
-    } catch (error) {
-      // No responders: the stream (or JetStream) is gone; make sure it exists again on the next publish.
-      if (error instanceof Error && /not enabled|no responders/i.test(error.message)) streamReady = undefined;
-      throw error;
-    }
-    if (ack.stream !== stream) throw new Error(`acknowledged by stream ${ack.stream}, expected ${stream}`);
+  const acks = new AckCollector(nc, stream, publishTimeoutMs);
+  const outgoing = (message: TransportMessage): OutgoingMessage => {
+    const headers: Array<readonly [string, string]> = [
+      [MSG_ID_HEADER, message.id],
+      [EXPECTED_STREAM_HEADER, stream],
+    ];
+    for (const key in message.headers) headers.push([key, message.headers[key]!]);
+    if (!(HEADERS.streamId in message.headers)) headers.push([HEADERS.streamId, message.streamId]);
+    return { subject: `${prefix}.${message.subject}`, body: message.body, headers };
   };
 
   // ---- consume ------------------------------------------------------------------------------------------------
@@ -392,34 +401,29 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
     async publish(messages) {
       assertOpen('publish');
       if (messages.length === 0) return;
+      const batch: OutgoingMessage[] = [];
       for (const message of messages) {
-        const problem = subjectProblem(message.subject);
+        const problem = subjectProblem(message.subject) ?? headerProblem(message);
         if (problem) throw new NatsTransportError('publish', `message ${message.id}: ${problem}`);
         if (!message.id) throw new NatsTransportError('publish', 'a message has no id');
+        batch.push(outgoing(message));
       }
       await ensureStream('publish');
-      // Concurrent across streams, one after the other within a stream: a message is sent only once the previous one
-      // of its stream was acknowledged, so a failure can never leave a later message of a stream stored before an
-      // earlier one (the retry of the batch then re-sends in order, and the server drops what it already has).
-      const chains = new Map<string, TransportMessage[]>();
-      for (const message of messages) {
-        const chain = chains.get(message.streamId);
-        if (chain) chain.push(message);
-        else chains.set(message.streamId, [message]);
-      }
+      // The whole batch is sent in one synchronous loop (AckCollector), the PubAcks awaited only after it. That keeps
+      // every stream in order whatever fails: nats.js puts a publish into the connection's outbound buffer at once
+      // (no await before the write), a connection drop can only be seen between turns of the event loop (never inside
+      // this loop), and the buffer is discarded when it reconnects. So the batch goes out whole on one connection, in
+      // order, and the server, which stores a connection's messages in the order it reads them, stores a prefix of it
+      // when the connection drops; the retry of the batch sends it again in order and the server drops what it has
+      // (Nats-Msg-Id). A per-message refusal with later ones stored would need stream limits that refuse new messages
+      // (discard: new), which this transport does not configure.
+      const outcomes = await acks.publish(batch);
       const failures: Array<{ id: string; error: unknown }> = [];
-      await Promise.all(
-        [...chains.values()].map(async (chain) => {
-          for (const message of chain) {
-            try {
-              await publishOne(message);
-            } catch (error) {
-              failures.push({ id: message.id, error });
-              return; // the rest of this stream waits for the retry
-            }
-          }
-        }),
-      );
+      outcomes.forEach((error, i) => {
+        if (error) failures.push({ id: messages[i]!.id, error });
+      });
+      // No responders: the stream (or JetStream) is gone; make sure it exists again on the next publish.
+      if (failures.some(({ error }) => /no responders/i.test(describe(error)))) streamReady = undefined;
       if (failures.length > 0) {
         const first = failures[0]!;
         throw new NatsTransportError(
@@ -468,6 +472,7 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
       closed = true;
       // A message in progress gets up to the ack wait to finish; after that the server would redeliver it anyway.
       await Promise.all([...runners].map((runner) => runner.stop(ackWaitMs)));
+      acks.close();
       if (owned && !nc.isClosed()) {
         try {
           await nc.drain();

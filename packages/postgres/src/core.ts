@@ -13,6 +13,8 @@ import {
   assertStreamId,
   assertStreamMetadata,
   firstVisibleVersion,
+  encodeEvent,
+  encodeStoredEvent,
   formatPosition,
   normaliseReadAllOptions,
   normaliseReadStreamOptions,
@@ -21,6 +23,8 @@ import {
   prepareAppend,
   type AppendOptions,
   type AppendResult,
+  type EncodedEvent,
+  type EncodedReadAllPage,
   type EventInput,
   type EventMetadata,
   type EventRegistry,
@@ -113,8 +117,22 @@ export type EventRow = [
   metadata: EventMetadata,
 ];
 
-/** A row of the readAll statement: an event, and null; or nulls and the snapshot's xmin. */
-type ReadAllRow = [...EventRow, string | null];
+/** A row of the encoded readAll statement (readAllPageEncoded in sql.ts): data and metadata as text, then header fields. */
+type EncodedRow = [
+  id: string,
+  streamId: string,
+  type: string,
+  version: string | number,
+  position: Position,
+  recordedMs: string | number,
+  data: string,
+  metadata: string,
+  snapshotXmin: null,
+  correlationId: string | null,
+  causationId: string | null,
+  traceparent: string | null,
+  schemaVersion: string | null,
+];
 
 interface WriteRow {
   status: 'ok' | 'duplicate' | 'deleted' | 'wrong_version' | 'id_conflict';
@@ -467,17 +485,51 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     return { events: page.rows.map((row) => this.toRecorded(row)), next: page.next, atEnd: page.atEnd };
   }
 
+  async readAllPageEncoded(options?: ReadAllOptions): Promise<EncodedReadAllPage> {
+    const normalised = normaliseReadAllOptions(options, 1000);
+    const page = await this.fetchAllPage<EncodedRow>(normalised, normalised.after, normalised.limit, this.config.statements.readAllPageEncoded);
+    const registry = this.config.events;
+    const events: EncodedEvent[] = new Array(page.rows.length);
+    for (let i = 0; i < page.rows.length; i++) {
+      const row = page.rows[i]!;
+      const schemaVersion = row[12] === null ? 1 : Number(row[12]);
+      if (registry && !registry.isCurrent(row[2], schemaVersion)) {
+        // Renamed or older schema: upcast like every read path, then encode.
+        const event = this.toRecorded([row[0], row[1], row[2], row[3], row[4], row[5], JSON.parse(row[6]), JSON.parse(row[7]) as EventMetadata]);
+        events[i] = { id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) };
+        continue;
+      }
+      const message = encodeStoredEvent({
+        id: row[0],
+        streamId: row[1],
+        type: row[2],
+        version: String(row[3]),
+        position: row[4],
+        recordedAt: new Date(Number(row[5])),
+        dataJson: row[6],
+        metadataJson: row[7],
+        correlationId: row[9],
+        causationId: row[10],
+        traceparent: row[11],
+      });
+      events[i] = { id: row[0], streamId: row[1], position: row[4], message };
+    }
+    return { events, next: page.next, atEnd: page.atEnd };
+  }
+
   /** One gap-safe page of event rows after `after`, and where to resume (see `readAllPage` in sql.ts and the contract). */
-  private async fetchAllPage(
+  private async fetchAllPage<R extends unknown[] = EventRow>(
     filter: { types: string[] | null; categories: string[] | null },
     after: Position,
     limit: number,
-  ): Promise<{ rows: EventRow[]; next: Position; atEnd: boolean }> {
+    statement = this.config.statements.readAllPage,
+  ): Promise<{ rows: R[]; next: Position; atEnd: boolean }> {
     await this.ready('read all');
     const storedTypes = filter.types && this.config.events ? this.config.events.storedNames(filter.types) : filter.types;
     const { transaction, sequence } = parsePosition(after);
-    const result = await this.executor.query<ReadAllRow>(
-      this.config.statements.readAllPage,
+    // Rows: the event columns (position at 4), null in column 8; and one row of nulls with the snapshot's xmin in 8.
+    const result = await this.executor.query<unknown[]>(
+      statement,
       [transaction.toString(), (sequence > INT8_MAX ? INT8_MAX : sequence).toString(), storedTypes, filter.categories, limit],
       'read all',
     );
@@ -485,15 +537,15 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     let xmin: string | null = null;
     const last = result[result.length - 1];
     if (last && last[0] === null) {
-      xmin = last[8];
+      xmin = last[8] as string;
       result.pop();
     }
-    let rows = result as unknown as EventRow[];
+    let rows = result as R[];
     if (xmin === null) {
-      xmin = result.find((row) => row[0] === null)![8];
-      rows = result.filter((row) => row[0] !== null) as unknown as EventRow[];
+      xmin = result.find((row) => row[0] === null)![8] as string;
+      rows = result.filter((row) => row[0] !== null) as R[];
     }
-    if (rows.length === limit) return { rows, next: rows[rows.length - 1]![4], atEnd: false };
+    if (rows.length === limit) return { rows, next: rows[rows.length - 1]![4] as Position, atEnd: false };
     const boundary = positionBeforeTransaction(BigInt(xmin!));
     return { rows, next: boundary > after ? boundary : after, atEnd: true };
   }

@@ -475,8 +475,22 @@ export const readStreamFirstBackwards = (s: string) => readStreamFirstPage(s, 'D
  * the types $3 and the categories $4 (null: all), at most $5. One more row, whose event columns are null, carries the
  * snapshot's xmin in a ninth column (null in the event rows); it usually comes last, but find it by its null id.
  */
-export const readAllPage = (s: string) =>
-  `(SELECT ${EVENT_COLUMNS}, NULL::text AS snapshot_xmin
+export const readAllPage = (s: string) => readAllPageOf(s, EVENT_COLUMNS, '');
+
+/**
+ * {@link readAllPage} for publishers: data and metadata as JSON text (no parse in the client), and after the xmin
+ * column the metadata's correlationId, causationId, traceparent and schemaVersion (for headers and upcasting).
+ */
+export const readAllPageEncoded = (s: string) =>
+  readAllPageOf(
+    s,
+    EVENT_COLUMNS.replace('e.data, e.metadata', 'e.data::text, e.metadata::text'),
+    `, e.metadata->>'correlationId', e.metadata->>'causationId', e.metadata->>'traceparent', e.metadata->>'schemaVersion'`,
+    ', NULL, NULL, NULL, NULL',
+  );
+
+const readAllPageOf = (s: string, columns: string, extra: string, extraNulls = '') =>
+  `(SELECT ${columns}, NULL::text AS snapshot_xmin${extra}
       FROM ${s}.events e
      WHERE (e.transaction_id, e.position) > ($1::xid8, $2::int8)
        AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -485,7 +499,7 @@ export const readAllPage = (s: string) =>
      ORDER BY e.transaction_id, e.position
      LIMIT $5)
    UNION ALL
-   SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())::text`;
+   SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())::text${extraNulls}`;
 
 /** The snapshot's xmin: every transaction below it has ended. */
 export const snapshotXmin = () => `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`;
@@ -529,6 +543,7 @@ export interface Statements {
   readonly readStreamFirstBackwards: Statement;
   readonly readStreamFirstGroup: Statement;
   readonly readAllPage: Statement;
+  readonly readAllPageEncoded: Statement;
   readonly snapshotXmin: Statement;
   readonly readAllHoldback: Statement;
 }
@@ -556,6 +571,7 @@ export function statementsFor(schema: string): Statements {
     readStreamFirstBackwards: events('first_bwd', readStreamFirstBackwards(s)),
     readStreamFirstGroup: events('first_group', readStreamFirstGroup(s)),
     readAllPage: events('read_all', readAllPage(s)),
+    readAllPageEncoded: events('read_all_enc', readAllPageEncoded(s)),
     snapshotXmin: read('xmin', snapshotXmin()),
     readAllHoldback: read('holdback', readAllHoldback(s)),
   };

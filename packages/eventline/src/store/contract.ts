@@ -3,6 +3,7 @@ import type { EventInput, RecordedEvent } from '../event.js';
 import type { JsonObject } from '../json.js';
 import type { Position } from '../position.js';
 import type { EventRegistry } from '../schema.js';
+import type { TransportMessage } from '../transport/contract.js';
 
 /**
  * The event store: an append-only log of events grouped in streams, and the single source of truth.
@@ -24,6 +25,15 @@ export interface EventStore extends EventStoreSession {
    * filter skipped), so a filtered reader moves on even when nothing matches.
    */
   readAllPage(options?: ReadAllOptions): Promise<ReadAllPage>;
+
+  /**
+   * Optional: {@link readAllPage} with each event as the message a transport carries (what `encodeEvent` makes of it),
+   * built from the JSON the backend stores without parsing and serialising it again. Publishers use it when the store
+   * has it. Events that the store's registry renames or upcasts are upcast first, as on every read path. Optional for
+   * stores written outside eventline (publishers then encode `readAllPage`'s events); every eventline backend has it,
+   * and the conformance suite checks it.
+   */
+  readAllPageEncoded?(options?: ReadAllOptions): Promise<EncodedReadAllPage>;
 
   /** Where the log ends now: reading after this yields only events committed later (a reader "starting at the end"). */
   headPosition(): Promise<Position>;
@@ -135,6 +145,20 @@ export interface ReadAllPage {
   /** Resume here. Never smaller than `after`. */
   readonly next: Position;
   /** True when the page reached everything currently readable (a reader is caught up). */
+  readonly atEnd: boolean;
+}
+
+/** An event of the log as a transport message (see {@link EventStore.readAllPageEncoded}). */
+export interface EncodedEvent {
+  readonly id: string;
+  readonly streamId: string;
+  readonly position: Position;
+  readonly message: TransportMessage;
+}
+
+export interface EncodedReadAllPage {
+  readonly events: EncodedEvent[];
+  readonly next: Position;
   readonly atEnd: boolean;
 }
 

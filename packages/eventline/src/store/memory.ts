@@ -2,9 +2,11 @@ import { EventIdConflictError, StoreClosedError, StreamDeletedError, type Expect
 import type { EventInput, PreparedEvent, RecordedEvent } from '../event.js';
 import { formatPosition, positionBeforeTransaction, type Position } from '../position.js';
 import { assertStreamId, categoryOf } from '../stream-id.js';
+import { encodeEvent } from '../transport/contract.js';
 import type {
   AppendOptions,
   AppendResult,
+  EncodedReadAllPage,
   EventStore,
   EventStoreOptions,
   EventStoreSession,
@@ -230,6 +232,11 @@ class MemoryStore implements InMemoryEventStore {
     }
     if (events.length === limit) return { events, next: events[events.length - 1]!.position, atEnd: false };
     return { events, next: boundary > after ? boundary : after, atEnd: true };
+  }
+
+  async readAllPageEncoded(options?: ReadAllOptions): Promise<EncodedReadAllPage> {
+    const { events, next, atEnd } = await this.readAllPage(options);
+    return { events: events.map((event) => ({ id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) })), next, atEnd };
   }
 
   async headPosition(): Promise<Position> {

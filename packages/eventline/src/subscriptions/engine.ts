@@ -113,10 +113,35 @@ const HOLDBACK_FAST_MS = 10;
 const HOLDBACK_FAST_RETRIES = 50;
 
 export function createSubscription<Tx>(options: SubscriptionOptions<Tx>): Subscription {
-  return new SubscriptionRunner(options);
+  return new SubscriptionRunner<Tx, RecordedEvent>({ ...options, read: (page) => options.store.readAllPage(page) });
 }
 
-class SubscriptionRunner<Tx> implements Subscription {
+/** What the engine needs of an item of the log it reads. */
+export interface LogItem {
+  readonly id: string;
+  readonly streamId: string;
+  readonly position: Position;
+}
+
+/**
+ * A subscription over items of the log other than {@link RecordedEvent}s, read by `read` (same paging contract as
+ * `readAllPage`): publishers read events already encoded as messages. Such a subscription
+ * never parks (its `onFailure` must be 'stop'), since a parked event is a {@link RecordedEvent}.
+ */
+export interface LogSubscriptionOptions<Tx, E extends LogItem> extends Omit<SubscriptionOptions<Tx>, 'handle' | 'handleBatch'> {
+  handle: (item: E, context: HandlerContext<Tx>) => Promise<void> | void;
+  handleBatch?: (items: readonly E[], context: HandlerContext<Tx>) => Promise<void>;
+  read: (page: { after: Position; limit: number; filter?: ReadAllFilter }) => Promise<{ readonly events: E[]; readonly next: Position; readonly atEnd: boolean }>;
+}
+
+export function createLogSubscription<Tx, E extends LogItem>(options: LogSubscriptionOptions<Tx, E>): Subscription {
+  if (options.onFailure !== 'stop') throw new ValidationError(`Subscription '${options.name}': a subscription over encoded items must use onFailure 'stop'`);
+  return new SubscriptionRunner<Tx, E>(options);
+}
+
+type LogPage<E> = { readonly events: E[]; readonly next: Position; readonly atEnd: boolean };
+
+class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   readonly name: string;
   private readonly key: string;
   private readonly owner: string;
@@ -149,9 +174,9 @@ class SubscriptionRunner<Tx> implements Subscription {
   private persisted: Position | null = null;
   private persistedAt = 0;
   /** The next page, read while the current batch is handled (catching up only); used when the checkpoint lands on `after`. */
-  private prefetched: { after: Position; page: Promise<ReadAllPage> } | null = null;
+  private prefetched: { after: Position; page: Promise<LogPage<E>> } | null = null;
 
-  constructor(private readonly options: SubscriptionOptions<Tx>) {
+  constructor(private readonly options: LogSubscriptionOptions<Tx, E>) {
     if (!/^[A-Za-z0-9_.:-]{1,150}$/.test(options.name)) throw new ValidationError(`Subscription name '${options.name}' must be 1-150 letters, digits, '_', '.', ':' or '-'`);
     const partition = options.partition;
     if (partition && !(Number.isInteger(partition.count) && partition.count >= 1 && Number.isInteger(partition.index) && partition.index >= 0 && partition.index < partition.count)) {
@@ -291,7 +316,8 @@ class SubscriptionRunner<Tx> implements Subscription {
     if (!parked) throw new ValidationError(`Subscription '${this.name}' has no parked event ${eventId}`);
     if (!(await this.options.subscriptions.acquireLease(this.key, this.owner, this.ttl))) throw new LeaseLostError(this.key, this.owner);
     const work = async (tx: Tx) => {
-      await this.options.handle(parked.event, { tx, subscription: this.name, attempt: parked.attempts + 1 });
+      // Parked events exist only for subscriptions over RecordedEvents (createLogSubscription refuses to park).
+      await this.options.handle(parked.event as unknown as E, { tx, subscription: this.name, attempt: parked.attempts + 1 });
     };
     if (this.options.transactional === false) {
       await work(undefined as Tx);
@@ -434,20 +460,20 @@ class SubscriptionRunner<Tx> implements Subscription {
     return { atEnd: page.atEnd && reached >= page.next, next: reached, handled: events.length };
   }
 
-  private readPage(after: Position): Promise<ReadAllPage> {
+  private readPage(after: Position): Promise<LogPage<E>> {
     const prefetched = this.prefetched;
     this.prefetched = null;
     if (prefetched && prefetched.after === after) return prefetched.page;
-    return this.options.store.readAllPage({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+    return this.options.read({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
   }
 
   private prefetch(after: Position): void {
-    const page = this.options.store.readAllPage({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+    const page = this.options.read({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
     page.catch(() => undefined); // a failed read ahead is read again when its turn comes
     this.prefetched = { after, page };
   }
 
-  private async handleBatch(events: RecordedEvent[], next: Position): Promise<void> {
+  private async handleBatch(events: E[], next: Position): Promise<void> {
     let failedAt = -1;
     try {
       await this.commit({ position: next }, async (tx) => {
@@ -480,7 +506,7 @@ class SubscriptionRunner<Tx> implements Subscription {
   }
 
   /** Retries one event that failed its first attempt, then parks it or stops the subscription. */
-  private async handleOne(event: RecordedEvent): Promise<void> {
+  private async handleOne(event: E): Promise<void> {
     let lastError: unknown;
     for (let attempt = 2; attempt <= this.maxAttempts; attempt++) {
       if (!this.active) return;
@@ -506,7 +532,7 @@ class SubscriptionRunner<Tx> implements Subscription {
     }
     const park: ParkedEvent = {
       subscription: this.key,
-      event,
+      event: event as unknown as RecordedEvent, // only subscriptions over RecordedEvents park (see createLogSubscription)
       error: { name: asError.name, message: asError.message, stack: asError.stack },
       attempts: this.maxAttempts,
       parkedAt: new Date(),
@@ -550,7 +576,7 @@ class SubscriptionRunner<Tx> implements Subscription {
     for (const listener of [...this.progressListeners]) listener();
   }
 
-  private inPartition(event: RecordedEvent): boolean {
+  private inPartition(event: { readonly streamId: string }): boolean {
     const partition = this.options.partition;
     return !partition || partition.count === 1 || hashOf(event.streamId) % partition.count === partition.index;
   }

@@ -3,6 +3,8 @@ import { after, describe, it } from 'node:test';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import {
   ConcurrencyError,
+  decodeEvent,
+  encodeEvent,
   EventIdConflictError,
   InvalidStreamIdError,
   PayloadTooLargeError,
@@ -675,6 +677,49 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         assert.deepEqual(shape((await s.readAllPage()).events), expected);
         assert.deepEqual(shape(await collect(s.readAll({ filter: { types: ['AccountOpened'] } }))), expected, 'a type filter also finds events stored under earlier names');
         await s.transaction(async (tx) => assert.deepEqual(shape(await collect(tx.readStream('acct-1'))), expected));
+      });
+    });
+
+    describe('encoded pages (publishers)', () => {
+      it("readAllPageEncoded gives readAllPage's events as the messages encodeEvent makes, with upcasting", async () => {
+        const AccountOpened = defineEvent('AccountOpened', passThrough, {
+          schemaVersion: 2,
+          renamedFrom: ['OpenedAccount'],
+          upcasters: { 1: (data: { name: string }) => ({ owner: data.name }) },
+        });
+        const s = await store({ events: eventRegistry([AccountOpened], { strict: false }) });
+        const traced = { correlationId: newId(), causationId: newId(), traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' };
+        await s.append('acct-1', [
+          ev('Deposited', { amount: 1.5, nested: { list: [1, 'two', null, { deep: true }] }, text: 'Zoë — 支付 ✓ "quoted" \\ back' }, traced),
+          ev('Noted', null),
+          { type: 'OpenedAccount', data: { name: 'Ada' }, metadata: { schemaVersion: 1 } },
+          AccountOpened.create({ owner: 'Bob' }),
+        ]);
+        await s.append('acct-we"ird\\id', [ev('Deposited', { amount: -2, big: 12345678901234, tiny: 1e-7 }, { correlationId: traced.correlationId, custom: { x: [] } })]);
+        assert.ok(s.readAllPageEncoded, 'eventline backends have readAllPageEncoded');
+        for (const options of [{}, { limit: 2 }, { filter: { categories: ['acct'], types: ['Deposited', 'AccountOpened'] } }]) {
+          const page = await s.readAllPage(options);
+          const encoded = await s.readAllPageEncoded(options);
+          assert.equal(encoded.next, page.next);
+          assert.equal(encoded.atEnd, page.atEnd);
+          assert.equal(encoded.events.length, page.events.length);
+          page.events.forEach((event, i) => {
+            const got = encoded.events[i]!;
+            const expected = encodeEvent(event);
+            assert.deepEqual({ id: got.id, streamId: got.streamId, position: got.position }, { id: event.id, streamId: event.streamId, position: event.position });
+            assert.deepEqual({ ...got.message, body: undefined }, { ...expected, body: undefined }, 'id, subject, stream and headers as encodeEvent makes them');
+            assert.deepEqual(decodeEvent(got.message), event, 'the body decodes to the event');
+          });
+        }
+        const opened = (await s.readAllPageEncoded({ filter: { types: ['AccountOpened'] } })).events.map((e) => decodeEvent(e.message));
+        assert.deepEqual(
+          opened.map((e) => ({ type: e.type, data: e.data, schemaVersion: e.metadata.schemaVersion })),
+          [
+            { type: 'AccountOpened', data: { owner: 'Ada' }, schemaVersion: 2 },
+            { type: 'AccountOpened', data: { owner: 'Bob' }, schemaVersion: 2 },
+          ],
+          'renamed and older events come out upcast',
+        );
       });
     });
 

@@ -1,4 +1,5 @@
 import type { RecordedEvent } from '../event.js';
+import type { Position } from '../position.js';
 
 /**
  * A message on an external bus: one committed event. `id` is the event id, which brokers use to de-duplicate a
@@ -73,18 +74,69 @@ export const HEADERS = {
 
 /** The message for an event. `replay` marks republished history, so consumers can tell. */
 export function encodeEvent(event: RecordedEvent, options: { replay?: boolean } = {}): TransportMessage {
-  const category = event.streamId.slice(0, event.streamId.indexOf('-'));
-  const headers: Record<string, string> = {
-    [HEADERS.eventType]: event.type,
-    [HEADERS.streamId]: event.streamId,
-    [HEADERS.version]: String(event.version),
-    [HEADERS.position]: event.position,
+  const { metadata } = event;
+  return {
+    id: event.id,
+    subject: `${event.streamId.slice(0, event.streamId.indexOf('-'))}.${event.type}`,
+    streamId: event.streamId,
+    body: JSON.stringify(event),
+    headers: headersOf(event.type, event.streamId, String(event.version), event.position, metadata.correlationId, metadata.causationId, metadata.traceparent, options.replay),
   };
-  if (event.metadata.correlationId) headers[HEADERS.correlationId] = event.metadata.correlationId;
-  if (event.metadata.causationId) headers[HEADERS.causationId] = event.metadata.causationId;
-  if (event.metadata.traceparent) headers[HEADERS.traceparent] = event.metadata.traceparent;
-  if (options.replay) headers[HEADERS.replay] = 'true';
-  return { id: event.id, subject: `${category}.${event.type}`, streamId: event.streamId, body: JSON.stringify(event), headers };
+}
+
+/** A stored event as text: what a backend has of it before parsing its JSON (see {@link encodeStoredEvent}). */
+export interface StoredEventText {
+  readonly id: string;
+  readonly streamId: string;
+  /** Letters, digits and '_' (as every stored type is): put in the JSON as it is. */
+  readonly type: string;
+  /** The version as digits. */
+  readonly version: string;
+  readonly position: Position;
+  readonly recordedAt: Date;
+  /** The event's data and metadata as JSON text, exactly as stored. */
+  readonly dataJson: string;
+  readonly metadataJson: string;
+  /** From the metadata, for the headers (null or undefined when absent). */
+  readonly correlationId?: string | null | undefined;
+  readonly causationId?: string | null | undefined;
+  readonly traceparent?: string | null | undefined;
+}
+
+/**
+ * The message {@link encodeEvent} makes of an event, built from its stored JSON text with no parse and no second
+ * serialisation: the body decodes ({@link decodeEvent}) to the same event. For backends' `readAllPageEncoded`.
+ */
+export function encodeStoredEvent(event: StoredEventText): TransportMessage {
+  // The id is a UUID, the position hex digits and '/', the type letters, digits and '_': none needs escaping.
+  const body =
+    `{"id":"${event.id}","type":"${event.type}","streamId":${JSON.stringify(event.streamId)},"version":${event.version},` +
+    `"position":"${event.position}","recordedAt":"${event.recordedAt.toISOString()}","data":${event.dataJson},"metadata":${event.metadataJson}}`;
+  return {
+    id: event.id,
+    subject: `${event.streamId.slice(0, event.streamId.indexOf('-'))}.${event.type}`,
+    streamId: event.streamId,
+    body,
+    headers: headersOf(event.type, event.streamId, event.version, event.position, event.correlationId, event.causationId, event.traceparent, false),
+  };
+}
+
+function headersOf(
+  type: string,
+  streamId: string,
+  version: string,
+  position: string,
+  correlationId: string | null | undefined,
+  causationId: string | null | undefined,
+  traceparent: string | null | undefined,
+  replay: boolean | undefined,
+): Record<string, string> {
+  const headers: Record<string, string> = { [HEADERS.eventType]: type, [HEADERS.streamId]: streamId, [HEADERS.version]: version, [HEADERS.position]: position };
+  if (correlationId) headers[HEADERS.correlationId] = correlationId;
+  if (causationId) headers[HEADERS.causationId] = causationId;
+  if (traceparent) headers[HEADERS.traceparent] = traceparent;
+  if (replay) headers[HEADERS.replay] = 'true';
+  return headers;
 }
 
 /** The event in a message (with `recordedAt` as a Date again). */

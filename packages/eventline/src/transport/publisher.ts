@@ -2,9 +2,9 @@ import { ValidationError } from '../errors.js';
 import type { RecordedEvent } from '../event.js';
 import { newId } from '../ids.js';
 import type { Position } from '../position.js';
-import type { EventStore, ReadAllFilter } from '../store/contract.js';
+import type { EncodedEvent, EncodedReadAllPage, EventStore, ReadAllFilter, ReadAllOptions } from '../store/contract.js';
 import type { SubscriptionStore } from '../subscriptions/contract.js';
-import { createSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
+import { createLogSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
 import { encodeEvent, type Transport } from './contract.js';
 
 export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure' | 'transactional'> {
@@ -29,8 +29,17 @@ export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'nam
  */
 export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription {
   const { transport, name, retry, ...rest } = options;
-  return createSubscription<Tx>({
+  const { store } = options;
+  // Events as messages: from the store's stored JSON where it can (no parse, no second serialisation), else encoded here.
+  const read = store.readAllPageEncoded
+    ? (page: ReadAllOptions) => store.readAllPageEncoded!(page)
+    : async (page: ReadAllOptions): Promise<EncodedReadAllPage> => {
+        const { events, next, atEnd } = await store.readAllPage(page);
+        return { events: events.map((event) => ({ id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) })), next, atEnd };
+      };
+  return createLogSubscription<Tx, EncodedEvent>({
     ...rest,
+    read,
     name: `publisher-${name}`,
     // A broker that is away (restarting, unreachable) must hold the publisher back, never make it skip an event:
     // parking a message would lose it on the bus and let later events of its stream overtake it.
@@ -38,8 +47,8 @@ export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription
     onFailure: 'stop',
     // The broker is outside the store's database: publish with no transaction open, then move the checkpoint.
     transactional: false,
-    handle: (event) => transport.publish([encodeEvent(event)]),
-    handleBatch: (events) => transport.publish(events.map((event) => encodeEvent(event))),
+    handle: (event) => transport.publish([event.message]),
+    handleBatch: (events) => transport.publish(events.map((event) => event.message)),
   });
 }
 
