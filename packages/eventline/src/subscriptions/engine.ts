@@ -2,7 +2,7 @@ import { EventlineError, ValidationError } from '../errors.js';
 import type { RecordedEvent } from '../event.js';
 import { newId } from '../ids.js';
 import { isPosition, START, type Position } from '../position.js';
-import type { EventStore, ReadAllFilter, ReadAllPage } from '../store/contract.js';
+import type { EventStore, ReadAllFilter } from '../store/contract.js';
 import { LeaseLostError, type ParkedEvent, type SubscriptionStore } from './contract.js';
 
 /** What a handler gets with each event. */
