@@ -1,4 +1,5 @@
 import type { Channel, ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
+import type { TransportMessage } from 'eventline';
 
 /** Channels closed on purpose: their `close` event is not a failure. */
 const closingOnPurpose = new WeakSet<Channel>();
@@ -138,6 +139,54 @@ export class Session {
     });
     confirmed.catch(() => undefined); // awaited by the caller, maybe after a drain: never an unhandled rejection
     return { confirmed, writable };
+  }
+
+  /**
+   * Publishes a batch with one promise for all of it (not one per message): resolves when the broker confirmed every
+   * message and routed each to a queue, rejects with the first refusal otherwise. Waits for the channel to drain when
+   * its buffer is full; stops sending (and rejects) when the session is lost meanwhile.
+   */
+  async sendBatch(channel: ConfirmChannel, exchange: string, messages: readonly TransportMessage[], headerOf: (message: TransportMessage) => Record<string, unknown>): Promise<void> {
+    let open = messages.length;
+    let failure: Error | undefined;
+    let settle!: () => void;
+    const confirmed = new Promise<void>((resolve) => (settle = resolve));
+    const timestamp = Math.floor(Date.now() / 1000);
+    let sent = 0;
+    for (const message of messages) {
+      const id = message.id;
+      const routingKey = message.subject;
+      let writable: boolean;
+      try {
+        writable = channel.publish(
+          exchange,
+          routingKey,
+          Buffer.from(message.body, 'utf8'),
+          { persistent: true, mandatory: true, messageId: id, contentType: 'application/json', timestamp, headers: headerOf(message) },
+          (error: unknown) => {
+            if (error) {
+              const reason = error instanceof Error ? error.message : String(error);
+              failure ??= new Error(`RabbitMQ did not confirm message ${id} (${reason})`, { cause: error });
+            } else if (this.takeReturned(channel, id)) {
+              failure ??= new Error(`RabbitMQ could not route message ${id} to any queue (exchange ${exchange || '(default)'}, routing key ${routingKey})`);
+            }
+            if (--open === 0) settle();
+          },
+        );
+      } catch (error) {
+        failure ??= toError(error, `RabbitMQ publish of message ${id} failed`);
+        break;
+      }
+      sent++;
+      if (!writable) await this.drained(channel);
+      if (!this.alive) break;
+    }
+    if (sent < messages.length) {
+      // Not everything went out: the confirms of what did may never come (a lost channel); do not wait for them.
+      throw failure ?? new Error('RabbitMQ connection lost before every message was sent; publish them again');
+    }
+    await confirmed;
+    if (failure) throw failure;
   }
 
   /** Publishes one message and waits for the broker's confirm (see {@link send}). */

@@ -284,28 +284,11 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
     async publish(messages: readonly TransportMessage[]): Promise<void> {
       const current = await ensureSession();
       if (messages.length === 0) return;
-      const channel = current.publishChannel;
-      const confirmations: Promise<void>[] = [];
-      for (const message of messages) {
-        const sent = current.send(channel, exchange, message.subject, Buffer.from(message.body, 'utf8'), {
-          persistent: true,
-          messageId: message.id,
-          contentType: 'application/json',
-          timestamp: Math.floor(Date.now() / 1000),
-          headers: { ...message.headers, [PRIVATE_HEADERS.streamId]: message.streamId },
-        });
-        confirmations.push(sent.confirmed);
-        if (!sent.writable) await current.drained(channel);
-        if (!current.alive) break;
-      }
       try {
-        await Promise.all(confirmations);
+        await current.sendBatch(current.publishChannel, exchange, messages, (message) => ({ ...message.headers, [PRIVATE_HEADERS.streamId]: message.streamId }));
       } catch (error) {
         if (!current.alive) throw new Error(`RabbitMQ connection lost before the broker confirmed every message; publish them again (${toError(error).message})`, { cause: error });
         throw error;
-      }
-      if (!current.alive || confirmations.length < messages.length) {
-        throw new Error(`RabbitMQ connection lost before every message was sent; publish them again`);
       }
     },
 
