@@ -88,15 +88,33 @@ end
 `;
 
 /**
- * KEYS: stream. ARGV: dedupe key prefix, dedupe window ms, max length ('' for none), then five per message: id,
- * subject, streamId, body, headers. Adds each message whose id was not seen within the window (SET NX PX on
- * `<dedupe key prefix><id>`, then XADD), in the given order. Returns how many were added. One call is atomic: a
- * failure stops it at a message, and no later message of the call is added (so a retry keeps the order).
+ * KEYS: stream, chain key. ARGV: de-duplication key prefix, window (ms), MAXLEN ('' for none), this call's place in
+ * its chain (0, 1, ...), 1 when it is the last of the chain, then five per message: id, subject, streamId, body,
+ * headers. Adds each message whose id was not seen within the window, in the given order, and returns how many were
+ * added, or -1 without adding anything when the previous call of its chain did not complete.
+ *
+ * A publish sends its batch as a chain of calls without waiting between them (Redis runs one while the client sends
+ * the next). Each call but the last records its place in the chain key; a call whose predecessor is not recorded there
+ * (it failed, or never ran) adds nothing. So, as with one call for the batch, a failure never leaves a later message
+ * stored before an earlier one: the retry drops what was stored and appends the rest in order.
+ *
+ * Published ids are remembered in one hash per window-long time bucket (`<prefix>:dedupe:<bucket>`, by the Redis
+ * server's clock) that expires two windows after its bucket began; an id in the current or the previous bucket is a
+ * duplicate, so an id is remembered for at least one window and at most two. (A hash field per id costs Redis about a
+ * quarter less than a key with its own expiry, `SET NX PX`, per id.) A call is atomic up to a failure, which stops it
+ * at a message: no later message of the call, or of the chain, is added.
  */
 const PUBLISH = `
+local place = tonumber(ARGV[4])
+if place > 0 and redis.call('GET', KEYS[2]) ~= tostring(place - 1) then return -1 end
+local now = redis.call('TIME')
+local window = tonumber(ARGV[2])
+local bucket = math.floor((tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) / window)
+local current = ARGV[1] .. bucket
+local previous = ARGV[1] .. (bucket - 1)
 local added = 0
-for i = 4, #ARGV, 5 do
-  if redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'PX', ARGV[2]) then
+for i = 6, #ARGV, 5 do
+  if redis.call('HEXISTS', previous, ARGV[i]) == 0 and redis.call('HSETNX', current, ARGV[i], '1') == 1 then
     if ARGV[3] ~= '' then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[i], 'subject', ARGV[i + 1], 'streamId', ARGV[i + 2], 'body', ARGV[i + 3], 'headers', ARGV[i + 4])
     else
@@ -104,6 +122,12 @@ for i = 4, #ARGV, 5 do
     end
     added = added + 1
   end
+end
+if added > 0 then redis.call('PEXPIREAT', current, (bucket + 2) * window) end
+if ARGV[5] == '1' then
+  if place > 0 then redis.call('DEL', KEYS[2]) end
+else
+  redis.call('SET', KEYS[2], tostring(place), 'PX', 60000)
 end
 return added
 `;
@@ -293,7 +317,7 @@ function script(lua: string, keys: number): Script {
 }
 
 export const SCRIPTS = {
-  publish: script(PUBLISH, 1),
+  publish: script(PUBLISH, 2),
   read: script(READ, 1),
   ack: script(ACK, 1),
   retry: script(RETRY, 1),

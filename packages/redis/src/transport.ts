@@ -47,8 +47,8 @@ export interface RedisTransport extends Transport {
 }
 
 const DEFAULTS = { prefix: 'eventline', claimIdleMs: 30_000, dedupeWindowMs: 3_600_000, batchSize: 10, blockMs: 5_000, pollMs: 500 };
-/** Most messages one publish script call carries; a larger batch is sent as several calls, one after another. */
-const PUBLISH_CHUNK = 500;
+/** Most messages one publish script call carries; a larger batch is sent as a chain of calls (see PUBLISH in scripts.ts). */
+const PUBLISH_CHUNK = 100;
 const PUBLISH_CHUNK_BYTES = 4 * 1024 * 1024;
 /** A consumer stops taking new entries while it holds this many (entries waiting behind another member's). */
 const MAX_HELD = 1000;
@@ -90,23 +90,33 @@ export function createRedisTransport(options: RedisTransportOptions = {}): Redis
 
     async publish(messages: readonly TransportMessage[]): Promise<void> {
       if (closed) throw new Error('this Redis transport is closed');
-      let chunk: Array<string | number> = [];
+      // A chain of script calls, sent without waiting between them, each refusing to run unless the one before it
+      // completed (see PUBLISH in scripts.ts): Redis runs a call while the next one is still being sent.
+      const chain = [streamKey, `${prefix}:chain:${randomUUID()}`];
+      const calls: Array<Array<string | number>> = [];
+      const start = (): Array<string | number> => [`${prefix}:dedupe:`, dedupeWindowMs, options.maxLength ?? '', calls.length, 0];
+      let args = start();
       let bytes = 0;
-      const flush = async () => {
-        if (chunk.length === 0) return;
-        const args = [`${prefix}:dedupe:`, dedupeWindowMs, options.maxLength ?? '', ...chunk];
-        chunk = [];
-        bytes = 0;
-        await run(redis, SCRIPTS.publish, [streamKey], args);
-      };
       for (const message of messages) {
-        const fields = [message.id, message.subject, message.streamId, message.body, JSON.stringify(message.headers)];
-        const size = fields.reduce((sum, field) => sum + field.length, 0);
-        if (chunk.length > 0 && (chunk.length / 5 >= PUBLISH_CHUNK || bytes + size > PUBLISH_CHUNK_BYTES)) await flush();
-        chunk.push(...fields);
+        const headers = JSON.stringify(message.headers);
+        const size = message.id.length + message.subject.length + message.streamId.length + message.body.length + headers.length;
+        if (args.length > 5 && ((args.length - 5) / 5 >= PUBLISH_CHUNK || bytes + size > PUBLISH_CHUNK_BYTES)) {
+          calls.push(args);
+          args = start();
+          bytes = 0;
+        }
+        args.push(message.id, message.subject, message.streamId, message.body, headers);
         bytes += size;
       }
-      await flush();
+      if (args.length > 5) calls.push(args);
+      if (calls.length === 0) return;
+      calls[calls.length - 1]![4] = 1;
+      const results = await Promise.allSettled(calls.map((call) => run(redis, SCRIPTS.publish, chain, call)));
+      const failed = results.find((result) => result.status === 'rejected');
+      if (failed) throw failed.reason;
+      if (results.some((result) => result.status === 'fulfilled' && result.value === -1)) {
+        throw new Error('Redis publish: a part of the batch did not run because the part before it did not complete; publish the batch again');
+      }
     },
 
     async consume(consumeOptions: ConsumeOptions): Promise<Consumer> {

@@ -6,6 +6,7 @@ import type { ReceivedMessage } from 'eventline';
 import { describeTransportConformance } from 'eventline/testing';
 import { Redis } from 'ioredis';
 import { createRedisTransport, type RedisTransport } from '../src/index.js';
+import { run, SCRIPTS } from '../src/scripts.js';
 import { deleteKeys, messages, namespace, REDIS_URL, requireRedis, restartRedis, sleep, until } from './helpers.js';
 
 const CLAIM_IDLE_MS = 1000;
@@ -67,8 +68,44 @@ describe('Redis Streams transport', () => {
     const [, fields] = entries[0]!;
     const record = Object.fromEntries(Array.from({ length: fields.length / 2 }, (_, i) => [fields[2 * i], fields[2 * i + 1]]));
     assert.deepEqual(record, { id: first!.id, subject: 'account.Happened', streamId: 'account-1', body: first!.body, headers: JSON.stringify(first!.headers) });
-    const ttl = await redis.pttl(`${prefix}:dedupe:${first!.id}`);
-    assert.ok(ttl > 0 && ttl <= 3_600_000, `the de-duplication key expires (pttl ${ttl})`);
+    // The ids are remembered in the hash of the current hour-long bucket, which expires two windows after it began.
+    const [bucket] = await redis.keys(`${prefix}:dedupe:*`);
+    assert.ok(bucket, 'a de-duplication bucket exists');
+    assert.deepEqual((await redis.hkeys(bucket)).sort(), [first!.id, second!.id].sort());
+    const ttl = await redis.pttl(bucket);
+    assert.ok(ttl > 3_600_000 && ttl <= 7_200_000, `the de-duplication bucket expires between one and two windows from now (pttl ${ttl})`);
+  });
+
+  it('a batch of several script calls keeps its order: a call whose predecessor did not complete adds nothing', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix);
+    const batch = messages(['account-1', 'account-2'], 350); // four calls of at most 100 messages
+    await transport.publish(batch);
+    const ids = (await redis.xrange(`${prefix}:events`, '-', '+')).map(([, fields]) => fields[fields.indexOf('id') + 1]);
+    assert.deepEqual(ids, batch.map((m) => m.id));
+    assert.deepEqual(await redis.keys(`${prefix}:chain:*`), [], 'the chain key is gone after the last call');
+    // The second call of a chain whose first call never ran: refused, nothing added.
+    const [late] = messages(['account-1'], 1);
+    const fields = [late!.id, late!.subject, late!.streamId, late!.body, JSON.stringify(late!.headers)];
+    const added = await run(redis, SCRIPTS.publish, [`${prefix}:events`, `${prefix}:chain:lost`], [`${prefix}:dedupe:`, 60_000, '', 1, 1, ...fields]);
+    assert.equal(added, -1);
+    assert.equal(await redis.xlen(`${prefix}:events`), batch.length);
+  });
+
+  it('drops an id published again within the window, also across a bucket boundary', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix, { dedupeWindowMs: 200 });
+    // Ids published 40 ms apart and each again 150 ms later: some of the pairs straddle a 200 ms bucket boundary.
+    const batch = messages(['account-1'], 6);
+    await Promise.all(
+      batch.map(async (message, i) => {
+        await sleep(i * 40);
+        await transport.publish([message]);
+        await sleep(150);
+        await transport.publish([message]);
+      }),
+    );
+    assert.equal(await redis.xlen(`${prefix}:events`), 6);
   });
 
   it('forgets a published id after the de-duplication window', { timeout: 20_000 }, async () => {
