@@ -12,7 +12,6 @@ import {
   recordMigration,
   schemaV1,
   schemaV3,
-  schemaV4,
 } from './sql.js';
 import { schemaV2 } from './read-side-sql.js';
 
@@ -27,7 +26,6 @@ export const migrations: readonly Migration[] = [
   { version: 1, name: 'event store: streams, events, append_events / delete_stream / set_stream_metadata', sql: schemaV1 },
   { version: 2, name: 'read side: checkpoints, leases, parked events, snapshots, projection catalog, inbox, read-model registry', sql: schemaV2 },
   { version: 3, name: 'append_events: optional id look-up and lock wait; append_group (group commit)', sql: schemaV3 },
-  { version: 4, name: 'read_stream_first_group, read_all_page, read_all_page_encoded: the grouped stream read and the global-log pages with generic plans', sql: schemaV4 },
 ];
 
 /** The latest migration version this package knows. */

@@ -365,48 +365,6 @@ END
 $fn$;
 `;
 
-/**
- * Migration 4: the grouped stream read and the two global-log pages as functions with generic plans. As plain prepared
- * statements PostgreSQL planned them again on every call (its estimate of the generic plan, made without the arrays'
- * lengths or knowing which filters are null, is worse than a plan for the values at hand): about 0.3 ms each time, more
- * than running them. Their queries are exactly the statements' (see below); each is one statement, so one snapshot.
- */
-export const schemaV4 = (s: string) => `
-CREATE FUNCTION ${s}.read_stream_first_group(p_stream_ids text[], p_froms int8[], p_sizes int4[])
-RETURNS TABLE (o_event_id uuid, o_stream_id text, o_type text, o_version int8, o_pos text, o_recorded_ms int8, o_data jsonb, o_metadata jsonb,
-               o_stream_version int8, o_hidden_before int8, o_deleted text, o_stream_metadata jsonb, o_n int8)
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
-BEGIN
-  RETURN QUERY ${named(readStreamFirstGroupQuery(s), ['p_stream_ids', 'p_froms', 'p_sizes'])};
-END
-$fn$;
-
-CREATE FUNCTION ${s}.read_all_page(p_transaction xid8, p_sequence int8, p_types text[], p_categories text[], p_limit int4)
-RETURNS TABLE (o_event_id uuid, o_stream_id text, o_type text, o_version int8, o_pos text, o_recorded_ms int8, o_data jsonb, o_metadata jsonb,
-               o_snapshot_xmin text)
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
-BEGIN
-  RETURN QUERY ${named(readAllPageQuery(s), READ_ALL_PARAMETERS)};
-END
-$fn$;
-
-CREATE FUNCTION ${s}.read_all_page_encoded(p_transaction xid8, p_sequence int8, p_types text[], p_categories text[], p_limit int4)
-RETURNS TABLE (o_event_id uuid, o_stream_id text, o_type text, o_version int8, o_pos text, o_recorded_ms int8, o_data text, o_metadata text,
-               o_snapshot_xmin text, o_correlation_id text, o_causation_id text, o_traceparent text, o_schema_version text)
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
-BEGIN
-  RETURN QUERY ${named(readAllPageEncodedQuery(s), READ_ALL_PARAMETERS)};
-END
-$fn$;
-`;
-
-const READ_ALL_PARAMETERS = ['p_transaction', 'p_sequence', 'p_types', 'p_categories', 'p_limit'];
-
-/** A statement's query with its parameters `$1`, `$2`... replaced by the function's parameter names. */
-function named(query: string, parameters: readonly string[]): string {
-  return query.replace(/\$(\d+)(?!\d)/g, (_, n: string) => parameters[Number(n) - 1]!);
-}
-
 // ---------------------------------------------------------------------------------------------------------------------
 // Statements the stores run.
 
@@ -501,10 +459,7 @@ const readStreamFirstPage = (s: string, order: 'ASC' | 'DESC', p = { streamId: '
  * `n - 1` of the arrays, with `n` put last (so the row is used as it is); a stream's rows come together, in the order
  * of its own read.
  */
-export const readStreamFirstGroup = (s: string) => `SELECT * FROM ${s}.read_stream_first_group($1::text[], $2::int8[], $3::int4[])`;
-
-/** The query of {@link readStreamFirstGroup} (the function's body, from migration 4). */
-const readStreamFirstGroupQuery = (s: string) => `
+export const readStreamFirstGroup = (s: string) => `
   SELECT r.*, g.n
     FROM unnest($1::text[], $2::int8[], $3::int4[]) WITH ORDINALITY AS g(stream_id, from_version, page_size, n)
    CROSS JOIN LATERAL (${readStreamFirstPage(s, 'ASC', { streamId: 'g.stream_id', from: 'g.from_version', to: 'NULL', size: 'g.page_size' })}) r`;
@@ -520,15 +475,13 @@ export const readStreamFirstBackwards = (s: string) => readStreamFirstPage(s, 'D
  * the types $3 and the categories $4 (null: all), at most $5. One more row, whose event columns are null, carries the
  * snapshot's xmin in a ninth column (null in the event rows); it usually comes last, but find it by its null id.
  */
-export const readAllPage = (s: string) => `SELECT * FROM ${s}.read_all_page($1::xid8, $2::int8, $3::text[], $4::text[], $5::int4)`;
-const readAllPageQuery = (s: string) => readAllPageOf(s, EVENT_COLUMNS, '');
+export const readAllPage = (s: string) => readAllPageOf(s, EVENT_COLUMNS, '');
 
 /**
  * {@link readAllPage} for publishers: data and metadata as JSON text (no parse in the client), and after the xmin
  * column the metadata's correlationId, causationId, traceparent and schemaVersion (for headers and upcasting).
  */
-export const readAllPageEncoded = (s: string) => `SELECT * FROM ${s}.read_all_page_encoded($1::xid8, $2::int8, $3::text[], $4::text[], $5::int4)`;
-const readAllPageEncodedQuery = (s: string) =>
+export const readAllPageEncoded = (s: string) =>
   readAllPageOf(
     s,
     EVENT_COLUMNS.replace('e.data, e.metadata', 'e.data::text, e.metadata::text'),

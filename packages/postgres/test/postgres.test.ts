@@ -117,6 +117,16 @@ describe('migrations', () => {
   });
 });
 
+describe('query plans', () => {
+  it("the store's own connections use generic plans for prepared statements, unless the connection string sets options", async () => {
+    const mode = async (s: PostgresEventStore) => (await s.sql.query<{ plan_cache_mode: string }>('SHOW plan_cache_mode'))[0]!.plan_cache_mode;
+    assert.equal(await mode(store()), 'force_generic_plan');
+    const separator = DATABASE_URL.includes('?') ? '&' : '?';
+    const own = store({ connectionString: `${DATABASE_URL}${separator}options=${encodeURIComponent('-c plan_cache_mode=auto')}` });
+    assert.equal(await mode(own), 'auto');
+  });
+});
+
 describe('unreachable server', () => {
   it('is a StoreUnavailableError naming the operation', async () => {
     const s = createPostgresStore({ connectionString: 'postgres://postgres@127.0.0.1:1/test', schema: uniqueSchema('down') });
