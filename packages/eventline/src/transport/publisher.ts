@@ -5,7 +5,7 @@ import type { Position } from '../position.js';
 import type { EncodedEvent, EncodedReadAllPage, EventStore, ReadAllFilter, ReadAllOptions } from '../store/contract.js';
 import type { SubscriptionStore } from '../subscriptions/contract.js';
 import { createLogSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
-import { encodeEvent, type Transport } from './contract.js';
+import { encodeEvent, HEADERS, type Transport } from './contract.js';
 
 export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure' | 'transactional'> {
   /** Names the publisher's subscription (checkpoint and lease): `publisher-<name>`. */
@@ -52,6 +52,29 @@ export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription
   });
 }
 
+/** What a replay republishes, in log order, as encoded events (from the store's stored JSON where it can). */
+async function* replaySource(options: ReplayOptions, pageSize: number): AsyncGenerator<EncodedEvent> {
+  const encode = (event: RecordedEvent): EncodedEvent => ({ id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) });
+  const { store } = options;
+  if (options.streamId !== undefined) {
+    for await (const event of store.readStream(options.streamId)) yield encode(event);
+    return;
+  }
+  const read = store.readAllPageEncoded
+    ? (page: ReadAllOptions) => store.readAllPageEncoded!(page)
+    : async (page: ReadAllOptions) => {
+        const { events, next, atEnd } = await store.readAllPage(page);
+        return { events: events.map(encode), next, atEnd };
+      };
+  let after = options.after;
+  for (;;) {
+    const page = await read({ ...(after ? { after } : {}), ...(options.filter ? { filter: options.filter } : {}), limit: Math.max(pageSize, 100) });
+    yield* page.events;
+    if (page.atEnd) return;
+    after = page.next;
+  }
+}
+
 export interface ReplayOptions {
   store: EventStore;
   transport: Transport;
@@ -79,10 +102,10 @@ export async function replayToTransport(options: ReplayOptions): Promise<{ publi
   const started = Date.now();
   let published = 0;
   let position: Position | null = null;
-  let batch: RecordedEvent[] = [];
+  let batch: EncodedEvent[] = [];
   const flush = async () => {
     if (batch.length === 0) return;
-    await options.transport.publish(batch.map((event) => ({ ...encodeEvent(event, { replay: true }), id: `${event.id}.replay.${run}` })));
+    await options.transport.publish(batch.map(({ id, message }) => ({ ...message, id: `${id}.replay.${run}`, headers: { ...message.headers, [HEADERS.replay]: 'true' } })));
     published += batch.length;
     position = batch[batch.length - 1]!.position;
     batch = [];
@@ -93,14 +116,12 @@ export async function replayToTransport(options: ReplayOptions): Promise<{ publi
       if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
     }
   };
-  const source = options.streamId
-    ? options.store.readStream(options.streamId)
-    : options.store.readAll({ ...(options.after ? { after: options.after } : {}), ...(options.filter ? { filter: options.filter } : {}) });
-  for await (const event of source) {
+  const size = Math.min(batchSize, options.ratePerSecond ? Math.max(1, Math.floor(options.ratePerSecond / 10)) : batchSize);
+  for await (const event of replaySource(options, size)) {
     if (options.signal?.aborted) break;
     if (options.until !== undefined && event.position > options.until) break;
     batch.push(event);
-    if (batch.length >= Math.min(batchSize, options.ratePerSecond ? Math.max(1, Math.floor(options.ratePerSecond / 10)) : batchSize)) await flush();
+    if (batch.length >= size) await flush();
   }
   await flush();
   return { published, position };
