@@ -109,6 +109,12 @@ const nowaitPrelock = (s: string) => `
       END IF;
     END IF;`;
 
+/** Migration 4's fast-path creation of a stream's row: its label is this transaction's id (see schemaV4). */
+const createStreamV4 = (s: string, indent: string) => `INSERT INTO ${s}.streams (stream_id, category, version, last_transaction)
+${indent}  VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count, pg_current_xact_id())
+${indent}  ON CONFLICT (stream_id) DO NOTHING
+${indent}  RETURNING 0, category, last_transaction INTO v_base, v_category, v_tx;`;
+
 const dropIfCreated = (s: string) => `IF v_created THEN DELETE FROM ${s}.streams WHERE stream_id = p_stream_id; END IF;`;
 
 /** The expected-version rule of `checkExpectedVersion` in eventline's validate.ts, in SQL. */
@@ -128,7 +134,7 @@ const expectedVersionHolds = `CASE p_expected
  * - `p_nowait` (default false): true never waits for a stream's row locked by another transaction, and answers `busy`
  *   instead: used by append_group, so that one locked stream does not hold up every append of a group.
  */
-const appendEventsFunction = (s: string, v3: boolean) => `CREATE FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb${v3 ? ', p_check boolean DEFAULT true, p_nowait boolean DEFAULT false' : ''})
+const appendEventsFunction = (s: string, v3: boolean, v4 = false) => `CREATE ${v4 ? 'OR REPLACE ' : ''}FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb${v3 ? ', p_check boolean DEFAULT true, p_nowait boolean DEFAULT false' : ''})
 RETURNS text
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
@@ -147,29 +153,29 @@ DECLARE
   v_tx xid8;
 BEGIN
   IF p_expected IN ('no_stream', '0') THEN${v3 ? nowaitExisting(s) : ''}
-    INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
+    ${v4 ? createStreamV4(s, '    ') : `INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
       ON CONFLICT (stream_id) DO NOTHING
-      RETURNING 0, category INTO v_base, v_category;
+      RETURNING 0, category INTO v_base, v_category;`}
     v_created := FOUND;${v3 ? '\n    END IF;' : ''}
   ELSE${v3 ? nowaitPrelock(s) : ''}
-    UPDATE ${s}.streams AS st SET version = st.version + v_count
+    UPDATE ${s}.streams AS st SET version = st.version + v_count${v4 ? ', last_transaction = greatest(pg_current_xact_id(), st.last_transaction)' : ''}
      WHERE st.stream_id = p_stream_id AND st.deleted IS DISTINCT FROM 'hard'
        AND (CASE p_expected
               WHEN 'any' THEN true
               WHEN 'stream_exists' THEN st.version > 0 AND st.deleted IS NULL
               ELSE p_expected::bigint = st.version
             END)
-    RETURNING st.version - v_count, st.category, st.deleted INTO v_base, v_category, v_deleted;
+    RETURNING st.version - v_count, st.category, st.deleted${v4 ? ', st.last_transaction' : ''} INTO v_base, v_category, v_deleted${v4 ? ', v_tx' : ''};
     IF NOT FOUND AND p_expected = 'any' THEN
-      INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
+      ${v4 ? createStreamV4(s, '      ') : `INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
         ON CONFLICT (stream_id) DO NOTHING
-        RETURNING 0, category INTO v_base, v_category;
+        RETURNING 0, category INTO v_base, v_category;`}
       v_created := FOUND;
     END IF;
   END IF;
   IF v_base IS NOT NULL THEN
-    -- Under the lock: the events, unless one of their ids is already stored (a retry, or a conflict).
-    v_tx := pg_current_xact_id();
+    -- Under the lock: the events, unless one of their ids is already stored (a retry, or a conflict).${v4 ? '' : `
+    v_tx := pg_current_xact_id();`}
     INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
     SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_category, u.e->>0, u.e->1, u.e->2
       FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n)
@@ -215,9 +221,11 @@ BEGIN
     ${dropIfCreated(s)}
     RETURN concat_ws(' ', 'wrong_version', v_stream.version, v_exists::text);
   END IF;
-  v_base := v_stream.version;
+  v_base := v_stream.version;${v4 ? `
+  v_tx := greatest(pg_current_xact_id(), v_stream.last_transaction);
+  UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL, last_transaction = v_tx WHERE stream_id = p_stream_id;` : `
   UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL WHERE stream_id = p_stream_id;
-  v_tx := pg_current_xact_id();
+  v_tx := pg_current_xact_id();`}
   INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
   SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_stream.category, u.e->>0, u.e->1, u.e->2
     FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n);
@@ -363,6 +371,24 @@ BEGIN
   RETURN v_results;
 END
 $fn$;
+`;
+
+/**
+ * Migration 4: the log's order follows every stream's order. The log is read in (transaction id, position) order, and
+ * a transaction's id is given when it first writes, not when it commits: a transaction that got its id, then appended
+ * to a stream after a transaction with a later id had committed to it (another stream written first in a
+ * `transaction()` or an append group, or a wait for the stream's lock), put that stream's later versions before its
+ * earlier ones in the log, and subscribers, projections and publishers saw them in that order. Now each stream's row
+ * keeps the label its last append used (`last_transaction`), and an append labels its events with the greater of its
+ * own transaction id and that label. Still gap-safe: a label is never below its writer's own transaction id, so its
+ * events stay behind the boundary (the snapshot's xmin) until their transaction has ended. Existing streams get the
+ * greatest label their events have.
+ */
+export const schemaV4 = (s: string) => `
+ALTER TABLE ${s}.streams ADD COLUMN last_transaction xid8 NULL;
+UPDATE ${s}.streams st
+   SET last_transaction = (SELECT e.transaction_id FROM ${s}.events e WHERE e.stream_id = st.stream_id ORDER BY e.transaction_id DESC LIMIT 1);
+${appendEventsFunction(s, true, true)}
 `;
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 const randomInt = (min: number, max: number) => min + Math.floor(Math.random() * (max - min + 1));
 const ev = (type = 'Deposited', data: unknown = { at: Math.random() }): EventInput & { id: string } => ({ id: newId(), type, data });
 
+function assertIncreasingPositions(events: RecordedEvent[]): void {
+  for (let i = 1; i < events.length; i++) assert.ok(events[i - 1]!.position < events[i]!.position, `positions increase at ${i}`);
+}
+
 async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
   const items: T[] = [];
   for await (const item of iterable) items.push(item);
@@ -104,6 +108,11 @@ describe('migrations', () => {
 
     const s = store({ schema });
     assert.deepEqual(await s.migrate(), Array.from({ length: LATEST_MIGRATION - 2 }, (_, i) => i + 3));
+    // Migration 4 gave the existing stream the label of its last event.
+    const { rows: labels } = await admin.query(
+      `SELECT st.last_transaction::text AS label, (SELECT max(e.transaction_id::text::int8) FROM ${quoted}.events e WHERE e.stream_id = st.stream_id)::text AS last FROM ${quoted}.streams st WHERE st.stream_id = 'acct-1'`,
+    );
+    assert.equal(labels[0].label, labels[0].last);
     // The event appended before the upgrade, retried after it with expectedVersion 'any': the original result.
     const retried = await s.append('acct-1', [first]);
     assert.equal(retried.duplicate, true);
@@ -386,6 +395,34 @@ describe('transactions', () => {
     assert.ok(error instanceof EventIdConflictError, String(error));
     assert.deepEqual(error.eventIds, [shared.id]);
     assert.equal((await s.streamInfo('acct-2')).exists, false);
+  });
+});
+
+describe('log order and stream order', () => {
+  it('a transaction that appends to a stream after another transaction committed to it is read after it, whatever their transaction ids', async () => {
+    const s = store();
+    await s.transaction(async (tx) => {
+      await tx.append('acct-x', [ev('Opened')]); // this transaction now has its transaction id
+      await s.append('acct-s', [ev('Opened')]); // another one, with a later id, commits version 1 of acct-s
+      await tx.append('acct-s', [ev('Deposited')]); // version 2, by the transaction with the earlier id
+    });
+    const order = (await collect(s.readAll())).filter((e) => e.streamId === 'acct-s').map((e) => e.version);
+    assert.deepEqual(order, [1, 2], 'readAll gives a stream in version order');
+    assertIncreasingPositions(await collect(s.readAll()));
+    // Also when the second append of the stream waits for the other transaction's lock on it.
+    const waiting = await s.transaction(async (tx) => {
+      await tx.append('acct-y', [ev('Opened')]);
+      const other = s.transaction(async (inner) => {
+        await inner.append('acct-t', [ev('Opened')]);
+        await sleep(100); // holds acct-t's row while the outer transaction waits for it
+      });
+      await sleep(30);
+      await tx.append('acct-t', [ev('Deposited')]);
+      await other;
+      return (await tx.streamInfo('acct-t')).version;
+    });
+    assert.equal(waiting, 2);
+    assert.deepEqual((await collect(s.readAll())).filter((e) => e.streamId === 'acct-t').map((e) => e.version), [1, 2]);
   });
 });
 
