@@ -2,7 +2,7 @@
  * @eventline/postgres: eventline's event store on a PostgreSQL server (node-postgres) and on embedded PGlite, both on
  * the one SQL module in sql.ts. See the package README.
  */
-export { createPostgresStore, DEFAULT_DATABASE_URL, type PostgresEventStore, type PostgresStoreOptions } from './postgres.js';
+export { createPostgresStore, DEFAULT_DATABASE_URL, GENERIC_PLANS, type PostgresEventStore, type PostgresStoreOptions } from './postgres.js';
 export { createPGliteStore, DEFAULT_PGLITE_DATA_DIR, type PGliteEventStore, type PGliteStoreOptions } from './pglite.js';
 export { SqlSession, type SqlClient, type SqlQueryOptions } from './core.js';
 export { DatabaseOperationError, isConnectionError } from './errors.js';
