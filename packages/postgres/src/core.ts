@@ -13,7 +13,7 @@ import {
   assertStreamId,
   assertStreamMetadata,
   firstVisibleVersion,
-  encodeEvent,
+  encodedEvent,
   encodeStoredEvent,
   formatPosition,
   normaliseReadAllOptions,
@@ -495,8 +495,7 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
       const schemaVersion = row[12] === null ? 1 : Number(row[12]);
       if (registry && !registry.isCurrent(row[2], schemaVersion)) {
         // Renamed or older schema: upcast like every read path, then encode.
-        const event = this.toRecorded([row[0], row[1], row[2], row[3], row[4], row[5], JSON.parse(row[6]), JSON.parse(row[7]) as EventMetadata]);
-        events[i] = { id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) };
+        events[i] = encodedEvent(this.toRecorded([row[0], row[1], row[2], row[3], row[4], row[5], JSON.parse(row[6]), JSON.parse(row[7]) as EventMetadata]));
         continue;
       }
       const message = encodeStoredEvent({

@@ -109,11 +109,16 @@ const nowaitPrelock = (s: string) => `
       END IF;
     END IF;`;
 
-/** Migration 4's fast-path creation of a stream's row: its label is this transaction's id (see schemaV4). */
-const createStreamV4 = (s: string, indent: string) => `INSERT INTO ${s}.streams (stream_id, category, version, last_transaction)
+/** The fast path's creation of a stream's row at its final version; from migration 4 with its label, this transaction's id (see schemaV4). */
+const createStream = (s: string, v4: boolean, indent: string) =>
+  v4
+    ? `INSERT INTO ${s}.streams (stream_id, category, version, last_transaction)
 ${indent}  VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count, pg_current_xact_id())
 ${indent}  ON CONFLICT (stream_id) DO NOTHING
-${indent}  RETURNING 0, category, last_transaction INTO v_base, v_category, v_tx;`;
+${indent}  RETURNING 0, category, last_transaction INTO v_base, v_category, v_tx;`
+    : `INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
+${indent}  ON CONFLICT (stream_id) DO NOTHING
+${indent}  RETURNING 0, category INTO v_base, v_category;`;
 
 const dropIfCreated = (s: string) => `IF v_created THEN DELETE FROM ${s}.streams WHERE stream_id = p_stream_id; END IF;`;
 
@@ -153,9 +158,7 @@ DECLARE
   v_tx xid8;
 BEGIN
   IF p_expected IN ('no_stream', '0') THEN${v3 ? nowaitExisting(s) : ''}
-    ${v4 ? createStreamV4(s, '    ') : `INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
-      ON CONFLICT (stream_id) DO NOTHING
-      RETURNING 0, category INTO v_base, v_category;`}
+    ${createStream(s, v4, '    ')}
     v_created := FOUND;${v3 ? '\n    END IF;' : ''}
   ELSE${v3 ? nowaitPrelock(s) : ''}
     UPDATE ${s}.streams AS st SET version = st.version + v_count${v4 ? ', last_transaction = greatest(pg_current_xact_id(), st.last_transaction)' : ''}
@@ -167,9 +170,7 @@ BEGIN
             END)
     RETURNING st.version - v_count, st.category, st.deleted${v4 ? ', st.last_transaction' : ''} INTO v_base, v_category, v_deleted${v4 ? ', v_tx' : ''};
     IF NOT FOUND AND p_expected = 'any' THEN
-      ${v4 ? createStreamV4(s, '      ') : `INSERT INTO ${s}.streams (stream_id, category, version) VALUES (p_stream_id, split_part(p_stream_id, '-', 1), v_count)
-        ON CONFLICT (stream_id) DO NOTHING
-        RETURNING 0, category INTO v_base, v_category;`}
+      ${createStream(s, v4, '      ')}
       v_created := FOUND;
     END IF;
   END IF;

@@ -122,16 +122,9 @@ export class Session {
     const confirmed = new Promise<void>((resolve, reject) => {
       try {
         writable = channel.publish(exchange, routingKey, content, { ...options, mandatory: true }, (error: unknown) => {
-          if (error) {
-            const reason = error instanceof Error ? error.message : String(error);
-            reject(new Error(`RabbitMQ did not confirm message ${id} (${reason})`, { cause: error }));
-            return;
-          }
-          if (this.takeReturned(channel, id)) {
-            reject(new Error(`RabbitMQ could not route message ${id} to any queue (exchange ${exchange || '(default)'}, routing key ${routingKey})`));
-            return;
-          }
-          resolve();
+          const refusal = this.refusal(channel, exchange, routingKey, id, error);
+          if (refusal) reject(refusal);
+          else resolve();
         });
       } catch (error) {
         reject(toError(error, `RabbitMQ publish of message ${id} failed`));
@@ -164,12 +157,7 @@ export class Session {
           Buffer.from(message.body, 'utf8'),
           { persistent: true, mandatory: true, messageId: id, contentType: 'application/json', timestamp, headers: headerOf(message) },
           (error: unknown) => {
-            if (error) {
-              const reason = error instanceof Error ? error.message : String(error);
-              failure ??= new Error(`RabbitMQ did not confirm message ${id} (${reason})`, { cause: error });
-            } else if (this.takeReturned(channel, id)) {
-              failure ??= new Error(`RabbitMQ could not route message ${id} to any queue (exchange ${exchange || '(default)'}, routing key ${routingKey})`);
-            }
+            failure ??= this.refusal(channel, exchange, routingKey, id, error);
             if (--open === 0) settle();
           },
         );
@@ -187,6 +175,13 @@ export class Session {
     }
     await confirmed;
     if (failure) throw failure;
+  }
+
+  /** Why the broker refused a published message, from its confirm callback: a nack or closed channel, or no queue took it. */
+  private refusal(channel: Channel, exchange: string, routingKey: string, id: string, error: unknown): Error | undefined {
+    if (error) return new Error(`RabbitMQ did not confirm message ${id} (${error instanceof Error ? error.message : String(error)})`, { cause: error });
+    if (this.takeReturned(channel, id)) return new Error(`RabbitMQ could not route message ${id} to any queue (exchange ${exchange || '(default)'}, routing key ${routingKey})`);
+    return undefined;
   }
 
   /** Publishes one message and waits for the broker's confirm (see {@link send}). */

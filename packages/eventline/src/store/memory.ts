@@ -2,7 +2,7 @@ import { EventIdConflictError, StoreClosedError, StreamDeletedError, type Expect
 import type { EventInput, PreparedEvent, RecordedEvent } from '../event.js';
 import { formatPosition, positionBeforeTransaction, type Position } from '../position.js';
 import { assertStreamId, categoryOf } from '../stream-id.js';
-import { encodeEvent } from '../transport/contract.js';
+import { encodedEvent } from '../transport/contract.js';
 import type {
   AppendOptions,
   AppendResult,
@@ -236,7 +236,7 @@ class MemoryStore implements InMemoryEventStore {
 
   async readAllPageEncoded(options?: ReadAllOptions): Promise<EncodedReadAllPage> {
     const { events, next, atEnd } = await this.readAllPage(options);
-    return { events: events.map((event) => ({ id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) })), next, atEnd };
+    return { events: events.map(encodedEvent), next, atEnd };
   }
 
   async headPosition(): Promise<Position> {

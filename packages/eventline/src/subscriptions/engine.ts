@@ -315,16 +315,10 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     const parked = (await this.options.subscriptions.parked(this.key)).find((entry) => entry.event.id === eventId);
     if (!parked) throw new ValidationError(`Subscription '${this.name}' has no parked event ${eventId}`);
     if (!(await this.options.subscriptions.acquireLease(this.key, this.owner, this.ttl))) throw new LeaseLostError(this.key, this.owner);
-    const work = async (tx: Tx) => {
+    await this.commit({ unpark: eventId }, async (tx) => {
       // Parked events exist only for subscriptions over RecordedEvents (createLogSubscription refuses to park).
       await this.options.handle(parked.event as unknown as E, { tx, subscription: this.name, attempt: parked.attempts + 1 });
-    };
-    if (this.options.transactional === false) {
-      await work(undefined as Tx);
-      await this.options.subscriptions.commit({ name: this.key, owner: this.owner, unpark: eventId }, async () => undefined);
-      return;
-    }
-    await this.options.subscriptions.commit({ name: this.key, owner: this.owner, unpark: eventId }, work);
+    });
   }
 
   private wake() {
@@ -542,15 +536,15 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   }
 
   /**
-   * Runs `work` and moves the checkpoint to `position` and parks `park`, fenced by the lease: in one transaction, or
-   * (`transactional: false`) `work` first, with no transaction open, then the checkpoint alone.
+   * Runs `work` and moves the checkpoint to `position`, parks `park` and unparks `unpark`, fenced by the lease: in one
+   * transaction, or (`transactional: false`) `work` first, with no transaction open, then the rest alone.
    */
-  private async commit(args: { position?: Position; park?: ParkedEvent }, work: (tx: Tx) => Promise<void>): Promise<void> {
+  private async commit(args: { position?: Position; park?: ParkedEvent; unpark?: string }, work: (tx: Tx) => Promise<void>): Promise<void> {
     const subscriptions = this.options.subscriptions;
     if (this.options.transactional !== false) await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, work);
     else {
       await work(undefined as Tx);
-      if (args.position !== undefined && !args.park && subscriptions.moveCheckpoint) {
+      if (args.position !== undefined && !args.park && args.unpark === undefined && subscriptions.moveCheckpoint) {
         await subscriptions.moveCheckpoint({ name: this.key, owner: this.owner, position: args.position });
       } else await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, async () => undefined);
     }

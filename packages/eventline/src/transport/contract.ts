@@ -1,5 +1,7 @@
 import type { RecordedEvent } from '../event.js';
 import type { Position } from '../position.js';
+import type { EncodedEvent } from '../store/contract.js';
+import { categoryOf } from '../stream-id.js';
 
 /**
  * A message on an external bus: one committed event. `id` is the event id, which brokers use to de-duplicate a
@@ -77,11 +79,19 @@ export function encodeEvent(event: RecordedEvent, options: { replay?: boolean } 
   const { metadata } = event;
   return {
     id: event.id,
-    subject: `${event.streamId.slice(0, event.streamId.indexOf('-'))}.${event.type}`,
+    subject: `${categoryOf(event.streamId)}.${event.type}`,
     streamId: event.streamId,
     body: JSON.stringify(event),
-    headers: headersOf(event.type, event.streamId, String(event.version), event.position, metadata.correlationId, metadata.causationId, metadata.traceparent, options.replay),
+    headers: headersOf(
+      { type: event.type, streamId: event.streamId, version: String(event.version), position: event.position, correlationId: metadata.correlationId, causationId: metadata.causationId, traceparent: metadata.traceparent },
+      options.replay,
+    ),
   };
+}
+
+/** An event with its message ({@link encodeEvent}), as `readAllPageEncoded` gives it. */
+export function encodedEvent(event: RecordedEvent): EncodedEvent {
+  return { id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) };
 }
 
 /** A stored event as text: what a backend has of it before parsing its JSON (see {@link encodeStoredEvent}). */
@@ -114,27 +124,20 @@ export function encodeStoredEvent(event: StoredEventText): TransportMessage {
     `"position":"${event.position}","recordedAt":"${event.recordedAt.toISOString()}","data":${event.dataJson},"metadata":${event.metadataJson}}`;
   return {
     id: event.id,
-    subject: `${event.streamId.slice(0, event.streamId.indexOf('-'))}.${event.type}`,
+    subject: `${categoryOf(event.streamId)}.${event.type}`,
     streamId: event.streamId,
     body,
-    headers: headersOf(event.type, event.streamId, event.version, event.position, event.correlationId, event.causationId, event.traceparent, false),
+    headers: headersOf(event, false),
   };
 }
 
-function headersOf(
-  type: string,
-  streamId: string,
-  version: string,
-  position: string,
-  correlationId: string | null | undefined,
-  causationId: string | null | undefined,
-  traceparent: string | null | undefined,
-  replay: boolean | undefined,
-): Record<string, string> {
-  const headers: Record<string, string> = { [HEADERS.eventType]: type, [HEADERS.streamId]: streamId, [HEADERS.version]: version, [HEADERS.position]: position };
-  if (correlationId) headers[HEADERS.correlationId] = correlationId;
-  if (causationId) headers[HEADERS.causationId] = causationId;
-  if (traceparent) headers[HEADERS.traceparent] = traceparent;
+type HeaderFields = Pick<StoredEventText, 'type' | 'streamId' | 'version' | 'position' | 'correlationId' | 'causationId' | 'traceparent'>;
+
+function headersOf(event: HeaderFields, replay: boolean | undefined): Record<string, string> {
+  const headers: Record<string, string> = { [HEADERS.eventType]: event.type, [HEADERS.streamId]: event.streamId, [HEADERS.version]: event.version, [HEADERS.position]: event.position };
+  if (event.correlationId) headers[HEADERS.correlationId] = event.correlationId;
+  if (event.causationId) headers[HEADERS.causationId] = event.causationId;
+  if (event.traceparent) headers[HEADERS.traceparent] = event.traceparent;
   if (replay) headers[HEADERS.replay] = 'true';
   return headers;
 }

@@ -1,11 +1,10 @@
 import { ValidationError } from '../errors.js';
-import type { RecordedEvent } from '../event.js';
 import { newId } from '../ids.js';
 import type { Position } from '../position.js';
 import type { EncodedEvent, EncodedReadAllPage, EventStore, ReadAllFilter, ReadAllOptions } from '../store/contract.js';
 import type { SubscriptionStore } from '../subscriptions/contract.js';
 import { createLogSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
-import { encodeEvent, HEADERS, type Transport } from './contract.js';
+import { encodedEvent, HEADERS, type Transport } from './contract.js';
 
 export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure' | 'transactional'> {
   /** Names the publisher's subscription (checkpoint and lease): `publisher-<name>`. */
@@ -29,17 +28,9 @@ export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'nam
  */
 export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription {
   const { transport, name, retry, ...rest } = options;
-  const { store } = options;
-  // Events as messages: from the store's stored JSON where it can (no parse, no second serialisation), else encoded here.
-  const read = store.readAllPageEncoded
-    ? (page: ReadAllOptions) => store.readAllPageEncoded!(page)
-    : async (page: ReadAllOptions): Promise<EncodedReadAllPage> => {
-        const { events, next, atEnd } = await store.readAllPage(page);
-        return { events: events.map((event) => ({ id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) })), next, atEnd };
-      };
   return createLogSubscription<Tx, EncodedEvent>({
     ...rest,
-    read,
+    read: encodedPages(options.store),
     name: `publisher-${name}`,
     // A broker that is away (restarting, unreachable) must hold the publisher back, never make it skip an event:
     // parking a message would lose it on the bus and let later events of its stream overtake it.
@@ -52,20 +43,22 @@ export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription
   });
 }
 
-/** What a replay republishes, in log order, as encoded events (from the store's stored JSON where it can). */
+/** Pages of the log as messages: from the store's stored JSON where it can (no parse, no second serialisation), else encoded here. */
+function encodedPages(store: EventStore): (page: ReadAllOptions) => Promise<EncodedReadAllPage> {
+  if (store.readAllPageEncoded) return (page) => store.readAllPageEncoded!(page);
+  return async (page) => {
+    const { events, next, atEnd } = await store.readAllPage(page);
+    return { events: events.map(encodedEvent), next, atEnd };
+  };
+}
+
+/** What a replay republishes, in log order, as encoded events. */
 async function* replaySource(options: ReplayOptions, pageSize: number): AsyncGenerator<EncodedEvent> {
-  const encode = (event: RecordedEvent): EncodedEvent => ({ id: event.id, streamId: event.streamId, position: event.position, message: encodeEvent(event) });
-  const { store } = options;
   if (options.streamId !== undefined) {
-    for await (const event of store.readStream(options.streamId)) yield encode(event);
+    for await (const event of options.store.readStream(options.streamId)) yield encodedEvent(event);
     return;
   }
-  const read = store.readAllPageEncoded
-    ? (page: ReadAllOptions) => store.readAllPageEncoded!(page)
-    : async (page: ReadAllOptions) => {
-        const { events, next, atEnd } = await store.readAllPage(page);
-        return { events: events.map(encode), next, atEnd };
-      };
+  const read = encodedPages(options.store);
   let after = options.after;
   for (;;) {
     const page = await read({ ...(after ? { after } : {}), ...(options.filter ? { filter: options.filter } : {}), limit: Math.max(pageSize, 100) });
