@@ -1,41 +1,21 @@
 // Group commit in the PostgreSQL store (src/append-groups.ts): appends made together go in one statement and one
 // commit, and each still gets the answer it would have had alone. On the real server.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import type pg from 'pg';
+import { describe, it } from 'node:test';
 import { ConcurrencyError, EventIdConflictError, StreamDeletedError, ValidationError, newId, type AppendResult, type EventInput } from 'eventline';
 import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
-import { cleanUp, connectForTests, spiedPool, uniqueSchema } from './helpers.js';
+import { spiedStores } from './helpers.js';
 
-let admin: pg.Client;
-const schemas: string[] = [];
-const stores: PostgresEventStore[] = [];
-const pools: pg.Pool[] = [];
+const openSpied = spiedStores('grp');
 
 /** A store on a pool of its own, and a count of the append statements (append_events or append_group) it sends. */
 async function countedStore(options: { grouping?: number } = {}): Promise<{ store: PostgresEventStore; statements: () => number }> {
-  const schema = uniqueSchema('grp');
-  schemas.push(schema);
   let count = 0;
-  const pool = spiedPool(({ text }) => {
+  const store = await openSpied(({ text }) => {
     if (text && /\.append_(events|group)\(/.test(text)) count++;
-  });
-  pools.push(pool);
-  const store = createPostgresStore({ pool, schema, ...options });
-  stores.push(store);
-  await store.migrate();
+  }, options);
   return { store, statements: () => count };
 }
-
-before(async () => {
-  admin = await connectForTests();
-});
-
-after(async () => {
-  await Promise.all(stores.map((s) => s.close()));
-  await Promise.all(pools.map((p) => p.end()));
-  await cleanUp(admin, schemas);
-});
 
 const ev = (): EventInput & { id: string } => ({ id: newId(), type: 'Deposited', data: { amount: 1 } });
 const settle = <T>(promise: Promise<T>) => promise.then((value) => ({ value }), (error: unknown) => ({ error }));

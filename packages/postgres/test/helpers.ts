@@ -7,7 +7,9 @@
  * another file's readers when node runs test files in parallel.
  */
 import { randomBytes } from 'node:crypto';
+import { after, before } from 'node:test';
 import pg from 'pg';
+import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
 
 export const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 
@@ -66,4 +68,34 @@ export function spiedPool(spy: (query: { name?: string; text?: string }) => Erro
     };
   });
   return pool;
+}
+
+/**
+ * For a test file whose stores each run on a spied pool of their own (see {@link spiedPool}): registers the file's
+ * hooks (the connection that holds the file's lock; at the end, closing the stores and pools and dropping their
+ * schemas) and returns a function that opens such a store, migrated. Call it at the top level of the file.
+ */
+export function spiedStores(prefix: string): (spy: Parameters<typeof spiedPool>[0], options?: { grouping?: number }) => Promise<PostgresEventStore> {
+  let admin: pg.Client | undefined;
+  const schemas: string[] = [];
+  const stores: PostgresEventStore[] = [];
+  const pools: pg.Pool[] = [];
+  before(async () => {
+    admin = await connectForTests();
+  });
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()));
+    await Promise.all(pools.map((p) => p.end()));
+    await cleanUp(admin, schemas);
+  });
+  return async (spy, options = {}) => {
+    const schema = uniqueSchema(prefix);
+    schemas.push(schema);
+    const pool = spiedPool(spy);
+    pools.push(pool);
+    const store = createPostgresStore({ pool, schema, ...options });
+    stores.push(store);
+    await store.migrate();
+    return store;
+  };
 }

@@ -1,49 +1,29 @@
 // Grouped stream reads in the PostgreSQL store (src/read-groups.ts): the first pages of forwards reads made in the
 // same turn go in one statement, and each read yields exactly what it yields alone. On the real server.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import type pg from 'pg';
+import { describe, it } from 'node:test';
 import { StreamDeletedError, newId, type RecordedEvent, type ReadStreamOptions } from 'eventline';
-import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
-import { cleanUp, connectForTests, spiedPool, uniqueSchema } from './helpers.js';
+import type { PostgresEventStore } from '@eventline/postgres';
+import { spiedStores } from './helpers.js';
 
-let admin: pg.Client;
-const schemas: string[] = [];
-const stores: PostgresEventStore[] = [];
-const pools: pg.Pool[] = [];
+const openSpied = spiedStores('rgrp');
 
 /**
  * A store on a pool of its own, with a count of the statements that read first pages (alone or grouped), and a way to
  * make the next grouped statements fail as a lost connection would.
  */
 async function countedStore(options: { grouping?: number } = {}) {
-  const schema = uniqueSchema('rgrp');
-  schemas.push(schema);
   const counts = { alone: 0, grouped: 0, failNextGroups: 0 };
-  const pool = spiedPool(({ name = '' }) => {
+  const store = await openSpied(({ name = '' }) => {
     if (name.endsWith('.first_fwd')) counts.alone++;
     if (!name.endsWith('.first_group')) return;
     counts.grouped++;
     if (counts.failNextGroups === 0) return;
     counts.failNextGroups--;
     return Object.assign(new Error('Connection terminated unexpectedly'), { code: 'ECONNRESET' });
-  });
-  pools.push(pool);
-  const store = createPostgresStore({ pool, schema, ...options });
-  stores.push(store);
-  await store.migrate();
+  }, options);
   return { store, counts };
 }
-
-before(async () => {
-  admin = await connectForTests();
-});
-
-after(async () => {
-  await Promise.all(stores.map((s) => s.close()));
-  await Promise.all(pools.map((p) => p.end()));
-  await cleanUp(admin, schemas);
-});
 
 const events = (count: number, from = 0) => Array.from({ length: count }, (_, i) => ({ id: newId(), type: 'Deposited', data: { amount: from + i, note: 'é€😀' } }));
 
