@@ -14,6 +14,7 @@ import {
   isPosition,
   jsonIssues,
   parsePosition,
+  prepareAppend,
   positionBeforeTransaction,
   START,
   streamId,
@@ -77,6 +78,26 @@ describe('JSON checks', () => {
     const shared = { x: 1 };
     assert.deepEqual(jsonIssues({ a: shared, b: [shared, shared] }), []);
     assert.deepEqual(jsonIssues(Object.assign(Object.create(null) as object, { a: 1 })), []);
+  });
+});
+
+describe('prepared metadata', () => {
+  const metadataOf = async (metadata: object | undefined, registry?: Parameters<typeof prepareAppend>[3]['registry']) => {
+    const { events } = await prepareAppend('account-1', [{ type: 'AccountOpened', data: { owner: 'Ada' }, ...(metadata ? { metadata } : {}) }], undefined, { registry });
+    return events[0]!.metadataJson;
+  };
+
+  it('is the metadata as JSON with schemaVersion set: last when new, in place when given, the definition\'s when it has one', async () => {
+    assert.equal(await metadataOf(undefined), '{"schemaVersion":1}');
+    assert.equal(await metadataOf({}), '{"schemaVersion":1}');
+    assert.equal(await metadataOf({ skipped: undefined }), '{"schemaVersion":1}');
+    assert.equal(await metadataOf({ correlationId: 'c', nested: { a: [1, null] } }), '{"correlationId":"c","nested":{"a":[1,null]},"schemaVersion":1}');
+    assert.equal(await metadataOf({ schemaVersion: 2, actor: 'ada' }), '{"schemaVersion":2,"actor":"ada"}');
+    const AccountOpened = defineEvent('AccountOpened', z.object({ owner: z.string() }), { schemaVersion: 3 });
+    const registry = eventRegistry([AccountOpened]);
+    assert.equal(await metadataOf({ schemaVersion: 1, actor: 'ada' }, registry), '{"schemaVersion":3,"actor":"ada"}');
+    assert.equal(await metadataOf({ actor: 'ada' }, registry), '{"actor":"ada","schemaVersion":3}');
+    for (const bad of [0, 1.5, '2']) await assert.rejects(metadataOf({ schemaVersion: bad }), /schemaVersion must be a whole number/);
   });
 });
 

@@ -60,16 +60,16 @@ export async function prepareAppend(
     if (typeof metadataInput !== 'object' || metadataInput === null || Array.isArray(metadataInput)) {
       throw new ValidationError(`${where(id, index)} (${input.type}): metadata must be an object`);
     }
-    const metadata = { ...metadataInput, schemaVersion: schemaVersion ?? metadataInput.schemaVersion ?? 1 };
-    const metadataIssues = jsonIssues(metadata, ['metadata']);
+    const version = schemaVersion ?? metadataInput.schemaVersion ?? 1;
+    const metadataIssues = jsonIssues(metadataInput, ['metadata']);
     if (dataIssues.length + metadataIssues.length > 0) {
       throw new ValidationError(`${where(id, index)} (${input.type}) is not JSON`, [...dataIssues, ...metadataIssues]);
     }
-    if (!Number.isInteger(metadata.schemaVersion) || metadata.schemaVersion < 1) {
+    if (!Number.isInteger(version) || version < 1) {
       throw new ValidationError(`${where(id, index)} (${input.type}): metadata.schemaVersion must be a whole number of 1 or more`);
     }
     const dataJson = JSON.stringify(data);
-    const metadataJson = JSON.stringify(metadata);
+    const metadataJson = metadataWithVersion(metadataInput, version);
     // A UTF-16 code unit is at most 3 bytes of UTF-8: only a payload that might be over the limit is measured.
     if ((dataJson.length + metadataJson.length) * 3 > limit) {
       const bytes = Buffer.byteLength(dataJson) + Buffer.byteLength(metadataJson);
@@ -78,6 +78,20 @@ export async function prepareAppend(
     prepared.push({ id: normalisedId, type: input.type, dataJson, metadataJson });
   }
   return { streamId: id, expectedVersion, events: prepared };
+}
+
+/**
+ * The metadata's JSON with `schemaVersion` set: what `JSON.stringify({ ...metadata, schemaVersion })` writes, without
+ * the copy (whose serialisation cost more than the caller's object's). Without the key, it goes last, as the spread
+ * puts it; with it (another value), the copy is made, keeping the key where it was.
+ */
+function metadataWithVersion(metadata: EventInput['metadata'] & object, version: number): string {
+  if (Object.hasOwn(metadata, 'schemaVersion')) {
+    return metadata.schemaVersion === version ? JSON.stringify(metadata) : JSON.stringify({ ...metadata, schemaVersion: version });
+  }
+  const json = JSON.stringify(metadata);
+  // A plain object (checked above) serialises to '{...}'; '{}' when it has no key with a value.
+  return json === '{}' ? `{"schemaVersion":${version}}` : `${json.slice(0, -1)},"schemaVersion":${version}}`;
 }
 
 /** The start of an append's error messages; built only for an error (the loop above runs for every event appended). */
