@@ -77,16 +77,27 @@ export const HEADERS = {
 /** The message for an event. `replay` marks republished history, so consumers can tell. */
 export function encodeEvent(event: RecordedEvent, options: { replay?: boolean } = {}): TransportMessage {
   const { metadata } = event;
-  return {
+  const message: TransportMessage = {
     id: event.id,
     subject: `${categoryOf(event.streamId)}.${event.type}`,
     streamId: event.streamId,
     body: JSON.stringify(event),
-    headers: headersOf(
-      { type: event.type, streamId: event.streamId, version: String(event.version), position: event.position, correlationId: metadata.correlationId, causationId: metadata.causationId, traceparent: metadata.traceparent },
-      options.replay,
-    ),
+    headers: headersOf({
+      type: event.type,
+      streamId: event.streamId,
+      version: String(event.version),
+      position: event.position,
+      correlationId: metadata.correlationId,
+      causationId: metadata.causationId,
+      traceparent: metadata.traceparent,
+    }),
   };
+  return options.replay ? asReplay(message) : message;
+}
+
+/** The message marked as republished history (header `eventline-replay: true`), the rest as it is. */
+export function asReplay(message: TransportMessage): TransportMessage {
+  return { ...message, headers: { ...message.headers, [HEADERS.replay]: 'true' } };
 }
 
 /** An event with its message ({@link encodeEvent}), as `readAllPageEncoded` gives it. */
@@ -127,18 +138,17 @@ export function encodeStoredEvent(event: StoredEventText): TransportMessage {
     subject: `${categoryOf(event.streamId)}.${event.type}`,
     streamId: event.streamId,
     body,
-    headers: headersOf(event, false),
+    headers: headersOf(event),
   };
 }
 
 type HeaderFields = Pick<StoredEventText, 'type' | 'streamId' | 'version' | 'position' | 'correlationId' | 'causationId' | 'traceparent'>;
 
-function headersOf(event: HeaderFields, replay: boolean | undefined): Record<string, string> {
+function headersOf(event: HeaderFields): Record<string, string> {
   const headers: Record<string, string> = { [HEADERS.eventType]: event.type, [HEADERS.streamId]: event.streamId, [HEADERS.version]: event.version, [HEADERS.position]: event.position };
   if (event.correlationId) headers[HEADERS.correlationId] = event.correlationId;
   if (event.causationId) headers[HEADERS.causationId] = event.causationId;
   if (event.traceparent) headers[HEADERS.traceparent] = event.traceparent;
-  if (replay) headers[HEADERS.replay] = 'true';
   return headers;
 }
 

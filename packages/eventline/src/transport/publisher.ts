@@ -4,7 +4,7 @@ import type { Position } from '../position.js';
 import type { EncodedEvent, EncodedReadAllPage, EventStore, ReadAllFilter, ReadAllOptions } from '../store/contract.js';
 import type { SubscriptionStore } from '../subscriptions/contract.js';
 import { createLogSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
-import { encodedEvent, HEADERS, type Transport } from './contract.js';
+import { asReplay, encodedEvent, type Transport } from './contract.js';
 
 export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure' | 'transactional'> {
   /** Names the publisher's subscription (checkpoint and lease): `publisher-<name>`. */
@@ -98,7 +98,7 @@ export async function replayToTransport(options: ReplayOptions): Promise<{ publi
   let batch: EncodedEvent[] = [];
   const flush = async () => {
     if (batch.length === 0) return;
-    await options.transport.publish(batch.map(({ id, message }) => ({ ...message, id: `${id}.replay.${run}`, headers: { ...message.headers, [HEADERS.replay]: 'true' } })));
+    await options.transport.publish(batch.map(({ id, message }) => ({ ...asReplay(message), id: `${id}.replay.${run}` })));
     published += batch.length;
     position = batch[batch.length - 1]!.position;
     batch = [];
