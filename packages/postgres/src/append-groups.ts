@@ -12,7 +12,8 @@
  * A group never waits for a stream's row that another transaction holds: that append comes back `busy` and is sent
  * alone. If the group's statement fails (a stored id, a deadlock, a lost connection), each append in it is sent again
  * alone: appends are idempotent by event id, so one that the group did store gets that same result back
- * (`duplicate: true`), and none is stored twice.
+ * (`duplicate: true`), and none is stored twice. Appends sent alone after a group go to different streams side by
+ * side, and to one stream one after the other, in the order they were made: decided in that order, as in the group.
  */
 import type { ExpectedVersion } from 'eventline';
 
@@ -118,7 +119,7 @@ export class AppendGroups<A extends GroupableAppend> {
       if (results.length !== sorted.length) throw new Error(`append_group returned ${results.length} results for ${sorted.length} appends`);
     } catch {
       // Rolled back, or unknown when the connection was lost: alone, each gets its own answer (see the top of the file).
-      await Promise.all(sorted.map((waiting) => this.sendAlone(waiting)));
+      await this.sendEachAlone(sorted);
       return;
     }
     const busy: Array<Waiting<A>> = [];
@@ -127,7 +128,25 @@ export class AppendGroups<A extends GroupableAppend> {
       if (line === 'busy') busy.push(waiting);
       else waiting.resolve(line);
     });
-    await Promise.all(busy.map((waiting) => this.sendAlone(waiting)));
+    await this.sendEachAlone(busy);
+  }
+
+  /**
+   * Sends each append alone: the appends to one stream one after the other, in the order they were made (so that they
+   * are decided in that order, as in the group), those to different streams side by side.
+   */
+  private async sendEachAlone(appends: ReadonlyArray<Waiting<A>>): Promise<void> {
+    const byStream = new Map<string, Array<Waiting<A>>>();
+    for (const waiting of appends) {
+      const list = byStream.get(waiting.item.streamId);
+      if (list) list.push(waiting);
+      else byStream.set(waiting.item.streamId, [waiting]);
+    }
+    await Promise.all(
+      [...byStream.values()].map(async (list) => {
+        for (const waiting of list) await this.sendAlone(waiting);
+      }),
+    );
   }
 
   private async sendAlone(waiting: Waiting<A>): Promise<void> {

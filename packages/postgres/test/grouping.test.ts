@@ -2,7 +2,7 @@
 // commit, and each still gets the answer it would have had alone. On the real server.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ConcurrencyError, EventIdConflictError, StreamDeletedError, ValidationError, newId, type AppendResult, type EventInput } from 'eventline';
+import { ConcurrencyError, EventIdConflictError, StreamDeletedError, ValidationError, createInMemoryStore, newId, type AppendResult, type EventInput, type EventStore } from 'eventline';
 import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
 import { spiedStores } from './helpers.js';
 
@@ -56,6 +56,89 @@ describe('group commit', () => {
     assert.equal(new Set(positions).size, 20);
     assert.equal((await store.streamInfo('acct-open')).version, 2);
     for (let i = 0; i < 20; i++) assert.equal((await store.streamInfo(`acct-new${i}`)).version, 2);
+  });
+
+  it('a group of every kind of append gets, append by append, the answers of the in-memory store', async () => {
+    // The same setup and the same turn of appends on both stores; the in-memory store decides one append at a time.
+    const { store, statements } = await countedStore();
+    const reference = createInMemoryStore();
+    const ids = new Map<string, string>();
+    const id = (name: string): EventInput & { id: string } => {
+      if (!ids.has(name)) ids.set(name, newId());
+      return { id: ids.get(name)!, type: 'Deposited', data: { amount: 1, name } };
+    };
+    const setup = async (s: EventStore) => {
+      await s.append('acct-two', [id('two1'), id('two2')]);
+      await s.append('acct-one', [id('one1')]);
+      await s.append('acct-soft', [id('soft1'), id('soft2')]);
+      await s.deleteStream('acct-soft');
+      await s.append('acct-hard', [id('hard1')]);
+      await s.deleteStream('acct-hard', { hard: true });
+      await s.append('acct-done', [id('done1')]);
+    };
+    const turn = (s: EventStore): Array<Promise<unknown>> =>
+      [
+        // Existing streams whose expected version holds (bumped), and one whose does not.
+        () => s.append('acct-two', [id('two3'), id('two4')], { expectedVersion: 2 }),
+        () => s.append('acct-one', [id('one2')], { expectedVersion: 'stream_exists' }),
+        () => s.append('acct-done', [id('done2')], { expectedVersion: 3 }),
+        // New streams: created, with every expected version that allows it, and ones that do not.
+        () => s.append('acct-n1', [id('n1a'), id('n1b'), id('n1c')], { expectedVersion: 'no_stream' }),
+        () => s.append('acct-n2', [id('n2a')], { expectedVersion: 0 }),
+        () => s.append('acct-n3', [id('n3a')], { expectedVersion: 'any' }),
+        () => s.append('acct-n4', [id('n4a')], { expectedVersion: 'stream_exists' }),
+        () => s.append('acct-n5', [id('n5a')], { expectedVersion: 4 }),
+        // Deleted streams: a soft-deleted one comes back, a tombstone refuses.
+        () => s.append('acct-soft', [id('soft3')], { expectedVersion: 'any' }),
+        () => s.append('acct-hard', [id('hard2')]),
+        // One stream named three times in the turn: decided in the order the appends were made.
+        () => s.append('acct-thrice', [id('t1')], { expectedVersion: 'no_stream' }),
+        () => s.append('acct-thrice', [id('t2')], { expectedVersion: 1 }),
+        () => s.append('acct-thrice', [id('t3')], { expectedVersion: 1 }),
+      ].map((append) => settle(append()));
+    // Retries of stored appends fail a group (its ids are not looked up first); each append is then sent alone, and
+    // those to one stream still in the order they were made.
+    const retries = (s: EventStore): Array<Promise<unknown>> =>
+      [
+        () => s.append('acct-one', [id('one1')], { expectedVersion: 'no_stream' }),
+        () => s.append('acct-again', [id('a1')], { expectedVersion: 'no_stream' }),
+        () => s.append('acct-again', [id('a2')], { expectedVersion: 1 }),
+        () => s.append('acct-again', [id('a3')], { expectedVersion: 2 }),
+        () => s.append('acct-again', [id('a4')], { expectedVersion: 3 }),
+        () => s.append('acct-again', [id('a5')], { expectedVersion: 3 }),
+        () => s.append('acct-done', [id('done1')]),
+        () => s.append('acct-done', [id('done3')], { expectedVersion: 1 }),
+      ].map((append) => settle(append()));
+    const outcome = (settled: unknown) => {
+      const { value, error } = settled as { value?: AppendResult; error?: unknown };
+      return error ? (error as Error).constructor.name : { version: value!.version, firstVersion: value!.firstVersion, duplicate: value!.duplicate };
+    };
+    await setup(reference);
+    await setup(store);
+    const expected = (await Promise.all(turn(reference))).map(outcome);
+    const before = statements();
+    const actual = (await Promise.all(turn(store))).map(outcome);
+    assert.deepEqual(actual, expected);
+    assert.equal(statements() - before, 1, 'one statement for the 13 appends');
+    assert.deepEqual((await Promise.all(retries(store))).map(outcome), (await Promise.all(retries(reference))).map(outcome));
+    // Each stream holds what the reference holds, in the same order; the log has every stored event once.
+    for (const stream of ['acct-two', 'acct-one', 'acct-done', 'acct-n1', 'acct-n2', 'acct-n3', 'acct-n4', 'acct-soft', 'acct-hard', 'acct-thrice', 'acct-again']) {
+      const read = async (s: EventStore) => {
+        const events: string[] = [];
+        try {
+          for await (const event of s.readStream(stream)) events.push(`${event.version}:${event.id}`);
+        } catch (error) {
+          events.push((error as Error).constructor.name);
+        }
+        return events;
+      };
+      assert.deepEqual(await read(store), await read(reference), stream);
+      assert.deepEqual(await store.streamInfo(stream), await reference.streamInfo(stream), stream);
+    }
+    const logged: string[] = [];
+    for await (const event of store.readAll()) logged.push(event.id);
+    assert.equal(new Set(logged).size, logged.length);
+    assert.deepEqual(logged.sort(), [...ids.values()].filter((eventId) => logged.includes(eventId)).sort());
   });
 
   it('an id already stored fails the group, and each append is then sent alone: only that one is refused', async () => {
