@@ -101,8 +101,10 @@ end
  * Published ids are remembered in one hash per window-long time bucket (`<prefix>:dedupe:<bucket>`, by the Redis
  * server's clock) that expires two windows after its bucket began; an id in the current or the previous bucket is a
  * duplicate, so an id is remembered for at least one window and at most two. (A hash field per id costs Redis about a
- * quarter less than a key with its own expiry, `SET NX PX`, per id.) A call is atomic up to a failure, which stops it
- * at a message: no later message of the call, or of the chain, is added.
+ * quarter less than a key with its own expiry, `SET NX PX`, per id.) The call looks its ids up in both buckets at once
+ * (`HMGET`), and records those it added at the end (`HSET`). A call is atomic up to a failure, which stops it at a
+ * message: no later message of the call, or of the chain, is added, and the ids of the messages it did add, and only
+ * those, are recorded before the error is returned (so that publishing the batch again adds exactly the rest).
  */
 const PUBLISH = `
 local place = tonumber(ARGV[4])
@@ -112,24 +114,44 @@ local window = tonumber(ARGV[2])
 local bucket = math.floor((tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) / window)
 local current = ARGV[1] .. bucket
 local previous = ARGV[1] .. (bucket - 1)
-local added = 0
-for i = 6, #ARGV, 5 do
-  if redis.call('HEXISTS', previous, ARGV[i]) == 0 and redis.call('HSETNX', current, ARGV[i], '1') == 1 then
+local ids = {}
+for i = 6, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return 0 end
+local inPrevious = redis.call('HMGET', previous, unpack(ids))
+local inCurrent = redis.call('HMGET', current, unpack(ids))
+local seen = {}
+local added = {}
+local failure = nil
+for j = 1, #ids do
+  local id = ids[j]
+  if not inPrevious[j] and not inCurrent[j] and not seen[id] then
+    local i = 1 + j * 5
+    local reply
     if ARGV[3] ~= '' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[i], 'subject', ARGV[i + 1], 'streamId', ARGV[i + 2], 'body', ARGV[i + 3], 'headers', ARGV[i + 4])
+      reply = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'id', id, 'subject', ARGV[i + 1], 'streamId', ARGV[i + 2], 'body', ARGV[i + 3], 'headers', ARGV[i + 4])
     else
-      redis.call('XADD', KEYS[1], '*', 'id', ARGV[i], 'subject', ARGV[i + 1], 'streamId', ARGV[i + 2], 'body', ARGV[i + 3], 'headers', ARGV[i + 4])
+      reply = redis.pcall('XADD', KEYS[1], '*', 'id', id, 'subject', ARGV[i + 1], 'streamId', ARGV[i + 2], 'body', ARGV[i + 3], 'headers', ARGV[i + 4])
     end
-    added = added + 1
+    if type(reply) == 'table' and reply.err then
+      failure = reply
+      break
+    end
+    added[#added + 1] = id
+    added[#added + 1] = '1'
   end
+  seen[id] = true
 end
-if added > 0 then redis.call('PEXPIREAT', current, (bucket + 2) * window) end
+if #added > 0 then
+  redis.call('HSET', current, unpack(added))
+  redis.call('PEXPIREAT', current, (bucket + 2) * window)
+end
+if failure then return failure end
 if ARGV[5] == '1' then
   if place > 0 then redis.call('DEL', KEYS[2]) end
 else
   redis.call('SET', KEYS[2], tostring(place), 'PX', 60000)
 end
-return added
+return #added / 2
 `;
 
 /**

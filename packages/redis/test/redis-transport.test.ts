@@ -92,6 +92,20 @@ describe('Redis Streams transport', () => {
     assert.equal(await redis.xlen(`${prefix}:events`), batch.length);
   });
 
+  it('a publish that Redis refuses remembers none of the ids it did not add: published again, every message is stored', { timeout: 20_000 }, async () => {
+    const prefix = fresh();
+    const transport = open(prefix);
+    const batch = messages(['account-1', 'account-2'], 150); // two script calls
+    // The stream's key holds a string: every XADD is refused (WRONGTYPE).
+    await redis.set(`${prefix}:events`, 'not a stream');
+    await assert.rejects(transport.publish(batch), /WRONGTYPE/);
+    assert.deepEqual(await redis.keys(`${prefix}:dedupe:*`), [], 'no id is remembered as published');
+    await redis.del(`${prefix}:events`);
+    await transport.publish(batch);
+    const ids = (await redis.xrange(`${prefix}:events`, '-', '+')).map(([, fields]) => fields[fields.indexOf('id') + 1]);
+    assert.deepEqual(ids, batch.map((m) => m.id));
+  });
+
   it('drops an id published again within the window, also across a bucket boundary', { timeout: 20_000 }, async () => {
     const prefix = fresh();
     const transport = open(prefix, { dedupeWindowMs: 200 });
