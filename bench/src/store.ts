@@ -18,7 +18,7 @@ const POOL_SIZE = 8;
 const ALL_PAGE_SIZE = 1000;
 const STREAM_PAGE_SIZE = 500;
 /** Appends per round of the `append.single.c<writers>` figures. */
-const SINGLE_APPENDS: Record<number, number> = { 1: 500, 8: 1000 };
+const SINGLE_APPENDS: Record<number, number> = { 1: 500, 8: 3000 };
 /**
  * Events already in the store and the raw table when the append figures start: a store in use, not one created a
  * moment ago (whose cached plans and statistics describe an empty table; see the README).

@@ -18,7 +18,7 @@ import pg from 'pg';
 import { concurrently, DATABASE_URL, interleave, rate, uniqueName, type BenchModule } from './harness.js';
 
 const WRITERS = 8;
-const COMMANDS = 1500;
+const COMMANDS = 3000;
 const LOAD_EVENTS = 10_000;
 const ROUNDS = 5;
 
