@@ -7,6 +7,7 @@ import {
   createInMemorySubscriptionStore,
   createInProcessBroker,
   createPublisher,
+  encodeStoredEvent,
   newId,
   replayToTransport,
   type Transport,
@@ -109,5 +110,30 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
     assert.equal(progress.at(-1), 3);
     await kept.stop();
     await wiped.stop();
+  });
+});
+
+describe('encodeStoredEvent', () => {
+  it("writes recordedAt as toISOString does, for times in the same second, in other seconds, and before 1970", () => {
+    const times = [
+      1764000000000, 1764000000001, 1764000000009, 1764000000010, 1764000000099, 1764000000100, 1764000000999, 1764000001000,
+      1764000000500, 1764000001000, 0, 1, 999, -1, -999, -1000, -1001, 946684799999, 946684800000, 253402300799999, -62198755200000,
+    ];
+    for (const ms of times) {
+      const recordedAt = new Date(ms);
+      const message = encodeStoredEvent({
+        id: newId(),
+        streamId: 'order-1',
+        type: 'OrderPlaced',
+        version: '1',
+        position: '0000000000000001/0000000000000001',
+        recordedAt,
+        dataJson: '{}',
+        metadataJson: '{}',
+      });
+      assert.equal((JSON.parse(message.body) as { recordedAt: string }).recordedAt, recordedAt.toISOString(), String(ms));
+    }
+    const invalid = { id: newId(), streamId: 'order-1', type: 'OrderPlaced', version: '1', position: '0000000000000001/0000000000000001', dataJson: '{}', metadataJson: '{}' };
+    assert.throws(() => encodeStoredEvent({ ...invalid, recordedAt: new Date(Number.NaN) }), RangeError);
   });
 });

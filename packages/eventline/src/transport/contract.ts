@@ -132,7 +132,7 @@ export function encodeStoredEvent(event: StoredEventText): TransportMessage {
   // The id is a UUID, the position hex digits and '/', the type letters, digits and '_': none needs escaping.
   const body =
     `{"id":"${event.id}","type":"${event.type}","streamId":${JSON.stringify(event.streamId)},"version":${event.version},` +
-    `"position":"${event.position}","recordedAt":"${event.recordedAt.toISOString()}","data":${event.dataJson},"metadata":${event.metadataJson}}`;
+    `"position":"${event.position}","recordedAt":"${isoTime(event.recordedAt)}","data":${event.dataJson},"metadata":${event.metadataJson}}`;
   return {
     id: event.id,
     subject: `${categoryOf(event.streamId)}.${event.type}`,
@@ -140,6 +140,26 @@ export function encodeStoredEvent(event: StoredEventText): TransportMessage {
     body,
     headers: headersOf(event),
   };
+}
+
+/** The second last formatted by {@link isoTime}, and its text up to the milliseconds. */
+let isoSecond = Number.NaN;
+let isoPrefix = '';
+
+/**
+ * `date.toISOString()`, formatting each second once: the events of a page were mostly recorded within the same
+ * second, and `toISOString` cost more than the rest of {@link encodeStoredEvent}.
+ */
+function isoTime(date: Date): string {
+  const ms = date.getTime();
+  const second = Math.floor(ms / 1000);
+  if (second !== isoSecond) {
+    if (!Number.isFinite(ms)) return date.toISOString(); // throws, as toISOString does
+    isoSecond = second;
+    isoPrefix = new Date(second * 1000).toISOString().slice(0, -4);
+  }
+  const milli = ms - second * 1000;
+  return `${isoPrefix}${milli < 10 ? '00' : milli < 100 ? '0' : ''}${milli}Z`;
 }
 
 type HeaderFields = Pick<StoredEventText, 'type' | 'streamId' | 'version' | 'position' | 'correlationId' | 'causationId' | 'traceparent'>;
