@@ -122,6 +122,16 @@ ${indent}  RETURNING 0, category INTO v_base, v_category;`;
 
 const dropIfCreated = (s: string) => `IF v_created THEN DELETE FROM ${s}.streams WHERE stream_id = p_stream_id; END IF;`;
 
+/**
+ * The fast path's expected-version rule against a locked stream row `st` (the `UPDATE` of an existing stream):
+ * `expected` is the SQL of the expected version as text ('no_stream' never reaches it).
+ */
+const expectedHoldsOnRow = (expected: string) => `(CASE ${expected}
+              WHEN 'any' THEN true
+              WHEN 'stream_exists' THEN st.version > 0 AND st.deleted IS NULL
+              ELSE ${expected}::bigint = st.version
+            END)`;
+
 /** The expected-version rule of `checkExpectedVersion` in eventline's validate.ts, in SQL. */
 const expectedVersionHolds = `CASE p_expected
     WHEN 'any' THEN true
@@ -163,11 +173,7 @@ BEGIN
   ELSE${v3 ? nowaitPrelock(s) : ''}
     UPDATE ${s}.streams AS st SET version = st.version + v_count${v4 ? ', last_transaction = greatest(pg_current_xact_id(), st.last_transaction)' : ''}
      WHERE st.stream_id = p_stream_id AND st.deleted IS DISTINCT FROM 'hard'
-       AND (CASE p_expected
-              WHEN 'any' THEN true
-              WHEN 'stream_exists' THEN st.version > 0 AND st.deleted IS NULL
-              ELSE p_expected::bigint = st.version
-            END)
+       AND ${expectedHoldsOnRow('p_expected')}
     RETURNING st.version - v_count, st.category, st.deleted${v4 ? ', st.last_transaction' : ''} INTO v_base, v_category, v_deleted${v4 ? ', v_tx' : ''};
     IF NOT FOUND AND p_expected = 'any' THEN
       ${createStream(s, v4, '      ')}
@@ -441,11 +447,7 @@ BEGIN
      WHERE st.stream_id = u.stream_id AND u.single AND u.expected <> 'no_stream'
        AND st.stream_id IN (SELECT l.stream_id FROM ${s}.streams l WHERE l.stream_id = ANY (p_streams) ORDER BY l.stream_id FOR UPDATE SKIP LOCKED)
        AND st.deleted IS NULL
-       AND (CASE u.expected
-              WHEN 'any' THEN true
-              WHEN 'stream_exists' THEN st.version > 0
-              ELSE u.expected::bigint = st.version
-            END)
+       AND ${expectedHoldsOnRow('u.expected')}
     RETURNING st.stream_id, st.version - u.cnt AS base, st.category, st.last_transaction AS tx
   ), taken AS (
     SELECT * FROM created UNION ALL SELECT * FROM bumped

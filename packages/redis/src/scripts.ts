@@ -116,9 +116,11 @@ local current = ARGV[1] .. bucket
 local previous = ARGV[1] .. (bucket - 1)
 local ids = {}
 for i = 6, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
-if #ids == 0 then return 0 end
-local inPrevious = redis.call('HMGET', previous, unpack(ids))
-local inCurrent = redis.call('HMGET', current, unpack(ids))
+local inPrevious, inCurrent = {}, {}
+if #ids > 0 then
+  inPrevious = redis.call('HMGET', previous, unpack(ids))
+  inCurrent = redis.call('HMGET', current, unpack(ids))
+end
 local seen = {}
 local added = {}
 local failure = nil
