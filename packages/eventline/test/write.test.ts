@@ -267,6 +267,25 @@ describe('snapshots', () => {
     assert.deepEqual(await snapshots.load('account-1'), { streamId: 'account-1', version: 2, stateVersion: 1, state: { open: true, balance: 4 } });
   });
 
+  it('a command in a transaction that rolls back leaves no snapshot ahead of the log', async () => {
+    const { accounts, snapshots, store } = setup();
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    for (let i = 0; i < 3; i++) await accounts.handle('1', Deposit.create({ id: '1', amount: 1 }));
+    // The fifth event crosses the policy's multiple of 5, inside a transaction that then fails.
+    await assert.rejects(
+      store.transaction(async (session) => {
+        await accounts.handle('1', Deposit.create({ id: '1', amount: 100 }), { session });
+        throw new Error('the rest of the transaction failed');
+      }),
+      /the rest of the transaction failed/,
+    );
+    assert.equal((await store.streamInfo('account-1')).version, 4, 'rolled back');
+    assert.equal(await snapshots.load('account-1'), null, 'no snapshot of the rolled-back state');
+    const loaded = await accounts.load('1');
+    assert.deepEqual([loaded.version, loaded.state.balance], [4, 3]);
+    assert.equal((await accounts.handle('1', Deposit.create({ id: '1', amount: 1 }))).version, 5, 'the aggregate still takes commands');
+  });
+
   it('can be taken on demand', async () => {
     const { accounts, snapshots } = setup();
     await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));

@@ -36,7 +36,10 @@ export interface CommandResult {
 export interface CommandContext {
   /** When set, write through this transaction (the idempotency middleware owns it); the owner retries, not the handler. */
   readonly session?: EventStoreSession;
-  /** Registers work to run only after the surrounding transaction commits (snapshots). Runs at once when there is none. */
+  /**
+   * Registers work to run only after the surrounding transaction commits (snapshots). Outside a transaction the work
+   * runs at once; inside a `session` given without `afterCommit`, snapshots are not taken (the next one is, outside).
+   */
   readonly afterCommit?: (fn: () => Promise<void>) => void;
   /** True when a retry middleware already retries on conflict, so handlers should not retry themselves. */
   readonly retrying?: boolean;
@@ -101,7 +104,15 @@ export function createRepository<State, C extends Command, E extends DomainEvent
       options.onSnapshotError?.(error, streamId);
     }
   };
-  const later = (context: CommandContext, fn: () => Promise<void>) => (context.afterCommit ? context.afterCommit(fn) : fn());
+  /**
+   * Snapshot work waits for the surrounding transaction to commit. In a transaction with no `afterCommit` (one the
+   * caller opened), it is not done at all: saved on another connection before the commit, a snapshot of a transaction
+   * that then rolls back would hold events the log does not, and every later command would conflict with it.
+   */
+  const later = async (context: CommandContext, fn: () => Promise<void>) => {
+    if (context.afterCommit) context.afterCommit(fn);
+    else if (!context.session) await fn();
+  };
 
   const load = async (id: string, context: CommandContext = {}): Promise<LoadedAggregate<State>> => {
     const streamId = streamIdOf(id);
