@@ -39,7 +39,7 @@ const account = (every?: number) =>
 
 export const writeBench: BenchModule = {
   area: 'write side on PostgreSQL',
-  figures: ['write.command.c8', 'write.load10k.full', 'write.load10k.snapshot'],
+  figures: ['write.command.c8', 'write.command.c8.cached', 'write.load10k.full', 'write.load10k.snapshot'],
   async run(ctx) {
     const schema = uniqueName('bench_write');
     const store = createPostgresStore({ connectionString: DATABASE_URL, schema, poolSize: WRITERS + 2 });
@@ -59,6 +59,34 @@ export const writeBench: BenchModule = {
             ),
         );
         ctx.record('write.command.c8', 'commands/s', rounds.value, rounds.baseline, rounds);
+      }
+      if (ctx.wants('write.command.c8.cached')) {
+        // Each caller works on an aggregate of its own (new each round), command after command, through a repository
+        // that keeps states in memory: a command decides on the cached state and appends with its version.
+        const repository = createRepository(store, account(), { cache: true });
+        const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+        bus.register(Deposit, repository.handler((command) => command.data.id));
+        const perCaller = async (task: (caller: number) => Promise<void>) => {
+          let next = 0;
+          await Promise.all(Array.from({ length: WRITERS }, async (_, caller) => {
+            while (next++ < COMMANDS) await task(caller);
+          }));
+        };
+        const rounds = await interleave(
+          ROUNDS,
+          (round) => rate(COMMANDS, () => perCaller((caller) => bus.dispatch(Deposit.create({ id: `h${round}-${caller}`, amount: 1 })).then(() => undefined))),
+          (round) => {
+            const versions = Array.from({ length: WRITERS }, () => 0);
+            return rate(COMMANDS, () =>
+              perCaller(async (caller) => {
+                const expectedVersion = versions[caller] === 0 ? 'no_stream' : versions[caller]!;
+                const result = await store.append(`account-hr${round}-${caller}`, [{ id: newId(), type: 'Deposited', data: { amount: 1, note } }], { expectedVersion });
+                versions[caller] = result.version;
+              }),
+            );
+          },
+        );
+        ctx.record('write.command.c8.cached', 'commands/s', rounds.value, rounds.baseline, rounds);
       }
       if (ctx.wants('write.load10k')) {
         ctx.log(`  seeding one stream of ${LOAD_EVENTS} events`);

@@ -40,7 +40,7 @@ export const bankEvents = eventRegistry([...accountEvents, ...paymentEvents], { 
 /** Retries on conflict: one account can see many concurrent commands (every retry reloads and decides again). */
 const retry = { maxAttempts: 12, baseDelayMs: 5, maxDelayMs: 200 };
 
-export function createBank(store: EventStore, options: { snapshots?: SnapshotStore } = {}) {
+export function createBank(store: EventStore, options: { snapshots?: SnapshotStore; cache?: boolean } = {}) {
   const accounts = createRepository(store, account, { ...options, retry });
   const payments = createRepository(store, payment, { ...options, retry });
   const bus = createCommandBus({ middleware: defaultMiddleware(store, { retry }) });

@@ -74,6 +74,37 @@ for (const [name, backend] of backends) {
       assert.ok(balance >= 0, 'never overdrawn');
     });
 
+    it('two writers with state caches of their own on one account: every command decides on the current balance', async () => {
+      const database = backend();
+      // An embedded database belongs to one process: there, two banks on one store (each with its own cache).
+      const one = database.open();
+      const two = name === 'PostgreSQL' ? database.open() : one;
+      const [here, there] = [createBank(one, { cache: true }), createBank(two, { cache: true })];
+      await here.bus.dispatch(OpenAccount.create({ accountId: 'k', owner: 'Kim' }));
+      await here.bus.dispatch(Deposit.create({ accountId: 'k', amount: 100 }));
+      await there.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 60 })); // `here` still caches balance 100
+      await assert.rejects(here.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 60 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
+      // Both processes at once, each with its own cache: still never overdrawn, and every success is in the log.
+      await here.bus.dispatch(Deposit.create({ accountId: 'k', amount: 60 })); // balance 100
+      const results = await Promise.allSettled(
+        Array.from({ length: 20 }, (_, i) => (i % 2 ? here : there).bus.dispatch(Withdraw.create({ accountId: 'k', amount: 15 }))),
+      );
+      const succeeded = results.filter((r) => r.status === 'fulfilled').length;
+      for (const result of results) {
+        if (result.status === 'fulfilled') continue;
+        const refused = result.reason instanceof DomainError && result.reason.rule === 'INSUFFICIENT_FUNDS';
+        assert.ok(refused || result.reason instanceof ConcurrencyError, String(result.reason));
+      }
+      let withdrawn = 0;
+      for await (const event of one.readStream('account-k')) if (event.type === 'MoneyWithdrawn') withdrawn += (event.data as { amount: number }).amount;
+      assert.equal(withdrawn, 60 + 15 * succeeded, 'every successful withdrawal is in the log, and only those');
+      const balance = (await there.accounts.load('k')).state.balance;
+      assert.equal(balance, 100 - 15 * succeeded);
+      assert.ok(balance >= 0, 'never overdrawn');
+      await one.close();
+      if (two !== one) await two.close();
+    });
+
     it('a transfer moves money in one transaction, or not at all', async () => {
       const store = backend().open();
       const bank = createBank(store);

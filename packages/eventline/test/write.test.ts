@@ -234,6 +234,112 @@ describe('repository', () => {
   });
 });
 
+describe('state cache', () => {
+  /** A store that counts the stream reads made through it. */
+  function counting(store: EventStore = createInMemoryStore()) {
+    const reads = { count: 0 };
+    const counted = new Proxy(store, {
+      get(target, key) {
+        if (key === 'readStream') {
+          return (id: string, options?: Parameters<EventStore['readStream']>[1]) => {
+            reads.count++;
+            return target.readStream(id, options);
+          };
+        }
+        const value: unknown = Reflect.get(target, key);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    return { store: counted, reads };
+  }
+
+  it('a command on a cached aggregate decides without reading the stream', async () => {
+    const { store, reads } = counting();
+    const accounts = createRepository(store, account, { cache: true });
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    assert.equal(reads.count, 1, 'the first command loads');
+    for (let i = 0; i < 5; i++) await accounts.handle('1', Deposit.create({ id: '1', amount: 10 }));
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' })); // decides nothing; the state stays cached
+    const last = await accounts.handle('1', Withdraw.create({ id: '1', amount: 20 }));
+    assert.equal(reads.count, 1, 'the rest decided on the cached state');
+    assert.equal(last.version, 7);
+    assert.equal((await accounts.load('1')).state.balance, 30, 'the log agrees with the cached state');
+  });
+
+  it('a state made stale by another writer is refused, reloaded and decided again', async () => {
+    const shared = createInMemoryStore();
+    const { store, reads } = counting(shared);
+    const here = createRepository(store, account, { cache: true, retry: { maxAttempts: 1 } });
+    const elsewhere = createRepository(shared, account); // another process
+    await here.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    await here.handle('1', Deposit.create({ id: '1', amount: 10 }));
+    await elsewhere.handle('1', Withdraw.create({ id: '1', amount: 10 }));
+    // The cache says balance 10 at version 2; the store is at version 3 with balance 0.
+    await assert.rejects(here.handle('1', Withdraw.create({ id: '1', amount: 10 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
+    const deposit = await here.handle('1', Deposit.create({ id: '1', amount: 5 }));
+    assert.equal(deposit.version, 4, 'decided on the store, not on the stale state; no retry attempt was spent on the stale state');
+    assert.equal((await elsewhere.load('1')).state.balance, 5);
+    assert.ok(reads.count >= 3);
+  });
+
+  it('20 concurrent withdrawals with the cache on never overdraw an account', async () => {
+    const store = createInMemoryStore();
+    const accounts = createRepository(store, account, { cache: true });
+    const bus = createCommandBus({ middleware: defaultMiddleware(store, { retry: { maxAttempts: 30, ...noDelay } }) });
+    const byId = accounts.handler((command) => command.data.id);
+    bus.register(Open, byId);
+    bus.register(Deposit, byId);
+    bus.register(Withdraw, byId);
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    await bus.dispatch(Deposit.create({ id: '1', amount: 100 }));
+    const results = await Promise.allSettled(Array.from({ length: 20 }, () => bus.dispatch(Withdraw.create({ id: '1', amount: 15 }))));
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 6);
+    for (const r of results) if (r.status === 'rejected') assert.equal((r.reason as DomainError).rule, 'INSUFFICIENT_FUNDS');
+    assert.equal((await accounts.load('1')).state.balance, 10);
+    await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 15 })), (e: unknown) => e instanceof DomainError);
+    assert.equal((await bus.dispatch(Withdraw.create({ id: '1', amount: 10 }))).version, 9);
+  });
+
+  it('an explicit expected version is checked against the store, not a stale cached state', async () => {
+    const shared = createInMemoryStore();
+    const here = createRepository(shared, account, { cache: true });
+    const elsewhere = createRepository(shared, account);
+    await here.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    await elsewhere.handle('1', Deposit.create({ id: '1', amount: 1 }));
+    assert.equal((await here.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 2 })).version, 3, 'the store is at 2, whatever the cache held');
+    await assert.rejects(here.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 2 }), ConcurrencyError);
+  });
+
+  it('keeps at most maxEntries aggregates, dropping the least recently used', async () => {
+    const { store, reads } = counting();
+    const accounts = createRepository(store, account, { cache: { maxEntries: 2 } });
+    for (const id of ['a', 'b', 'c']) await accounts.handle(id, Open.create({ id, owner: id }));
+    reads.count = 0;
+    await accounts.handle('c', Deposit.create({ id: 'c', amount: 1 }));
+    await accounts.handle('b', Deposit.create({ id: 'b', amount: 1 }));
+    assert.equal(reads.count, 0, 'b and c are kept');
+    await accounts.handle('a', Deposit.create({ id: 'a', amount: 1 }));
+    assert.equal(reads.count, 1, 'a was dropped');
+    assert.throws(() => createRepository(store, account, { cache: { maxEntries: 0 } }), (e: unknown) => e instanceof ValidationError && /maxEntries/.test(e.message));
+  });
+
+  it('a command inside a transaction neither uses nor fills the cache, so a rollback leaves nothing behind', async () => {
+    const { store, reads } = counting();
+    const accounts = createRepository(store, account, { cache: true });
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    await assert.rejects(
+      store.transaction(async (session) => {
+        await accounts.handle('1', Deposit.create({ id: '1', amount: 100 }), { session });
+        throw new Error('rolled back');
+      }),
+      /rolled back/,
+    );
+    const before = reads.count;
+    await assert.rejects(accounts.handle('1', Withdraw.create({ id: '1', amount: 50 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
+    assert.equal(reads.count, before + 1, 'loaded again from the store');
+  });
+});
+
 describe('snapshots', () => {
   it('are taken every N events and make loading read only the tail', async () => {
     const { accounts, snapshots } = setup();

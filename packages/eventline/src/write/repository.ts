@@ -1,11 +1,11 @@
 import type { Command } from '../command.js';
-import { ConcurrencyError } from '../errors.js';
+import { ConcurrencyError, ValidationError } from '../errors.js';
 import type { EventMetadata } from '../event.js';
 import { newId } from '../ids.js';
 import type { JsonValue } from '../json.js';
 import type { Position } from '../position.js';
 import { assertStreamId } from '../stream-id.js';
-import type { EventStore, EventStoreSession } from '../store/contract.js';
+import type { AppendResult, EventStore, EventStoreSession } from '../store/contract.js';
 import type { Aggregate, DomainEvent } from './aggregate.js';
 import { retryOnConflict, type RetryOptions } from './retry.js';
 import type { SnapshotStore } from './snapshots.js';
@@ -55,8 +55,24 @@ export interface LoadedAggregate<State> {
   readonly fromSnapshot: boolean;
 }
 
+/** See {@link RepositoryOptions.cache}. */
+export interface StateCacheOptions {
+  /** Aggregates kept; the least recently used is dropped first. Default 10,000. */
+  readonly maxEntries?: number;
+}
+
 export interface RepositoryOptions {
   snapshots?: SnapshotStore;
+  /**
+   * Keep each aggregate's state and version in memory after a command, so that the next command on it decides at once
+   * instead of reading the stream again. Safe with other writers: the append still carries the version the state is
+   * of, so a state that another process or another repository made stale is refused with a ConcurrencyError, dropped,
+   * and the command is loaded from the store and decided again at once (that extra attempt does not count against
+   * `retry`). The state is treated as immutable: `decide` must not change it, and `evolve` must depend only on an
+   * event's type, data and metadata (the events a command appended are folded in without reading them back). Commands
+   * inside a transaction (`session`) neither use nor fill it. Off by default; `true` is `{ maxEntries: 10_000 }`.
+   */
+  cache?: boolean | StateCacheOptions;
   retry?: RetryOptions;
   /** Called when saving a snapshot fails; the command has succeeded regardless. Default: ignore. */
   onSnapshotError?: (error: unknown, streamId: string) => void;
@@ -95,6 +111,7 @@ export function createRepository<State, C extends Command, E extends DomainEvent
   const serialize = (state: State): JsonValue => (policy?.serialize ? policy.serialize(state) : (state as JsonValue));
   const deserialize = (json: JsonValue): State => (policy?.deserialize ? policy.deserialize(json) : (structuredClone(json) as State));
   const streamIdOf = (id: string) => assertStreamId(`${aggregate.category}-${id}`);
+  const cache = options.cache ? new StateCache<State>(options.cache === true ? {} : options.cache) : null;
 
   const saveSnapshot = async (streamId: string, version: number, state: State) => {
     if (!snapshotStore) return;
@@ -143,15 +160,23 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     return { streamId, state, version, eventsRead, fromSnapshot };
   };
 
-  const decideAndAppend = async (id: string, command: C, context: CommandContext & { expectedVersion?: number }): Promise<CommandResult> => {
-    const loaded = await load(id, context);
-    const { streamId } = loaded;
+  const decideAndAppend = async (id: string, command: C, context: CommandContext & { expectedVersion?: number }, fresh = false): Promise<CommandResult> => {
+    const streamId = streamIdOf(id);
+    // A command takes its aggregate's entry out of the cache while it runs, so two commands never share one state.
+    // Inside a transaction the cached state is dropped, not used: the transaction moves the stream on when it commits.
+    const useCache = cache !== null && !context.session;
+    const entry = cache !== null && !fresh ? cache.take(streamId) : undefined;
+    const cached = useCache && entry !== undefined && (context.expectedVersion === undefined || context.expectedVersion === entry.version);
+    const loaded: LoadedAggregate<State> = cached ? { streamId, state: entry.state, version: entry.version, eventsRead: 0, fromSnapshot: false } : await load(id, context);
     if (context.expectedVersion !== undefined && context.expectedVersion !== loaded.version) {
       throw new ConcurrencyError(streamId, context.expectedVersion, loaded.version === 0 ? 'no_stream' : loaded.version, loaded.version);
     }
     const decided = await aggregate.decide(command, loaded.state);
     const events: readonly E[] = Array.isArray(decided) ? decided : [decided as E];
-    if (events.length === 0) return { streamId, version: loaded.version, position: null, events: [] };
+    if (events.length === 0) {
+      if (useCache) cache.keep(streamId, loaded.version, loaded.state);
+      return { streamId, version: loaded.version, position: null, events: [] };
+    }
     const stamp: EventMetadata = {
       correlationId: command.metadata.correlationId ?? command.id,
       causationId: command.id,
@@ -161,20 +186,24 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     };
     const inputs = events.map((event) => ({ id: newId(), type: event.type, data: event.data, metadata: { ...event.metadata, ...stamp } }));
     const writer = context.session ?? store;
-    const result = await writer.append(streamId, inputs, { expectedVersion: loaded.version === 0 ? 'no_stream' : loaded.version });
-    const every = policy?.every;
-    if (snapshotStore && every !== undefined && Math.floor(result.version / every) > Math.floor(loaded.version / every)) {
-      let state = loaded.state;
-      for (const event of events) state = aggregate.evolve(state, event);
-      await later(context, () => saveSnapshot(streamId, result.version, state));
+    let result: AppendResult;
+    try {
+      result = await writer.append(streamId, inputs, { expectedVersion: loaded.version === 0 ? 'no_stream' : loaded.version });
+    } catch (error) {
+      // The cached state was stale (another writer moved the stream on): decide again on what the store holds.
+      if (cached && error instanceof ConcurrencyError) return decideAndAppend(id, command, context, true);
+      throw error;
     }
-    return {
-      streamId,
-      version: result.version,
-      position: result.position,
-      events: inputs.map((input, index) => ({ ...input, streamId, version: result.firstVersion + index })),
-      ...(result.duplicate ? { duplicate: true } : {}),
-    };
+    const appended = inputs.map((input, index): AppendedEvent => ({ ...input, streamId, version: result.firstVersion + index }));
+    const every = policy?.every;
+    const snapshotDue = snapshotStore !== undefined && every !== undefined && Math.floor(result.version / every) > Math.floor(loaded.version / every);
+    if (snapshotDue || (useCache && !result.duplicate)) {
+      let state = loaded.state;
+      for (const event of appended) state = aggregate.evolve(state, event as unknown as E);
+      if (snapshotDue) await later(context, () => saveSnapshot(streamId, result.version, state));
+      if (useCache && !result.duplicate) cache.keep(streamId, result.version, state);
+    }
+    return { streamId, version: result.version, position: result.position, events: appended, ...(result.duplicate ? { duplicate: true } : {}) };
   };
 
   const handle: Repository<State, C, E>['handle'] = (id, command, context = {}) =>
@@ -195,4 +224,34 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     },
     handler: (idOf) => (command, context) => handle(idOf(command), command, context),
   };
+}
+
+/**
+ * The states of recently used aggregates, least recently used first (a Map keeps insertion order). An entry is taken
+ * out while a command runs on it and put back, newer, when the command succeeds.
+ */
+class StateCache<State> {
+  private readonly entries = new Map<string, { readonly version: number; readonly state: State }>();
+  private readonly maxEntries: number;
+
+  constructor(options: StateCacheOptions) {
+    const maxEntries = options.maxEntries ?? 10_000;
+    if (!(Number.isSafeInteger(maxEntries) && maxEntries >= 1)) throw new ValidationError(`cache.maxEntries must be a whole number of 1 or more; got ${JSON.stringify(maxEntries)}`);
+    this.maxEntries = maxEntries;
+  }
+
+  take(streamId: string): { readonly version: number; readonly state: State } | undefined {
+    const entry = this.entries.get(streamId);
+    if (entry) this.entries.delete(streamId);
+    return entry;
+  }
+
+  /** Keeps a state unless a newer one of the same stream is already kept (a command that finished first). */
+  keep(streamId: string, version: number, state: State): void {
+    const current = this.entries.get(streamId);
+    if (current && current.version >= version) return;
+    this.entries.delete(streamId);
+    this.entries.set(streamId, { version, state });
+    if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value as string);
+  }
 }
