@@ -18,8 +18,10 @@ export interface DemoStorage<Tx> {
 }
 
 export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: { logger?: boolean } = {}) {
-  const bank = createBank(storage.store, storage.snapshots ? { snapshots: storage.snapshots } : {});
-  const guestlist = createGuestlist(storage.store, storage.snapshots ? { snapshots: storage.snapshots } : {});
+  // One process serves the demo, but the caches would stay correct beside others (see `cache` in createRepository).
+  const repositories = { cache: true, ...(storage.snapshots ? { snapshots: storage.snapshots } : {}) };
+  const bank = createBank(storage.store, repositories);
+  const guestlist = createGuestlist(storage.store, repositories);
   const common = { store: storage.store, subscriptions: storage.subscriptions, documents: storage.documents, catalog: storage.catalog, pollIntervalMs: 500 };
   const projections = {
     bank: createAsyncProjection({ ...common, projection: bankReadModels }),

@@ -7,7 +7,7 @@ export * from './read-models.js';
 
 export const guestlistEvents = eventRegistry(invitationEvents, { strict: false });
 
-export function createGuestlist(store: EventStore, options: { snapshots?: SnapshotStore } = {}) {
+export function createGuestlist(store: EventStore, options: { snapshots?: SnapshotStore; cache?: boolean } = {}) {
   const invitations = createRepository(store, invitation, options);
   const bus = createCommandBus({ middleware: defaultMiddleware(store) });
   const byInvite = invitations.handler((command) => command.data.inviteId);

@@ -430,6 +430,19 @@ describe('class-style aggregates', () => {
     assert.deepEqual([loaded.state.coins, loaded.fromSnapshot, loaded.eventsRead], [5, true, 1]);
   });
 
+  it('work with the state cache: concurrent commands on one aggregate, each applied once', async () => {
+    const store = createInMemoryStore();
+    const repository = createRepository(store, piggy, { cache: true, retry: { maxAttempts: 30, ...noDelay } });
+    await repository.handle('p', Open.create({ id: 'p', owner: 'Ada' }));
+    await Promise.all(Array.from({ length: 10 }, (_, i) => repository.handle('p', Deposit.create({ id: 'p', amount: i + 1 }))));
+    const last = await repository.handle('p', Deposit.create({ id: 'p', amount: 100 }));
+    assert.equal(last.version, 12);
+    assert.equal((await repository.load('p')).state.coins, 155, '1 + ... + 10, then 100: each deposit applied once');
+    let applied = 0;
+    for await (const event of store.readStream('piggy-p')) if (event.type === 'Deposited') applied += (event.data as { amount: number }).amount;
+    assert.equal(applied, 155);
+  });
+
   it('work with the given/when/then helpers', async () => {
     await DeciderSpecification.for(piggy).given([{ type: 'Opened', data: { owner: 'Ada' } }]).when(Deposit.create({ id: 'p', amount: 1 })).then([{ type: 'Deposited', data: { amount: 1 } }]);
     await DeciderSpecification.for(piggy).given([]).when(Deposit.create({ id: 'p', amount: 1 })).thenThrows(DomainError, (e) => e.rule === 'NOT_OPEN');
