@@ -323,6 +323,21 @@ describe('state cache', () => {
     assert.throws(() => createRepository(store, account, { cache: { maxEntries: 0 } }), (e: unknown) => e instanceof ValidationError && /maxEntries/.test(e.message));
   });
 
+  it('a command with an idempotency key keeps its new state once its transaction has committed', async () => {
+    const { store, reads } = counting();
+    const accounts = createRepository(store, account, { cache: true });
+    const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+    for (const command of [Open, Deposit, Withdraw]) bus.register(command, accounts.handler((c) => c.data.id));
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'open-1' }));
+    await bus.dispatch(Deposit.create({ id: '1', amount: 5 }, { idempotencyKey: 'deposit-1' }));
+    await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 50 }, { idempotencyKey: 'withdraw-1' })), DomainError);
+    const before = reads.count;
+    const result = await bus.dispatch(Withdraw.create({ id: '1', amount: 5 }));
+    assert.equal(reads.count, before, 'decided on the state the keyed command left, without reading');
+    assert.equal(result.version, 3);
+    assert.equal((await accounts.load('1')).state.balance, 0);
+  });
+
   it('a command inside a transaction neither uses nor fills the cache, so a rollback leaves nothing behind', async () => {
     const { store, reads } = counting();
     const accounts = createRepository(store, account, { cache: true });

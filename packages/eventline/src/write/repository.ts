@@ -69,8 +69,10 @@ export interface RepositoryOptions {
    * of, so a state that another process or another repository made stale is refused with a ConcurrencyError, dropped,
    * and the command is loaded from the store and decided again at once (that extra attempt does not count against
    * `retry`). The state is treated as immutable: `decide` must not change it, and `evolve` must depend only on an
-   * event's type, data and metadata (the events a command appended are folded in without reading them back). Commands
-   * inside a transaction (`session`) neither use nor fill it. Off by default; `true` is `{ maxEntries: 10_000 }`.
+   * event's type, data and metadata (the events a command appended are folded in without reading them back). A command
+   * inside a transaction (`session`) does not use it; what it appends replaces the entry once the transaction has
+   * committed when the transaction's owner gives `afterCommit` (the idempotency middleware does), and drops it
+   * otherwise. Off by default; `true` is `{ maxEntries: 10_000 }`.
    */
   cache?: boolean | StateCacheOptions;
   retry?: RetryOptions;
@@ -163,10 +165,17 @@ export function createRepository<State, C extends Command, E extends DomainEvent
   const decideAndAppend = async (id: string, command: C, context: CommandContext & { expectedVersion?: number }, fresh = false): Promise<CommandResult> => {
     const streamId = streamIdOf(id);
     // A command takes its aggregate's entry out of the cache while it runs, so two commands never share one state.
-    // Inside a transaction the cached state is dropped, not used: the transaction moves the stream on when it commits.
+    // Inside a transaction the cache is not used (the state is read in the transaction); what the command appends
+    // replaces the entry once the transaction has committed, when its owner says when that is (`afterCommit`), and
+    // drops it otherwise.
     const useCache = cache !== null && !context.session;
-    const entry = cache !== null && !fresh ? cache.take(streamId) : undefined;
-    const cached = useCache && entry !== undefined && (context.expectedVersion === undefined || context.expectedVersion === entry.version);
+    const entry = useCache && !fresh ? cache.take(streamId) : undefined;
+    const remember = (version: number, state: State) => {
+      if (cache === null) return;
+      if (!context.session) cache.keep(streamId, version, state);
+      else context.afterCommit?.(async () => cache.keep(streamId, version, state));
+    };
+    const cached = entry !== undefined && (context.expectedVersion === undefined || context.expectedVersion === entry.version);
     const loaded: LoadedAggregate<State> = cached ? { streamId, state: entry.state, version: entry.version, eventsRead: 0, fromSnapshot: false } : await load(id, context);
     if (context.expectedVersion !== undefined && context.expectedVersion !== loaded.version) {
       throw new ConcurrencyError(streamId, context.expectedVersion, loaded.version === 0 ? 'no_stream' : loaded.version, loaded.version);
@@ -174,7 +183,7 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     const decided = await aggregate.decide(command, loaded.state);
     const events: readonly E[] = Array.isArray(decided) ? decided : [decided as E];
     if (events.length === 0) {
-      if (useCache) cache.keep(streamId, loaded.version, loaded.state);
+      remember(loaded.version, loaded.state);
       return { streamId, version: loaded.version, position: null, events: [] };
     }
     const stamp: EventMetadata = {
@@ -197,12 +206,15 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     const appended = inputs.map((input, index): AppendedEvent => ({ ...input, streamId, version: result.firstVersion + index }));
     const every = policy?.every;
     const snapshotDue = snapshotStore !== undefined && every !== undefined && Math.floor(result.version / every) > Math.floor(loaded.version / every);
-    if (snapshotDue || (useCache && !result.duplicate)) {
+    const keepNew = cache !== null && !result.duplicate && (!context.session || context.afterCommit !== undefined);
+    if (snapshotDue || keepNew) {
       let state = loaded.state;
       for (const event of appended) state = aggregate.evolve(state, event as unknown as E);
       if (snapshotDue) await later(context, () => saveSnapshot(streamId, result.version, state));
-      if (useCache && !result.duplicate) cache.keep(streamId, result.version, state);
+      if (keepNew) remember(result.version, state);
     }
+    // Appended in a transaction of the caller's (or a duplicate): whatever is cached for the stream is stale now.
+    if (cache !== null && !keepNew) cache.take(streamId);
     return { streamId, version: result.version, position: result.position, events: appended, ...(result.duplicate ? { duplicate: true } : {}) };
   };
 
