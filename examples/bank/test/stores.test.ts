@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { ConcurrencyError, DomainError } from 'eventline';
 import { createSqlSnapshotStore, type SqlEventStore } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
-import { bankEvents, createBank, Deposit, OpenAccount, TransferMoney, Withdraw } from '../src/index.js';
+import { bankEvents, CloseAccount, createBank, Deposit, MoneyDeposited, OpenAccount, TransferMoney, Withdraw } from '../src/index.js';
 
 let databases: TestDatabases;
 before(async () => {
@@ -115,6 +115,24 @@ for (const [name, backend] of backends) {
       await assert.rejects(bank.bus.dispatch(TransferMoney.create({ transferId: 't2', from: 'x', to: 'nobody', amount: 5 })), (e: unknown) => e instanceof DomainError && e.rule === 'ACCOUNT_NOT_FOUND');
       assert.equal((await bank.accounts.load('x')).state.balance, 10, 'the failed transfer took nothing out');
       assert.equal((await bank.accounts.load('y')).state.balance, 20);
+    });
+
+    it('a transfer takes the snapshots its events make due once it has committed, and none when it rolls back', async () => {
+      const store = backend().open();
+      const snapshots = createSqlSnapshotStore(store);
+      const bank = createBank(store, { snapshots, cache: true });
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 's', owner: 'S' }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 't', owner: 'T' }));
+      await store.append('account-s', Array.from({ length: 98 }, () => MoneyDeposited.create({ amount: 1 })), { expectedVersion: 1 });
+      // Version 100 is the policy's multiple: the transfer to a closed account fails, and so does its transaction.
+      await bank.bus.dispatch(CloseAccount.create({ accountId: 't' }));
+      await assert.rejects(bank.bus.dispatch(TransferMoney.create({ transferId: 'f', from: 's', to: 't', amount: 5 })), DomainError);
+      assert.equal(await snapshots.load('account-s'), null, 'nothing saved for the rolled-back transfer');
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'u', owner: 'U' }));
+      await bank.bus.dispatch(TransferMoney.create({ transferId: 'g', from: 's', to: 'u', amount: 5 }));
+      assert.deepEqual(await snapshots.load('account-s'), { streamId: 'account-s', version: 100, stateVersion: 1, state: (await bank.accounts.load('s')).state });
+      assert.equal((await bank.bus.dispatch(Withdraw.create({ accountId: 's', amount: 93 }))).version, 101, 'the cached state after the transfer is right');
+      await assert.rejects(bank.bus.dispatch(Withdraw.create({ accountId: 's', amount: 1 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
     });
   });
 }
