@@ -84,8 +84,11 @@ for (const [name, backend] of backends) {
       await here.bus.dispatch(Deposit.create({ accountId: 'k', amount: 100 }));
       await there.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 60 })); // `here` still caches balance 100
       await assert.rejects(here.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 60 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
+      await here.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 40 })); // `here` caches balance 0
+      await there.bus.dispatch(Deposit.create({ accountId: 'k', amount: 100 }));
+      await here.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 50 })); // not refused for the stale balance of 0
       // Both processes at once, each with its own cache: still never overdrawn, and every success is in the log.
-      await here.bus.dispatch(Deposit.create({ accountId: 'k', amount: 60 })); // balance 100
+      await here.bus.dispatch(Deposit.create({ accountId: 'k', amount: 50 })); // balance 100
       const results = await Promise.allSettled(
         Array.from({ length: 20 }, (_, i) => (i % 2 ? here : there).bus.dispatch(Withdraw.create({ accountId: 'k', amount: 15 }))),
       );
@@ -97,7 +100,7 @@ for (const [name, backend] of backends) {
       }
       let withdrawn = 0;
       for await (const event of one.readStream('account-k')) if (event.type === 'MoneyWithdrawn') withdrawn += (event.data as { amount: number }).amount;
-      assert.equal(withdrawn, 60 + 15 * succeeded, 'every successful withdrawal is in the log, and only those');
+      assert.equal(withdrawn, 60 + 40 + 50 + 15 * succeeded, 'every successful withdrawal is in the log, and only those');
       const balance = (await there.accounts.load('k')).state.balance;
       assert.equal(balance, 100 - 15 * succeeded);
       assert.ok(balance >= 0, 'never overdrawn');

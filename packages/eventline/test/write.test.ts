@@ -259,10 +259,11 @@ describe('state cache', () => {
     await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
     assert.equal(reads.count, 1, 'the first command loads');
     for (let i = 0; i < 5; i++) await accounts.handle('1', Deposit.create({ id: '1', amount: 10 }));
-    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' })); // decides nothing; the state stays cached
     const last = await accounts.handle('1', Withdraw.create({ id: '1', amount: 20 }));
     assert.equal(reads.count, 1, 'the rest decided on the cached state');
     assert.equal(last.version, 7);
+    await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' })); // decides nothing: confirmed on the store
+    assert.equal(reads.count, 2);
     assert.equal((await accounts.load('1')).state.balance, 30, 'the log agrees with the cached state');
   });
 
@@ -298,6 +299,19 @@ describe('state cache', () => {
     assert.equal((await accounts.load('1')).state.balance, 10);
     await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 15 })), (e: unknown) => e instanceof DomainError);
     assert.equal((await bus.dispatch(Withdraw.create({ id: '1', amount: 10 }))).version, 9);
+  });
+
+  it('a refusal or an empty decision on a cached state is made again on the store before it is answered', async () => {
+    const shared = createInMemoryStore();
+    const here = createRepository(shared, account, { cache: true });
+    const elsewhere = createRepository(shared, account); // another process
+    await here.handle('1', Open.create({ id: '1', owner: 'Ada' })); // cached: open, balance 0, version 1
+    await elsewhere.handle('1', Deposit.create({ id: '1', amount: 100 }));
+    const withdrawn = await here.handle('1', Withdraw.create({ id: '1', amount: 50 }));
+    assert.equal(withdrawn.version, 3, 'not refused for the stale balance of 0');
+    await elsewhere.handle('1', Deposit.create({ id: '1', amount: 1 }));
+    const repeat = await here.handle('1', Open.create({ id: '1', owner: 'Ada' }));
+    assert.deepEqual([repeat.events.length, repeat.version], [0, 4], "nothing to do, at the store's version");
   });
 
   it('an explicit expected version is checked against the store, not a stale cached state', async () => {

@@ -68,7 +68,9 @@ export interface RepositoryOptions {
    * instead of reading the stream again. Safe with other writers: the append still carries the version the state is
    * of, so a state that another process or another repository made stale is refused with a ConcurrencyError, dropped,
    * and the command is loaded from the store and decided again at once (that extra attempt does not count against
-   * `retry`). The state is treated as immutable: `decide` must not change it, and `evolve` must depend only on an
+   * `retry`). A decision that appends nothing cannot be checked that way, so a refusal (`decide` throwing) or an empty
+   * decision on a cached state is made again on the store's state before it is answered: the cache speeds up the
+   * commands that append, and changes no answer. The state is treated as immutable: `decide` must not change it, and `evolve` must depend only on an
    * event's type, data and metadata (the events a command appended are folded in without reading them back). A command
    * inside a transaction (`session`) does not use it; what it appends replaces the entry once the transaction has
    * committed when the transaction's owner gives `afterCommit` (the idempotency middleware does), and drops it
@@ -180,9 +182,19 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     if (context.expectedVersion !== undefined && context.expectedVersion !== loaded.version) {
       throw new ConcurrencyError(streamId, context.expectedVersion, loaded.version === 0 ? 'no_stream' : loaded.version, loaded.version);
     }
-    const decided = await aggregate.decide(command, loaded.state);
+    let decided: E | readonly E[];
+    try {
+      decided = await aggregate.decide(command, loaded.state);
+    } catch (error) {
+      // A refusal must not rest on a state that may be stale (another writer may have made the command valid):
+      // decide again on what the store holds, and answer with that.
+      if (cached) return decideAndAppend(id, command, context, true);
+      throw error;
+    }
     const events: readonly E[] = Array.isArray(decided) ? decided : [decided as E];
     if (events.length === 0) {
+      // Nothing to do, says the cached state: only the store can confirm it (no append will check it).
+      if (cached) return decideAndAppend(id, command, context, true);
       remember(loaded.version, loaded.state);
       return { streamId, version: loaded.version, position: null, events: [] };
     }
