@@ -90,13 +90,13 @@ export async function rate(count: number, work: () => Promise<void>): Promise<nu
   return count / ((performance.now() - start) / 1000);
 }
 
-/** Runs `task(0..total-1)` on `workers` concurrent loops, each taking the next index when it is done. */
-export async function concurrently(workers: number, total: number, task: (index: number) => Promise<void>): Promise<void> {
+/** Runs `task(0..total-1)` on `workers` concurrent loops, each taking the next index when it is done (and told which loop it is). */
+export async function concurrently(workers: number, total: number, task: (index: number, worker: number) => Promise<void>): Promise<void> {
   let next = 0;
-  const loop = async (): Promise<void> => {
-    while (next < total) await task(next++);
+  const loop = async (worker: number): Promise<void> => {
+    while (next < total) await task(next++, worker);
   };
-  await Promise.all(Array.from({ length: workers }, loop));
+  await Promise.all(Array.from({ length: workers }, (_, worker) => loop(worker)));
 }
 
 /** A name for a schema (or anything else) that no other run uses: lower case, safe to splice into SQL. */

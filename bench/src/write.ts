@@ -66,19 +66,13 @@ export const writeBench: BenchModule = {
         const repository = createRepository(store, account(), { cache: true });
         const bus = createCommandBus({ middleware: defaultMiddleware(store) });
         bus.register(Deposit, repository.handler((command) => command.data.id));
-        const perCaller = async (task: (caller: number) => Promise<void>) => {
-          let next = 0;
-          await Promise.all(Array.from({ length: WRITERS }, async (_, caller) => {
-            while (next++ < COMMANDS) await task(caller);
-          }));
-        };
         const rounds = await interleave(
           ROUNDS,
-          (round) => rate(COMMANDS, () => perCaller((caller) => bus.dispatch(Deposit.create({ id: `h${round}-${caller}`, amount: 1 })).then(() => undefined))),
+          (round) => rate(COMMANDS, () => concurrently(WRITERS, COMMANDS, (_, caller) => bus.dispatch(Deposit.create({ id: `h${round}-${caller}`, amount: 1 })).then(() => undefined))),
           (round) => {
             const versions = Array.from({ length: WRITERS }, () => 0);
             return rate(COMMANDS, () =>
-              perCaller(async (caller) => {
+              concurrently(WRITERS, COMMANDS, async (_, caller) => {
                 const expectedVersion = versions[caller] === 0 ? 'no_stream' : versions[caller]!;
                 const result = await store.append(`account-hr${round}-${caller}`, [{ id: newId(), type: 'Deposited', data: { amount: 1, note } }], { expectedVersion });
                 versions[caller] = result.version;

@@ -12,8 +12,10 @@ import {
   defaultMiddleware,
   defineCommand,
   eventRegistry,
+  inTransaction,
   newId,
   retryOnConflict,
+  type CommandContext,
   type EventStore,
   type SnapshotStore,
 } from 'eventline';
@@ -53,18 +55,13 @@ export function createBank(store: EventStore, options: { snapshots?: SnapshotSto
     const { transferId, from, to, amount } = command.data;
     const metadata = { correlationId: command.metadata.correlationId ?? command.id, causationId: command.id };
     const both = async () => {
-      const run = async (session: NonNullable<typeof context.session>, afterCommit: NonNullable<typeof context.afterCommit> | undefined) => {
-        const inside = { ...context, session, ...(afterCommit ? { afterCommit } : {}) };
+      const run = async (inside: CommandContext) => {
         const out = await accounts.handle(from, TransferOut.create({ accountId: from, transferId, to, amount }, { metadata }), inside);
         await accounts.handle(to, TransferIn.create({ accountId: to, transferId, from, amount }, { metadata }), inside);
         return out;
       };
-      if (context.session) return run(context.session, context.afterCommit);
-      // Our own transaction: what the repository leaves for after the commit (snapshots, cached states) runs once it has.
-      const committed: Array<() => Promise<void>> = [];
-      const out = await store.transaction((session) => run(session, (fn) => committed.push(fn)));
-      for (const fn of committed) await fn();
-      return out;
+      // In the caller's transaction (a keyed command), or in one of our own whose after-commit work runs once it has.
+      return context.session ? run(context) : inTransaction(store, (inside) => run({ ...context, ...inside }));
     };
     return context.retrying || context.session ? both() : retryOnConflict(both, retry);
   });

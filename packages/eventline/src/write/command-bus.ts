@@ -2,7 +2,7 @@ import type { Command, CommandDefinition, CommandOf } from '../command.js';
 import { DuplicateHandlerError, UnknownCommandError, ValidationError } from '../errors.js';
 import { validateWithSchema } from '../schema.js';
 import { assertStreamId } from '../stream-id.js';
-import type { EventStore } from '../store/contract.js';
+import type { EventStore, EventStoreSession } from '../store/contract.js';
 import type { CommandContext, CommandResult } from './repository.js';
 import { retryOnConflict, type RetryOptions } from './retry.js';
 
@@ -92,8 +92,7 @@ export function idempotency(store: EventStore): Middleware {
     const key = command.metadata.idempotencyKey;
     if (key === undefined) return next(command, context);
     const recordStream = idempotencyStreamId(key);
-    const afterCommit: Array<() => Promise<void>> = [];
-    const result = await store.transaction(async (session) => {
+    return inTransaction(store, async ({ session, afterCommit }) => {
       for await (const record of session.readStream(recordStream, { limit: 1 })) {
         const stored = record.data as { commandType: string; result: CommandResult };
         if (stored.commandType !== command.type) {
@@ -101,15 +100,32 @@ export function idempotency(store: EventStore): Middleware {
         }
         return { ...stored.result, duplicate: true };
       }
-      const handled = await next(command, { ...context, session, afterCommit: (fn) => afterCommit.push(fn) });
+      const handled = await next(command, { ...context, session, afterCommit });
       await session.append(recordStream, [{ type: 'CommandHandled', data: { commandId: command.id, commandType: command.type, result: handled } }], {
         expectedVersion: 'no_stream',
       });
       return handled;
     });
-    for (const fn of afterCommit) await fn();
-    return result;
   };
+}
+
+/**
+ * Runs `work` in a transaction of `store`, with what a repository needs to take part in it: the `session`, and an
+ * `afterCommit` whose work (snapshots, cached states) runs once the transaction has committed, and never if it rolls
+ * back. For handlers that write several aggregates together:
+ *
+ * ```ts
+ * await inTransaction(store, (inside) => Promise.all([accounts.handle('a', debit, inside), accounts.handle('b', credit, inside)]));
+ * ```
+ */
+export async function inTransaction<T>(
+  store: EventStore,
+  work: (context: { readonly session: EventStoreSession; readonly afterCommit: (fn: () => Promise<void>) => void }) => Promise<T>,
+): Promise<T> {
+  const committed: Array<() => Promise<void>> = [];
+  const result = await store.transaction((session) => work({ session, afterCommit: (fn) => committed.push(fn) }));
+  for (const fn of committed) await fn();
+  return result;
 }
 
 export function idempotencyStreamId(key: string): string {

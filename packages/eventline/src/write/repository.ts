@@ -126,17 +126,18 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     }
   };
   /**
-   * Snapshot work waits for the surrounding transaction to commit. In a transaction with no `afterCommit` (one the
-   * caller opened), it is not done at all: saved on another connection before the commit, a snapshot of a transaction
-   * that then rolls back would hold events the log does not, and every later command would conflict with it.
+   * Work that must wait for the surrounding transaction to commit (snapshots, cached states). In a transaction with no
+   * `afterCommit` (one the caller opened), it is not done at all: a snapshot saved on another connection before the
+   * commit of a transaction that then rolls back would hold events the log does not, and every later command would
+   * conflict with it.
    */
+  const runsLater = (context: CommandContext) => context.afterCommit !== undefined || !context.session;
   const later = async (context: CommandContext, fn: () => Promise<void>) => {
     if (context.afterCommit) context.afterCommit(fn);
     else if (!context.session) await fn();
   };
 
-  const load = async (id: string, context: CommandContext = {}): Promise<LoadedAggregate<State>> => {
-    const streamId = streamIdOf(id);
+  const load = async (streamId: string, context: CommandContext = {}): Promise<LoadedAggregate<State>> => {
     const reader = context.session ?? store;
     let state = aggregate.initialState();
     let version = 0;
@@ -170,15 +171,9 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     // Inside a transaction the cache is not used (the state is read in the transaction); what the command appends
     // replaces the entry once the transaction has committed, when its owner says when that is (`afterCommit`), and
     // drops it otherwise.
-    const useCache = cache !== null && !context.session;
-    const entry = useCache && !fresh ? cache.take(streamId) : undefined;
-    const remember = (version: number, state: State) => {
-      if (cache === null) return;
-      if (!context.session) cache.keep(streamId, version, state);
-      else context.afterCommit?.(async () => cache.keep(streamId, version, state));
-    };
+    const entry = cache !== null && !context.session && !fresh ? cache.take(streamId) : undefined;
     const cached = entry !== undefined && (context.expectedVersion === undefined || context.expectedVersion === entry.version);
-    const loaded: LoadedAggregate<State> = cached ? { streamId, state: entry.state, version: entry.version, eventsRead: 0, fromSnapshot: false } : await load(id, context);
+    const loaded: LoadedAggregate<State> = cached ? { streamId, state: entry.state, version: entry.version, eventsRead: 0, fromSnapshot: false } : await load(streamId, context);
     if (context.expectedVersion !== undefined && context.expectedVersion !== loaded.version) {
       throw new ConcurrencyError(streamId, context.expectedVersion, loaded.version === 0 ? 'no_stream' : loaded.version, loaded.version);
     }
@@ -195,7 +190,7 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     if (events.length === 0) {
       // Nothing to do, says the cached state: only the store can confirm it (no append will check it).
       if (cached) return decideAndAppend(id, command, context, true);
-      remember(loaded.version, loaded.state);
+      if (cache !== null) await later(context, async () => cache.keep(streamId, loaded.version, loaded.state));
       return { streamId, version: loaded.version, position: null, events: [] };
     }
     const stamp: EventMetadata = {
@@ -218,12 +213,12 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     const appended = inputs.map((input, index): AppendedEvent => ({ ...input, streamId, version: result.firstVersion + index }));
     const every = policy?.every;
     const snapshotDue = snapshotStore !== undefined && every !== undefined && Math.floor(result.version / every) > Math.floor(loaded.version / every);
-    const keepNew = cache !== null && !result.duplicate && (!context.session || context.afterCommit !== undefined);
+    const keepNew = cache !== null && !result.duplicate && runsLater(context);
     if (snapshotDue || keepNew) {
       let state = loaded.state;
       for (const event of appended) state = aggregate.evolve(state, event as unknown as E);
       if (snapshotDue) await later(context, () => saveSnapshot(streamId, result.version, state));
-      if (keepNew) remember(result.version, state);
+      if (keepNew) await later(context, async () => cache.keep(streamId, result.version, state));
     }
     // Appended in a transaction of the caller's (or a duplicate): whatever is cached for the stream is stale now.
     if (cache !== null && !keepNew) cache.take(streamId);
@@ -238,10 +233,10 @@ export function createRepository<State, C extends Command, E extends DomainEvent
   return {
     aggregate,
     streamIdOf,
-    load: (id, loadOptions) => load(id, loadOptions ?? {}),
+    load: (id, loadOptions) => load(streamIdOf(id), loadOptions ?? {}),
     handle,
     async snapshot(id) {
-      const loaded = await load(id);
+      const loaded = await load(streamIdOf(id));
       if (loaded.version === 0) return null;
       await saveSnapshot(loaded.streamId, loaded.version, loaded.state);
       return loaded;
