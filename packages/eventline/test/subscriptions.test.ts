@@ -173,6 +173,62 @@ describe('subscriptions (in-memory)', () => {
     assert.deepEqual(await subscription.parked(), []);
   });
 
+  it('checkpointIntervalMs: a catching-up batch moves the checkpoint in memory, stored when caught up, at stop, and never ahead of what was handled', async () => {
+    const { store, subscriptions, options } = setup();
+    const stored: string[] = [];
+    const moveCheckpoint = subscriptions.moveCheckpoint!.bind(subscriptions);
+    subscriptions.moveCheckpoint = async (args) => {
+      stored.push(args.position);
+      await moveCheckpoint(args);
+    };
+    const handled: number[] = [];
+    const handledAt: string[] = [];
+    let gate: Promise<void> | null = null;
+    let release = () => {};
+    const subscription = createSubscription(
+      options({
+        transactional: false,
+        checkpointIntervalMs: 60_000,
+        batchSize: 10,
+        handle: async (event) => {
+          const n = (event.data as { n: number }).n;
+          if (n === 75 && gate) await gate;
+          handled.push(n);
+          handledAt.push(event.position);
+        },
+      }),
+    );
+    const appendFrom = (from: number, count: number) => store.append('a-1', Array.from({ length: count }, (_, k) => ({ id: newId(), type: 'Happened', data: { n: from + k } })));
+    const first = await appendFrom(0, 50);
+    await subscription.catchUp();
+    assert.equal(handled.length, 50);
+    assert.equal(stored.length, 2, 'the starting point, then once when caught up: not after each of the five batches');
+    const caughtUp = stored[1]!;
+    assert.ok(caughtUp >= first.position);
+    assert.equal(await subscriptions.checkpoint('test'), caughtUp);
+
+    // Catching up again, held at event 75: the stored checkpoint stays behind what was handled, never ahead of it.
+    gate = new Promise<void>((resolve) => (release = resolve));
+    await appendFrom(50, 50);
+    subscription.start();
+    await until(() => handled.length >= 75, 'events up to 75');
+    assert.equal(await subscriptions.checkpoint('test'), caughtUp, 'the batches handled since are in memory only');
+    const inMemory = (await subscription.status()).checkpoint!;
+    assert.ok(inMemory >= handledAt[69]! && inMemory <= handledAt[74]!, 'status shows the last batch handled, not beyond');
+    release();
+    const head = await store.headPosition();
+    await subscription.waitFor(head);
+    await subscription.stop();
+    assert.equal(await subscriptions.checkpoint('test'), head, 'stored when caught up and at stop');
+    assert.deepEqual(handled, Array.from({ length: 100 }, (_, n) => n), 'each event once, in order');
+  });
+
+  it('checkpointIntervalMs needs transactional: false', () => {
+    const { options } = setup();
+    assert.throws(() => createSubscription(options({ checkpointIntervalMs: 100 })), { code: 'VALIDATION', message: /needs transactional: false/ });
+    assert.throws(() => createSubscription(options({ transactional: false, checkpointIntervalMs: -1 })), { code: 'VALIDATION' });
+  });
+
   it('moveCheckpoint is fenced by the lease', async () => {
     const { store, subscriptions } = setup();
     const { position } = await append(store, 'a-1');

@@ -36,6 +36,14 @@ export interface SubscriptionOptions<Tx> {
    * `readAllHoldback`) for as long as the handler waits on the outside world. Delivery stays at least once.
    */
   transactional?: boolean;
+  /**
+   * With `transactional: false` only: store the checkpoint of a handled batch at most once per this many ms while
+   * catching up (default 0: after every batch). The checkpoint always moves in memory after the handler succeeded, and
+   * it is stored when the subscription is caught up, when it stops, and at least this often in between; a crash
+   * handles again at most this stretch of events (at least once, as always without a transaction). A publisher uses
+   * it to keep a database commit per batch off the path between one broker confirm and the next publish.
+   */
+  checkpointIntervalMs?: number;
   /** Only these categories / event types (filtered in the store). */
   filter?: ReadAllFilter;
   /** Where a subscription with no checkpoint starts: the beginning (default), the end, or a position. */
@@ -173,6 +181,9 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   private unsubscribe: (() => void) | null = null;
   private persisted: Position | null = null;
   private persistedAt = 0;
+  /** The checkpoint moved past handled events (with checkpointIntervalMs) and is not stored yet. */
+  private unsaved = false;
+  private readonly checkpointInterval: number;
   /** The next page, read while the current batch is handled (catching up only); used when the checkpoint lands on `after`. */
   private prefetched: { after: Position; page: Promise<LogPage<E>> } | null = null;
 
@@ -195,6 +206,12 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     this.baseDelay = options.retry?.baseDelayMs ?? 100;
     this.maxDelay = options.retry?.maxDelayMs ?? 5000;
     this.sleep = options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+    const interval = options.checkpointIntervalMs ?? 0;
+    if (!(Number.isFinite(interval) && interval >= 0)) throw new ValidationError(`Subscription '${options.name}': checkpointIntervalMs must be a number of ms, 0 or more`);
+    if (interval > 0 && options.transactional !== false) {
+      throw new ValidationError(`Subscription '${options.name}': checkpointIntervalMs needs transactional: false (a transactional checkpoint commits with the handler's writes)`);
+    }
+    this.checkpointInterval = interval;
   }
 
   start(): void {
@@ -359,6 +376,7 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
         }
         if (!(await this.renewLease())) {
           this.state = 'standby';
+          this.unsaved = false;
           this.checkpoint = undefined; // the holder moves it; reload when we take over
           this.prefetched = null;
           await this.idle(this.poll);
@@ -378,6 +396,7 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
         if (!this.active) break;
         if (error instanceof LeaseLostError) {
           this.state = 'standby';
+          this.unsaved = false;
           this.checkpoint = undefined;
           this.prefetched = null;
           this.leaseRenewedAt = 0;
@@ -449,6 +468,8 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     if (events.length > 0 && !page.atEnd) this.prefetch(page.next);
     if (events.length > 0) await this.handleBatch(events, page.next);
     else if (page.next > after) await this.advance(page.next, !page.atEnd);
+    // Caught up: store what was handled since the last stored checkpoint (see checkpointIntervalMs).
+    if (page.atEnd && this.unsaved && this.checkpoint) await this.commit({ position: this.checkpoint }, async () => undefined);
     // A batch cut short by a failing event is not the end: the rest is read again from the checkpoint.
     const reached = this.checkpoint ?? after;
     return { atEnd: page.atEnd && reached >= page.next, next: reached, handled: events.length };
@@ -470,7 +491,7 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   private async handleBatch(events: E[], next: Position): Promise<void> {
     let failedAt = -1;
     try {
-      await this.commit({ position: next }, async (tx) => {
+      await this.commit({ position: next, deferrable: true }, async (tx) => {
         const handleBatch = this.options.handleBatch;
         if (handleBatch) {
           failedAt = 0;
@@ -539,11 +560,21 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
    * Runs `work` and moves the checkpoint to `position`, parks `park` and unparks `unpark`, fenced by the lease: in one
    * transaction, or (`transactional: false`) `work` first, with no transaction open, then the rest alone.
    */
-  private async commit(args: { position?: Position; park?: ParkedEvent; unpark?: string }, work: (tx: Tx) => Promise<void>): Promise<void> {
+  private async commit(
+    { deferrable, ...args }: { position?: Position; park?: ParkedEvent; unpark?: string; deferrable?: boolean },
+    work: (tx: Tx) => Promise<void>,
+  ): Promise<void> {
     const subscriptions = this.options.subscriptions;
     if (this.options.transactional !== false) await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, work);
     else {
       await work(undefined as Tx);
+      if (deferrable && args.position !== undefined && this.checkpointInterval > 0 && Date.now() - this.persistedAt < this.checkpointInterval) {
+        // Handled: moves on in memory now, stored with a later batch, when caught up, or at stop.
+        this.checkpoint = args.position;
+        this.unsaved = true;
+        for (const listener of [...this.progressListeners]) listener();
+        return;
+      }
       if (args.position !== undefined && !args.park && args.unpark === undefined && subscriptions.moveCheckpoint) {
         await subscriptions.moveCheckpoint({ name: this.key, owner: this.owner, position: args.position });
       } else await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, async () => undefined);
@@ -552,6 +583,7 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
       this.checkpoint = args.position;
       this.persisted = args.position;
       this.persistedAt = Date.now();
+      this.unsaved = false;
       for (const listener of [...this.progressListeners]) listener();
     }
   }

@@ -6,6 +6,9 @@ import type { SubscriptionStore } from '../subscriptions/contract.js';
 import { createLogSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
 import { asReplay, encodedEvent, type Transport } from './contract.js';
 
+/** How often a publisher catching up stores its checkpoint, by default (see checkpointIntervalMs). */
+const PUBLISHER_CHECKPOINT_INTERVAL_MS = 250;
+
 export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure' | 'transactional'> {
   /** Names the publisher's subscription (checkpoint and lease): `publisher-<name>`. */
   name: string;
@@ -16,6 +19,12 @@ export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'nam
    * 'failed') when they run out; it never parks an event.
    */
   retry?: SubscriptionOptions<Tx>['retry'];
+  /**
+   * While catching up, store the checkpoint at most once per this many ms (default 250; 0: after every batch). It is
+   * stored when caught up and at stop; a crash republishes at most this stretch, which the broker's de-duplication or
+   * the consumer's inbox drops. It never moves before the broker confirmed.
+   */
+  checkpointIntervalMs?: number;
   transport: Transport;
   subscriptions: SubscriptionStore<Tx>;
 }
@@ -38,6 +47,7 @@ export function createPublisher<Tx>(options: PublisherOptions<Tx>): Subscription
     onFailure: 'stop',
     // The broker is outside the store's database: publish with no transaction open, then move the checkpoint.
     transactional: false,
+    checkpointIntervalMs: options.checkpointIntervalMs ?? PUBLISHER_CHECKPOINT_INTERVAL_MS,
     handle: (event) => transport.publish([event.message]),
     handleBatch: (events) => transport.publish(events.map((event) => event.message)),
   });
