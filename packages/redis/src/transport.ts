@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import type { ConsumeOptions, Consumer, ReceivedMessage, Transport, TransportMessage } from 'eventline';
 import { Redis } from 'ioredis';
 import { compareEntryIds } from './ids.js';
+import { packStrings } from './pack.js';
 import { run, SCRIPTS } from './scripts.js';
 
 export interface RedisTransportOptions {
@@ -93,24 +94,23 @@ export function createRedisTransport(options: RedisTransportOptions = {}): Redis
       // A chain of script calls, sent without waiting between them, each refusing to run unless the one before it
       // completed (see PUBLISH in scripts.ts): Redis runs a call while the next one is still being sent.
       const chain = [streamKey, `${prefix}:chain:${randomUUID()}`];
-      const calls: Array<Array<string | number>> = [];
-      const start = (): Array<string | number> => [`${prefix}:dedupe:`, dedupeWindowMs, options.maxLength ?? '', calls.length, 0];
-      let args = start();
+      const calls: Array<Array<string | number | Buffer>> = [];
+      const chunk = (fields: string[], last: boolean) => [`${prefix}:dedupe:`, dedupeWindowMs, options.maxLength ?? '', calls.length, last ? 1 : 0, packStrings(fields)];
+      let fields: string[] = [];
       let bytes = 0;
       for (const message of messages) {
         const headers = JSON.stringify(message.headers);
         const size = message.id.length + message.subject.length + message.streamId.length + message.body.length + headers.length;
-        if (args.length > 5 && ((args.length - 5) / 5 >= PUBLISH_CHUNK || bytes + size > PUBLISH_CHUNK_BYTES)) {
-          calls.push(args);
-          args = start();
+        if (fields.length > 0 && (fields.length / 5 >= PUBLISH_CHUNK || bytes + size > PUBLISH_CHUNK_BYTES)) {
+          calls.push(chunk(fields, false));
+          fields = [];
           bytes = 0;
         }
-        args.push(message.id, message.subject, message.streamId, message.body, headers);
+        fields.push(message.id, message.subject, message.streamId, message.body, headers);
         bytes += size;
       }
-      if (args.length > 5) calls.push(args);
+      if (fields.length > 0) calls.push(chunk(fields, true));
       if (calls.length === 0) return;
-      calls[calls.length - 1]![4] = 1;
       const results = await Promise.allSettled(calls.map((call) => run(redis, SCRIPTS.publish, chain, call)));
       const failed = results.find((result) => result.status === 'rejected');
       if (failed) throw failed.reason;

@@ -6,6 +6,7 @@ import type { ReceivedMessage } from 'eventline';
 import { describeTransportConformance } from 'eventline/testing';
 import { Redis } from 'ioredis';
 import { createRedisTransport, type RedisTransport } from '../src/index.js';
+import { packStrings } from '../src/pack.js';
 import { run, SCRIPTS } from '../src/scripts.js';
 import { deleteKeys, messages, namespace, REDIS_URL, requireRedis, restartRedis, sleep, until } from './helpers.js';
 
@@ -87,7 +88,7 @@ describe('Redis Streams transport', () => {
     // The second call of a chain whose first call never ran: refused, nothing added.
     const [late] = messages(['account-1'], 1);
     const fields = [late!.id, late!.subject, late!.streamId, late!.body, JSON.stringify(late!.headers)];
-    const added = await run(redis, SCRIPTS.publish, [`${prefix}:events`, `${prefix}:chain:lost`], [`${prefix}:dedupe:`, 60_000, '', 1, 1, ...fields]);
+    const added = await run(redis, SCRIPTS.publish, [`${prefix}:events`, `${prefix}:chain:lost`], [`${prefix}:dedupe:`, 60_000, '', 1, 1, packStrings(fields)]);
     assert.equal(added, -1);
     assert.equal(await redis.xlen(`${prefix}:events`), batch.length);
   });

@@ -151,6 +151,30 @@ export function describeTransportConformance(factory: TransportFactory): void {
       assert.ok(received[0]!.deliveryCount >= 2, 'the first message was delivered before');
     });
 
+    it('carries text exactly: accents, CJK and emoji in bodies, stream ids and header values', async () => {
+      const [publisher, consumer] = await nodes(2);
+      const messages = streamMessages(['account-josé-ação', 'account-日本-🙂'], 2).map((message, i) => {
+        const body = JSON.parse(message.body) as { data: Record<string, unknown> };
+        body.data = { ...body.data, note: `pão de açúcar ${i} — 東京 🚀 ${'é'.repeat(i * 300)}`, surrogates: '𝄞🏳️‍🌈' };
+        return { ...message, body: JSON.stringify(body), headers: { ...message.headers, 'x-note': `café ${i} 🙂` } };
+      });
+      await publisher!.publish(messages);
+      const received: ReceivedMessage[] = [];
+      const c = await consumer!.consume({ group: 'g', handler: async (m) => void received.push(m) });
+      await until(() => received.length >= messages.length, `all ${messages.length} messages`, 20_000);
+      await c.stop();
+      const byId = new Map(received.map((m) => [m.id, m]));
+      for (const message of messages) {
+        const got = byId.get(message.id);
+        assert.ok(got, `message ${message.id} arrived`);
+        assert.equal(got.body, message.body);
+        assert.equal(got.streamId, message.streamId);
+        assert.equal(got.subject, message.subject);
+        assert.equal(got.headers['x-note'], message.headers['x-note']);
+        assert.equal(got.headers['eventline-stream'], message.streamId);
+      }
+    });
+
     it('a re-published id has its effect once (broker de-duplication and the consumer inbox)', async () => {
       const [publisher, consumer] = await nodes(2);
       const messages = streamMessages(['account-1'], 3);
