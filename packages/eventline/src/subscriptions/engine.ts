@@ -570,9 +570,8 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
       await work(undefined as Tx);
       if (deferrable && args.position !== undefined && this.checkpointInterval > 0 && Date.now() - this.persistedAt < this.checkpointInterval) {
         // Handled: moves on in memory now, stored with a later batch, when caught up, or at stop.
-        this.checkpoint = args.position;
         this.unsaved = true;
-        for (const listener of [...this.progressListeners]) listener();
+        this.moveTo(args.position);
         return;
       }
       if (args.position !== undefined && !args.park && args.unpark === undefined && subscriptions.moveCheckpoint) {
@@ -580,11 +579,10 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
       } else await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, async () => undefined);
     }
     if (args.position !== undefined) {
-      this.checkpoint = args.position;
       this.persisted = args.position;
       this.persistedAt = Date.now();
       this.unsaved = false;
-      for (const listener of [...this.progressListeners]) listener();
+      this.moveTo(args.position);
     }
   }
 
@@ -598,6 +596,11 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
       await this.commit({ position }, async () => undefined);
       return;
     }
+    this.moveTo(position);
+  }
+
+  /** The checkpoint in memory (where the next batch reads from, what `waitFor` sees) moves to `position`. */
+  private moveTo(position: Position): void {
     this.checkpoint = position;
     for (const listener of [...this.progressListeners]) listener();
   }
