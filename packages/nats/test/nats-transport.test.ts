@@ -283,12 +283,17 @@ if (!availability.available) {
       await c.stop();
       const ids = received.map((m) => m.id);
       for (const m of [...before, ...afterRestart]) assert.ok(ids.includes(m.id), `received ${m.headers['eventline-version']}`);
+      // At least once: JetStream 2.9 may deliver acknowledged messages again after a restart (a CI run got 1, 2, 1, 2,
+      // 3, 4: the ack floor it had confirmed was not on disk), and the consumer's inbox absorbs those. What must hold
+      // is the order: no message is delivered before every earlier message of its stream was, and the first
+      // deliveries are exactly 1, 2, 3, 4.
       const versions = received.map((m) => Number(m.headers['eventline-version']));
-      assert.deepEqual(
-        versions.filter((v, i) => i === 0 || v !== versions[i - 1]),
-        [1, 2, 3, 4],
-        'in order (a redelivery right after a restart may repeat a message, never reorder)',
-      );
+      let highest = 0;
+      for (const [i, v] of versions.entries()) {
+        assert.ok(v <= highest + 1, `delivery ${i} is version ${v} before version ${highest + 1} was delivered (${versions.join(', ')})`);
+        highest = Math.max(highest, v);
+      }
+      assert.deepEqual([...new Set(versions)], [1, 2, 3, 4], `first deliveries in order (${versions.join(', ')})`);
     });
   });
 }
