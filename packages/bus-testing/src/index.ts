@@ -84,8 +84,14 @@ export interface PublisherFaultOptions {
   readonly appendBatch?: number;
   readonly publishBatch?: number;
   readonly members?: number;
-  /** Bound on the whole run. */
+  /**
+   * Bound on the whole run (default 270 s, inside the fault tests' 300 s). It is a guard, not a speed check: on a
+   * slow machine the consumer's round trips decide the drain's length (140 s here on a day when a round trip to
+   * PostgreSQL took 360 µs), and the figures report it.
+   */
   readonly timeoutMs?: number;
+  /** The drain fails sooner when no event has been delivered or applied for this long (default 60 s). */
+  readonly stallMs?: number;
   readonly log?: (line: string) => void;
 }
 
@@ -139,7 +145,8 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
 
   const databases = await openTestDatabases({ timeoutMs: 120_000 });
   // Counted from here: waiting for the server-wide test lock (another test file holding it) is not this run's time.
-  const deadline = Date.now() + (options.timeoutMs ?? 150_000);
+  const deadline = Date.now() + (options.timeoutMs ?? 270_000);
+  const stallMs = options.stallMs ?? 60_000;
   const databaseUrl = process.env.DATABASE_URL ?? DEFAULT_DATABASE_URL;
   const children = new Set<ChildProcess>();
   // A test cancelled on its timeout ends this process without running the `finally` below: the publisher child must
@@ -325,6 +332,8 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
     while (counters.applied < total) {
       if (!options.lossyRestart && counters.outOfOrder > 0 && counters.applied + counters.outOfOrder >= total && Date.now() - counters.lastDelivery > 5_000) break;
       if (Date.now() > deadline) throw new Error(`timed out: ${counters.applied} of ${total} events applied`);
+      const idle = Date.now() - Math.max(counters.lastDelivery, counters.lastApplied, appendsDone);
+      if (idle > stallMs) throw new Error(`stalled: nothing delivered or applied for ${Math.round(idle / 1000)} s, ${counters.applied} of ${total} events applied`);
       await sleep(200);
       if (!replayTransport) continue;
       // Once the publisher has passed the last event (the store's head moves with any transaction on the server).

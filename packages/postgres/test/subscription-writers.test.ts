@@ -119,8 +119,9 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
       handledWhileWriting = handled.length;
       writing = false;
       const head = await reader.headPosition();
-      // Woken by NOTIFY from the writers' stores (the poll is 2 s): it must catch up with the head.
-      await subscription.waitFor(head, { timeoutMs: 20_000 });
+      // Woken by NOTIFY from the writers' stores (the poll is 2 s): it must catch up with the head. The bound is a
+      // guard, not a speed check (a round trip per event: 20 s was too short on a day of 360 µs round trips here).
+      await subscription.waitFor(head, { timeoutMs: 120_000 });
       await sleep(300); // anything after the last committed event would show up now
     } finally {
       await subscription.stop();
