@@ -39,6 +39,8 @@ before(async () => {
   pglite = new PGlite();
 });
 after(async () => {
+  // A test that failed half-way leaves its runners going: stop them, or the file never exits.
+  for (const runner of running) await runner.stop().catch(() => undefined);
   await Promise.all(stores.map((s) => s.close()));
   await pglite.close();
   await cleanUp(admin, schemas);
@@ -76,6 +78,36 @@ const balances = (version: number, factor = 1) =>
     },
   });
 
+type Runner = { stop(): Promise<void>; waitFor(position: string, options?: { timeoutMs?: number }): Promise<void>; status?(): Promise<unknown> };
+const running = new Set<Runner>();
+
+/** Registers a runner to be stopped at the end of the file, whatever happens in its test. */
+function track<T extends Runner>(runner: T): T {
+  running.add(runner);
+  const stop = runner.stop.bind(runner);
+  runner.stop = async () => {
+    running.delete(runner);
+    await stop();
+  };
+  return runner;
+}
+
+/**
+ * Waits until `runner` has processed `position`. The bound is a guard, not a speed check; a timeout says what the
+ * runner and the server were doing (a transaction open anywhere on the server holds every reader of the log back).
+ */
+async function caughtUp(runner: Runner & { subscription?: { status(): Promise<unknown> } }, position: string): Promise<void> {
+  try {
+    await runner.waitFor(position, { timeoutMs: 30_000 });
+  } catch (error) {
+    const status = await (runner.subscription ?? runner).status?.().catch((e: unknown) => String(e));
+    const open = await admin
+      .query(`SELECT pid, application_name, state, now() - xact_start AS open_for, wait_event, left(query, 120) AS query FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`)
+      .then((r) => r.rows, (e: unknown) => String(e));
+    throw new Error(`${(error as Error).message}\nstatus: ${JSON.stringify(status)}\nserver: ${JSON.stringify(open)}`, { cause: error });
+  }
+}
+
 async function until(check: () => boolean | Promise<boolean>, what: string, ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!(await check())) {
@@ -89,21 +121,21 @@ for (const [name, create] of backends) {
     it('an async projection: documents and checkpoint commit together; read-your-writes with waitFor', async () => {
       const store = create();
       const parts = { store, subscriptions: createSqlSubscriptionStore(store), documents: createSqlDocumentStore(store), catalog: createSqlProjectionCatalog(store) };
-      const projection = createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 });
+      const projection = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await projection.start();
       await store.append('account-1', [deposit(10), deposit(5)]);
       const { position } = await store.append('account-2', [deposit(7)]);
-      await projection.waitFor(position, { timeoutMs: 5000 });
+      await caughtUp(projection, position);
       const collection = await projection.collection<{ balance: number }>('balance');
       assert.deepEqual(await collection.get('account-1'), { balance: 15 });
       assert.equal(await collection.count(), 2);
       assert.deepEqual((await collection.list()).map((d) => d.id), ['account-1', 'account-2']);
       await projection.stop();
       // The checkpoint was stored with the documents: a restart applies nothing twice.
-      const again = createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 });
+      const again = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await again.start();
       const next = await store.append('account-1', [deposit(1)]);
-      await again.waitFor(next.position, { timeoutMs: 5000 });
+      await caughtUp(again, next.position);
       assert.deepEqual(await (await again.collection<{ balance: number }>('balance')).get('account-1'), { balance: 16 });
       await again.stop();
     });
@@ -192,7 +224,7 @@ for (const [name, create] of backends) {
         const page = await store.readAllPage();
         assert.ok(page.events.some((event) => event.position === position), 'the new event is readable while the handler waits');
         release();
-        await subscription.waitFor(position, { timeoutMs: 5000 });
+        await caughtUp(subscription, position);
         assert.deepEqual(handled, [first.id, second.id]);
         assert.deepEqual(transactions, [undefined, undefined], 'no transaction is given to a non-transactional handler');
         assert.equal(await createSqlSubscriptionStore(store).checkpoint('outside'), (await subscription.status()).checkpoint);
@@ -217,16 +249,16 @@ for (const [name, create] of backends) {
     it('blue/green rebuild into new tables, then the switch; old tables dropped', async () => {
       const store = create();
       const parts = { store, subscriptions: createSqlSubscriptionStore(store), documents: createSqlDocumentStore(store), catalog: createSqlProjectionCatalog(store) };
-      const v1 = createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 });
+      const v1 = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await v1.start();
       for (let i = 0; i < 30; i++) await store.append(`account-${i % 3}`, [deposit(1)]);
       const head = await store.append('account-0', [deposit(1)]);
-      await v1.waitFor(head.position);
+      await caughtUp(v1, head.position);
       await v1.stop();
-      const v2 = createAsyncProjection({ ...parts, projection: balances(2, 10), pollIntervalMs: 50, batchSize: 7 });
+      const v2 = track(createAsyncProjection({ ...parts, projection: balances(2, 10), pollIntervalMs: 50, batchSize: 7 }));
       await v2.start();
       const last = await store.append('account-0', [deposit(1)]);
-      await v2.waitFor(last.position);
+      await caughtUp(v2, last.position);
       assert.deepEqual(await (await v1.collection<{ balance: number }>('balance')).get('account-0'), { balance: 120 });
       assert.equal(await parts.catalog.active('balances'), 2);
       const tables = await store.sql.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = $1 AND tablename LIKE 'rm_balances_v1%'`, [store.schema]);
