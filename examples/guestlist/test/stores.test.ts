@@ -31,17 +31,20 @@ for (const [name, create] of backends) {
         pollIntervalMs: 50,
       });
       await projection.start();
-      await bus.dispatch(CreateInvite.create({ inviteId: 'athena', name: 'Athena', age: 42 }));
-      await bus.dispatch(CreateInvite.create({ inviteId: 'hades', name: 'Hades' }));
-      await bus.dispatch(AcceptInvite.create({ inviteId: 'athena' }));
-      await bus.dispatch(DeclineInvite.create({ inviteId: 'hades' }));
-      await assert.rejects(bus.dispatch(AcceptInvite.create({ inviteId: 'hades' })), (e: unknown) => e instanceof DomainError && e.rule === 'ALREADY_DECLINED');
-      await assert.rejects(bus.dispatch(ConfirmInvite.create({ inviteId: 'hades' })), (e: unknown) => e instanceof DomainError && e.rule === 'NOT_ACCEPTED');
-      const last = await bus.dispatch(ConfirmInvite.create({ inviteId: 'athena' }));
-      await projection.waitFor(last.position!, { timeoutMs: 5000 });
-      assert.deepEqual(await (await projection.collection<GuestListView>('guest_list')).get('main'), { guests: 2, accepted: 1, declined: 1, confirmed: 1, denied: 0 });
-      assert.equal((await invitations.load('athena')).state.decision, 'confirmed');
-      await projection.stop();
+      try {
+        await bus.dispatch(CreateInvite.create({ inviteId: 'athena', name: 'Athena', age: 42 }));
+        await bus.dispatch(CreateInvite.create({ inviteId: 'hades', name: 'Hades' }));
+        await bus.dispatch(AcceptInvite.create({ inviteId: 'athena' }));
+        await bus.dispatch(DeclineInvite.create({ inviteId: 'hades' }));
+        await assert.rejects(bus.dispatch(AcceptInvite.create({ inviteId: 'hades' })), (e: unknown) => e instanceof DomainError && e.rule === 'ALREADY_DECLINED');
+        await assert.rejects(bus.dispatch(ConfirmInvite.create({ inviteId: 'hades' })), (e: unknown) => e instanceof DomainError && e.rule === 'NOT_ACCEPTED');
+        const last = await bus.dispatch(ConfirmInvite.create({ inviteId: 'athena' }));
+        await projection.waitFor(last.position!, { timeoutMs: 30_000 });
+        assert.deepEqual(await (await projection.collection<GuestListView>('guest_list')).get('main'), { guests: 2, accepted: 1, declined: 1, confirmed: 1, denied: 0 });
+        assert.equal((await invitations.load('athena')).state.decision, 'confirmed');
+      } finally {
+        await projection.stop(); // also when an assertion failed: a running projection keeps the file from ending
+      }
     });
   });
 }
