@@ -35,7 +35,11 @@ export interface EventStore extends EventStoreSession {
    */
   readAllPageEncoded?(options?: ReadAllOptions): Promise<EncodedReadAllPage>;
 
-  /** Where the log ends now: reading after this yields only events committed later (a reader "starting at the end"). */
+  /**
+   * Where the readable log ends now (a reader "starting at the end"): reading after it misses nothing committed later.
+   * On the SQL stores it stops before the oldest transaction open on the server, so a reader starting there may also
+   * get events committed just before; it is not the last event's position while any transaction is open.
+   */
   headPosition(): Promise<Position>;
 
   /**
