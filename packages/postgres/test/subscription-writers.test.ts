@@ -112,7 +112,6 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
       },
     });
     subscription.start();
-    const started = Date.now();
     let handledWhileWriting: number | undefined;
     try {
       await Promise.all(writers.map((_, w) => writer(w)));
