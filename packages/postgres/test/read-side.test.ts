@@ -79,16 +79,11 @@ const balances = (version: number, factor = 1) =>
   });
 
 type Runner = { stop(): Promise<void>; waitFor(position: string, options?: { timeoutMs?: number }): Promise<void>; status?(): Promise<unknown> };
-const running = new Set<Runner>();
+const running: Runner[] = [];
 
-/** Registers a runner to be stopped at the end of the file, whatever happens in its test. */
+/** Registers a runner to be stopped at the end of the file, whatever happens in its test (stop() is idempotent). */
 function track<T extends Runner>(runner: T): T {
-  running.add(runner);
-  const stop = runner.stop.bind(runner);
-  runner.stop = async () => {
-    running.delete(runner);
-    await stop();
-  };
+  running.push(runner);
   return runner;
 }
 

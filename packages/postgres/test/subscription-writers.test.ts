@@ -149,7 +149,7 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
       seen.add(h.id);
     }
     if (seen.size !== committed.size) {
-      // Say which: their positions against the subscription's checkpoint and the head it was waited for.
+      // Say which: their positions against the subscription's checkpoint and the last event it handled.
       const missing = [...committed].filter((id) => !seen.has(id));
       const rows = await reader.sql.query<{ id: string; stream_id: string; version: number; tx: string; position: string }>(
         `SELECT event_id::text AS id, stream_id, version, transaction_id::text AS tx, position::text FROM "${reader.schema}".events WHERE event_id::text = ANY($1) ORDER BY transaction_id, position LIMIT 30`,
