@@ -19,7 +19,11 @@ export type EventlineErrorCode =
   | 'DUPLICATE_HANDLER'
   | 'UPCASTER_CONFIGURATION'
   | 'LEASE_LOST'
-  | 'WAIT_TIMEOUT';
+  | 'WAIT_TIMEOUT'
+  | 'IDEMPOTENCY_KEY_REUSED'
+  | 'TRANSACTION_CONFLICT'
+  | 'DATA_DIR_LOCKED'
+  | 'UNKNOWN_COLLECTION';
 
 export abstract class EventlineError extends Error {
   abstract readonly code: EventlineErrorCode;
@@ -192,12 +196,30 @@ export class StoreClosedError extends EventlineError {
   }
 }
 
+/**
+ * A value as error messages show it, whatever it is: strings quoted and cut at 80 characters, bigints with their `n`,
+ * JSON for the rest (cut too), and the type's name for what JSON cannot show (symbols, functions, cycles, deep values).
+ * Never throws: an error message must not fail to build because of the input it reports.
+ */
 export function safeQuote(value: unknown): string {
-  if (typeof value === 'string') return `'${value.length > 80 ? `${value.slice(0, 80)}…` : value}'`;
+  const cut = (text: string) => (text.length > 80 ? `${text.slice(0, 80)}…` : text);
+  switch (typeof value) {
+    case 'string':
+      return `'${cut(value)}'`;
+    case 'bigint':
+      return cut(`${value}n`);
+    case 'undefined':
+      return 'undefined';
+    case 'symbol':
+    case 'function':
+      return `a ${typeof value}`;
+    case 'number':
+      return String(value);
+  }
   try {
-    return String(JSON.stringify(value));
+    return cut(String(JSON.stringify(value)));
   } catch {
-    return typeof value;
+    return value === null ? 'null' : Array.isArray(value) ? 'an array' : 'an object';
   }
 }
 
@@ -246,5 +268,68 @@ export class UpcasterConfigurationError extends EventlineError {
     problem: string,
   ) {
     super(`Upcasting of event type '${eventType}': ${problem}`);
+  }
+}
+
+/**
+ * An idempotency key came again with a different command (another type, other data) than the one it was first used
+ * for. The first command's result stays; this one was not handled. Use a new key for a new command.
+ */
+export class IdempotencyKeyReusedError extends EventlineError {
+  readonly code = 'IDEMPOTENCY_KEY_REUSED' as const;
+  constructor(
+    readonly idempotencyKey: string,
+    readonly firstCommandType: string,
+    readonly commandType: string,
+  ) {
+    super(
+      `Idempotency key ${safeQuote(idempotencyKey)} was already used for a different command (a '${firstCommandType}' ` +
+        `with other data); this '${commandType}' command was not handled. Send a new key with each new command, and the ` +
+        `same key only to retry the very same command.`,
+    );
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), idempotencyKey: this.idempotencyKey, firstCommandType: this.firstCommandType, commandType: this.commandType };
+  }
+}
+
+/**
+ * The database broke a transaction off to resolve a conflict with another one (a deadlock, or a serialization
+ * failure): nothing of it was stored. Like a {@link ConcurrencyError} it is safe to run the whole transaction again,
+ * and {@link retryOnConflict} does.
+ */
+export class TransactionConflictError extends EventlineError {
+  readonly code = 'TRANSACTION_CONFLICT' as const;
+  constructor(
+    readonly operation: string,
+    readonly reason: 'deadlock' | 'serialization',
+    override readonly cause?: unknown,
+  ) {
+    super(
+      `${operation} was rolled back by the database to resolve a ${reason === 'deadlock' ? 'deadlock' : 'serialization conflict'} ` +
+        `with a concurrent transaction; nothing of it was stored. Run it again (the retry middleware does); to avoid ` +
+        `deadlocks, lock the streams a transaction writes first, in one order (session.lockStreams).`,
+    );
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), operation: this.operation, reason: this.reason };
+  }
+}
+
+/** A read model has no collection of that name (reads never create one). */
+export class UnknownCollectionError extends EventlineError {
+  readonly code = 'UNKNOWN_COLLECTION' as const;
+  constructor(
+    readonly projection: string,
+    readonly collection: string,
+    readonly known: readonly string[],
+  ) {
+    super(
+      `Read model '${projection}' has no collection ${safeQuote(collection)} ` +
+        `(known: ${known.length === 0 ? 'none yet' : known.join(', ')})`,
+    );
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), projection: this.projection, collection: this.collection, known: this.known };
   }
 }

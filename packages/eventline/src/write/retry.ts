@@ -1,4 +1,4 @@
-import { ConcurrencyError } from '../errors.js';
+import { ConcurrencyError, TransactionConflictError } from '../errors.js';
 
 export interface RetryOptions {
   /** Attempts in all, the first included (default 5). 1 disables retrying. */
@@ -13,8 +13,18 @@ export interface RetryOptions {
 }
 
 /**
- * Runs `attempt` again when it throws a {@link ConcurrencyError}, a bounded number of times with jittered exponential
- * backoff; the last ConcurrencyError is thrown when the attempts are used up. Any other error is thrown at once.
+ * Whether an error means another writer got there first and the work, run again, may succeed: a
+ * {@link ConcurrencyError} (the stream moved on) or a {@link TransactionConflictError} (the database broke the
+ * transaction off in a deadlock or serialization conflict). Nothing of the failed attempt was stored in either case.
+ */
+export function isRetryableConflict(error: unknown): error is ConcurrencyError | TransactionConflictError {
+  return error instanceof ConcurrencyError || error instanceof TransactionConflictError;
+}
+
+/**
+ * Runs `attempt` again when it throws a retryable conflict ({@link isRetryableConflict}), a bounded number of times
+ * with jittered exponential backoff; the last conflict is thrown when the attempts are used up. Any other error is
+ * thrown at once.
  */
 export async function retryOnConflict<T>(attempt: (attemptNumber: number) => Promise<T>, options: RetryOptions = {}): Promise<T> {
   const maxAttempts = options.maxAttempts ?? 5;
@@ -26,7 +36,7 @@ export async function retryOnConflict<T>(attempt: (attemptNumber: number) => Pro
     try {
       return await attempt(number);
     } catch (error) {
-      if (!(error instanceof ConcurrencyError) || number >= maxAttempts) throw error;
+      if (!isRetryableConflict(error) || number >= maxAttempts) throw error;
       await sleep(random() * Math.min(max, base * 2 ** (number - 1)));
     }
   }
