@@ -1,8 +1,10 @@
 /** Accounts: open, deposit, withdraw (never below zero), close (only when empty), and the two halves of a transfer. */
 import { defineAggregate, defineCommand, defineEvent, DomainError, type CommandOf, type EventInputOf } from 'eventline';
 import { z } from 'zod';
+import { amount as money, isMore, minus, moneyEventVersions, plus, storedAmount, type Units } from './money.js';
 
-const money = z.number().int().positive(); // in cents
+// Amounts are exact minor units (cents) as decimal strings: see money.ts. Commands take a safe integer or a string of
+// digits; events and state keep decimal strings; money events are at schema version 2 (v1 held numbers, upcast).
 
 export const OpenAccount = defineCommand('OpenAccount', z.object({ accountId: z.string().min(1), owner: z.string().min(1) }));
 export const Deposit = defineCommand('Deposit', z.object({ accountId: z.string().min(1), amount: money }));
@@ -13,10 +15,10 @@ export const TransferOut = defineCommand('TransferOut', z.object({ accountId: z.
 export const TransferIn = defineCommand('TransferIn', z.object({ accountId: z.string(), transferId: z.string(), from: z.string(), amount: money }));
 
 export const AccountOpened = defineEvent('AccountOpened', z.object({ owner: z.string() }));
-export const MoneyDeposited = defineEvent('MoneyDeposited', z.object({ amount: money }));
-export const MoneyWithdrawn = defineEvent('MoneyWithdrawn', z.object({ amount: money }));
-export const MoneyTransferredOut = defineEvent('MoneyTransferredOut', z.object({ transferId: z.string(), to: z.string(), amount: money }));
-export const MoneyTransferredIn = defineEvent('MoneyTransferredIn', z.object({ transferId: z.string(), from: z.string(), amount: money }));
+export const MoneyDeposited = defineEvent('MoneyDeposited', z.object({ amount: storedAmount }), moneyEventVersions);
+export const MoneyWithdrawn = defineEvent('MoneyWithdrawn', z.object({ amount: storedAmount }), moneyEventVersions);
+export const MoneyTransferredOut = defineEvent('MoneyTransferredOut', z.object({ transferId: z.string(), to: z.string(), amount: storedAmount }), moneyEventVersions);
+export const MoneyTransferredIn = defineEvent('MoneyTransferredIn', z.object({ transferId: z.string(), from: z.string(), amount: storedAmount }), moneyEventVersions);
 export const AccountClosed = defineEvent('AccountClosed', z.object({}));
 export const accountEvents = [AccountOpened, MoneyDeposited, MoneyWithdrawn, MoneyTransferredOut, MoneyTransferredIn, AccountClosed];
 
@@ -26,13 +28,15 @@ export type AccountEvent = EventInputOf<(typeof accountEvents)[number]>;
 export interface AccountState {
   status: 'new' | 'open' | 'closed';
   owner: string | null;
-  balance: number;
+  /** Minor units as a decimal string (exact at any size, and JSON for snapshots and the state cache). */
+  balance: Units;
 }
 
 export const account = defineAggregate<AccountState, AccountCommand, AccountEvent>({
   category: 'account',
-  snapshots: { every: 100 },
-  initialState: () => ({ status: 'new', owner: null, balance: 0 }),
+  // State version 2: the balance is a decimal string (version 1 held a number); older snapshots are ignored and replaced.
+  snapshots: { every: 100, stateVersion: 2 },
+  initialState: () => ({ status: 'new', owner: null, balance: '0' }),
   decide(command, state) {
     if (OpenAccount.is(command)) {
       if (state.status === 'new') return AccountOpened.create({ owner: command.data.owner });
@@ -41,14 +45,15 @@ export const account = defineAggregate<AccountState, AccountCommand, AccountEven
     }
     if (state.status === 'new') throw new DomainError(`account ${command.data.accountId} does not exist`, 'ACCOUNT_NOT_FOUND');
     if (state.status === 'closed') throw new DomainError(`account ${command.data.accountId} is closed`, 'ACCOUNT_CLOSED');
-    if (Deposit.is(command)) return MoneyDeposited.create({ amount: command.data.amount });
-    if (TransferIn.is(command)) return MoneyTransferredIn.create({ transferId: command.data.transferId, from: command.data.from, amount: command.data.amount });
     if (CloseAccount.is(command)) {
-      if (state.balance !== 0) throw new DomainError(`account ${command.data.accountId} still holds ${state.balance}; withdraw it first`, 'ACCOUNT_NOT_EMPTY', { balance: state.balance });
+      if (state.balance !== '0') throw new DomainError(`account ${command.data.accountId} still holds ${state.balance}; withdraw it first`, 'ACCOUNT_NOT_EMPTY', { balance: state.balance });
       return AccountClosed.create({});
     }
-    const amount = command.data.amount;
-    if (amount > state.balance) {
+    // The canonical decimal string, also for a command handed to the decider without the bus's validation.
+    const amount = BigInt(command.data.amount).toString();
+    if (Deposit.is(command)) return MoneyDeposited.create({ amount });
+    if (TransferIn.is(command)) return MoneyTransferredIn.create({ transferId: command.data.transferId, from: command.data.from, amount });
+    if (isMore(amount, state.balance)) {
       throw new DomainError(`insufficient funds in account ${command.data.accountId}: balance ${state.balance}, asked ${amount}`, 'INSUFFICIENT_FUNDS', { balance: state.balance, amount });
     }
     if (Withdraw.is(command)) return MoneyWithdrawn.create({ amount });
@@ -60,10 +65,10 @@ export const account = defineAggregate<AccountState, AccountCommand, AccountEven
         return { ...state, status: 'open', owner: event.data.owner };
       case 'MoneyDeposited':
       case 'MoneyTransferredIn':
-        return { ...state, balance: state.balance + event.data.amount };
+        return { ...state, balance: plus(state.balance, event.data.amount) };
       case 'MoneyWithdrawn':
       case 'MoneyTransferredOut':
-        return { ...state, balance: state.balance - event.data.amount };
+        return { ...state, balance: minus(state.balance, event.data.amount) };
       case 'AccountClosed':
         return { ...state, status: 'closed' };
     }

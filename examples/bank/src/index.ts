@@ -21,16 +21,18 @@ import {
 } from 'eventline';
 import { z } from 'zod';
 import { account, accountEvents, CloseAccount, Deposit, OpenAccount, TransferIn, TransferOut, Withdraw } from './account.js';
+import { amount as money } from './money.js';
 import { ConfirmPayment, CreatePayment, payment, paymentEvents, RefundPayment } from './payment.js';
 
 export * from './account.js';
+export * from './money.js';
 export * from './payment.js';
 export * from './read-models.js';
 
 /** Moves money between two accounts: both halves commit in one transaction, or neither does. */
 export const TransferMoney = defineCommand(
   'TransferMoney',
-  z.object({ transferId: z.string().min(1).default(() => newId()), from: z.string().min(1), to: z.string().min(1), amount: z.number().int().positive() }).refine((t) => t.from !== t.to, {
+  z.object({ transferId: z.string().min(1).default(() => newId()), from: z.string().min(1), to: z.string().min(1), amount: money }).refine((t) => t.from !== t.to, {
     message: 'cannot transfer to the same account',
     path: ['to'],
   }),

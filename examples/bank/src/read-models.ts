@@ -2,15 +2,22 @@
  * The bank's read models, from the article: the balance of each account, its statement (every movement with the
  * running balance) and payments by status. One projection; bump its version when a handler changes, and it is
  * rebuilt blue/green.
+ *
+ * Money is exact (see money.ts): amounts and balances are decimal strings of minor units, added through BigInt, so a
+ * balance beyond 2^53 is still right to the cent. A statement line's amount is signed ("-30" for money out). Version 2
+ * of the projection holds strings where version 1 held numbers; the version bump rebuilds it from the log, whose older
+ * events (numeric amounts) are upcast on the way.
  */
 import { defineProjection, type ProjectionDocuments, type RecordedEvent } from 'eventline';
+import { minus, plus, type Units } from './money.js';
 
 type Documents = <T>(name: string) => ProjectionDocuments<T>;
 
 export interface BalanceView {
   accountId: string;
   owner: string;
-  balance: number;
+  /** Minor units, a decimal string. */
+  balance: Units;
   status: 'open' | 'closed';
   version: number;
 }
@@ -18,8 +25,10 @@ export interface BalanceView {
 export interface StatementLine {
   version: number;
   type: string;
-  amount: number;
-  balance: number;
+  /** The movement in minor units, signed: `"100"` in, `"-30"` out. */
+  amount: string;
+  /** The running balance after this movement, in minor units. */
+  balance: Units;
   at: string;
   transferId?: string;
   counterparty?: string;
@@ -33,7 +42,8 @@ export interface StatementView {
 export interface PaymentView {
   paymentId: string;
   accountId: string;
-  amount: number;
+  /** Minor units, a decimal string. */
+  amount: Units;
   status: 'created' | 'confirmed' | 'refunded';
   updatedAt: string;
 }
@@ -47,16 +57,16 @@ export interface PaymentCounts {
 const accountIdOf = (event: RecordedEvent) => event.streamId.slice('account-'.length);
 const paymentIdOf = (event: RecordedEvent) => event.streamId.slice('payment-'.length);
 
-/** A signed movement: what it does to the balance. */
+/** A signed movement: what it does to the balance, as a decimal string. */
 function movement(event: RecordedEvent): StatementLine['amount'] | null {
-  const data = event.data as { amount?: number };
+  const amount = (event.data as { amount: Units }).amount;
   switch (event.type) {
     case 'MoneyDeposited':
     case 'MoneyTransferredIn':
-      return data.amount ?? 0;
+      return plus(0, amount);
     case 'MoneyWithdrawn':
     case 'MoneyTransferredOut':
-      return -(data.amount ?? 0);
+      return minus(0, amount);
     default:
       return null;
   }
@@ -65,11 +75,13 @@ function movement(event: RecordedEvent): StatementLine['amount'] | null {
 const applyMovement = async (event: RecordedEvent, documents: Documents) => {
   const amount = movement(event)!;
   const id = accountIdOf(event);
-  let balance = 0;
-  await documents<BalanceView>('balance').update(id, (current) => {
-    balance = (current?.balance ?? 0) + amount;
-    return { accountId: id, owner: current?.owner ?? '', status: current?.status ?? 'open', balance, version: event.version };
-  });
+  await documents<BalanceView>('balance').update(id, (current) => ({
+    accountId: id,
+    owner: current?.owner ?? '',
+    status: current?.status ?? 'open',
+    balance: plus(current?.balance ?? 0, amount),
+    version: event.version,
+  }));
   const data = event.data as { transferId?: string; to?: string; from?: string };
   await documents<StatementView>('statement').update(id, (current) => ({
     accountId: id,
@@ -79,7 +91,7 @@ const applyMovement = async (event: RecordedEvent, documents: Documents) => {
         version: event.version,
         type: event.type,
         amount,
-        balance: (current?.lines.at(-1)?.balance ?? 0) + amount,
+        balance: plus(current?.lines.at(-1)?.balance ?? 0, amount),
         at: event.recordedAt.toISOString(),
         ...(data.transferId ? { transferId: data.transferId, counterparty: data.to ?? data.from ?? '' } : {}),
       },
@@ -89,12 +101,12 @@ const applyMovement = async (event: RecordedEvent, documents: Documents) => {
 
 export const bankReadModels = defineProjection({
   name: 'bank',
-  version: 1,
+  version: 2, // 2: money as decimal strings (1 held numbers)
   categories: ['account', 'payment'],
   handlers: {
     AccountOpened: async (event, { documents }) => {
       const id = accountIdOf(event);
-      await documents<BalanceView>('balance').set(id, { accountId: id, owner: (event.data as { owner: string }).owner, balance: 0, status: 'open', version: event.version });
+      await documents<BalanceView>('balance').set(id, { accountId: id, owner: (event.data as { owner: string }).owner, balance: '0', status: 'open', version: event.version });
       await documents<StatementView>('statement').set(id, { accountId: id, lines: [] });
     },
     MoneyDeposited: (event, { documents }) => applyMovement(event, documents),
@@ -105,7 +117,7 @@ export const bankReadModels = defineProjection({
       await documents<BalanceView>('balance').update(accountIdOf(event), (current) => (current ? { ...current, status: 'closed', version: event.version } : null));
     },
     PaymentCreated: async (event, { documents }) => {
-      const data = event.data as { accountId: string; amount: number };
+      const data = event.data as { accountId: string; amount: Units };
       await documents<PaymentView>('payment').set(paymentIdOf(event), { paymentId: paymentIdOf(event), accountId: data.accountId, amount: data.amount, status: 'created', updatedAt: event.recordedAt.toISOString() });
       await countPayment(documents, event, null, 'created');
     },
