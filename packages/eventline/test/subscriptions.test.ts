@@ -6,7 +6,9 @@ import {
   createSubscription,
   hashOf,
   newId,
+  ValidationError,
   WaitTimeoutError,
+  type Position,
   type RecordedEvent,
   type SubscriptionOptions,
 } from 'eventline';
@@ -313,6 +315,43 @@ describe('subscriptions (in-memory)', () => {
     const subscription = createSubscription(options());
     const { position } = await append(store, 'a-1');
     await assert.rejects(subscription.waitFor(position, { timeoutMs: 50 }), WaitTimeoutError);
+  });
+
+  it('waitFor refuses a timeout that is not a number of ms of 0 or more, and a position that is not one', async () => {
+    const { store, options } = setup();
+    const subscription = createSubscription(options());
+    const { position } = await append(store, 'a-1');
+    for (const timeoutMs of [Number.NaN, -1, -Infinity, '50' as unknown as number]) {
+      await assert.rejects(subscription.waitFor(position, { timeoutMs }), (error: unknown) => error instanceof ValidationError && /timeoutMs/.test(error.message), String(timeoutMs));
+    }
+    await assert.rejects(subscription.waitFor('nope' as Position), ValidationError);
+    assert.equal((await subscription.status()).waiting, 0);
+  });
+
+  it('waitFor ends at once when its signal aborts: its timer and progress listener are gone', async () => {
+    const { store, options } = setup();
+    const subscription = createSubscription(options());
+    const { position } = await append(store, 'a-1');
+    const controller = new AbortController();
+    const waiting = subscription.waitFor(position, { timeoutMs: Infinity, signal: controller.signal });
+    await until(async () => (await subscription.status()).waiting === 1, 'the wait to begin');
+    const reason = new Error('the client went away');
+    controller.abort(reason);
+    await assert.rejects(waiting, (error) => error === reason);
+    assert.equal((await subscription.status()).waiting, 0);
+    // Nothing of the wait is left: no progress listener (removed with its timer, in the same step).
+    const progress = (subscription as unknown as { progressListeners: Set<unknown> }).progressListeners;
+    assert.equal(progress.size, 0);
+    // An aborted signal ends a wait before it starts, also on a running subscription.
+    subscription.start();
+    try {
+      const later = await append(store, 'a-2');
+      await assert.rejects(subscription.waitFor(later.position, { signal: AbortSignal.abort(reason) }), (error) => error === reason);
+      await subscription.waitFor(later.position, { timeoutMs: 30_000, signal: new AbortController().signal });
+      assert.equal(progress.size, 0);
+    } finally {
+      await subscription.stop();
+    }
   });
 
   it('lag counts the events after the checkpoint and their age', async () => {

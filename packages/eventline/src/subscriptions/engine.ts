@@ -1,4 +1,4 @@
-import { EventlineError, ValidationError } from '../errors.js';
+import { EventlineError, safeQuote, ValidationError } from '../errors.js';
 import type { RecordedEvent } from '../event.js';
 import { newId } from '../ids.js';
 import { isPosition, START, type Position } from '../position.js';
@@ -81,6 +81,19 @@ export interface SubscriptionStatus {
   readonly owner: string;
   /** The error that stopped it, when `state` is 'failed'. */
   readonly failure: { readonly name: string; readonly message: string } | null;
+  /** Calls of `waitFor` in progress in this instance (each holds a timer and a progress listener until it ends). */
+  readonly waiting: number;
+}
+
+/** How long `waitFor` waits, and an optional signal that ends the wait at once. */
+export interface WaitForOptions {
+  /** Milliseconds, 0 or more (default 5000); `Infinity` waits until the position is reached or `signal` aborts. */
+  timeoutMs?: number;
+  /**
+   * Ends the wait when aborted (an HTTP request whose client went away): `waitFor` then rejects with the signal's
+   * reason at once, and its timer and listener are gone.
+   */
+  signal?: AbortSignal;
 }
 
 /** `waitFor` ran out of time. */
@@ -106,8 +119,12 @@ export interface Subscription {
   /** Moves the checkpoint (takes effect at the next batch when running). */
   reset(to: 'beginning' | 'end' | Position): Promise<void>;
   status(): Promise<SubscriptionStatus>;
-  /** Resolves when the checkpoint is at or after `position` (read-your-writes), or throws {@link WaitTimeoutError}. */
-  waitFor(position: Position, options?: { timeoutMs?: number }): Promise<void>;
+  /**
+   * Resolves when the checkpoint is at or after `position` (read-your-writes), or throws {@link WaitTimeoutError}; with
+   * `signal`, rejects with its reason as soon as it aborts. A position that is not one, or a `timeoutMs` that is not a
+   * number of ms of 0 or more, is a ValidationError.
+   */
+  waitFor(position: Position, options?: WaitForOptions): Promise<void>;
   /** Processes until caught up with the log as it is now, in this call (needs the lease). For tests, rebuilds and tools. */
   catchUp(): Promise<void>;
   parked(): Promise<ParkedEvent[]>;
@@ -178,6 +195,8 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   private pendingReset: Position | undefined;
   private leaseRenewedAt = 0;
   private progressListeners = new Set<() => void>();
+  /** Calls of waitFor in progress (see SubscriptionStatus.waiting). */
+  private waiting = 0;
   private unsubscribe: (() => void) | null = null;
   private persisted: Position | null = null;
   private persistedAt = 0;
@@ -287,28 +306,51 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
       parked: (await this.options.subscriptions.parked(this.key)).length,
       owner: this.owner,
       failure: this.failure ? { name: this.failure.name, message: this.failure.message } : null,
+      waiting: this.waiting,
     };
   }
 
-  async waitFor(position: Position, options: { timeoutMs?: number } = {}): Promise<void> {
+  async waitFor(position: Position, options: WaitForOptions = {}): Promise<void> {
+    if (!isPosition(position)) throw new ValidationError(`Subscription '${this.name}': waitFor takes a position, got ${safeQuote(position)}`);
     const timeoutMs = options.timeoutMs ?? 5000;
+    // NaN would never time out and poll without pause; a negative wait is a caller's mistake, not a timeout.
+    if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || timeoutMs < 0) {
+      throw new ValidationError(`Subscription '${this.name}': waitFor's timeoutMs must be a number of ms, 0 or more (or Infinity), got ${safeQuote(timeoutMs)}`);
+    }
+    const signal = options.signal;
+    signal?.throwIfAborted();
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      // Another instance may hold the lease: then the stored checkpoint is the truth.
-      const checkpoint = this.loop && this.state === 'running' ? (this.checkpoint ?? null) : await this.options.subscriptions.checkpoint(this.key);
-      if (checkpoint !== null && checkpoint >= position) return;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new WaitTimeoutError(this.name, position, timeoutMs);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, Math.min(left, 100));
-        const listeners = this.progressListeners;
-        function done() {
-          clearTimeout(timer);
-          listeners.delete(done);
-          resolve();
-        }
-        listeners.add(done);
-      });
+    this.waiting++;
+    try {
+      for (;;) {
+        // Another instance may hold the lease: then the stored checkpoint is the truth.
+        const checkpoint = this.loop && this.state === 'running' ? (this.checkpoint ?? null) : await this.options.subscriptions.checkpoint(this.key);
+        signal?.throwIfAborted();
+        if (checkpoint !== null && checkpoint >= position) return;
+        const left = deadline - Date.now();
+        if (left <= 0) throw new WaitTimeoutError(this.name, position, timeoutMs);
+        await new Promise<void>((resolve, reject) => {
+          const listeners = this.progressListeners;
+          const timer = setTimeout(done, Math.min(left, 100));
+          function settle() {
+            clearTimeout(timer);
+            listeners.delete(done);
+            signal?.removeEventListener('abort', aborted);
+          }
+          function done() {
+            settle();
+            resolve();
+          }
+          function aborted() {
+            settle();
+            reject(signal!.reason);
+          }
+          listeners.add(done);
+          signal?.addEventListener('abort', aborted, { once: true });
+        });
+      }
+    } finally {
+      this.waiting--;
     }
   }
 
