@@ -1,5 +1,5 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
-import { ValidationError } from './errors.js';
+import { safeQuote, ValidationError } from './errors.js';
 import { isUuid, newId } from './ids.js';
 import type { JsonValue } from './json.js';
 import { isValidEventType } from './stream-id.js';
@@ -68,7 +68,7 @@ export function createCommand<Type extends string, Data>(
   options: { id?: string; idempotencyKey?: string; metadata?: CommandMetadata } = {},
 ): Command<Type, Data> {
   const id = options.id ?? newId();
-  if (!isUuid(id)) throw new ValidationError(`Command '${type}': id ${JSON.stringify(id)} is not a UUID`);
+  if (!isUuid(id)) throw new ValidationError(`Command '${type}': id ${safeQuote(id)} is not a UUID`);
   const metadata: CommandMetadata = { ...options.metadata };
   if (options.idempotencyKey !== undefined) metadata.idempotencyKey = options.idempotencyKey;
   metadata.correlationId ??= newId();

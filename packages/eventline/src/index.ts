@@ -5,13 +5,14 @@
 export * from './errors.js';
 export * from './event.js';
 export { newId, isUuid } from './ids.js';
-export { jsonIssues, type JsonObject, type JsonValue } from './json.js';
+export { jsonIssues, MAX_JSON_DEPTH, type JsonObject, type JsonValue } from './json.js';
 export * from './position.js';
 export * from './schema.js';
 export { assertStreamId, categoryOf, isValidEventType, MAX_STREAM_ID_LENGTH, streamId } from './stream-id.js';
 export * from './store/contract.js';
 export {
   assertExpectedVersion,
+  assertStreamIds,
   assertStreamMetadata,
   checkExpectedVersion,
   firstVisibleVersion,

@@ -5,25 +5,32 @@ export type JsonValue = null | boolean | number | string | JsonValue[] | { [key:
 export type JsonObject = { [key: string]: JsonValue };
 
 /**
+ * How deep JSON may nest: an object or array inside 100 others is the deepest accepted (a value of 100 nested arrays
+ * holding a number passes; 101 do not). Events, metadata, documents and command data are checked against it, so no
+ * input can make the store (or the code reading it back) recurse without bound.
+ */
+export const MAX_JSON_DEPTH = 100;
+
+/**
  * Finds why a value would not survive a JSON round trip through the store unchanged, or returns no issues.
  * Accepted: null, booleans, finite numbers, well-formed strings without NUL characters (PostgreSQL's jsonb cannot hold
  * U+0000 or a lone surrogate), arrays
  * and plain objects of those. Object properties whose value is `undefined` are allowed and dropped, as JSON.stringify does.
  * Rejected: undefined elsewhere, NaN/Infinity, bigint, functions, symbols, class instances (Date, Map, Buffer...) and cycles:
- * each would come back as something else, or not at all.
+ * each would come back as something else, or not at all; and nesting deeper than {@link MAX_JSON_DEPTH}.
  */
 export function jsonIssues(value: unknown, path: Array<string | number> = []): ValidationIssue[] {
   // This runs on every event appended: first a quick yes, then, only for a no, the walk that says where and why.
   if (storable(value, 0)) return [];
   const issues: ValidationIssue[] = [];
   // One path stack for the whole walk, copied only when an issue is found.
-  walk(value, [...path], new Set(), issues);
+  walk(value, [...path], new Set(), issues, 0);
   return issues;
 }
 
 /**
  * Whether a value is JSON the store keeps as it is (the rules of {@link jsonIssues}), with no paths, no messages and no
- * cycle bookkeeping: a cycle (or a nesting deeper than 256) answers no, and the full walk then tells.
+ * cycle bookkeeping: a cycle (or a nesting deeper than the limit) answers no, and the full walk then tells.
  */
 function storable(value: unknown, depth: number): boolean {
   switch (typeof value) {
@@ -35,7 +42,7 @@ function storable(value: unknown, depth: number): boolean {
       return Number.isFinite(value);
     case 'object': {
       if (value === null) return true;
-      if (depth > 256) return false;
+      if (depth >= MAX_JSON_DEPTH) return false;
       if (Array.isArray(value)) {
         for (let i = 0; i < value.length; i++) if (!storable(value[i], depth + 1)) return false;
         return true;
@@ -63,7 +70,7 @@ function stringIssue(value: string, what: 'strings' | 'keys'): string | undefine
   return undefined;
 }
 
-function walk(value: unknown, path: Array<string | number>, seen: Set<object>, issues: ValidationIssue[]): void {
+function walk(value: unknown, path: Array<string | number>, seen: Set<object>, issues: ValidationIssue[], depth: number): void {
   if (issues.length >= 10) return;
   switch (typeof value) {
     case 'string': {
@@ -93,11 +100,15 @@ function walk(value: unknown, path: Array<string | number>, seen: Set<object>, i
     issues.push({ path: [...path], message: 'circular reference' });
     return;
   }
+  if (depth >= MAX_JSON_DEPTH) {
+    issues.push({ path: path.length > 8 ? [...path.slice(0, 8), '…'] : [...path], message: `nested more than ${MAX_JSON_DEPTH} levels deep (the limit); flatten the structure` });
+    return;
+  }
   seen.add(object);
   if (Array.isArray(object)) {
     for (let index = 0; index < object.length; index++) {
       path.push(index);
-      walk(object[index], path, seen, issues);
+      walk(object[index], path, seen, issues, depth + 1);
       path.pop();
     }
   } else {
@@ -114,7 +125,7 @@ function walk(value: unknown, path: Array<string | number>, seen: Set<object>, i
         path.push(key);
         const issue = stringIssue(key, 'keys');
         if (issue !== undefined) issues.push({ path: [...path], message: issue });
-        walk(item, path, seen, issues);
+        walk(item, path, seen, issues, depth + 1);
         path.pop();
       }
     }

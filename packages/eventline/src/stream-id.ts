@@ -10,13 +10,17 @@ const VISIBLE = /^[^\s\p{Cc}]+$/u;
 /**
  * Checks that `value` is a stream id of the form `<category>-<id>` (`account-42`, `payment-0193b7e2-...`) and returns it.
  * The category (before the first `-`) starts with a letter and holds letters, digits and `_` only, so it can be used as a
- * subject or routing-key token by the transports; the id is one or more visible characters (it may contain `-`).
+ * subject or routing-key token by the transports; the id is one or more visible characters (it may contain `-`), and the
+ * whole id is well-formed Unicode (no lone UTF-16 surrogate).
  * @throws {InvalidStreamIdError}
  */
 export function assertStreamId(value: unknown): string {
   if (typeof value !== 'string') throw new InvalidStreamIdError(value, `expected a string, got ${typeof value}`);
   if (value.length === 0) throw new InvalidStreamIdError(value, 'it is empty');
   if (value.length > MAX_STREAM_ID_LENGTH) throw new InvalidStreamIdError(value, `it is ${value.length} characters long`);
+  // PostgreSQL's text cannot hold a lone UTF-16 surrogate: the driver sends it as U+FFFD, so 'a-x\ud800' and
+  // 'a-x\udbff' would be one stream there and two in memory. Refused on every backend alike.
+  if (!value.isWellFormed()) throw new InvalidStreamIdError(value, 'it is not well-formed Unicode (it holds a lone UTF-16 surrogate)');
   const dash = value.indexOf('-');
   if (dash < 0) throw new InvalidStreamIdError(value, "it has no '-' between category and id");
   const category = value.slice(0, dash);

@@ -11,6 +11,7 @@ import {
   StreamDeletedError,
   assertExpectedVersion,
   assertStreamId,
+  assertStreamIds,
   assertStreamMetadata,
   firstVisibleVersion,
   encodedEvent,
@@ -238,7 +239,7 @@ export class SqlSession implements EventStoreSession {
       schema: config.statements.schema,
       query: async <R>(text: string, values: unknown[] = [], options?: SqlQueryOptions) => {
         await this.enter('run a query');
-        return executor.query<R>({ name: options?.prepare ? preparedName(text) : '', text, readOnly: false }, values, 'run a query');
+        return executor.query<R>({ name: options?.prepare ? preparedName(text) : '', text, readOnly: false, raw: true }, values, 'run a query');
       },
     };
   }
@@ -387,6 +388,17 @@ export class SqlSession implements EventStoreSession {
     const [row] = (await this.executor.query<WriteRow>(this.config.statements.deleteStream, [id, expectedText(expected), hard, keep], operation)) as [WriteRow];
     if (row.status !== 'ok') throw refusal(row, id, expected);
     if (keep) this.executor.hardDeleted?.(id);
+  }
+
+  async lockStreams(streamIds: readonly string[]): Promise<void> {
+    await this.enter('lock streams');
+    const ids = assertStreamIds(streamIds);
+    // Outside a transaction each statement commits on its own: there is nothing to hold the locks for.
+    if (this.guard === undefined || ids.length === 0) return;
+    const statements = this.config.statements;
+    await this.executor.query(statements.lockStreamRows, [ids], `lock streams ${ids.map((id) => `'${id}'`).join(', ')}`);
+    // Rows first, then the streams that have none: every caller takes them in these two steps, in this order.
+    await this.executor.query(statements.lockMissingStreams, [ids, statements.streamLockKey], 'lock streams not yet created');
   }
 
   protected async streamRow(id: string, operation: string): Promise<StreamRowData | undefined> {
@@ -553,6 +565,12 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     await this.ready('read the head position');
     const [row] = await this.executor.query<{ xmin: string }>(this.config.statements.snapshotXmin, [], 'read the head position');
     return positionBeforeTransaction(BigInt(row!.xmin));
+  }
+
+  async nextPosition(): Promise<Position> {
+    await this.ready('read the next position');
+    const [row] = await this.executor.query<{ xmax: string }>(this.config.statements.snapshotXmax, [], 'read the next position');
+    return formatPosition(BigInt(row!.xmax), 0n);
   }
 
   async readAllHoldback(): Promise<ReadAllHoldback> {

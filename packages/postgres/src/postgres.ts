@@ -3,7 +3,7 @@
  */
 import pg from 'pg';
 import type { SqlClient } from './core.js';
-import { StoreClosedError, ValidationError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
+import { safeQuote, StoreClosedError, TransactionConflictError, ValidationError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
 import { AppendGroups, DEFAULT_APPEND_GROUP_OPTIONS, type AppendGroupOptions } from './append-groups.js';
 import { SqlSession, SqlStoreBase, type EncodedAppend, type EventRow, type Executor, type StoreConfig } from './core.js';
 import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';
@@ -82,10 +82,25 @@ export function createPostgresStore(options: PostgresStoreOptions = {}): Postgre
   if (ownPool) pool.on('error', () => {});
   const maxInFlight = options.grouping ?? DEFAULT_APPEND_GROUP_OPTIONS.maxInFlight;
   if (!(Number.isSafeInteger(maxInFlight) && maxInFlight >= 0)) {
-    throw new ValidationError(`grouping must be a whole number: 0 (no grouping) or the append statements at the server at once; got ${JSON.stringify(maxInFlight)}`);
+    throw new ValidationError(`grouping must be a whole number: 0 (no grouping) or the append statements at the server at once; got ${safeQuote(maxInFlight)}`);
   }
   const grouping = maxInFlight === 0 ? null : { ...DEFAULT_APPEND_GROUP_OPTIONS, maxInFlight };
   return new PostgresStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, pool, ownPool, grouping);
+}
+
+/** Times the store runs one of its own statements again when the database broke it off in a deadlock. */
+const CONFLICT_RETRIES = 4;
+
+/**
+ * A driver error as callers get it (see toStoreError), where a deadlock (40P01) or a serialization failure (40001) is
+ * a {@link TransactionConflictError}: the database rolled the transaction back to let another go on, so running it
+ * again is safe, and the retry middleware does.
+ */
+function toServerError(error: unknown, operation: string): Error {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === '40P01') return new TransactionConflictError(operation, 'deadlock', error);
+  if (code === '40001') return new TransactionConflictError(operation, 'serialization', error);
+  return toStoreError(error, operation);
 }
 
 const guarded = new WeakSet<pg.PoolClient>();
@@ -111,18 +126,34 @@ function config(statement: Statement, values: unknown[]): pg.QueryConfig | pg.Qu
   return statement.arrayRows ? { name: statement.name, text: statement.text, values, rowMode: 'array' } : { name: statement.name, text: statement.text, values };
 }
 
-/** Each statement on a pooled connection, in its own implicit transaction. A broken connection is destroyed, not reused. */
+/**
+ * Each statement on a pooled connection, in its own implicit transaction. A broken connection is destroyed, not reused.
+ * One of the store's own statements that the database breaks off in a deadlock with transactions of the caller's (an
+ * append, alone or in a group) was rolled back whole, so it is sent again, a few times after a short random pause;
+ * raw SQL of the caller's is not.
+ */
 class PoolExecutor implements Executor {
   constructor(private readonly pool: pg.Pool) {}
 
   async query<R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.queryOnce<R>(statement, values, operation);
+      } catch (error) {
+        if (!(error instanceof TransactionConflictError) || statement.raw || attempt > CONFLICT_RETRIES) throw error;
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * 5 * 2 ** attempt));
+      }
+    }
+  }
+
+  private async queryOnce<R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> {
     const client = await connect(this.pool, operation);
     let result: pg.QueryResult;
     try {
       result = await client.query(config(statement, values));
     } catch (error) {
       client.release(isConnectionError(error));
-      throw toStoreError(error, operation);
+      throw toServerError(error, operation);
     }
     client.release();
     return result.rows as R[];
@@ -204,7 +235,7 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
           return (await client.query(config(statement, values))).rows as R[];
         } catch (error) {
           if (isConnectionError(error)) broken = true;
-          failure = toStoreError(error, operation);
+          failure = toServerError(error, operation);
           throw failure;
         }
       },
@@ -236,7 +267,7 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
       if (isConnectionError(error)) broken = true;
       if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
       if (fnError?.error === error || error === failure) throw error;
-      throw toStoreError(error, stage);
+      throw toServerError(error, stage);
     } finally {
       active = false;
       client.release(broken);

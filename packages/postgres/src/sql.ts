@@ -5,7 +5,7 @@
  * never goes into the text, only into parameters. {@link statementsFor} binds them to one schema and gives each a name,
  * which node-postgres uses as a prepared-statement name (parsed once per connection).
  */
-import { ValidationError } from 'eventline';
+import { safeQuote, ValidationError } from 'eventline';
 
 /** The schema used when none is configured. */
 export const DEFAULT_SCHEMA = 'eventline';
@@ -20,7 +20,7 @@ const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 export function quoteSchema(schema: unknown): string {
   if (typeof schema !== 'string' || !SCHEMA_NAME.test(schema)) {
     throw new ValidationError(
-      `Invalid schema name ${JSON.stringify(schema) ?? String(schema)}: use a lower-case letter or '_' followed by up to 62 lower-case letters, digits or '_' (e.g. 'eventline', 'app_events')`,
+      `Invalid schema name ${safeQuote(schema)}: use a lower-case letter or '_' followed by up to 62 lower-case letters, digits or '_' (e.g. 'eventline', 'app_events')`,
     );
   }
   if (schema.startsWith('pg_')) throw new ValidationError(`Invalid schema name '${schema}': names starting with 'pg_' are reserved by PostgreSQL`);
@@ -628,6 +628,29 @@ export const readAllHoldback = (s: string) =>
           (SELECT (extract(epoch FROM clock_timestamp() - min(xact_start)) * 1000)::float8
              FROM pg_stat_activity WHERE backend_xid IS NOT NULL) AS oldest_ms`;
 
+/**
+ * The next position's transaction part: the first transaction id not yet assigned (the current snapshot's xmax). Every
+ * position returned so far has a smaller one: its transaction (or the label it took, see schemaV4) has ended.
+ */
+export const snapshotXmax = () => `SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax`;
+
+/**
+ * lockStreams, existing streams: their rows' locks, taken in stream id order (the sort runs below the row locking, so
+ * the locks are taken in the order the rows come out). $1 the stream ids.
+ */
+export const lockStreamRows = (s: string) =>
+  `SELECT count(*)::int AS locked FROM (SELECT 1 FROM ${s}.streams WHERE stream_id = ANY ($1::text[]) ORDER BY stream_id FOR UPDATE) l`;
+
+/**
+ * lockStreams, streams without a row yet: transaction-level advisory locks on (schema key, hash of the id), taken in
+ * the order of $1 (sorted by the caller), so that two transactions creating the same streams queue instead of
+ * deadlocking on each other's inserts. A row is not created for them: a refused or empty transaction leaves nothing.
+ */
+export const lockMissingStreams = (s: string) =>
+  `SELECT count(pg_advisory_xact_lock($2::int4, hashtext(m.id)))::int AS locked
+     FROM unnest($1::text[]) WITH ORDINALITY AS m(id, n)
+    WHERE NOT EXISTS (SELECT 1 FROM ${s}.streams st WHERE st.stream_id = m.id)`;
+
 // ---------------------------------------------------------------------------------------------------------------------
 
 /** A statement bound to a schema. `name` is unique per schema and statement (node-postgres prepares it under that name). */
@@ -638,6 +661,8 @@ export interface Statement {
   readonly readOnly: boolean;
   /** Rows as arrays of column values, in column order (the event reads), rather than objects. */
   readonly arrayRows?: boolean;
+  /** Raw SQL of the caller's (SqlClient.query): not retried by the store when the database breaks it off. */
+  readonly raw?: boolean;
 }
 
 export interface Statements {
@@ -657,7 +682,12 @@ export interface Statements {
   readonly readAllPage: Statement;
   readonly readAllPageEncoded: Statement;
   readonly snapshotXmin: Statement;
+  readonly snapshotXmax: Statement;
   readonly readAllHoldback: Statement;
+  readonly lockStreamRows: Statement;
+  readonly lockMissingStreams: Statement;
+  /** The first key of lockMissingStreams' advisory locks: 'evts' mixed with a hash of the schema. */
+  readonly streamLockKey: number;
 }
 
 /** Every statement of the store bound to `schema` (validated here). */
@@ -685,7 +715,11 @@ export function statementsFor(schema: string): Statements {
     readAllPage: events('read_all', readAllPage(s)),
     readAllPageEncoded: events('read_all_enc', readAllPageEncoded(s)),
     snapshotXmin: read('xmin', snapshotXmin()),
+    snapshotXmax: read('xmax', snapshotXmax()),
     readAllHoldback: read('holdback', readAllHoldback(s)),
+    lockStreamRows: write('lock_rows', lockStreamRows(s)),
+    lockMissingStreams: write('lock_missing', lockMissingStreams(s)),
+    streamLockKey: (hash32(`streams:${schema}`) ^ 0x65767473) | 0,
   };
 }
 

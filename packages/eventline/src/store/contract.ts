@@ -43,6 +43,13 @@ export interface EventStore extends EventStoreSession {
   headPosition(): Promise<Position>;
 
   /**
+   * A position after every position this store has returned so far: appends not yet made get it or a later one. A
+   * position at or after it was never returned by this store (an API uses it to refuse a read-your-writes wait for a
+   * position no command returned, which would otherwise wait until its timeout).
+   */
+  nextPosition(): Promise<Position>;
+
+  /**
    * How far `readAll` readers are held back by transactions still open: committed events they cannot see yet because an
    * older transaction has not finished, and the age of the oldest open transaction. A long-open transaction delays every
    * reader; set PostgreSQL's `idle_in_transaction_session_timeout` to bound it.
@@ -99,6 +106,16 @@ export interface EventStoreSession {
    * `expectedVersion` is checked as for an append.
    */
   deleteStream(streamId: string, options?: { expectedVersion?: ExpectedVersion; hard?: boolean }): Promise<void>;
+
+  /**
+   * Inside `transaction()`: takes the write locks of these streams now, in one order that every caller shares, and
+   * keeps them to the end of the transaction, so that transactions writing the same streams in different orders (two
+   * opposite transfers) queue one behind the other instead of deadlocking. Call it first, with every stream the
+   * transaction will write. The streams need not exist. Outside a transaction each statement is its own transaction,
+   * so it only checks the ids. A deadlock that still happens is a `TransactionConflictError`, which `retryOnConflict`
+   * (and so the retry middleware) retries.
+   */
+  lockStreams(streamIds: readonly string[]): Promise<void>;
 }
 
 export interface AppendOptions {

@@ -18,6 +18,7 @@ import type {
 } from './contract.js';
 import {
   assertExpectedVersion,
+  assertStreamIds,
   assertStreamMetadata,
   checkExpectedVersion,
   firstVisibleVersion,
@@ -244,6 +245,18 @@ class MemoryStore implements InMemoryEventStore {
     return this.boundary();
   }
 
+  async nextPosition(): Promise<Position> {
+    this.assertOpen('read the next position');
+    // Every position given so far belongs to a transaction numbered below the next one.
+    return formatPosition(this.nextTransaction, 0n);
+  }
+
+  /** Writers run one at a time here, so a transaction holds every stream already: only the ids are checked. */
+  async lockStreams(streamIds: readonly string[]): Promise<void> {
+    this.assertOpen('lock streams');
+    assertStreamIds(streamIds);
+  }
+
   async readAllHoldback() {
     this.assertOpen('read the holdback');
     // Pending transactions are invisible until they commit whole, so nothing committed is ever held back here.
@@ -275,6 +288,10 @@ class MemoryStore implements InMemoryEventStore {
         deleteStream: async (streamId, options) => {
           guard('delete a stream');
           deleteIn(pending, assertStreamId(streamId), assertExpectedVersion(options?.expectedVersion), options?.hard === true);
+        },
+        lockStreams: async (streamIds) => {
+          guard('lock streams');
+          assertStreamIds(streamIds);
         },
       };
       try {

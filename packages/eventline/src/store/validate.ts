@@ -1,4 +1,4 @@
-import { ConcurrencyError, PayloadTooLargeError, ValidationError, type ExpectedVersion } from '../errors.js';
+import { ConcurrencyError, PayloadTooLargeError, safeQuote, ValidationError, type ExpectedVersion } from '../errors.js';
 import type { EventInput, PreparedEvent } from '../event.js';
 import { newId, isUuid } from '../ids.js';
 import { jsonIssues } from '../json.js';
@@ -37,10 +37,10 @@ export async function prepareAppend(
     if (typeof raw !== 'object' || raw === null) throw new ValidationError(`${where(id, index)}: expected an object { type, data, metadata?, id? }`);
     const input = raw as EventInput<string, unknown>;
     if (!isValidEventType(input.type)) {
-      throw new ValidationError(`${where(id, index)}: invalid event type ${JSON.stringify((raw as { type?: unknown }).type) ?? 'undefined'}; use a letter followed by letters, digits or '_'`);
+      throw new ValidationError(`${where(id, index)}: invalid event type ${safeQuote((raw as { type?: unknown }).type)}; use a letter followed by letters, digits or '_'`);
     }
     const eventId = input.id ?? newId();
-    if (!isUuid(eventId)) throw new ValidationError(`${where(id, index)} (${input.type}): event id ${JSON.stringify(eventId)} is not a UUID`);
+    if (!isUuid(eventId)) throw new ValidationError(`${where(id, index)} (${input.type}): event id ${safeQuote(eventId)} is not a UUID`);
     const normalisedId = eventId.toLowerCase();
     if (seen.has(normalisedId)) throw new ValidationError(`${where(id, index)} (${input.type}): event id ${eventId} appears twice in the batch`);
     seen.add(normalisedId);
@@ -99,13 +99,25 @@ function where(streamId: string, index: number): string {
   return `Append to '${streamId}', event #${index}`;
 }
 
+/** Most streams one `lockStreams` call takes. */
+export const MAX_LOCKED_STREAMS = 1000;
+
+/** Checks the ids given to `lockStreams` and returns them without repeats, sorted (the order locks are taken in). */
+export function assertStreamIds(streamIds: unknown): string[] {
+  if (!Array.isArray(streamIds)) throw new ValidationError(`lockStreams expects an array of stream ids, got ${safeQuote(streamIds)}`);
+  if (streamIds.length > MAX_LOCKED_STREAMS) throw new ValidationError(`lockStreams takes at most ${MAX_LOCKED_STREAMS} streams at once, got ${streamIds.length}`);
+  const ids = new Set<string>();
+  for (const id of streamIds) ids.add(assertStreamId(id));
+  return [...ids].sort();
+}
+
 /** Checks an expectedVersion option; `undefined` means `'any'`. */
 export function assertExpectedVersion(value: unknown): ExpectedVersion {
   if (value === undefined) return 'any';
   if (value === 'any' || value === 'no_stream' || value === 'stream_exists') return value;
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
   throw new ValidationError(
-    `Invalid expectedVersion ${JSON.stringify(value) ?? String(value)}: use a version number (0 or more), 'no_stream', 'stream_exists' or 'any'`,
+    `Invalid expectedVersion ${safeQuote(value)}${typeof value === 'bigint' ? ' (a bigint: pass a number)' : ''}: use a version number (0 or more), 'no_stream', 'stream_exists' or 'any'`,
   );
 }
 
@@ -124,9 +136,9 @@ export function checkExpectedVersion(streamId: string, expected: ExpectedVersion
 
 export function normaliseReadStreamOptions(options: ReadStreamOptions = {}): Required<Omit<ReadStreamOptions, 'from' | 'limit'>> & { from: number | undefined; limit: number } {
   const direction = options.direction ?? 'forwards';
-  if (direction !== 'forwards' && direction !== 'backwards') throw new ValidationError(`readStream: direction must be 'forwards' or 'backwards', got ${JSON.stringify(direction)}`);
+  if (direction !== 'forwards' && direction !== 'backwards') throw new ValidationError(`readStream: direction must be 'forwards' or 'backwards', got ${safeQuote(direction)}`);
   if (options.from !== undefined && !(Number.isSafeInteger(options.from) && options.from >= 0)) {
-    throw new ValidationError(`readStream: from must be a version (a whole number of 0 or more), got ${JSON.stringify(options.from)}`);
+    throw new ValidationError(`readStream: from must be a version (a whole number of 0 or more), got ${safeQuote(options.from)}`);
   }
   return {
     direction,
@@ -144,7 +156,7 @@ export function normaliseReadAllOptions(options: ReadAllOptions = {}, defaultLim
   categories: string[] | null;
 } {
   const after = options.after ?? START;
-  if (!isPosition(after)) throw new ValidationError(`readAll: after must be a position returned by the store, got ${JSON.stringify(after)}`);
+  if (!isPosition(after)) throw new ValidationError(`readAll: after must be a position returned by the store, got ${safeQuote(after)}`);
   const filter = options.filter ?? {};
   return {
     after,
@@ -176,7 +188,7 @@ export function assertStreamMetadata(metadata: unknown): StreamMetadata {
 function positiveInteger(value: unknown, fallback: number, what: string): number {
   if (value === undefined) return fallback;
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 1) return value;
-  throw new ValidationError(`${what} must be a whole number of 1 or more, got ${JSON.stringify(value)}`);
+  throw new ValidationError(`${what} must be a whole number of 1 or more, got ${safeQuote(value)}`);
 }
 
 function stringList(value: unknown, what: string): string[] | null {

@@ -7,6 +7,8 @@ import {
   encodeEvent,
   EventIdConflictError,
   InvalidStreamIdError,
+  isPosition,
+  MAX_JSON_DEPTH,
   PayloadTooLargeError,
   StreamDeletedError,
   UnknownEventTypeError,
@@ -581,7 +583,79 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         await assert.rejects(s.streamInfo('nope'), InvalidStreamIdError);
         assert.deepEqual(await collect(s.readAll()), []);
         // Ids may contain '-', unicode and punctuation after the category.
-        for (const good of ['acct-0193b7e2-aa7c-7c1e-9d3e-0e5a0c6d1f00', 'user_profile-ädå', 'x-1:2/3']) await s.append(good, [ev('Opened')]);
+        for (const good of ['acct-0193b7e2-aa7c-7c1e-9d3e-0e5a0c6d1f00', 'user_profile-ädå', 'x-1:2/3', 'acct-\u{1F600}', 'acct-\ufffd']) await s.append(good, [ev('Opened')]);
+      });
+
+      it('stream ids that are not well-formed Unicode, or hold NUL, on every operation; none aliases another stream', async () => {
+        const s = await store();
+        // The SQL drivers send a lone surrogate as U+FFFD: accepted, these three would be one stream there.
+        const bad = ['acct-s\ud800', 'acct-s\udbff', 'acct-\udc00x', 'acct-x\ud83d', 'acct-a\u0000b', 'acct-\u0000'];
+        for (const id of bad) {
+          const error = await rejection(s.append(id, [ev('Opened')]));
+          assert.ok(error instanceof InvalidStreamIdError, `${escape(id)}: ${String(error)}`);
+          await assert.rejects(collect(s.readStream(id)), InvalidStreamIdError);
+          await assert.rejects(s.streamInfo(id), InvalidStreamIdError);
+          await assert.rejects(s.getStreamMetadata(id), InvalidStreamIdError);
+          await assert.rejects(s.setStreamMetadata(id, { maxCount: 1 }), InvalidStreamIdError);
+          await assert.rejects(s.deleteStream(id), InvalidStreamIdError);
+          await assert.rejects(s.lockStreams(['acct-1', id]), InvalidStreamIdError);
+          await assert.rejects(
+            s.transaction((t) => t.append(id, [ev('Opened')])),
+            InvalidStreamIdError,
+          );
+        }
+        await s.append('acct-s\ufffd', [ev('Opened')]);
+        assert.deepEqual(await s.streamInfo('acct-s\ufffd'), { streamId: 'acct-s\ufffd', exists: true, version: 1, deleted: null });
+        assert.equal((await collect(s.readAll())).length, 1, 'only the well-formed stream was written');
+      });
+
+      it('event types and metadata keys or values that are not well-formed Unicode, or hold NUL', async () => {
+        const s = await store();
+        for (const type of ['Open\ud800', 'Open\u0000ed', 'Öpened']) {
+          await expectNothingStored(s, s.append('acct-1', [{ type, data: null }]), ValidationError, /event type/);
+        }
+        const metadata = [{ ['k\ud800']: 1 }, { ['k\u0000']: 1 }, { v: 'x\udfff' }, { v: 'x\u0000' }, { correlationId: '\ud800' }];
+        for (const m of metadata) await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: null, metadata: m as never }]), ValidationError);
+        const data = [{ ['k\udbff']: 1 }, { ['\u0000']: true }, ['\ud800x'], { nested: { deeper: ['ok', 'x\udc00'] } }];
+        for (const d of data) await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: d }]), ValidationError);
+      });
+
+      it('bigints, symbols and functions anywhere in the options are a ValidationError, not a TypeError', async () => {
+        const s = await store();
+        const odd: unknown[] = [10n, Symbol('x'), () => 1];
+        for (const value of odd) {
+          await expectNothingStored(s, s.append('acct-1', [ev('Opened')], { expectedVersion: value as never }), ValidationError, /expectedVersion/);
+          await expectNothingStored(s, s.append(value as string, [ev('Opened')]), InvalidStreamIdError);
+          await expectNothingStored(s, s.append('acct-1', [{ type: value as string, data: null }]), ValidationError, /event type/);
+          await expectNothingStored(s, s.append('acct-1', [{ id: value as string, type: 'Opened', data: null }]), ValidationError, /UUID/);
+          await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: null, metadata: { schemaVersion: value } as never }]), ValidationError);
+          await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: { value } }]), ValidationError);
+          await assert.rejects(collect(s.readStream('acct-1', { limit: value as number })), ValidationError);
+          await assert.rejects(collect(s.readStream('acct-1', { from: value as number })), ValidationError);
+          await assert.rejects(collect(s.readStream('acct-1', { pageSize: value as number })), ValidationError);
+          await assert.rejects(collect(s.readAll({ limit: value as number })), ValidationError);
+          await assert.rejects(collect(s.readAll({ after: value as string })), ValidationError);
+          await assert.rejects(s.readAllPage({ limit: value as number }), ValidationError);
+          await assert.rejects(s.setStreamMetadata('acct-1', { maxCount: value as number }), ValidationError);
+          await assert.rejects(s.deleteStream('acct-1', { expectedVersion: value as never }), ValidationError);
+        }
+      });
+
+      it(`data nested deeper than ${MAX_JSON_DEPTH} levels is a ValidationError, however deep; at the limit it round trips`, async () => {
+        const s = await store();
+        const nest = (levels: number, inner: unknown = 1): unknown => {
+          let value = inner;
+          for (let i = 0; i < levels; i++) value = i % 2 === 0 ? [value] : { k: value };
+          return value;
+        };
+        for (const levels of [MAX_JSON_DEPTH + 1, 5000, 200_000]) {
+          const error = await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: nest(levels) }]), ValidationError, /nested more than/);
+          assert.ok(error.message.length < 2000, 'the message stays short');
+          await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: null, metadata: { deep: nest(levels) } as never }]), ValidationError, /nested more than/);
+        }
+        await s.append('acct-1', [{ type: 'Opened', data: nest(MAX_JSON_DEPTH) }]);
+        const [event] = await collect(s.readStream('acct-1'));
+        assert.deepEqual(event!.data, nest(MAX_JSON_DEPTH));
       });
 
       it('event ids that are not UUIDs, and a batch that repeats an id', async () => {
@@ -649,6 +723,67 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         assert.deepEqual(event!.data, { owner: 'Ada', limit: 0 }, 'the validated output is stored');
         assert.equal(event!.metadata.schemaVersion, 2);
         assert.ok(Opened.is(event!));
+      });
+    });
+
+    describe('locking streams and the next position', () => {
+      it('lockStreams in transactions that write the same streams in opposite orders: all commit, none deadlocks', async () => {
+        const s = await store();
+        await s.append('acct-a', [ev('Opened')]);
+        await s.append('acct-b', [ev('Opened')]);
+        const transfer = (from: string, to: string) =>
+          s.transaction(async (t) => {
+            await t.lockStreams([from, to]);
+            await t.append(from, [ev('Withdrawn')]);
+            await t.append(to, [ev('Deposited')]);
+          });
+        // Streams that do not exist yet are locked too (two transactions creating the same pair).
+        const create = (first: string, second: string) =>
+          s.transaction(async (t) => {
+            await t.lockStreams([first, second, first]);
+            await t.append(first, [ev('Opened')], { expectedVersion: 'any' });
+            await t.append(second, [ev('Opened')], { expectedVersion: 'any' });
+          });
+        const runs = Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? transfer('acct-a', 'acct-b') : transfer('acct-b', 'acct-a')));
+        const creations = Array.from({ length: 8 }, (_, i) => (i % 2 === 0 ? create('acct-new1', 'acct-new2') : create('acct-new2', 'acct-new1')));
+        const results = await Promise.allSettled([...runs, ...creations]);
+        assert.deepEqual(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), []);
+        assert.equal((await s.streamInfo('acct-a')).version, 21);
+        assert.equal((await s.streamInfo('acct-b')).version, 21);
+        assert.equal((await s.streamInfo('acct-new1')).version, 8);
+      });
+
+      it('lockStreams outside a transaction checks the ids and does nothing else', async () => {
+        const s = await store();
+        await s.lockStreams([]);
+        await s.lockStreams(['acct-1', 'acct-2']);
+        await assert.rejects(s.lockStreams('acct-1' as never), ValidationError);
+        await assert.rejects(s.lockStreams(['nope']), InvalidStreamIdError);
+        await assert.rejects(s.lockStreams(Array.from({ length: 1001 }, (_, i) => `acct-${i}`)), ValidationError);
+        assert.deepEqual(await s.streamInfo('acct-1'), { streamId: 'acct-1', exists: false, version: 0, deleted: null });
+        assert.deepEqual(await collect(s.readAll()), []);
+      });
+
+      it('a transaction that only locks leaves no trace', async () => {
+        const s = await store();
+        await s.transaction((t) => t.lockStreams(['acct-ghost']));
+        assert.deepEqual(await s.streamInfo('acct-ghost'), { streamId: 'acct-ghost', exists: false, version: 0, deleted: null });
+        await s.append('acct-ghost', [ev('Opened')], { expectedVersion: 'no_stream' });
+      });
+
+      it('nextPosition is after every position returned, and no later append gets a position before it', async () => {
+        const s = await store();
+        const empty = await s.nextPosition();
+        assert.ok(isPosition(empty));
+        const first = await s.append('acct-1', [ev('Opened')]);
+        assert.ok(first.position >= empty);
+        const next = await s.nextPosition();
+        assert.ok(first.position < next, `${first.position} < ${next}`);
+        const inTransaction = await s.transaction((t) => t.append('acct-2', [ev('Opened')]));
+        assert.ok(inTransaction.position >= next);
+        const later = await s.nextPosition();
+        assert.ok(inTransaction.position < later);
+        for (const event of await collect(s.readAll())) assert.ok(event.position < later);
       });
     });
 
@@ -785,6 +920,11 @@ async function expectNothingStored<E extends Error>(store: EventStore, promise: 
   if (message) assert.match(error.message, message);
   assert.equal((await collect(store.readAll())).length, before, 'nothing was stored');
   return error;
+}
+
+/** A string with its non-ASCII code units escaped, for test names and messages. */
+function escape(text: string): string {
+  return text.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 function assertIncreasing(events: RecordedEvent[]): void {

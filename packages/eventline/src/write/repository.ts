@@ -1,5 +1,5 @@
 import type { Command } from '../command.js';
-import { ConcurrencyError, ValidationError } from '../errors.js';
+import { ConcurrencyError, safeQuote, ValidationError } from '../errors.js';
 import type { EventMetadata } from '../event.js';
 import { newId } from '../ids.js';
 import type { JsonValue } from '../json.js';
@@ -255,7 +255,7 @@ class StateCache<State> {
 
   constructor(options: StateCacheOptions) {
     const maxEntries = options.maxEntries ?? 10_000;
-    if (!(Number.isSafeInteger(maxEntries) && maxEntries >= 1)) throw new ValidationError(`cache.maxEntries must be a whole number of 1 or more; got ${JSON.stringify(maxEntries)}`);
+    if (!(Number.isSafeInteger(maxEntries) && maxEntries >= 1)) throw new ValidationError(`cache.maxEntries must be a whole number of 1 or more; got ${safeQuote(maxEntries)}`);
     this.maxEntries = maxEntries;
   }
 
