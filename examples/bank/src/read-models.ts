@@ -103,6 +103,7 @@ export const bankReadModels = defineProjection({
   name: 'bank',
   version: 2, // 2: money as decimal strings (1 held numbers)
   categories: ['account', 'payment'],
+  collections: ['balance', 'statement', 'payment', 'payment_counts'],
   handlers: {
     AccountOpened: async (event, { documents }) => {
       const id = accountIdOf(event);

@@ -42,6 +42,7 @@ export const guestlistReadModels = defineProjection({
   name: 'guestlist',
   version: 1,
   categories: ['invitation'],
+  collections: ['invitation', 'guest_list'],
   handlers: {
     InviteCreated: async (event, { documents }) => {
       const data = event.data as { name: string; age?: number };

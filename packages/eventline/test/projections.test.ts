@@ -10,6 +10,7 @@ import {
   formatPosition,
   newId,
   projectLive,
+  UnknownCollectionError,
   ValidationError,
   withInlineProjections,
   type ProjectionDefinition,
@@ -68,6 +69,74 @@ describe('projections (in-memory)', () => {
     assert.equal(await collection.get('a'), null);
     await assert.rejects(collection.put('b', { when: new Date() } as never, formatPosition(3n, 1n)), ValidationError);
     assert.throws(() => documents.collection('Bad Name'), ValidationError);
+  });
+
+  it('documents: ids and after are well-formed strings of 1 to 500 characters without NUL, on reads as on writes', async () => {
+    const documents = createInMemoryDocumentStore();
+    const collection = documents.collection<{ n: number }>('things');
+    const at = formatPosition(1n, 1n);
+    for (const id of ['a\u0000b', '\ud800', 'x\udc00y', '', 'x'.repeat(501), 42 as unknown as string]) {
+      const refused = (error: unknown) => error instanceof ValidationError && /Document id/.test(error.message);
+      await assert.rejects(collection.get(id), refused, `get ${JSON.stringify(id)}`);
+      await assert.rejects(collection.put(id, { n: 1 }, at), refused, `put ${JSON.stringify(id)}`);
+      await assert.rejects(collection.delete(id, at), refused, `delete ${JSON.stringify(id)}`);
+    }
+    for (const after of ['\u0000', '\ud800', '']) await assert.rejects(collection.list({ after }), /after/);
+    for (const limit of [Number.NaN, 0, -1, 1.5, Infinity]) await assert.rejects(collection.list({ limit }), /limit/);
+    assert.equal(await documents.has('things'), false, 'refused writes create nothing');
+    assert.equal(await collection.put('😀'.repeat(250), { n: 1 }, at), true, 'astral characters are well formed');
+    assert.deepEqual((await collection.list({ after: '😀' })).map((d) => d.id.length), [500]);
+  });
+
+  it('reads never create a collection; an unknown one is an UnknownCollectionError naming the known ones', async () => {
+    const parts = setup();
+    const ghost = parts.documents.collection('ghost');
+    assert.equal(await ghost.get('x'), null);
+    assert.deepEqual(await ghost.list(), []);
+    assert.equal(await ghost.count(), 0);
+    assert.equal(await parts.documents.has('ghost'), false);
+    assert.deepEqual(await parts.documents.collections(''), []);
+
+    // A projection that declares no collections serves those that exist.
+    const undeclared = createAsyncProjection({ ...parts, projection: balances(), pollIntervalMs: 10 });
+    await undeclared.start();
+    try {
+      await assert.rejects(undeclared.collection('balance'), (error: unknown) => error instanceof UnknownCollectionError && error.known.length === 0);
+      const { position } = await parts.store.append('account-1', [deposit(5)]);
+      await undeclared.waitFor(position, { timeoutMs: 30_000 });
+      assert.equal(await (await undeclared.collection<Balance>('balance')).count(), 1);
+      for (const name of ['nope', 'constructor', 'to_string']) {
+        await assert.rejects(undeclared.collection(name), (error: unknown) => error instanceof UnknownCollectionError && error.code === 'UNKNOWN_COLLECTION' && error.known.join() === 'balance', name);
+      }
+      await assert.rejects(undeclared.collection('__proto__'), ValidationError);
+      assert.deepEqual(await parts.documents.collections(''), ['balances_v1_balance'], 'reads of unknown names created nothing');
+    } finally {
+      await undeclared.stop();
+    }
+
+    // A projection that declares its collections serves those, written or not yet, and no other.
+    const declared = defineProjection({ ...balances(1), name: 'declared', collections: ['balance', 'history'] });
+    const projection = createAsyncProjection({ ...setup(), projection: declared, pollIntervalMs: 10 });
+    assert.equal(await (await projection.collection('history')).get('x'), null, 'declared and never written: empty');
+    assert.deepEqual(await (await projection.collection('history')).list(), []);
+    assert.equal(await projection.documents.has('declared_v1_history'), false, 'and still not created');
+    await assert.rejects(projection.collection('balances'), (error: unknown) => error instanceof UnknownCollectionError && error.known.join() === 'balance,history');
+
+    // A handler that writes a collection its projection does not declare fails (its event is parked).
+    const sloppy = defineProjection({ name: 'sloppy', version: 1, collections: ['a'], handlers: { Deposited: async (_event, { documents }) => void (await documents('b').set('x', 1)) } });
+    const sloppyParts = setup();
+    const running = createAsyncProjection({ ...sloppyParts, projection: sloppy, pollIntervalMs: 10, retry: { maxAttempts: 2, baseDelayMs: 1 } });
+    await running.start();
+    try {
+      const { position } = await sloppyParts.store.append('account-1', [deposit(1)]);
+      await running.waitFor(position, { timeoutMs: 30_000 });
+      assert.match((await running.subscription.parked()).map((p) => p.error.message).join(), /no collection 'b'/);
+      assert.equal(await sloppyParts.documents.has('sloppy_v1_b'), false);
+    } finally {
+      await running.stop();
+    }
+
+    for (const collections of [[], ['Bad'], ['a', 'a']]) assert.throws(() => defineProjection({ ...balances(), collections }), ValidationError, JSON.stringify(collections));
   });
 
   it('inline: the read model commits with the events, and a failing projection fails the append', async () => {

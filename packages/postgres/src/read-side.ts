@@ -8,6 +8,8 @@ import { createHash } from 'node:crypto';
 import {
   assertCollectionName,
   assertDocument,
+  assertDocumentId,
+  assertListOptions,
   LeaseLostError,
   type DocumentCollection,
   type DocumentStore,
@@ -102,8 +104,10 @@ export function createSqlSubscriptionStore(store: SqlEventStore): SubscriptionSt
 }
 
 /**
- * Document read models: one table per collection (`<schema>.rm_<collection>`: id, data jsonb, version), created on
- * first use. A write carries the position of the event that made it; an older or repeated one is ignored.
+ * Document read models: one table per collection (`<schema>.rm_<collection>`: id, data jsonb, version), created by the
+ * first write (or by a read inside a transaction, which a handler's write follows). A read on its own never creates
+ * one: a collection that does not exist reads as empty. A write carries the position of the event that made it; an
+ * older or repeated one is ignored.
  */
 export function createSqlDocumentStore(store: SqlEventStore): DocumentStore<SqlClient> {
   const s = quoteSchema(store.schema);
@@ -131,36 +135,66 @@ export function createSqlDocumentStore(store: SqlEventStore): DocumentStore<SqlC
       created.add(table);
     }
   };
+  /** Whether the table exists, committed (remembered once it does). */
+  const exists = async (table: string) => {
+    if (ready.has(table)) return true;
+    const [found] = await store.sql.query<{ exists: boolean }>(q.tableExists(), [`${s}.${table}`], PREPARED);
+    if (found?.exists) ready.add(table);
+    return found?.exists === true;
+  };
   return {
     collection<T>(name: string, tx?: SqlClient): DocumentCollection<T> {
       assertCollectionName(name);
       const table = tableOf(name);
-      const client = () => tx ?? store.sql;
-      const run = async <R>(text: string, values: unknown[]): Promise<R[]> => {
+      const write = async <R>(text: string, values: unknown[]): Promise<R[]> => {
         await ensure(tx, name, table);
-        return client().query<R>(text, values, PREPARED);
+        return (tx ?? store.sql).query<R>(text, values, PREPARED);
+      };
+      /** A read: in a transaction, as a write would (a handler reads, then writes); on its own, never creating. */
+      const read = async <R>(text: string, values: unknown[]): Promise<R[]> => {
+        if (tx) return write<R>(text, values);
+        if (!(await exists(table))) return [];
+        try {
+          return await store.sql.query<R>(text, values, PREPARED);
+        } catch (error) {
+          // Dropped since (a rebuild's switch, in this process or another): it reads as empty, as before it existed.
+          ready.delete(table);
+          if (!(await exists(table))) return [];
+          throw error;
+        }
       };
       return {
         async get(id) {
-          const [row] = await run<{ data: T; version: string }>(q.getDocument(s, table), [id]);
+          assertDocumentId(name, id);
+          const [row] = await read<{ data: T; version: string }>(q.getDocument(s, table), [id]);
           return row ? { id, data: row.data, version: row.version } : null;
         },
         async put(id, data, version) {
           assertDocument(name, id, data);
-          return (await run(q.putDocument(s, table), [id, JSON.stringify(data), version])).length === 1;
+          return (await write(q.putDocument(s, table), [id, JSON.stringify(data), version])).length === 1;
         },
         async delete(id, version) {
-          return (await run(q.putDocument(s, table), [id, null, version])).length === 1;
+          assertDocumentId(name, id);
+          return (await write(q.putDocument(s, table), [id, null, version])).length === 1;
         },
         async list(options = {}) {
-          const rows = await run<{ id: string; data: T; version: string }>(q.listDocuments(s, table), [options.after ?? '', options.limit ?? 100]);
+          const { after, limit } = assertListOptions(name, options);
+          const rows = await read<{ id: string; data: T; version: string }>(q.listDocuments(s, table), [after ?? '', limit]);
           return rows.map((row): StoredDocument<T> => ({ id: row.id, data: row.data, version: row.version }));
         },
         async count() {
-          const [row] = await run<{ count: number }>(q.countDocuments(s, table), []);
+          const [row] = await read<{ count: number }>(q.countDocuments(s, table), []);
           return Number(row?.count ?? 0);
         },
       };
+    },
+    async has(name) {
+      assertCollectionName(name);
+      return exists(tableOf(name));
+    },
+    async collections(prefix) {
+      const rows = await store.sql.query<{ collection: string }>(q.documentTablesLike(s), [prefix]);
+      return rows.map((row) => row.collection).sort();
     },
     async dropCollections(prefix) {
       await store.transaction(async (session) => {

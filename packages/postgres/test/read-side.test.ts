@@ -14,6 +14,8 @@ import {
   defineProjection,
   formatPosition,
   newId,
+  UnknownCollectionError,
+  ValidationError,
   type RecordedEvent,
 } from 'eventline';
 import {
@@ -239,6 +241,56 @@ for (const [name, create] of backends) {
       assert.equal(await collection.delete('a', formatPosition(2n, 0n)), true);
       assert.equal(await collection.put('a', { n: 9 }, formatPosition(1n, 99n)), false);
       assert.equal(await collection.get('a'), null);
+    });
+
+    it('documents: ids and after with NUL or a lone surrogate are refused before they reach the database', async () => {
+      const store = create();
+      const collection = createSqlDocumentStore(store).collection<{ n: number }>('things');
+      assert.equal(await collection.put('a', { n: 1 }, formatPosition(1n, 1n)), true);
+      const at = formatPosition(2n, 1n);
+      for (const id of ['a\u0000', '\ud800', 'x'.repeat(501), '']) {
+        await assert.rejects(collection.get(id), ValidationError, `get ${JSON.stringify(id)}`);
+        await assert.rejects(collection.put(id, { n: 2 }, at), ValidationError, `put ${JSON.stringify(id)}`);
+        await assert.rejects(collection.delete(id, at), ValidationError, `delete ${JSON.stringify(id)}`);
+        if (id !== '') await assert.rejects(collection.list({ after: id }), ValidationError, `list after ${JSON.stringify(id)}`);
+      }
+      await assert.rejects(collection.list({ limit: Number.NaN }), ValidationError);
+      assert.deepEqual((await collection.list({ after: '😀' })).map((d) => d.id), []);
+      assert.deepEqual((await collection.list({ after: ' ' })).map((d) => d.id), ['a']);
+    });
+
+    it('reads never create a table; an unknown collection is an UnknownCollectionError', async () => {
+      const store = create();
+      const documents = createSqlDocumentStore(store);
+      const tables = async () =>
+        (await store.sql.query<{ table_name: string }>(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name`, [store.schema])).map((r) => r.table_name);
+      await store.migrate();
+      const before = await tables();
+      const ghost = documents.collection('ghost');
+      assert.equal(await ghost.get('x'), null);
+      assert.deepEqual(await ghost.list(), []);
+      assert.equal(await ghost.count(), 0);
+      assert.equal(await documents.has('ghost'), false);
+      assert.deepEqual(await tables(), before, 'reads created no table');
+
+      const parts = { store, subscriptions: createSqlSubscriptionStore(store), documents, catalog: createSqlProjectionCatalog(store) };
+      const undeclared = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
+      await undeclared.start();
+      const { position } = await store.append('account-1', [deposit(3)]);
+      await caughtUp(undeclared, position);
+      const withBalance = await tables();
+      for (const name of ['nope', 'constructor', 'to_string', 'balance_x']) {
+        await assert.rejects(undeclared.collection(name), (error: unknown) => error instanceof UnknownCollectionError && error.known.join() === 'balance', name);
+      }
+      assert.equal(await (await undeclared.collection<{ balance: number }>('balance')).count(), 1);
+      assert.deepEqual(await documents.collections('balances_v1_'), ['balances_v1_balance']);
+      await undeclared.stop();
+
+      const declared = track(createAsyncProjection({ ...parts, projection: defineProjection<SqlClient>({ ...balances(1), name: 'declared', collections: ['balance', 'later'] }), pollIntervalMs: 50 }));
+      assert.equal(await (await declared.collection('later')).get('x'), null, 'declared, never written: reads as empty');
+      assert.equal(await (await declared.collection('later')).count(), 0);
+      await assert.rejects(declared.collection('ghost'), UnknownCollectionError);
+      assert.deepEqual(await tables(), withBalance, 'reads of unknown and unwritten collections created no table');
     });
 
     it('blue/green rebuild into new tables, then the switch; old tables dropped', async () => {

@@ -1,11 +1,11 @@
-import { ValidationError } from '../errors.js';
+import { UnknownCollectionError, ValidationError } from '../errors.js';
 import type { RecordedEvent } from '../event.js';
 import type { Position } from '../position.js';
 import type { AppendOptions, EventStore, EventStoreSession, ReadAllFilter } from '../store/contract.js';
 import type { EventInput } from '../event.js';
-import { createSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
+import { createSubscription, type Subscription, type SubscriptionOptions, type WaitForOptions } from '../subscriptions/engine.js';
 import type { SubscriptionStore } from '../subscriptions/contract.js';
-import { assertCollectionName, createInMemoryDocumentStore, type DocumentStore, type StoredDocument } from './documents.js';
+import { assertCollectionName, createInMemoryDocumentStore, type DocumentCollection, type DocumentStore, type StoredDocument } from './documents.js';
 
 /** A projection's view of one collection while it handles an event: every write is versioned by that event's position. */
 export interface ProjectionDocuments<T> {
@@ -35,12 +35,23 @@ export interface ProjectionDefinition<Tx = unknown> {
   readonly handlers: Readonly<Record<string, ProjectionHandler<Tx>>>;
   /** Only streams of these categories (the event types come from `handlers`). */
   readonly categories?: readonly string[];
+  /**
+   * The collections its handlers write (the names given to `documents(...)`). Declared, they are the only ones it
+   * serves: a read of any other name is an {@link UnknownCollectionError} (an HTTP 404), and so is a handler's write to
+   * one (a mistake in the projection). Undeclared, a read of a collection that does not exist yet is the error.
+   */
+  readonly collections?: readonly string[];
 }
 
 export function defineProjection<Tx = unknown>(projection: ProjectionDefinition<Tx>): ProjectionDefinition<Tx> {
   if (!/^[a-z][a-z0-9_]{0,30}$/.test(projection.name)) throw new ValidationError(`Projection name '${projection.name}' must be a lowercase letter followed by up to 30 lowercase letters, digits or '_'`);
   if (!Number.isInteger(projection.version) || projection.version < 1) throw new ValidationError(`Projection '${projection.name}': version must be a whole number of 1 or more`);
   if (Object.keys(projection.handlers).length === 0) throw new ValidationError(`Projection '${projection.name}' has no handlers`);
+  if (projection.collections !== undefined) {
+    if (!Array.isArray(projection.collections) || projection.collections.length === 0) throw new ValidationError(`Projection '${projection.name}': collections must be a list of one or more collection names`);
+    for (const name of projection.collections) assertCollectionName(name);
+    if (new Set(projection.collections).size !== projection.collections.length) throw new ValidationError(`Projection '${projection.name}': collections names one collection twice`);
+  }
   return projection;
 }
 
@@ -62,6 +73,7 @@ export async function applyProjection<Tx>(projection: ProjectionDefinition<Tx>, 
   await handler(event, {
     tx,
     documents<T>(name: string): ProjectionDocuments<T> {
+      assertDeclared(projection, name);
       const collection = documents.collection<T>(collectionOf(projection, version, name), tx);
       const position: Position = event.position;
       return {
@@ -77,6 +89,12 @@ export async function applyProjection<Tx>(projection: ProjectionDefinition<Tx>, 
       };
     },
   });
+}
+
+/** A projection that declares its collections serves (and writes) those only. @throws {UnknownCollectionError} */
+function assertDeclared(projection: Pick<ProjectionDefinition<never>, 'name' | 'collections'>, name: string): void {
+  assertCollectionName(name);
+  if (projection.collections && !projection.collections.includes(name)) throw new UnknownCollectionError(projection.name, name, projection.collections);
 }
 
 /** Which version of each projection serves reads. In memory: {@link createInMemoryProjectionCatalog}. */
@@ -122,10 +140,17 @@ export interface AsyncProjection<Tx> {
    */
   start(): Promise<void>;
   stop(): Promise<void>;
-  /** A collection of the serving version, for queries. */
+  /**
+   * A collection of the serving version, for queries. Reads never create it. A name the projection does not declare
+   * (see {@link ProjectionDefinition.collections}), or, when it declares none, one that does not exist, is an
+   * {@link UnknownCollectionError}; a name that is not a collection name is a ValidationError.
+   */
   collection<T = unknown>(name: string): Promise<ReadCollection<T>>;
-  /** Read-your-writes: resolves when this projection has processed the event at `position`. */
-  waitFor(position: Position, options?: { timeoutMs?: number }): Promise<void>;
+  /**
+   * Read-your-writes: resolves when this projection has processed the event at `position` (see Subscription.waitFor:
+   * `timeoutMs`, and a `signal` that ends the wait at once).
+   */
+  waitFor(position: Position, options?: WaitForOptions): Promise<void>;
   readonly documents: DocumentStore<Tx>;
 }
 
@@ -164,8 +189,15 @@ export function createAsyncProjection<Tx>(options: AsyncProjectionOptions<Tx>): 
     },
     stop: () => subscription.stop(),
     async collection<T>(name: string): Promise<ReadCollection<T>> {
-      const collection = documents.collection<T>(collectionOf(projection, await servingVersion(), name));
-      return { get: async (id) => (await collection.get(id))?.data ?? null, list: (o) => collection.list(o), count: () => collection.count() };
+      assertDeclared(projection, name);
+      const version = await servingVersion();
+      const stored = collectionOf(projection, version, name);
+      if (!projection.collections && !(await documents.has(stored))) {
+        const prefix = `${projection.name}_v${version}_`;
+        const known = (await documents.collections(prefix)).map((found) => found.slice(prefix.length));
+        throw new UnknownCollectionError(projection.name, name, known);
+      }
+      return readCollection(documents.collection<T>(stored));
     },
     waitFor: (position, waitOptions) => subscription.waitFor(position, waitOptions),
   };
@@ -242,10 +274,14 @@ export async function projectLive(store: EventStore, projection: ProjectionDefin
   }
   return {
     collection<T>(name: string): ReadCollection<T> {
-      const collection = documents.collection<T>(collectionOf(projection, projection.version, name));
-      return { get: async (id) => (await collection.get(id))?.data ?? null, list: (o) => collection.list(o), count: () => collection.count() };
+      assertDeclared(projection, name);
+      return readCollection(documents.collection<T>(collectionOf(projection, projection.version, name)));
     },
   };
+}
+
+function readCollection<T>(collection: DocumentCollection<T>): ReadCollection<T> {
+  return { get: async (id) => (await collection.get(id))?.data ?? null, list: (o) => collection.list(o), count: () => collection.count() };
 }
 
 function bindAll<T extends object>(target: T): T {
