@@ -126,6 +126,12 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
     await command('Deposit', { accountId: 'ada', amount: 100 });
     await command('Withdraw', { accountId: 'ada', amount: 30 });
     await command('TransferMoney', { transferId: 't1', from: 'ada', to: 'bob', amount: 50 });
+    // Beyond 2^53 a JSON number cannot hold every amount: as a string of digits, it is exact end to end.
+    await command('Deposit', { accountId: 'bob', amount: '9007199254740993' });
+    const unsafe = await fetch(`${bank.url}/commands/Deposit`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"accountId":"bob","amount":9007199254740993}' });
+    const refusal = (await unsafe.json()) as { detail: string };
+    assert.equal(unsafe.status, 400, JSON.stringify(refusal));
+    assert.match(refusal.detail, /amount: .*send the amount as a string of digits/);
     let last = await command('Deposit', { accountId: 'bob', amount: 5 });
 
     /** The bank's own statement read model (after the last command's position) and the version of each account. */
@@ -159,11 +165,21 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
     assert.deepEqual(
       ada.lines.map((line) => [line.type, line.amount, line.balance]),
       [
-        ['MoneyDeposited', 100, 100],
-        ['MoneyWithdrawn', -30, 70],
-        ['MoneyTransferredOut', -50, 20],
+        ['MoneyDeposited', '100', '100'],
+        ['MoneyWithdrawn', '-30', '70'],
+        ['MoneyTransferredOut', '-50', '20'],
       ],
     );
+    assert.deepEqual(
+      (await expected('bob')).lines.map((line) => [line.type, line.amount, line.balance]),
+      [
+        ['MoneyTransferredIn', '50', '50'],
+        ['MoneyDeposited', '9007199254740993', '9007199254741043'],
+        ['MoneyDeposited', '5', '9007199254741048'],
+      ],
+    );
+    const { body: bob } = await http<{ balance: string }>('GET', `${bank.url}/read-models/bank/balance/bob?position=${encodeURIComponent(last.position)}`);
+    assert.equal(bob.balance, '9007199254741048');
 
     // 2. A replay republishes every account event (new message ids, so NATS does not drop them): the inbox absorbs them.
     const accountEvents = async () => {
