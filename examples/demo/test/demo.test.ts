@@ -18,11 +18,22 @@ describe('demo service (in memory)', () => {
       await command('Deposit', { accountId: 'ada', amount: 100 });
       const { position } = await command('TransferMoney', { from: 'ada', to: 'bob', amount: 40 });
       const balance = await demo.api.inject({ url: `/read-models/bank/balance/bob?position=${position}` });
-      assert.equal((balance.json() as { balance: number }).balance, 40);
+      assert.equal((balance.json() as { balance: string }).balance, '40', 'amounts are sent as numbers and answered as decimal strings');
       const statement = await demo.api.inject({ url: `/read-models/bank/statement/ada?position=${position}` });
-      assert.deepEqual((statement.json() as { lines: Array<{ balance: number }> }).lines.map((l) => l.balance), [100, 60]);
+      assert.deepEqual((statement.json() as { lines: Array<{ balance: string }> }).lines.map((l) => l.balance), ['100', '60']);
       const overdraft = await demo.api.inject({ method: 'POST', url: '/commands/Withdraw', payload: { accountId: 'bob', amount: 1000 } });
       assert.equal(overdraft.statusCode, 422);
+      assert.deepEqual((overdraft.json() as { details: unknown }).details, { balance: '40', amount: '1000' });
+      // Beyond 2^53: as a string of digits the amount is exact; as a JSON number it is refused (parsing rounded it).
+      await command('Deposit', { accountId: 'bob', amount: '9007199254740993' });
+      const exact = await command('Deposit', { accountId: 'bob', amount: 1 });
+      const big = await demo.api.inject({ url: `/read-models/bank/balance/bob?position=${exact.position}` });
+      assert.equal((big.json() as { balance: string }).balance, '9007199254741034');
+      const unsafe = await demo.api.inject({ method: 'POST', url: '/commands/Deposit', headers: { 'content-type': 'application/json' }, payload: '{"accountId":"bob","amount":9007199254740993}' });
+      assert.equal(unsafe.statusCode, 400, unsafe.body);
+      assert.match((unsafe.json() as { detail: string }).detail, /amount: .*send the amount as a string of digits/);
+      const tooLong = await demo.api.inject({ method: 'POST', url: '/commands/Deposit', payload: { accountId: 'bob', amount: '1'.repeat(101) } });
+      assert.equal(tooLong.statusCode, 400, tooLong.body);
       const invite = await command('CreateInvite', { inviteId: 'athena', name: 'Athena' });
       const list = await demo.api.inject({ url: `/read-models/guestlist/guest_list/main?position=${invite.position}` });
       assert.equal((list.json() as { guests: number }).guests, 1);
