@@ -63,3 +63,61 @@ export function toStoreError(error: unknown, operation: string): Error {
   if (isConnectionError(error)) return new StoreUnavailableError(operation, error);
   return new DatabaseOperationError(operation, error);
 }
+
+/** Who holds a PGlite data directory, as far as its lock tells: see {@link DataDirectoryLockedError}. */
+export type DataDirectoryHolder = 'this-process' | 'other-process' | 'other-host' | 'unknown';
+
+/**
+ * A PGlite data directory is already open: in this process (another store), in another process, or on another host
+ * sharing the file system. Two PGlite instances on one directory both believe they own it and overwrite each other's
+ * pages: acknowledged writes are lost and indexes corrupted, so the second opener is refused before it touches a file.
+ * `holderPid` is the holder's process id (`null` when its lock file cannot be read), `holderHost` its host name,
+ * `lockFile` the lock beside the directory. See the package README, "One process per PGlite data directory".
+ */
+export class DataDirectoryLockedError extends EventlineError {
+  readonly code = 'DATA_DIR_LOCKED' as const;
+  constructor(
+    readonly dataDir: string,
+    readonly holderPid: number | null,
+    readonly holderHost: string | null,
+    readonly lockFile: string,
+    readonly holder: DataDirectoryHolder,
+  ) {
+    super(describeLockedDirectory(dataDir, holderPid, holderHost, lockFile, holder));
+  }
+  override toJSON(): Record<string, unknown> {
+    return {
+      ...super.toJSON(),
+      dataDir: this.dataDir,
+      holderPid: this.holderPid,
+      holderHost: this.holderHost,
+      lockFile: this.lockFile,
+      holder: this.holder,
+    };
+  }
+}
+
+function describeLockedDirectory(dataDir: string, pid: number | null, host: string | null, lockFile: string, holder: DataDirectoryHolder): string {
+  const what = `The PGlite data directory '${dataDir}'`;
+  const why = 'two PGlite instances on one directory lose each other’s writes';
+  switch (holder) {
+    case 'this-process':
+      return (
+        `${what} is already open in this process (pid ${pid}) by another store: ${why}. Use the store that is open, ` +
+        `or close() it before opening the directory again, or use another data directory.`
+      );
+    case 'other-process':
+      return `${what} is in use by the process with pid ${pid} (lock file '${lockFile}'): ${why}. Stop the process with pid ${pid}, or use another data directory.`;
+    case 'other-host':
+      return (
+        `${what} is in use by the process with pid ${pid} on host '${host}' (lock file '${lockFile}'): ${why}. ` +
+        `Processes on another host cannot be checked from here: stop the process with pid ${pid} on '${host}', or use ` +
+        `another data directory; if that process is no longer running, delete the lock file.`
+      );
+    case 'unknown':
+      return (
+        `${what} is locked, but its lock file '${lockFile}' cannot be read (it is being written, or it is damaged): ${why}. ` +
+        `Try again in a few seconds; if no process uses the directory, delete the lock file, or use another data directory.`
+      );
+  }
+}

@@ -5,7 +5,7 @@
 export { createPostgresStore, DEFAULT_DATABASE_URL, GENERIC_PLANS, type PostgresEventStore, type PostgresStoreOptions } from './postgres.js';
 export { createPGliteStore, DEFAULT_PGLITE_DATA_DIR, type PGliteEventStore, type PGliteStoreOptions } from './pglite.js';
 export { SqlSession, type SqlClient, type SqlQueryOptions } from './core.js';
-export { DatabaseOperationError, isConnectionError } from './errors.js';
+export { DatabaseOperationError, DataDirectoryLockedError, isConnectionError, type DataDirectoryHolder } from './errors.js';
 export { migrations, LATEST_MIGRATION, runMigrations, type Migration, type MigrationConnection } from './migrations.js';
 export { DEFAULT_SCHEMA, quoteSchema } from './sql.js';
 export {

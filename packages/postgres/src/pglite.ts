@@ -19,6 +19,7 @@ import { dirname, resolve } from 'node:path';
 import { PGlite, type PGliteInterface, type Transaction } from '@electric-sql/pglite';
 import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
 import { SqlSession, SqlStoreBase, type Executor, type StoreConfig, type StreamRowData } from './core.js';
+import { fileDataDirectory, lockDataDirectory, type DataDirectoryLock } from './data-dir-lock.js';
 import { DatabaseOperationError, toStoreError } from './errors.js';
 import { runMigrations } from './migrations.js';
 import { DEFAULT_SCHEMA, statementsFor, type Statement, type Statements } from './sql.js';
@@ -26,9 +27,16 @@ import { DEFAULT_SCHEMA, statementsFor, type Statement, type Statements } from '
 export const DEFAULT_PGLITE_DATA_DIR = './.eventline/data';
 
 export interface PGliteStoreOptions extends EventStoreOptions {
-  /** Directory of the database files (created when missing), or `'memory://'` for a database in memory. Default `./.eventline/data`. */
+  /**
+   * Directory of the database files (created when missing), or `'memory://'` for a database in memory. Default
+   * `./.eventline/data`. One store at a time may open a directory: a second one, in this process or another, gets a
+   * DataDirectoryLockedError (the lock is the file `<dataDir>.lock`; see the package README).
+   */
   dataDir?: string;
-  /** A PGlite instance you own: the store uses it and leaves it open on `close()`. */
+  /**
+   * A PGlite instance you own: the store uses it and leaves it open on `close()`. The store does not lock its data
+   * directory: making sure that no other instance opens that directory is yours to do.
+   */
   db?: PGliteInterface;
   /** The schema holding the store's tables and functions. Default `eventline`. */
   schema?: string;
@@ -56,15 +64,28 @@ export function createPGliteStore(options: PGliteStoreOptions = {}): PGliteEvent
   const statements = statementsFor(options.schema ?? DEFAULT_SCHEMA);
   const own = options.db === undefined;
   let db = options.db;
+  let lock: DataDirectoryLock | null = null;
   if (!db) {
     const dataDir = options.dataDir ?? DEFAULT_PGLITE_DATA_DIR;
-    // PGlite creates the directory itself, but not its parents.
-    if (!dataDir.includes('://')) mkdirSync(dirname(resolve(dataDir)), { recursive: true });
-    db = new PGlite(dataDir);
+    const directory = fileDataDirectory(dataDir);
+    if (directory !== null) {
+      // PGlite creates the directory itself, but not its parents.
+      mkdirSync(dirname(resolve(directory)), { recursive: true });
+      // One opener per directory, checked before PGlite touches it: throws DataDirectoryLockedError (data-dir-lock.ts).
+      // Not for memory:// nor for a `db` the caller passes: whoever opens that instance owns that responsibility.
+      lock = lockDataDirectory(directory);
+    }
+    try {
+      // The real path that was locked: what is locked is what opens.
+      db = new PGlite(lock ? lock.dataDir : dataDir);
+    } catch (error) {
+      lock?.release();
+      throw error;
+    }
   }
-  // A failed start is reported by the first operation, not as an unhandled rejection.
-  db.waitReady.catch(() => {});
-  return new PGliteStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, db, own);
+  // A failed start is reported by the first operation, not as an unhandled rejection; it lets the directory go.
+  db.waitReady.catch(() => lock?.release());
+  return new PGliteStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, db, own, lock);
 }
 
 /** The transaction open on a PGlite instance (at most one: PGlite runs transactions one at a time). */
@@ -117,6 +138,7 @@ class PGliteStore extends SqlStoreBase implements PGliteEventStore {
     config: StoreConfig,
     readonly db: PGliteInterface,
     private readonly own: boolean,
+    private readonly lock: DataDirectoryLock | null,
   ) {
     super(config, new PGliteExecutor(db, config.statements));
   }
@@ -212,6 +234,12 @@ class PGliteStore extends SqlStoreBase implements PGliteEventStore {
   }
 
   protected async releaseConnections(): Promise<void> {
-    if (this.own && !this.db.closed) await this.db.close();
+    try {
+      if (this.own && !this.db.closed) await this.db.close();
+    } finally {
+      // Only once PGlite has closed (its files flushed and let go): if closing failed, the instance may still write
+      // them, and the lock stays until this process exits.
+      if (this.db.closed) this.lock?.release();
+    }
   }
 }
