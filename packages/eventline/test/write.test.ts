@@ -15,6 +15,7 @@ import {
   defineCommand,
   DomainError,
   DuplicateHandlerError,
+  IdempotencyKeyReusedError,
   UnknownCommandError,
   validateCommands,
   ValidationError,
@@ -177,10 +178,72 @@ describe('idempotency keys', () => {
     assert.equal((await accounts.load('1')).state.balance, 5);
   });
 
-  it('a key reused for another command type is a ValidationError', async () => {
+  it('a key reused for another command type is an IdempotencyKeyReusedError', async () => {
     const { bus } = setup();
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'k' }));
-    await assert.rejects(bus.dispatch(Deposit.create({ id: '1', amount: 1 }, { idempotencyKey: 'k' })), /already used by a 'Open' command/);
+    const error = await bus.dispatch(Deposit.create({ id: '1', amount: 1 }, { idempotencyKey: 'k' })).catch((e: unknown) => e);
+    assert.ok(error instanceof IdempotencyKeyReusedError, String(error));
+    assert.equal(error.code, 'IDEMPOTENCY_KEY_REUSED');
+    assert.equal(error.firstCommandType, 'Open');
+    assert.equal(error.commandType, 'Deposit');
+  });
+
+  it('a key reused with other data or another target is refused and changes nothing; key order does not matter', async () => {
+    const { bus, store, accounts } = setup();
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    await bus.dispatch(Open.create({ id: '2', owner: 'Bob' }));
+    const first = await bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'dep' }));
+    const before = (await collect(store.readAll())).length;
+    for (const reuse of [{ id: '1', amount: 999 }, { id: '2', amount: 10 }]) {
+      await assert.rejects(bus.dispatch(Deposit.create(reuse, { idempotencyKey: 'dep' })), IdempotencyKeyReusedError);
+    }
+    await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 10 }, { idempotencyKey: 'dep' })), IdempotencyKeyReusedError);
+    assert.equal((await collect(store.readAll())).length, before, 'nothing was appended');
+    // The same command, its data's keys in another order and with other metadata, is the same command.
+    const again = await bus.dispatch(createCommand('Deposit', { amount: 10, id: '1' }, { idempotencyKey: 'dep', metadata: { correlationId: 'another' } }));
+    assert.equal(again.duplicate, true);
+    assert.equal(again.position, first.position);
+    assert.equal((await accounts.load('1')).state.balance, 10);
+    assert.equal((await accounts.load('2')).state.balance, 0);
+  });
+
+  it('concurrent commands with one key and different data: exactly one effect, and every answer is true to it', async () => {
+    const { bus, accounts } = setup();
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    const amounts = Array.from({ length: 16 }, (_, i) => (i % 4) + 1);
+    const answers = await Promise.allSettled(amounts.map((amount) => bus.dispatch(Deposit.create({ id: '1', amount }, { idempotencyKey: 'race' }))));
+    const balance = (await accounts.load('1')).state.balance;
+    assert.ok(amounts.includes(balance), `one deposit took effect: ${balance}`);
+    answers.forEach((answer, i) => {
+      if (answer.status === 'fulfilled') {
+        assert.equal(amounts[i], balance, 'a success is only ever given to the command that was stored');
+        assert.deepEqual(answer.value.events.map((e) => e.data), [{ amount: balance }]);
+      } else {
+        assert.notEqual(amounts[i], balance);
+        assert.ok(answer.reason instanceof IdempotencyKeyReusedError, String(answer.reason));
+      }
+    });
+    assert.equal(answers.filter((a) => a.status === 'fulfilled' && !a.value.duplicate).length, 1);
+  });
+
+  it('the fingerprint is of the command as dispatched, before validation adds defaults', async () => {
+    const WithDefault = defineCommand('Open', z.object({ id: z.string(), owner: z.string().min(1), ref: z.string().default(() => crypto.randomUUID()) }));
+    const store = createInMemoryStore();
+    const accounts = createRepository(store, account);
+    const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+    bus.register(WithDefault, accounts.handler((c) => c.data.id));
+    const first = await bus.dispatch(WithDefault.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'o' }));
+    const again = await bus.dispatch(WithDefault.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'o' }));
+    assert.equal(again.duplicate, true);
+    assert.equal(again.position, first.position);
+  });
+
+  it('keys that are not visible, well-formed text are a ValidationError', async () => {
+    const { bus } = setup();
+    await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
+    for (const key of ['', 'a b', 'x\ud800', 'nul\u0000', 'k'.repeat(201), 'tab\t']) {
+      await assert.rejects(bus.dispatch(Deposit.create({ id: '1', amount: 1 }, { idempotencyKey: key })), (e: unknown) => e instanceof ValidationError && /Idempotency key/.test(e.message));
+    }
   });
 });
 
@@ -499,3 +562,9 @@ describe('given / when / then', () => {
   });
 });
 
+
+async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
+  const items: T[] = [];
+  for await (const item of iterable) items.push(item);
+  return items;
+}

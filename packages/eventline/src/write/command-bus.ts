@@ -1,5 +1,7 @@
+import { createHash } from 'node:crypto';
 import type { Command, CommandDefinition, CommandOf } from '../command.js';
-import { DuplicateHandlerError, UnknownCommandError, ValidationError } from '../errors.js';
+import { DuplicateHandlerError, IdempotencyKeyReusedError, safeQuote, UnknownCommandError, ValidationError } from '../errors.js';
+import { jsonIssues } from '../json.js';
 import { validateWithSchema } from '../schema.js';
 import { assertStreamId } from '../stream-id.js';
 import type { EventStore, EventStoreSession } from '../store/contract.js';
@@ -12,6 +14,8 @@ export type CommandHandler<C extends Command = Command> = (command: C, context: 
 /** What middleware sees: the context handlers get, plus the command's registered definition (if it has one). */
 export interface MiddlewareContext extends CommandContext {
   readonly definition?: CommandDefinition | undefined;
+  /** The command as it was given to `dispatch`, before any middleware changed it (validation may add defaults). */
+  readonly dispatched?: Command | undefined;
 }
 
 /**
@@ -60,7 +64,7 @@ export function createCommandBus(options: { middleware?: readonly Middleware[] }
         if (!layer) return registration.handler(current, context);
         return layer(current, context, (nextCommand, nextContext) => run(index + 1, nextCommand, nextContext));
       };
-      return run(0, command, { definition: registration.definition });
+      return run(0, command, { definition: registration.definition, dispatched: command });
     },
     types: () => [...handlers.keys()].sort(),
   };
@@ -86,27 +90,57 @@ export function retryOnConflicts(options: RetryOptions = {}): Middleware {
  * (stream `eventlineIdempotency-<key>`), appended in the same transaction as the command's events, so a command is
  * either handled and recorded, or neither. Two concurrent commands with one key: one commits, the other gets a
  * ConcurrencyError, and on retry (put {@link retryOnConflicts} before this middleware) finds the first result.
+ *
+ * A key stands for one command: the record keeps a fingerprint of the command as it was dispatched (its type and
+ * data, which name its target). The same key with another command (another type, another amount, another account) is
+ * refused with {@link IdempotencyKeyReusedError} and changes nothing; only the very same command gets the first
+ * result again. Metadata (correlation ids, trace context) is not part of the fingerprint: a retry may carry new ones.
  */
 export function idempotency(store: EventStore): Middleware {
   return async (command, context, next) => {
     const key = command.metadata.idempotencyKey;
     if (key === undefined) return next(command, context);
     const recordStream = idempotencyStreamId(key);
+    const fingerprint = commandFingerprint(context.dispatched ?? command);
     return inTransaction(store, async ({ session, afterCommit }) => {
       for await (const record of session.readStream(recordStream, { limit: 1 })) {
-        const stored = record.data as { commandType: string; result: CommandResult };
-        if (stored.commandType !== command.type) {
-          throw new ValidationError(`Idempotency key '${key}' was already used by a '${stored.commandType}' command; use a new key for this '${command.type}' command`);
+        const stored = record.data as { commandType: string; fingerprint?: string; result: CommandResult };
+        // Records written before fingerprints were kept can only be compared by type.
+        if (stored.commandType !== command.type || (stored.fingerprint !== undefined && stored.fingerprint !== fingerprint)) {
+          throw new IdempotencyKeyReusedError(key, stored.commandType, command.type);
         }
         return { ...stored.result, duplicate: true };
       }
       const handled = await next(command, { ...context, session, afterCommit });
-      await session.append(recordStream, [{ type: 'CommandHandled', data: { commandId: command.id, commandType: command.type, result: handled } }], {
+      await session.append(recordStream, [{ type: 'CommandHandled', data: { commandId: command.id, commandType: command.type, fingerprint, result: handled } }], {
         expectedVersion: 'no_stream',
       });
       return handled;
     });
   };
+}
+
+/**
+ * What makes two commands the same for an idempotency key: a SHA-256 of the type and of the data as canonical JSON
+ * (object keys sorted, so `{a, b}` and `{b, a}` are one command). The data must be JSON.
+ */
+export function commandFingerprint(command: Pick<Command, 'type' | 'data'>): string {
+  const issues = jsonIssues(command.data, ['data']);
+  if (issues.length > 0) throw new ValidationError(`The data of command '${command.type}', sent with an idempotency key, is not JSON`, issues);
+  return createHash('sha256').update(canonicalJson([command.type, command.data])).digest('base64url');
+}
+
+/** JSON with every object's keys in sorted order (the value is JSON, checked, so no deeper than MAX_JSON_DEPTH). */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map((item) => (item === undefined ? 'null' : canonicalJson(item))).join(',')}]`;
+  if (typeof value === 'object' && value !== null) {
+    const record = value as Record<string, unknown>;
+    const keys = Object.keys(record)
+      .filter((key) => record[key] !== undefined)
+      .sort();
+    return `{${keys.map((key) => `${JSON.stringify(key)}:${canonicalJson(record[key])}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
 }
 
 /**
@@ -128,9 +162,14 @@ export async function inTransaction<T>(
   return result;
 }
 
+const VISIBLE_KEY = /^[^\s\p{Cc}]+$/u;
+
+/** The stream that records an idempotency key's command. The key: 1 to 200 visible characters, well-formed Unicode. */
 export function idempotencyStreamId(key: string): string {
-  if (typeof key !== 'string' || key.length === 0 || key.length > 200) {
-    throw new ValidationError(`Idempotency key ${JSON.stringify(key)} must be a string of 1 to 200 visible characters`);
+  if (typeof key !== 'string' || key.length === 0 || key.length > 200 || !key.isWellFormed() || !VISIBLE_KEY.test(key)) {
+    throw new ValidationError(
+      `Idempotency key ${safeQuote(key)} must be a string of 1 to 200 visible characters (no spaces, control characters or lone UTF-16 surrogates); a UUID is a good key`,
+    );
   }
   return assertStreamId(`eventlineIdempotency-${key}`);
 }
