@@ -58,6 +58,9 @@ export function createBank(store: EventStore, options: { snapshots?: SnapshotSto
     const metadata = { correlationId: command.metadata.correlationId ?? command.id, causationId: command.id };
     const both = async () => {
       const run = async (inside: CommandContext) => {
+        // Both accounts' locks first, in the store's one order: transfers crossing each other (a to b, b to a) queue
+        // instead of each holding one account and waiting for the other (a deadlock on PostgreSQL).
+        await inside.session!.lockStreams([accounts.streamIdOf(from), accounts.streamIdOf(to)]);
         const out = await accounts.handle(from, TransferOut.create({ accountId: from, transferId, to, amount }, { metadata }), inside);
         await accounts.handle(to, TransferIn.create({ accountId: to, transferId, from, amount }, { metadata }), inside);
         return out;
