@@ -72,7 +72,7 @@ export type DataDirectoryHolder = 'this-process' | 'other-process' | 'other-host
  * sharing the file system. Two PGlite instances on one directory both believe they own it and overwrite each other's
  * pages: acknowledged writes are lost and indexes corrupted, so the second opener is refused before it touches a file.
  * `holderPid` is the holder's process id (`null` when its lock file cannot be read), `holderHost` its host name,
- * `lockFile` the lock beside the directory. See the package README, "One process per PGlite data directory".
+ * `lockFile` the lock beside the directory. See the package README, "One store per PGlite data directory".
  */
 export class DataDirectoryLockedError extends EventlineError {
   readonly code = 'DATA_DIR_LOCKED' as const;
