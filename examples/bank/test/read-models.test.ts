@@ -37,34 +37,37 @@ async function bankWithReadModels() {
 describe('bank read models', () => {
   it('balance, statement with running balance, payments by status', async () => {
     const { bus, projection } = await bankWithReadModels();
-    await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
-    await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
-    await bus.dispatch(Deposit.create({ accountId: 'a', amount: 100 }));
-    await bus.dispatch(Withdraw.create({ accountId: 'a', amount: 30 }));
-    await bus.dispatch(TransferMoney.create({ transferId: 't1', from: 'a', to: 'b', amount: 50 }));
-    await bus.dispatch(CreatePayment.create({ paymentId: 'p1', accountId: 'a', amount: 20 }));
-    await bus.dispatch(CreatePayment.create({ paymentId: 'p2', accountId: 'b', amount: 5 }));
-    await bus.dispatch(ConfirmPayment.create({ paymentId: 'p1' }));
-    const last = await bus.dispatch(RefundPayment.create({ paymentId: 'p1', reason: 'returned' }));
-    await projection.waitFor(last.position!);
+    try {
+      await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
+      await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
+      await bus.dispatch(Deposit.create({ accountId: 'a', amount: 100 }));
+      await bus.dispatch(Withdraw.create({ accountId: 'a', amount: 30 }));
+      await bus.dispatch(TransferMoney.create({ transferId: 't1', from: 'a', to: 'b', amount: 50 }));
+      await bus.dispatch(CreatePayment.create({ paymentId: 'p1', accountId: 'a', amount: 20 }));
+      await bus.dispatch(CreatePayment.create({ paymentId: 'p2', accountId: 'b', amount: 5 }));
+      await bus.dispatch(ConfirmPayment.create({ paymentId: 'p1' }));
+      const last = await bus.dispatch(RefundPayment.create({ paymentId: 'p1', reason: 'returned' }));
+      await projection.waitFor(last.position!);
 
-    const balances = await projection.collection<BalanceView>('balance');
-    assert.deepEqual(await balances.get('a'), { accountId: 'a', owner: 'Ada', balance: '20', status: 'open', version: 4 });
-    assert.equal((await balances.get('b'))?.balance, '50');
-    const statement = (await (await projection.collection<StatementView>('statement')).get('a'))!;
-    assert.deepEqual(
-      statement.lines.map((line) => [line.type, line.amount, line.balance]),
-      [
-        ['MoneyDeposited', '100', '100'],
-        ['MoneyWithdrawn', '-30', '70'],
-        ['MoneyTransferredOut', '-50', '20'],
-      ],
-    );
-    assert.equal(statement.lines[2]!.counterparty, 'b');
-    const p1 = await (await projection.collection<PaymentView>('payment')).get('p1');
-    assert.deepEqual([p1?.status, p1?.amount], ['refunded', '20']);
-    assert.deepEqual(await (await projection.collection<PaymentCounts>('payment_counts')).get('all'), { created: 1, confirmed: 0, refunded: 1 });
-    await projection.stop();
+      const balances = await projection.collection<BalanceView>('balance');
+      assert.deepEqual(await balances.get('a'), { accountId: 'a', owner: 'Ada', balance: '20', status: 'open', version: 4 });
+      assert.equal((await balances.get('b'))?.balance, '50');
+      const statement = (await (await projection.collection<StatementView>('statement')).get('a'))!;
+      assert.deepEqual(
+        statement.lines.map((line) => [line.type, line.amount, line.balance]),
+        [
+          ['MoneyDeposited', '100', '100'],
+          ['MoneyWithdrawn', '-30', '70'],
+          ['MoneyTransferredOut', '-50', '20'],
+        ],
+      );
+      assert.equal(statement.lines[2]!.counterparty, 'b');
+      const p1 = await (await projection.collection<PaymentView>('payment')).get('p1');
+      assert.deepEqual([p1?.status, p1?.amount], ['refunded', '20']);
+      assert.deepEqual(await (await projection.collection<PaymentCounts>('payment_counts')).get('all'), { created: 1, confirmed: 0, refunded: 1 });
+    } finally {
+      await projection.stop(); // even when an assertion fails, or the file never ends
+    }
   });
 
   it('balances and statements beyond 2^53 are exact to the unit', async () => {
