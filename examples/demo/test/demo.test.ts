@@ -31,7 +31,8 @@ describe('demo service (in memory)', () => {
       assert.equal((big.json() as { balance: string }).balance, '9007199254741034');
       const unsafe = await demo.api.inject({ method: 'POST', url: '/commands/Deposit', headers: { 'content-type': 'application/json' }, payload: '{"accountId":"bob","amount":9007199254740993}' });
       assert.equal(unsafe.statusCode, 400, unsafe.body);
-      assert.match((unsafe.json() as { detail: string }).detail, /amount: .*send the amount as a string of digits/);
+      // Refused by the body parser or by the amount's schema: a 400 either way, that says to send a string.
+      assert.match((unsafe.json() as { detail: string }).detail, /send (it|the amount) as a string/);
       const tooLong = await demo.api.inject({ method: 'POST', url: '/commands/Deposit', payload: { accountId: 'bob', amount: '1'.repeat(101) } });
       assert.equal(tooLong.statusCode, 400, tooLong.body);
       const invite = await command('CreateInvite', { inviteId: 'athena', name: 'Athena' });

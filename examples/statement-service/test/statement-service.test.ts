@@ -131,7 +131,7 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
     const unsafe = await fetch(`${bank.url}/commands/Deposit`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"accountId":"bob","amount":9007199254740993}' });
     const refusal = (await unsafe.json()) as { detail: string };
     assert.equal(unsafe.status, 400, JSON.stringify(refusal));
-    assert.match(refusal.detail, /amount: .*send the amount as a string of digits/);
+    assert.match(refusal.detail, /send (it|the amount) as a string/); // by the body parser or the amount's schema
     let last = await command('Deposit', { accountId: 'bob', amount: 5 });
 
     /** The bank's own statement read model (after the last command's position) and the version of each account. */
