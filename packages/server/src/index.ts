@@ -1,2 +1,3 @@
-export { createHttpApi, type HttpApiOptions } from './api.js';
-export { problemOf, type Problem } from './problems.js';
+export { createHttpApi, MAX_PARAM_LENGTH, type HttpApiOptions, type ServedProjection } from './api.js';
+export { parseJsonBody } from './json-body.js';
+export { HttpProblem, problemOf, type Problem } from './problems.js';

@@ -1,3 +1,4 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { EventlineError } from 'eventline';
 
 /** An RFC 9457 problem document. */
@@ -29,19 +30,136 @@ const STATUS: Record<string, number> = {
   STORE_CLOSED: 503,
 };
 
-/** Maps any error to a problem document: eventline's typed errors by code, body parsing errors, and the rest as 500. */
-export function problemOf(error: unknown): Problem {
+/** An HTTP-level problem the API answers with (not found, method not allowed, a body it cannot read...). */
+export class HttpProblem extends Error {
+  constructor(
+    readonly statusCode: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Where a schema-checked value came from, as a client would name it. */
+const PLACE: Record<string, string> = { querystring: 'Query parameter', params: 'Path segment', headers: 'Header', body: 'Body' };
+
+interface AjvIssue {
+  instancePath: string;
+  keyword: string;
+  params: Record<string, unknown>;
+  message?: string;
+}
+
+/** A failed route schema as a sentence naming the parameter, what is wrong, and what is expected. */
+function validationProblem(issues: readonly AjvIssue[], context: string, request: FastifyRequest | undefined): Problem {
+  const issue = issues[0]!;
+  const place = PLACE[context] ?? context;
+  let name = issue.instancePath.replace(/^\//, '').replace(/~1/g, '/').replace(/~0/g, '~');
+  let detail: string;
+  if (issue.keyword === 'additionalProperties') {
+    name = String(issue.params.additionalProperty);
+    const known = Object.keys(schemaOf(request, context)?.properties ?? {});
+    detail = `${place} ${quoteName(name)} is not one this route takes (${known.length === 0 ? 'it takes none' : `it takes ${known.join(', ')}`})`;
+  } else if (issue.keyword === 'dependencies' || issue.keyword === 'dependentRequired') {
+    detail = `${place} ${quoteName(String(issue.params.property))} needs ${quoteName(String(issue.params.missingProperty))} too`;
+  } else if (issue.keyword === 'required') {
+    name = String(issue.params.missingProperty);
+    detail = `${place} ${quoteName(name)} is required`;
+  } else {
+    const expected = schemaOf(request, context)?.properties?.[name]?.description;
+    const given = (valuesOf(request, context) as Record<string, unknown> | undefined)?.[name];
+    const what = Array.isArray(given) ? 'is given more than once; give it once' : issue.keyword === 'pattern' ? 'is not valid' : (issue.message ?? 'is not valid');
+    detail = `${place} ${quoteName(name)} ${what}${expected ? `: expected ${expected}` : ''}`;
+  }
+  return {
+    type: 'https://eventline.dev/problems/validation',
+    title: 'Validation',
+    status: 400,
+    detail,
+    code: 'VALIDATION',
+    issues: [{ path: [context === 'querystring' ? 'query' : context, ...(name ? [name] : [])], message: detail }],
+  };
+}
+
+function schemaOf(request: FastifyRequest | undefined, context: string): { properties?: Record<string, { description?: string }> } | undefined {
+  const schema = request?.routeOptions.schema as Record<string, unknown> | undefined;
+  return schema?.[context] as { properties?: Record<string, { description?: string }> } | undefined;
+}
+
+function valuesOf(request: FastifyRequest | undefined, context: string): unknown {
+  if (!request) return undefined;
+  return context === 'querystring' ? request.query : context === 'params' ? request.params : context === 'headers' ? request.headers : undefined;
+}
+
+function quoteName(name: string): string {
+  return `'${name.length > 60 ? `${name.slice(0, 60)}…` : name}'`;
+}
+
+/** What fastify's own errors mean to a client, by fastify's error code. */
+const FASTIFY: Record<string, { status?: number; code: string; detail?: (message: string) => string }> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: { status: 415, code: 'UNSUPPORTED_MEDIA_TYPE', detail: () => "Send the body as JSON, with the header 'content-type: application/json'" },
+  FST_ERR_CTP_INVALID_TYPE: { status: 415, code: 'UNSUPPORTED_MEDIA_TYPE', detail: () => "Send the body as JSON, with the header 'content-type: application/json'" },
+  FST_ERR_CTP_BODY_TOO_LARGE: { status: 413, code: 'PAYLOAD_TOO_LARGE', detail: () => 'The body is larger than this server accepts; send a smaller one (store large payloads elsewhere and send a reference)' },
+  FST_ERR_CTP_EMPTY_JSON_BODY: { status: 400, code: 'MALFORMED_REQUEST', detail: () => "The body is empty but its content-type is 'application/json': send a JSON value (for a command with no data, 'null' or '{}')" },
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { status: 400, code: 'MALFORMED_REQUEST', detail: () => 'The body is not as long as its Content-Length header says' },
+  FST_ERR_CTP_INVALID_JSON_BODY: { status: 400, code: 'MALFORMED_REQUEST', detail: () => 'The body is not valid JSON' },
+  FST_ERR_BAD_URL: { status: 400, code: 'MALFORMED_REQUEST', detail: () => "The URL is not valid: a '%' must be followed by two hex digits, and percent-encoded bytes must be UTF-8" },
+  FST_ERR_MAX_PARAM_LENGTH: { status: 414, code: 'URI_TOO_LONG', detail: () => 'A path segment of the URL is too long; stream ids are at most 255 characters and document ids at most 500' },
+  FST_ERR_ASYNC_CONSTRAINT: { status: 400, code: 'MALFORMED_REQUEST', detail: () => 'The request could not be routed' },
+};
+
+/**
+ * Maps any error to a problem document: eventline's typed errors by code, the API's own problems, route schema
+ * failures (naming the parameter), fastify's body and URL errors, and the rest as a 500 that says nothing of the inside.
+ */
+export function problemOf(error: unknown, request?: FastifyRequest): Problem {
   if (error instanceof EventlineError) {
     const { name: _name, message, code, ...details } = error.toJSON() as { name: string; message: string; code: string };
     const status = STATUS[code] ?? 500;
+    if (status >= 500 && STATUS[code] === undefined) return internal();
     return { type: `https://eventline.dev/problems/${code.toLowerCase().replace(/_/g, '-')}`, title: titleOf(code), status, detail: message, code, ...details };
   }
-  const fastifyError = error as { statusCode?: number; code?: string; message?: string };
-  if (fastifyError?.statusCode && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
-    const code = fastifyError.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? 'UNSUPPORTED_MEDIA_TYPE' : fastifyError.statusCode === 413 ? 'PAYLOAD_TOO_LARGE' : 'MALFORMED_REQUEST';
-    return { type: 'about:blank', title: titleOf(code), status: fastifyError.statusCode, detail: fastifyError.message ?? 'the request could not be read', code };
+  if (error instanceof HttpProblem) {
+    return { type: 'about:blank', title: titleOf(error.code), status: error.statusCode, detail: error.message, code: error.code };
   }
+  const fastifyError = error as { statusCode?: number; code?: string; message?: string; validation?: AjvIssue[]; validationContext?: string };
+  if (Array.isArray(fastifyError?.validation) && fastifyError.validation.length > 0) {
+    return validationProblem(fastifyError.validation, fastifyError.validationContext ?? 'request', request);
+  }
+  const known = fastifyError?.code ? FASTIFY[fastifyError.code] : undefined;
+  if (known) {
+    const status = known.status ?? fastifyError.statusCode ?? 400;
+    return { type: 'about:blank', title: titleOf(known.code), status, detail: known.detail?.(fastifyError.message ?? '') ?? fastifyError.message ?? 'The request could not be read', code: known.code };
+  }
+  if (fastifyError?.statusCode && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
+    const code = fastifyError.statusCode === 413 ? 'PAYLOAD_TOO_LARGE' : fastifyError.statusCode === 415 ? 'UNSUPPORTED_MEDIA_TYPE' : 'MALFORMED_REQUEST';
+    return { type: 'about:blank', title: titleOf(code), status: fastifyError.statusCode, detail: fastifyError.message || 'The request could not be read', code };
+  }
+  return internal();
+}
+
+function internal(): Problem {
   return { type: 'about:blank', title: 'Internal error', status: 500, detail: 'An unexpected error occurred; it was logged with the request id.', code: 'INTERNAL' };
+}
+
+/** The problem for a request Node's HTTP parser refused before any route saw it (see fastify's clientErrorHandler). */
+export function clientErrorProblem(error: Error & { code?: string }): Problem {
+  const code = error.code ?? '';
+  const problem = (status: number, problemCode: string, detail: string): Problem => ({ type: 'about:blank', title: titleOf(problemCode), status, detail, code: problemCode });
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return problem(408, 'REQUEST_TIMEOUT', 'The request was not received in time; send it again, whole');
+  if (code === 'HPE_HEADER_OVERFLOW') return problem(431, 'HEADERS_TOO_LARGE', 'The request line and headers are larger than this server accepts (16 KiB); send shorter headers or URL');
+  if (code === 'HPE_INVALID_HEADER_TOKEN' || code === 'HPE_INVALID_CONSTANT') {
+    return problem(400, 'MALFORMED_REQUEST', 'A header holds a character HTTP does not allow (a control character such as NUL, or a space in a name)');
+  }
+  if (code === 'HPE_INVALID_METHOD') return problem(400, 'MALFORMED_REQUEST', 'The request method is not one HTTP knows; use GET or POST');
+  if (code === 'HPE_INVALID_URL') return problem(400, 'MALFORMED_REQUEST', 'The request target is not a valid URL path');
+  return problem(400, 'MALFORMED_REQUEST', `The request is not valid HTTP/1.1 (${code || error.message})`);
+}
+
+/** Sends `problem` as `application/problem+json`. */
+export function sendProblem(reply: FastifyReply, problem: Problem): FastifyReply {
+  return reply.status(problem.status).type('application/problem+json').send(problem);
 }
 
 function titleOf(code: string): string {
