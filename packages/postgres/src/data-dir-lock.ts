@@ -32,7 +32,8 @@
  *   the moment between create and write: it is stale once its mtime is {@link UNREADABLE_LOCK_STALE_MS} old.
  * - **Takeover, race-safe.** Restarters that find a stale lock race for a takeover file, `<dataDir>.lock.takeover`,
  *   created exclusively; only its creator re-judges the lock and renames its own over it, then removes the takeover
- *   file. The others are refused, naming the takeover file's creator: it is the one that opens. A takeover file
+ *   file. The others wait for the takeover file to go (up to 2 s; it is held for a few system calls), judge the lock
+ *   again and are refused, naming the winner. A takeover file
  *   whose creator died (or older than {@link TAKEOVER_STALE_MS}: it is held for a few system calls) is moved aside and
  *   removed if it is still the file that was judged (same inode); otherwise it is put back.
  * - **Release** on `store.close()` once PGlite closed, and on the process's 'exit' event; also when PGlite fails to
@@ -52,6 +53,8 @@ import { DataDirectoryLockedError, type DataDirectoryHolder } from './errors.js'
 export const UNREADABLE_LOCK_STALE_MS = 10_000;
 /** Age after which a takeover file is stale whoever wrote it: a takeover takes a few system calls. */
 export const TAKEOVER_STALE_MS = 30_000;
+/** How long an opener waits for another process's takeover to finish before it is refused, naming that process. */
+const TAKEOVER_WAIT_MS = 2_000;
 
 /** The content of a lock file (and of a takeover file). */
 interface LockHolder {
@@ -96,18 +99,33 @@ export function lockDataDirectory(path: string): DataDirectoryLock {
   const me = identity();
   const content = JSON.stringify(me);
   // Each round ends in a lock of ours or a refusal, unless the lock changed under us (released, or taken over by
-  // someone else, or a stale takeover file removed): then judge again. A few rounds settle any real contention.
-  for (let round = 0; round < 8; round++) {
+  // someone else, or a stale takeover file removed): then judge again; a few rounds settle any real contention. While
+  // another process holds the takeover file, wait (it takes a few system calls) and judge again, so that the refusal
+  // names who won: that process may find the lock taken by a third one and back off.
+  const waitUntil = Date.now() + TAKEOVER_WAIT_MS;
+  for (let round = 0; round < 8; ) {
     if (createExclusive(lockFile, content) !== null) return hold(held, dataDir, lockFile, me.token);
     const current = readLockFile(lockFile);
-    if (current === null) continue;
+    if (current === null) {
+      round++;
+      continue;
+    }
     const verdict = judge(current, UNREADABLE_LOCK_STALE_MS);
     if (verdict.held) throw refusal(dataDir, lockFile, verdict);
     const outcome = takeOver(dataDir, lockFile, content);
     if (outcome === 'won') return hold(held, dataDir, lockFile, me.token);
-    if (outcome !== 'again') throw outcome;
+    if (outcome === 'again') round++;
+    else if (outcome.holder === 'this-process' || Date.now() > waitUntil) throw outcome;
+    else sleepSync(2);
   }
   throw new DataDirectoryLockedError(dataDir, null, null, lockFile, 'unknown');
+}
+
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Blocks this thread for `ms` (the lock is taken synchronously, and only while a takeover is in progress). */
+function sleepSync(ms: number): void {
+  Atomics.wait(sleeper, 0, 0, ms);
 }
 
 type Verdict = { held: false } | { held: true; holder: DataDirectoryHolder; pid: number | null; host: string | null };
@@ -150,7 +168,8 @@ function refusal(dataDir: string, lockFile: string, verdict: Verdict & { held: t
 
 /**
  * Replaces a stale lock with ours, if this process wins the takeover file. 'again': the lock or the takeover file
- * changed meanwhile, judge again; an error: someone else holds the lock or is taking it over.
+ * changed meanwhile, judge again; an error: someone else holds the lock, or (the error names the takeover file's
+ * holder) is taking it over now.
  */
 function takeOver(dataDir: string, lockFile: string, content: string): 'won' | 'again' | DataDirectoryLockedError {
   const takeoverFile = `${lockFile}.takeover`;
