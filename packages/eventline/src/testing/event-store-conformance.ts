@@ -248,6 +248,30 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         assert.deepEqual(fromAll.map((e) => e.metadata), events.map((e) => e.metadata));
       });
 
+      it('prototype keys (__proto__, constructor, prototype) are data like any other key, and pollute nothing', async () => {
+        const s = await store();
+        const data = JSON.parse('{"__proto__":{"polluted":true},"constructor":{"prototype":{"polluted":true}},"prototype":1,"toString":"x"}') as Record<string, unknown>;
+        const metadata = JSON.parse('{"__proto__":{"polluted":true},"hasOwnProperty":"y"}') as Record<string, unknown>;
+        await s.append('acct-1', [{ type: 'Opened', data, metadata: metadata as never }]);
+        for (const event of [...(await collect(s.readStream('acct-1'))), ...(await collect(s.readAll()))]) {
+          const read = event.data as Record<string, unknown>;
+          assert.ok(Object.hasOwn(read, '__proto__'), 'an own key, not the prototype');
+          assert.deepEqual(Object.keys(read).sort(), ['__proto__', 'constructor', 'prototype', 'toString']);
+          assert.equal(Object.getPrototypeOf(read), Object.prototype);
+          assert.ok(Object.hasOwn(event.metadata, '__proto__'));
+          assert.equal(event.metadata.hasOwnProperty, 'y');
+        }
+        assert.equal(({} as Record<string, unknown>).polluted, undefined, 'Object.prototype is untouched');
+      });
+
+      it('numbers at the edges of what JSON holds come back equal', async () => {
+        const s = await store();
+        const numbers = [Number.MAX_VALUE, Number.MIN_VALUE, -Number.MAX_VALUE, Number.MAX_SAFE_INTEGER, -Number.MAX_SAFE_INTEGER, 2 ** 53 + 2, 1e21, 1e-7, 0.1 + 0.2, 123456.789e-300];
+        await s.append('acct-1', [{ type: 'Measured', data: { numbers } }]);
+        const [event] = await collect(s.readStream('acct-1'));
+        assert.deepEqual((event!.data as { numbers: number[] }).numbers, numbers);
+      });
+
       it('object properties that are undefined are dropped, as in JSON', async () => {
         const s = await store();
         await s.append('acct-1', [ev('Opened', { a: 1, b: undefined })]);
