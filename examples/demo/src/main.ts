@@ -1,27 +1,49 @@
 /**
  * The demo service (`npm start` at the repository root): the bank and the guest list over HTTP on the embedded PGlite
  * store in ./.eventline/demo, or on PostgreSQL when DATABASE_URL is set. Listens on 127.0.0.1:$PORT (default 3000).
+ * A port that is taken, or a data directory another process holds, is said in one line (and exit code 1), not a stack.
  */
 import { accountEvents, paymentEvents } from '@eventline/example-bank';
 import { invitationEvents } from '@eventline/example-guestlist';
+import { DataDirectoryLockedError } from '@eventline/postgres';
 import { eventRegistry } from 'eventline';
 import { createDemo } from './app.js';
 import { openSqlStore, sqlStorage, stopOnSignals } from './process.js';
 
+const fail = (message: string): never => {
+  console.error(`eventline demo: ${message}`);
+  process.exit(1);
+};
+
+const portText = process.env.PORT ?? '3000';
+const port = /^[0-9]{1,5}$/.test(portText) ? Number(portText) : NaN;
+if (!(port >= 0 && port <= 65535)) fail(`PORT must be a port number from 0 to 65535, got '${portText}'`);
+
 const events = eventRegistry([...accountEvents, ...paymentEvents, ...invitationEvents]);
-const { store, where } = await openSqlStore({
-  events,
-  schema: process.env.EVENTLINE_SCHEMA ?? 'eventline_demo',
-  dataDir: process.env.EVENTLINE_DATA ?? './.eventline/demo',
+const dataDir = process.env.EVENTLINE_DATA ?? './.eventline/demo';
+const { store, where } = await openSqlStore({ events, schema: process.env.EVENTLINE_SCHEMA ?? 'eventline_demo', dataDir }).catch((error: unknown) => {
+  if (error instanceof DataDirectoryLockedError) {
+    return fail(`${error.message}\nStop the other process, or give this one another directory: EVENTLINE_DATA=./.eventline/demo2 npm start`);
+  }
+  throw error;
 });
 
 const demo = await createDemo(sqlStorage(store));
-const port = Number(process.env.PORT ?? 3000);
-const address = await demo.api.listen({ host: '127.0.0.1', port });
-console.log(`eventline demo on ${address}, storing events in ${where}. Try:
-  curl -s -XPOST ${address}/commands/OpenAccount -H 'content-type: application/json' -d '{"accountId":"ada","owner":"Ada"}'
-  curl -s -XPOST ${address}/commands/Deposit -H 'content-type: application/json' -d '{"accountId":"ada","amount":100}'
-  curl -s ${address}/read-models/bank/balance/ada
+let address: string;
+try {
+  address = await demo.api.listen({ host: '127.0.0.1', port });
+} catch (error) {
+  const code = (error as NodeJS.ErrnoException).code;
+  await demo.close().catch(() => undefined);
+  await store.close().catch(() => undefined);
+  if (code === 'EADDRINUSE') fail(`port ${port} on 127.0.0.1 is already in use (is the demo already running?). Stop that process, or choose another port: PORT=${port === 3000 ? 3001 : 3000} npm start`);
+  if (code === 'EACCES') fail(`port ${port} on 127.0.0.1 needs privileges this process does not have; choose a port above 1023: PORT=3000 npm start`);
+  fail(`cannot listen on 127.0.0.1:${port}: ${(error as Error).message}`);
+}
+console.log(`eventline demo on ${address!}, storing events in ${where}. Try:
+  curl -s -XPOST ${address!}/commands/OpenAccount -H 'content-type: application/json' -d '{"accountId":"ada","owner":"Ada"}'
+  curl -s -XPOST ${address!}/commands/Deposit -H 'content-type: application/json' -d '{"accountId":"ada","amount":100}'
+  curl -s ${address!}/read-models/bank/balance/ada
 Stop with Ctrl-C.`);
 
 stopOnSignals(async () => {

@@ -23,7 +23,12 @@ export async function openSqlStore(options: { events?: EventRegistry; schema: st
   const store: SqlEventStore = url
     ? createPostgresStore({ connectionString: url, schema: options.schema, ...(options.events ? { events: options.events } : {}) })
     : createPGliteStore({ dataDir: options.dataDir, ...(options.events ? { events: options.events } : {}) });
-  await store.migrate();
+  try {
+    await store.migrate();
+  } catch (error) {
+    await store.close().catch(() => undefined); // a store that did not start lets its connections (or its directory) go
+    throw error;
+  }
   return { store, where: url ? `PostgreSQL (schema ${store.schema})` : `PGlite in ${options.dataDir}` };
 }
 

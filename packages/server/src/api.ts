@@ -74,6 +74,8 @@ export function createHttpApi(options: HttpApiOptions): FastifyInstance {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: true, allErrors: false } },
     // A request arriving while the server closes gets a problem too (see the onRequest hook below).
     return503OnClosing: false,
+    // Node answers an HTTP/1.1 request without Host with an empty 400 of its own; the onRequest hook answers a problem.
+    http: { requireHostHeader: false },
     frameworkErrors: (error, request, reply) => sendProblem(reply, problemOf(error, request)),
     clientErrorHandler: (error: Error & { code?: string }, socket: Socket) => {
       if (error.code === 'ECONNRESET' || socket.destroyed) return;
@@ -100,20 +102,30 @@ export function createHttpApi(options: HttpApiOptions): FastifyInstance {
   app.addHook('preClose', async () => {
     closing = true;
   });
-  app.addHook('onRequest', async (_request, reply) => {
+  app.addHook('onRequest', async (request, reply) => {
+    const version = request.raw.httpVersion;
+    if (version !== '1.1' && version !== '1.0' && version !== '2.0') throw new HttpProblem(400, 'MALFORMED_REQUEST', `HTTP/${version} is not supported; send HTTP/1.1`);
+    if (version === '1.1' && request.headers.host === undefined) {
+      throw new HttpProblem(400, 'MALFORMED_REQUEST', 'An HTTP/1.1 request needs a Host header');
+    }
+    const query = request.url.indexOf('?');
+    if (query >= 0 && !wellEncoded(request.url.slice(query + 1))) {
+      throw new HttpProblem(400, 'MALFORMED_REQUEST', "The query string is not valid: a '%' must be followed by two hex digits, and percent-encoded bytes must be UTF-8");
+    }
     if (!closing) return;
     void reply.header('connection', 'close');
     throw new HttpProblem(503, 'SERVER_CLOSING', 'The server is shutting down; send the request again (to another instance).');
   });
 
-  // Whole numbers in the query string are decimal digits: ajv's coercion alone would take 'Infinity', '1e3' or '0x10'.
+  // Whole numbers in the query string are decimal digits, no sign on 0 and no leading zeros: ajv's coercion alone
+  // would take 'Infinity', '1e3', '0x10' or ' 5'.
   app.addHook('preValidation', async (request) => {
     const properties = (request.routeOptions.schema?.querystring as { properties?: Record<string, { type?: string }> } | undefined)?.properties;
     if (!properties) return;
     const query = request.query as Record<string, unknown>;
     for (const [name, property] of Object.entries(properties)) {
       const value = Object.hasOwn(query, name) ? query[name] : undefined;
-      if (property.type === 'integer' && typeof value === 'string' && !/^-?[0-9]{1,16}$/.test(value)) {
+      if (property.type === 'integer' && typeof value === 'string' && !/^(0|-?[1-9][0-9]{0,15})$/.test(value)) {
         throw Object.assign(new Error(`querystring/${name} must be a whole number`), {
           statusCode: 400,
           validationContext: 'querystring',
@@ -274,6 +286,19 @@ export function createHttpApi(options: HttpApiOptions): FastifyInstance {
 }
 
 const ROUTES = ['POST /commands/:type', 'GET /read-models/:projection/:collection[/:id]', 'GET /streams/:streamId', 'GET /health'];
+
+/** Whether every `name=value` of a query string decodes (percent-encoding of UTF-8). */
+function wellEncoded(query: string): boolean {
+  if (!query.includes('%')) return true;
+  for (const part of query.split(/[&=]/)) {
+    try {
+      decodeURIComponent(part.replace(/\+/g, ' '));
+    } catch {
+      return false;
+    }
+  }
+  return true;
+}
 
 function quote(value: string): string {
   return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
