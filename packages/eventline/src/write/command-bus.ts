@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Command, CommandDefinition, CommandOf } from '../command.js';
 import { DuplicateHandlerError, IdempotencyKeyReusedError, safeQuote, UnknownCommandError, ValidationError } from '../errors.js';
+import { isUuid } from '../ids.js';
 import { jsonIssues } from '../json.js';
 import { validateWithSchema } from '../schema.js';
 import { assertStreamId } from '../stream-id.js';
@@ -54,8 +55,11 @@ export function createCommandBus(options: { middleware?: readonly Middleware[] }
       handlers.set(type, { handler: handler as CommandHandler, definition });
     },
     async dispatch(command) {
-      if (typeof command !== 'object' || command === null || typeof command.type !== 'string') {
-        throw new ValidationError('dispatch() expects a command { id, type, data, metadata }; build one with defineCommand(...).create() or createCommand()');
+      const metadata = (command as { metadata?: unknown } | null)?.metadata;
+      if (typeof command !== 'object' || command === null || typeof command.type !== 'string' || !isUuid(command.id) || typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) {
+        throw new ValidationError(
+          `dispatch() expects a command { id (a UUID), type (a string), data, metadata (an object) }, got ${safeQuote(command)}; build one with defineCommand(...).create() or createCommand()`,
+        );
       }
       const registration = handlers.get(command.type);
       if (!registration) throw new UnknownCommandError(command.type, [...handlers.keys()].sort());
