@@ -1,5 +1,5 @@
 /**
- * The tour: a bank account on the embedded store. Run it with `npm start` at the repository root.
+ * The tour: a bank account on the embedded store. Run it with `npm run tour` at the repository root.
  * It keeps its data in ./.eventline/tour (delete the folder to start over), or in PostgreSQL when DATABASE_URL is set.
  */
 import { ConcurrencyError, defineEvent, eventRegistry, newId, type EventStore } from 'eventline';
