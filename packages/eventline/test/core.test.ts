@@ -13,6 +13,7 @@ import {
   InvalidStreamIdError,
   isPosition,
   jsonIssues,
+  MAX_JSON_DEPTH,
   parsePosition,
   prepareAppend,
   positionBeforeTransaction,
@@ -57,7 +58,7 @@ describe('JSON checks', () => {
     assert.deepEqual(issues.map((issue) => issue.path), [['a', 1], ['d'], ['n']]);
   });
 
-  it('find cycles, holes, NUL and lone surrogates in values and keys, and accept deep nesting and shared objects', () => {
+  it('find cycles, holes, NUL and lone surrogates in values and keys, nesting past the limit, and accept shared objects', () => {
     const cycle: Record<string, unknown> = { a: { b: [1] } };
     (cycle.a as { b: unknown[] }).b.push(cycle);
     assert.deepEqual(jsonIssues(cycle, ['data']), [{ path: ['data', 'a', 'b', 1], message: 'circular reference' }]);
@@ -72,9 +73,18 @@ describe('JSON checks', () => {
         [['\udc00'], 'strings'],
       ],
     );
-    let deep: unknown = 'leaf';
-    for (let i = 0; i < 300; i++) deep = { next: [deep] };
-    assert.deepEqual(jsonIssues(deep), []);
+    const nest = (levels: number) => {
+      let deep: unknown = 'leaf';
+      for (let i = 0; i < levels; i++) deep = i % 2 === 0 ? [deep] : { next: deep };
+      return deep;
+    };
+    assert.deepEqual(jsonIssues(nest(MAX_JSON_DEPTH)), [], 'nesting up to the limit is JSON');
+    const tooDeep = jsonIssues(nest(MAX_JSON_DEPTH + 1), ['data']);
+    assert.equal(tooDeep.length, 1);
+    assert.match(tooDeep[0]!.message, new RegExp(`nested more than ${MAX_JSON_DEPTH} levels`));
+    assert.deepEqual(tooDeep[0]!.path.slice(0, 3), ['data', 0, 'next'], 'the path says where, cut short');
+    assert.ok(tooDeep[0]!.path.length <= 10);
+    assert.equal(jsonIssues(nest(300_000)).length, 1, 'however deep, one issue and no stack overflow');
     const shared = { x: 1 };
     assert.deepEqual(jsonIssues({ a: shared, b: [shared, shared] }), []);
     assert.deepEqual(jsonIssues(Object.assign(Object.create(null) as object, { a: 1 })), []);
