@@ -39,7 +39,7 @@ export async function waitForNats(timeoutMs: number): Promise<void> {
  */
 export async function natsAvailability(): Promise<{ available: true } | { available: false; reason: string }> {
   if (await portOpen(2_000)) return { available: true };
-  const reason = `NATS is not reachable at ${NATS_URL} (start it with the command in shared/SERVICES.md)`;
+  const reason = `NATS is not reachable at ${NATS_URL} (start nats-server with JetStream: nats-server -a 127.0.0.1 -p 4222 -js)`;
   if (process.env.CI === 'true') throw new Error(`${reason}; under CI=true the NATS tests fail instead of skipping`);
   return { available: false, reason };
 }
@@ -80,7 +80,7 @@ export async function until(check: () => boolean | Promise<boolean>, what: strin
 // ---- restarting the machine's nats-server (fault test) -------------------------------------------------------------
 
 const NATS_SERVER = '/usr/sbin/nats-server';
-/** The start command from shared/SERVICES.md, exactly. */
+/** The machine's start command for NATS, as the CI script runs it. */
 const START = ['--start', '--oknodo', '--background', '--exec', NATS_SERVER, '--', '-a', '127.0.0.1', '-p', '4222', '-js', '-sd', '/var/lib/nats-server', '-l', '/var/log/nats-server.log'];
 
 /** The pid of the machine's nats-server listening on port 4222 (found in /proc by executable and arguments). */
@@ -122,7 +122,7 @@ export async function stopNatsServer(timeoutMs = 20_000): Promise<void> {
   }
 }
 
-/** Starts the machine's nats-server with the command from shared/SERVICES.md and waits until it accepts connections. */
+/** Starts the machine's nats-server with the machine's start command and waits until it accepts connections. */
 export async function startNatsServer(timeoutMs = 30_000): Promise<void> {
   await promisify(execFile)('start-stop-daemon', START, { timeout: 10_000 });
   await waitForNats(timeoutMs);

@@ -245,7 +245,7 @@ if (!availability.available) {
       }
     });
 
-    // Last: it restarts the machine's NATS server (shared/SERVICES.md allows it for this test) and always starts it again.
+    // Last: it restarts the machine's NATS server (a fault test may, if it starts it again) and always starts it again.
     it('a consumer keeps receiving after the NATS server restarts', { timeout: 90_000 }, async () => {
       const prefix = namespace();
       const [publisher, consumer] = [await open(prefix), await open(prefix)];

@@ -42,7 +42,7 @@ export async function openTestDatabases(options: { databaseUrl?: string; timeout
     }
   }
   if (!admin) {
-    throw new Error(`PostgreSQL is not reachable at ${url} (${(lastError as Error)?.message ?? String(lastError)}); these tests need the real server (see shared/SERVICES.md) or DATABASE_URL.`);
+    throw new Error(`PostgreSQL is not reachable at ${url} (${(lastError as Error)?.message ?? String(lastError)}); these tests need a real server there (start it, or set DATABASE_URL to one).`);
   }
   const lockHolder = admin;
   const schemas: string[] = [];

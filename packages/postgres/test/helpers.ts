@@ -40,7 +40,7 @@ export async function connectForTests(timeoutMs = 15_000): Promise<pg.Client> {
   }
   throw new Error(
     `PostgreSQL is not reachable at ${DATABASE_URL} (waited ${timeoutMs} ms: ${(lastError as Error)?.message ?? lastError}). ` +
-      `These tests need a real server: start it (see shared/SERVICES.md, e.g. pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) or set DATABASE_URL.`,
+      `These tests need a real server: start it (e.g. pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) or set DATABASE_URL.`,
   );
 }
 

@@ -48,7 +48,7 @@ export async function waitForRabbitMq(ms: number): Promise<void> {
   }
 }
 
-/** Starts RabbitMQ's application again (or the server, per shared/SERVICES.md) and waits until it answers. */
+/** Starts RabbitMQ's application again (or the server, with `rabbitmq-server -detached`) and waits until it answers. */
 export async function startRabbitMq(): Promise<void> {
   await rabbitmqctl('start_app').catch(async () => {
     await run('rabbitmq-server', ['-detached'], { timeout: 60_000 }).catch(() => undefined);

@@ -6,7 +6,7 @@ import { Redis } from 'ioredis';
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 
-/** The command from shared/SERVICES.md that starts the machine's Redis. */
+/** The command that starts the machine's Redis (as the CI script does). */
 export const START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log';
 
 /** A client that fails fast instead of queueing commands while Redis is away. */
@@ -30,7 +30,7 @@ export async function pingRedis(): Promise<boolean> {
 
 /** Fails (never skips) with a clear message when Redis cannot be reached, within a few seconds. */
 export async function requireRedis(): Promise<void> {
-  await waitForRedis(5_000, `Redis is not reachable at ${REDIS_URL}: start it (shared/SERVICES.md): ${START_REDIS}`);
+  await waitForRedis(5_000, `Redis is not reachable at ${REDIS_URL}: start it: ${START_REDIS}`);
 }
 
 export async function waitForRedis(ms: number, message = `Redis did not answer PING within ${ms} ms`): Promise<void> {
