@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { EventlineError } from 'eventline';
+import { EventlineError, type EventlineErrorCode } from 'eventline';
 
 /** An RFC 9457 problem document. */
 export interface Problem {
@@ -11,23 +11,31 @@ export interface Problem {
   [extension: string]: unknown;
 }
 
-const STATUS: Record<string, number> = {
+/**
+ * The HTTP status of every eventline error code, decided here one by one: a new code does not compile until it has one,
+ * so none falls to a 500 unnoticed. A 500 is kept for errors that say the server itself is set up wrong (a second
+ * handler for a command, upcasters that do not chain); they answer as an internal error and are logged.
+ */
+export const STATUS_OF_CODE: Readonly<Record<EventlineErrorCode, number>> = {
   VALIDATION: 400,
   INVALID_STREAM_ID: 400,
   UNKNOWN_EVENT_TYPE: 400,
   PAYLOAD_TOO_LARGE: 413,
   UNKNOWN_COMMAND: 404,
+  UNKNOWN_COLLECTION: 404,
   CONCURRENCY: 409,
   EVENT_ID_CONFLICT: 409,
+  TRANSACTION_CONFLICT: 409,
+  STREAM_DELETED: 410,
   DOMAIN_RULE: 422,
   IDEMPOTENCY_KEY_REUSED: 422,
-  TRANSACTION_CONFLICT: 409,
-  UNKNOWN_COLLECTION: 404,
-  DATA_DIR_LOCKED: 503,
-  STREAM_DELETED: 410,
-  WAIT_TIMEOUT: 504,
+  DUPLICATE_HANDLER: 500,
+  UPCASTER_CONFIGURATION: 500,
   STORE_UNAVAILABLE: 503,
   STORE_CLOSED: 503,
+  DATA_DIR_LOCKED: 503,
+  LEASE_LOST: 503,
+  WAIT_TIMEOUT: 504,
 };
 
 /** An HTTP-level problem the API answers with (not found, method not allowed, a body it cannot read...). */
@@ -116,8 +124,8 @@ const FASTIFY: Record<string, { status?: number; code: string; detail?: (message
 export function problemOf(error: unknown, request?: FastifyRequest): Problem {
   if (error instanceof EventlineError) {
     const { name: _name, message, code, ...details } = error.toJSON() as { name: string; message: string; code: string };
-    const status = STATUS[code] ?? 500;
-    if (status >= 500 && STATUS[code] === undefined) return internal();
+    const status = (STATUS_OF_CODE as Readonly<Record<string, number | undefined>>)[code] ?? 500;
+    if (status === 500) return internal();
     return { type: `https://eventline.dev/problems/${code.toLowerCase().replace(/_/g, '-')}`, title: titleOf(code), status, detail: message, code, ...details };
   }
   if (error instanceof HttpProblem) {
