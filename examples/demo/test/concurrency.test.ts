@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { untilLogSettled } from 'eventline/testing';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 import type { SqlEventStore } from '@eventline/postgres';
 import { createDemo, sqlStorage } from '../src/app.js';
@@ -71,6 +72,7 @@ for (const backend of ['PostgreSQL', 'PGlite'] as const) {
         const first = await send('Deposit', { accountId: 'ada', amount: 10 }, { 'idempotency-key': 'dep-1' });
         assert.equal(first.status, 200);
         const count = async () => {
+          await untilLogSettled(store);
           let n = 0;
           for await (const _ of store.readAll()) n++;
           return n;

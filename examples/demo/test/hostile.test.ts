@@ -18,6 +18,7 @@ import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testi
 import { eventRegistry, type Position } from 'eventline';
 import type { InjectOptions, LightMyRequestResponse } from 'fastify';
 import { createDemo, sqlStorage } from '../src/app.js';
+import { until, untilLogSettled } from 'eventline/testing';
 
 const events = eventRegistry([...accountEvents, ...paymentEvents, ...invitationEvents]);
 type Demo = Awaited<ReturnType<typeof createDemo>>;
@@ -274,6 +275,7 @@ for (const [backend, open] of backends) {
     const tables = async () =>
       (await store.sql.query<{ table_name: string }>('SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name', [store.schema])).map((row) => row.table_name);
     const log = async () => {
+      await untilLogSettled(store);
       let count = 0;
       let last: string | undefined;
       for await (const event of store.readAll()) {
@@ -469,10 +471,3 @@ describe('the demo process (npm start) refuses what it cannot use, in one line',
   });
 });
 
-async function until(check: () => Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}

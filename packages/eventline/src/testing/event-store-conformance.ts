@@ -21,6 +21,7 @@ import {
 } from '../index.js';
 import { defineEvent, eventRegistry } from '../schema.js';
 import { newId } from '../ids.js';
+import { collect } from './helpers.js';
 import { START } from '../position.js';
 
 /** How the suite gets stores from a backend. */
@@ -919,11 +920,6 @@ async function appendMany(store: EventStore, streamId: string, count: number): P
   await store.append(streamId, Array.from({ length: count }, (_, i) => ev('Deposited', { i })));
 }
 
-async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
-  const items: T[] = [];
-  for await (const item of iterable) items.push(item);
-  return items;
-}
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
   try {

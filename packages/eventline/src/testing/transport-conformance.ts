@@ -3,6 +3,7 @@ import { after, describe, it } from 'node:test';
 import { newId } from '../ids.js';
 import type { Consumer, ReceivedMessage, Transport, TransportMessage } from '../transport/contract.js';
 import { consumeEvents, createInMemoryInbox } from '../transport/inbox.js';
+import { until } from './helpers.js';
 
 /** How the suite gets transport clients. Each test uses its own namespace (prefix, stream, exchange...). */
 export interface TransportFactory {
@@ -218,13 +219,6 @@ function assertPerStreamOrder(messages: readonly TransportMessage[]): void {
   }
 }
 
-async function until(check: () => boolean, what: string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 /** Lets late duplicates arrive, so that "exactly once" is checked after a quiet moment. */
 function settle(ms = 200): Promise<void> {
