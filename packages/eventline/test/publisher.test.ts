@@ -12,14 +12,8 @@ import {
   replayToTransport,
   type Transport,
 } from 'eventline';
+import { until } from 'eventline/testing';
 
-async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 const deposit = (i: number) => ({ id: newId(), type: 'Deposited', data: { i } });
 

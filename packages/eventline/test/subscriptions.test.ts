@@ -12,6 +12,7 @@ import {
   type RecordedEvent,
   type SubscriptionOptions,
 } from 'eventline';
+import { until } from 'eventline/testing';
 
 function setup() {
   const store = createInMemoryStore();
@@ -32,13 +33,6 @@ function setup() {
 const append = (store: ReturnType<typeof createInMemoryStore>, streamId: string, count = 1, type = 'Happened') =>
   store.append(streamId, Array.from({ length: count }, (_, i) => ({ id: newId(), type, data: { i } })));
 
-async function until(check: () => boolean | Promise<boolean>, what: string, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 describe('subscriptions (in-memory)', () => {
   it('deliver every event once, in order, wake up on appends, and resume from the checkpoint', async () => {

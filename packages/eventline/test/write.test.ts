@@ -24,7 +24,7 @@ import {
   type EventStore,
   type Middleware,
 } from 'eventline';
-import { DeciderSpecification } from 'eventline/testing';
+import { collect, DeciderSpecification } from 'eventline/testing';
 
 const Open = defineCommand('Open', z.object({ id: z.string(), owner: z.string().min(1) }));
 const Deposit = defineCommand('Deposit', z.object({ id: z.string(), amount: z.number().positive() }));
@@ -563,8 +563,3 @@ describe('given / when / then', () => {
 });
 
 
-async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
-  const items: T[] = [];
-  for await (const item of iterable) items.push(item);
-  return items;
-}

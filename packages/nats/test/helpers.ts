@@ -4,6 +4,8 @@ import { connect as tcpConnect } from 'node:net';
 import { promisify } from 'node:util';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
+import { until } from 'eventline/testing';
+export { until };
 
 export const NATS_URL = process.env.NATS_URL ?? 'nats://127.0.0.1:4222';
 const url = new URL(NATS_URL);
@@ -69,13 +71,6 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-export async function until(check: () => boolean | Promise<boolean>, what: string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 // ---- restarting the machine's nats-server (fault test) -------------------------------------------------------------
 

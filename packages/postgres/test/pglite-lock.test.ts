@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { after, describe, it } from 'node:test';
 import { EventlineError, newId } from 'eventline';
 import { createPGliteStore, DataDirectoryLockedError, type PGliteEventStore } from '@eventline/postgres';
+import { collect } from 'eventline/testing';
 
 const HOLDER = fileURLToPath(new URL('./fixtures/pglite-lock-holder.ts', import.meta.url));
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -39,11 +40,6 @@ function tempDataDir(): { root: string; dataDir: string; lockFile: () => string 
   return { root, dataDir, lockFile: () => `${realpathSync(root)}/data.lock` };
 }
 
-async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
-  const items: T[] = [];
-  for await (const item of iterable) items.push(item);
-  return items;
-}
 
 function readLock(path: string): Record<string, unknown> {
   return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;

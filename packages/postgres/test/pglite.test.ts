@@ -11,14 +11,10 @@ import { PGlite } from '@electric-sql/pglite';
 import { ConcurrencyError, StreamDeletedError, ValidationError, newId, type EventInput } from 'eventline';
 import { createPGliteStore, type PGliteEventStore } from '@eventline/postgres';
 import { uniqueSchema } from './helpers.js';
+import { collect } from 'eventline/testing';
 
 const ev = (type = 'Deposited', data: unknown = { at: Math.random() }): EventInput & { id: string } => ({ id: newId(), type, data });
 
-async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
-  const items: T[] = [];
-  for await (const item of iterable) items.push(item);
-  return items;
-}
 
 describe('schema names', () => {
   it('are validated before the database is opened', () => {

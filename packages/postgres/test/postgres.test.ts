@@ -18,6 +18,7 @@ import {
 } from 'eventline';
 import { LATEST_MIGRATION, createPostgresStore, migrations, type PostgresEventStore, type SqlSession } from '@eventline/postgres';
 import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
+import { collect } from 'eventline/testing';
 
 let admin: pg.Client;
 const schemas: string[] = [];
@@ -48,11 +49,6 @@ function assertIncreasingPositions(events: RecordedEvent[]): void {
   for (let i = 1; i < events.length; i++) assert.ok(events[i - 1]!.position < events[i]!.position, `positions increase at ${i}`);
 }
 
-async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
-  const items: T[] = [];
-  for await (const item of iterable) items.push(item);
-  return items;
-}
 
 describe('schema names', () => {
   it('accepts lower-case identifiers and rejects anything else with a ValidationError, before connecting', () => {

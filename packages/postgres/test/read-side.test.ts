@@ -30,6 +30,7 @@ import {
   type SqlEventStore,
 } from '@eventline/postgres';
 import { cleanUp, connectForTests, uniqueSchema } from './helpers.js';
+import { until } from 'eventline/testing';
 
 let admin: pg.Client;
 let pglite: PGlite;
@@ -105,13 +106,6 @@ async function caughtUp(runner: Runner & { subscription?: { status(): Promise<un
   }
 }
 
-async function until(check: () => boolean | Promise<boolean>, what: string, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 for (const [name, create] of backends) {
   describe(`read side on ${name}`, () => {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import amqp, { type GetMessage } from 'amqplib';
 import { newId, type ReceivedMessage, type TransportMessage } from 'eventline';
-import { describeTransportConformance } from 'eventline/testing';
+import { describeTransportConformance, until } from 'eventline/testing';
 import { createRabbitMqTransport, type RabbitMqTransport, type RabbitMqTransportOptions } from '@eventline/rabbitmq';
 import { delay, deleteTopology, host, port, portOpen, rabbitmqctl, startRabbitMq, url } from './helpers.js';
 
@@ -53,13 +53,6 @@ function messagesOf(streams: string[], perStream: number, firstVersion = 1): Tra
   return messages;
 }
 
-async function until(check: () => boolean, what: string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 
 /** Versions of each stream never go back (a redelivered message may repeat in place, nothing overtakes). */

@@ -3,6 +3,8 @@ import { execSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import type { TransportMessage } from 'eventline';
 import { Redis } from 'ioredis';
+import { until } from 'eventline/testing';
+export { until };
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 
@@ -103,13 +105,6 @@ export function messages(streams: string[], perStream: number): TransportMessage
   return out;
 }
 
-export async function until(check: () => boolean | Promise<boolean>, what: string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -18,6 +18,7 @@ import {
   type CommandOf,
 } from 'eventline';
 import { createHttpApi } from '@eventline/server';
+import { until } from 'eventline/testing';
 
 const Add = defineCommand('Add', z.object({ counterId: z.string().min(1), by: z.number().int().positive() }));
 const counter = defineAggregate<{ total: number }, CommandOf<typeof Add>, { type: 'Added'; data: { by: number } }>({
@@ -263,10 +264,3 @@ describe('HTTP API', () => {
   });
 });
 
-async function until(check: () => Promise<boolean>, what: string, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
