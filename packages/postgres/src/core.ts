@@ -43,7 +43,7 @@ import {
   type StreamMetadata,
 } from 'eventline';
 import { DatabaseOperationError } from './errors.js';
-import type { Statement, Statements } from './sql.js';
+import { streamLockKey, type Statement, type Statements } from './sql.js';
 
 /** How the store code reaches the database: one statement at a time, errors already mapped (see errors.ts). */
 export interface Executor {
@@ -396,9 +396,9 @@ export class SqlSession implements EventStoreSession {
     // Outside a transaction each statement commits on its own: there is nothing to hold the locks for.
     if (this.guard === undefined || ids.length === 0) return;
     const statements = this.config.statements;
-    await this.executor.query(statements.lockStreamRows, [ids], `lock streams ${ids.map((id) => `'${id}'`).join(', ')}`);
-    // Rows first, then the streams that have none: every caller takes them in these two steps, in this order.
-    await this.executor.query(statements.lockMissingStreams, [ids, statements.streamLockKey], 'lock streams not yet created');
+    // Sorted by key (not by id): two ids may share a key, and the order must be one over the keys themselves.
+    const keys = [...new Set(ids.map(streamLockKey))].sort((a, b) => a - b);
+    await this.executor.query(statements.lockStreams, [statements.streamLockKey, keys], `lock streams ${ids.map((id) => `'${id}'`).join(', ')}`);
   }
 
   protected async streamRow(id: string, operation: string): Promise<StreamRowData | undefined> {

@@ -635,21 +635,14 @@ export const readAllHoldback = (s: string) =>
 export const snapshotXmax = () => `SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax`;
 
 /**
- * lockStreams, existing streams: their rows' locks, taken in stream id order (the sort runs below the row locking, so
- * the locks are taken in the order the rows come out). $1 the stream ids.
+ * lockStreams: transaction-level advisory locks on (the schema's key, a 32-bit key of each stream id), $2, in the order
+ * of the array (the caller sorts the keys). One kind of lock, in one order, for every caller: the rows of existing
+ * streams and the inserts of new ones then follow without a cycle (two statements, rows then advisory locks for the
+ * rest, left a gap in which a stream created meanwhile was locked by neither). Nothing is written: a transaction that
+ * only locks leaves nothing behind.
  */
-export const lockStreamRows = (s: string) =>
-  `SELECT count(*)::int AS locked FROM (SELECT 1 FROM ${s}.streams WHERE stream_id = ANY ($1::text[]) ORDER BY stream_id FOR UPDATE) l`;
-
-/**
- * lockStreams, streams without a row yet: transaction-level advisory locks on (schema key, hash of the id), taken in
- * the order of $1 (sorted by the caller), so that two transactions creating the same streams queue instead of
- * deadlocking on each other's inserts. A row is not created for them: a refused or empty transaction leaves nothing.
- */
-export const lockMissingStreams = (s: string) =>
-  `SELECT count(pg_advisory_xact_lock($2::int4, hashtext(m.id)))::int AS locked
-     FROM unnest($1::text[]) WITH ORDINALITY AS m(id, n)
-    WHERE NOT EXISTS (SELECT 1 FROM ${s}.streams st WHERE st.stream_id = m.id)`;
+export const lockStreams = () =>
+  `SELECT count(pg_advisory_xact_lock($1::int4, u.k))::int AS locked FROM unnest($2::int4[]) WITH ORDINALITY AS u(k, n)`;
 
 // ---------------------------------------------------------------------------------------------------------------------
 
@@ -684,9 +677,8 @@ export interface Statements {
   readonly snapshotXmin: Statement;
   readonly snapshotXmax: Statement;
   readonly readAllHoldback: Statement;
-  readonly lockStreamRows: Statement;
-  readonly lockMissingStreams: Statement;
-  /** The first key of lockMissingStreams' advisory locks: 'evts' mixed with a hash of the schema. */
+  readonly lockStreams: Statement;
+  /** The first key of lockStreams' advisory locks: 'evts' mixed with a hash of the schema. */
   readonly streamLockKey: number;
 }
 
@@ -717,8 +709,7 @@ export function statementsFor(schema: string): Statements {
     snapshotXmin: read('xmin', snapshotXmin()),
     snapshotXmax: read('xmax', snapshotXmax()),
     readAllHoldback: read('holdback', readAllHoldback(s)),
-    lockStreamRows: write('lock_rows', lockStreamRows(s)),
-    lockMissingStreams: write('lock_missing', lockMissingStreams(s)),
+    lockStreams: write('lock_streams', lockStreams()),
     streamLockKey: (hash32(`streams:${schema}`) ^ 0x65767473) | 0,
   };
 }
@@ -726,6 +717,11 @@ export function statementsFor(schema: string): Statements {
 /** The two int4 keys of the advisory lock that serialises migrations of `schema`: 'evtl' and a hash of the name. */
 export function migrationLockKeys(schema: string): [number, number] {
   return [0x6576746c, hash32(schema) | 0];
+}
+
+/** The second key of a stream's lockStreams lock: FNV-1a of its id's UTF-8 bytes, as a signed 32-bit integer. */
+export function streamLockKey(streamId: string): number {
+  return hash32(streamId) | 0;
 }
 
 /** FNV-1a, 32 bits. */

@@ -108,9 +108,10 @@ export interface EventStoreSession {
   deleteStream(streamId: string, options?: { expectedVersion?: ExpectedVersion; hard?: boolean }): Promise<void>;
 
   /**
-   * Inside `transaction()`: takes the write locks of these streams now, in one order that every caller shares, and
+   * Inside `transaction()`: takes a lock on each of these streams now, in one order that every caller shares, and
    * keeps them to the end of the transaction, so that transactions writing the same streams in different orders (two
-   * opposite transfers) queue one behind the other instead of deadlocking. Call it first, with every stream the
+   * opposite transfers) queue one behind the other instead of deadlocking. Writers that do not take them (a plain
+   * append) are not held; what one writes first is caught by the transaction's expected versions, as any conflict. Call it first, with every stream the
    * transaction will write. The streams need not exist. Outside a transaction each statement is its own transaction,
    * so it only checks the ids. A deadlock that still happens is a `TransactionConflictError`, which `retryOnConflict`
    * (and so the retry middleware) retries.
