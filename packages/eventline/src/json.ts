@@ -62,8 +62,11 @@ function storable(value: unknown, depth: number): boolean {
   }
 }
 
-/** Why a string (a value or a key) cannot be stored, or undefined. */
-function stringIssue(value: string, what: 'strings' | 'keys'): string | undefined {
+/**
+ * Why a string (a value, a key, or an id stored as text: a document id) cannot be stored, or undefined: it holds NUL,
+ * or a lone UTF-16 surrogate (PostgreSQL keeps neither; its driver turns a lone surrogate into U+FFFD).
+ */
+export function stringIssue(value: string, what: 'strings' | 'keys'): string | undefined {
   if (value.includes('\u0000')) return `${what} cannot contain the NUL character (U+0000)`;
   // A UTF-16 surrogate without its pair: JSON.stringify writes it as `\ud800`, which PostgreSQL's jsonb refuses.
   if (!value.isWellFormed()) return 'strings must be well-formed Unicode (this one has a lone surrogate, which PostgreSQL cannot store)';

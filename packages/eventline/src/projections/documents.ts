@@ -1,5 +1,5 @@
 import { safeQuote, ValidationError } from '../errors.js';
-import { jsonIssues } from '../json.js';
+import { jsonIssues, stringIssue } from '../json.js';
 import type { Position } from '../position.js';
 
 /** A read-model document and the position of the last event applied to it. */
@@ -53,9 +53,8 @@ export const MAX_DOCUMENT_ID_LENGTH = 500;
 function idIssue(id: unknown): string | undefined {
   if (typeof id !== 'string') return `must be a string, got ${safeQuote(id)}`;
   if (id.length === 0 || id.length > MAX_DOCUMENT_ID_LENGTH) return `must be 1 to ${MAX_DOCUMENT_ID_LENGTH} characters long, got ${id.length}`;
-  if (id.includes('\u0000')) return 'must not contain the NUL character (U+0000)';
-  if (!id.isWellFormed()) return 'must be well-formed Unicode (it has a lone surrogate)';
-  return undefined;
+  const text = stringIssue(id, 'strings');
+  return text === undefined ? undefined : `is refused: ${text}`;
 }
 
 /** Checks a document id: a well-formed string of 1 to 500 characters without NUL. @throws {ValidationError} */

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Command, CommandDefinition, CommandOf } from '../command.js';
-import { DuplicateHandlerError, IdempotencyKeyReusedError, safeQuote, UnknownCommandError, ValidationError } from '../errors.js';
+import { DuplicateHandlerError, IdempotencyKeyReusedError, InvalidStreamIdError, safeQuote, UnknownCommandError, ValidationError } from '../errors.js';
 import { isUuid } from '../ids.js';
 import { jsonIssues } from '../json.js';
 import { validateWithSchema } from '../schema.js';
@@ -166,16 +166,21 @@ export async function inTransaction<T>(
   return result;
 }
 
-const VISIBLE_KEY = /^[^\s\p{Cc}]+$/u;
-
-/** The stream that records an idempotency key's command. The key: 1 to 200 visible characters, well-formed Unicode. */
+/**
+ * The stream that records an idempotency key's command. The key: 1 to 200 characters that a stream id's id part may
+ * hold (visible, well-formed Unicode), told in the key's own terms rather than as a bad stream id.
+ */
 export function idempotencyStreamId(key: string): string {
-  if (typeof key !== 'string' || key.length === 0 || key.length > 200 || !key.isWellFormed() || !VISIBLE_KEY.test(key)) {
-    throw new ValidationError(
+  const refused = () =>
+    new ValidationError(
       `Idempotency key ${safeQuote(key)} must be a string of 1 to 200 visible characters (no spaces, control characters or lone UTF-16 surrogates); a UUID is a good key`,
     );
+  if (typeof key !== 'string' || key.length === 0 || key.length > 200) throw refused();
+  try {
+    return assertStreamId(`eventlineIdempotency-${key}`);
+  } catch (error) {
+    throw error instanceof InvalidStreamIdError ? refused() : error;
   }
-  return assertStreamId(`eventlineIdempotency-${key}`);
 }
 
 /** Hooks for logging and tracing: called before each command, and after it with the result or error and the duration. */
