@@ -2,7 +2,7 @@
  * Realistic event payloads, the same shape whether built in JavaScript (for appends) or in SQL (for seeding reads):
  * about 200 bytes of JSON data and metadata with a correlation and a causation id.
  */
-import { newId, type EventInput } from 'eventline';
+import { newId, type EventInput } from '@eventline/core';
 
 export interface BenchEvent extends EventInput {
   readonly id: string;

@@ -40,6 +40,6 @@ for (const module of selected) {
   await module.run(ctx);
 }
 
-const { version } = JSON.parse(readFileSync(new URL('../../packages/eventline/package.json', import.meta.url), 'utf8')) as { version: string };
+const { version } = JSON.parse(readFileSync(new URL('../../packages/core/package.json', import.meta.url), 'utf8')) as { version: string };
 console.log(formatTable(results));
 console.log(jsonLine(version, results));

@@ -9,7 +9,7 @@
  *   woken by NOTIFY; baseline: a raw LISTEN loop doing the same (INSERT + pg_notify, then SELECT, upsert, checkpoint).
  */
 import { createPostgresStore, createSqlDocumentStore, createSqlProjectionCatalog, createSqlSubscriptionStore, type PostgresEventStore, type SqlClient } from '@eventline/postgres';
-import { createAsyncProjection, defineProjection } from 'eventline';
+import { createAsyncProjection, defineProjection } from '@eventline/core';
 import pg from 'pg';
 import { orderEvents } from './events.js';
 import { DATABASE_URL, interleave, median, uniqueName, type BenchContext, type BenchModule } from './harness.js';

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
 import { createPGliteStore, createPostgresStore } from '@eventline/postgres';
-import type { EventStore } from 'eventline';
+import type { EventStore } from '@eventline/core';
 import pg from 'pg';
 import { HOT_STREAM, HOT_STREAM_EVENTS, orderEvents, SEEDED_EVENTS, seedRowsSelect } from './events.js';
 import { concurrently, DATABASE_URL, interleave, rate, uniqueName, type BenchContext, type BenchModule } from './harness.js';

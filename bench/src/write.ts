@@ -13,7 +13,7 @@ import {
   newId,
   type CommandOf,
   type StandardSchemaV1,
-} from 'eventline';
+} from '@eventline/core';
 import pg from 'pg';
 import { concurrently, DATABASE_URL, interleave, rate, uniqueName, type BenchModule } from './harness.js';
 

@@ -1,5 +1,5 @@
 /** Accounts: open, deposit, withdraw (never below zero), close (only when empty), and the two halves of a transfer. */
-import { defineAggregate, defineCommand, defineEvent, DomainError, type CommandOf, type EventInputOf } from 'eventline';
+import { defineAggregate, defineCommand, defineEvent, DomainError, type CommandOf, type EventInputOf } from '@eventline/core';
 import { z } from 'zod';
 import { amount as money, isMore, minus, moneyEventVersions, plus, storedAmount, type Units } from './money.js';
 

@@ -18,7 +18,7 @@ import {
   type CommandContext,
   type EventStore,
   type SnapshotStore,
-} from 'eventline';
+} from '@eventline/core';
 import { z } from 'zod';
 import { account, accountEvents, CloseAccount, Deposit, OpenAccount, TransferIn, TransferOut, Withdraw } from './account.js';
 import { amount as money } from './money.js';

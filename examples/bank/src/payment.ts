@@ -1,5 +1,5 @@
 /** Payments, with the article's life cycle: created → confirmed → refunded. */
-import { defineAggregate, defineCommand, defineEvent, DomainError, type CommandOf, type EventInputOf } from 'eventline';
+import { defineAggregate, defineCommand, defineEvent, DomainError, type CommandOf, type EventInputOf } from '@eventline/core';
 import { z } from 'zod';
 import { amount, moneyEventVersions, storedAmount, type Units } from './money.js';
 

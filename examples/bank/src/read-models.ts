@@ -8,7 +8,7 @@
  * of the projection holds strings where version 1 held numbers; the version bump rebuilds it from the log, whose older
  * events (numeric amounts) are upcast on the way.
  */
-import { defineProjection, type ProjectionDocuments, type RecordedEvent } from 'eventline';
+import { defineProjection, type ProjectionDocuments, type RecordedEvent } from '@eventline/core';
 import { minus, plus, type Units } from './money.js';
 
 type Documents = <T>(name: string) => ProjectionDocuments<T>;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { createInMemoryStore, DomainError, formatPosition, newId, ValidationError, type RecordedEvent } from 'eventline';
-import { DeciderSpecification } from 'eventline/testing';
+import { createInMemoryStore, DomainError, formatPosition, newId, ValidationError, type RecordedEvent } from '@eventline/core';
+import { DeciderSpecification } from '@eventline/core/testing';
 import {
   account,
   amount,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { createAsyncProjection, createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore } from 'eventline';
+import { createAsyncProjection, createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore } from '@eventline/core';
 import {
   bankEvents,
   bankReadModels,

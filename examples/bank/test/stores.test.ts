@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { ConcurrencyError, createAsyncProjection, defineEvent, DomainError, eventRegistry, type EventRegistry } from 'eventline';
+import { ConcurrencyError, createAsyncProjection, defineEvent, DomainError, eventRegistry, type EventRegistry } from '@eventline/core';
 import { createSqlDocumentStore, createSqlProjectionCatalog, createSqlSnapshotStore, createSqlSubscriptionStore, type SqlEventStore } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 import { z } from 'zod';

@@ -5,7 +5,7 @@
 import { bankReadModels, createBank } from '@eventline/example-bank';
 import { createGuestlist, guestlistReadModels } from '@eventline/example-guestlist';
 import { createHttpApi } from '@eventline/server';
-import { createAsyncProjection, type DocumentStore, type EventStore, type ProjectionCatalog, type SnapshotStore, type SubscriptionStore } from 'eventline';
+import { createAsyncProjection, type DocumentStore, type EventStore, type ProjectionCatalog, type SnapshotStore, type SubscriptionStore } from '@eventline/core';
 
 export { openSqlStore, sqlStorage, stopOnSignals } from './process.js';
 

@@ -6,7 +6,7 @@
 import { accountEvents, paymentEvents } from '@eventline/example-bank';
 import { invitationEvents } from '@eventline/example-guestlist';
 import { DataDirectoryLockedError } from '@eventline/postgres';
-import { eventRegistry } from 'eventline';
+import { eventRegistry } from '@eventline/core';
 import { createDemo } from './app.js';
 import { openSqlStore, sqlStorage, stopOnSignals } from './process.js';
 

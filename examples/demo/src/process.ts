@@ -12,7 +12,7 @@ import {
   createSqlSubscriptionStore,
   type SqlEventStore,
 } from '@eventline/postgres';
-import type { EventRegistry } from 'eventline';
+import type { EventRegistry } from '@eventline/core';
 
 /**
  * PostgreSQL when DATABASE_URL is set (in `schema`), else PGlite in `dataDir`; migrated before it is returned.

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { untilLogSettled } from 'eventline/testing';
+import { untilLogSettled } from '@eventline/core/testing';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 import type { SqlEventStore } from '@eventline/postgres';
 import { createDemo, sqlStorage } from '../src/app.js';

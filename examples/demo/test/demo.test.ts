@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore } from 'eventline';
+import { createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore } from '@eventline/core';
 import { createDemo } from '../src/app.js';
 
 describe('demo service (in memory)', () => {

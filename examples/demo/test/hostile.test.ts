@@ -15,10 +15,10 @@ import { accountEvents, paymentEvents } from '@eventline/example-bank';
 import { invitationEvents } from '@eventline/example-guestlist';
 import { createPGliteStore, type SqlEventStore } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
-import { eventRegistry, type Position } from 'eventline';
+import { eventRegistry, type Position } from '@eventline/core';
 import type { InjectOptions, LightMyRequestResponse } from 'fastify';
 import { createDemo, sqlStorage } from '../src/app.js';
-import { until, untilLogSettled } from 'eventline/testing';
+import { until, untilLogSettled } from '@eventline/core/testing';
 
 const events = eventRegistry([...accountEvents, ...paymentEvents, ...invitationEvents]);
 type Demo = Awaited<ReturnType<typeof createDemo>>;

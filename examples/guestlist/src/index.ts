@@ -1,5 +1,5 @@
 /** The guest list: invitations on a command bus, over any event store. */
-import { createCommandBus, createRepository, defaultMiddleware, eventRegistry, type EventStore, type SnapshotStore } from 'eventline';
+import { createCommandBus, createRepository, defaultMiddleware, eventRegistry, type EventStore, type SnapshotStore } from '@eventline/core';
 import { AcceptInvite, ConfirmInvite, CreateInvite, DeclineInvite, DenyInvite, invitation, invitationEvents } from './invitation.js';
 
 export * from './invitation.js';

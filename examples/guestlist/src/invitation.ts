@@ -3,7 +3,7 @@
  * an invite is created, the guest accepts or declines it (not both; repeats are no-ops), and an accepted invite is then
  * confirmed or denied (only accepted ones; repeats are no-ops).
  */
-import { aggregateFromClass, defineCommand, defineEvent, DomainError, type AggregateRoot, type CommandOf, type EventInputOf } from 'eventline';
+import { aggregateFromClass, defineCommand, defineEvent, DomainError, type AggregateRoot, type CommandOf, type EventInputOf } from '@eventline/core';
 import { z } from 'zod';
 
 const byId = z.object({ inviteId: z.string().min(1) });

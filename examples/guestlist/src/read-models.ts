@@ -1,5 +1,5 @@
 /** The guest list read models of the talk: the invitation of each guest, and the guest list counts. */
-import { defineProjection, type ProjectionDocuments, type RecordedEvent } from 'eventline';
+import { defineProjection, type ProjectionDocuments, type RecordedEvent } from '@eventline/core';
 
 export interface InvitationView {
   inviteId: string;

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
-import { DomainError } from 'eventline';
-import { DeciderSpecification } from 'eventline/testing';
+import { DomainError } from '@eventline/core';
+import { DeciderSpecification } from '@eventline/core/testing';
 import { AcceptInvite, ConfirmInvite, CreateInvite, DeclineInvite, DenyInvite, invitation, InviteAccepted, InviteConfirmed, InviteCreated, InviteDeclined, InviteDenied } from '../src/index.js';
 
 const spec = DeciderSpecification.for(invitation);

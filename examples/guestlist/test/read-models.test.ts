@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { createAsyncProjection, createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore, DomainError } from 'eventline';
+import { createAsyncProjection, createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore, DomainError } from '@eventline/core';
 import { AcceptInvite, ConfirmInvite, CreateInvite, createGuestlist, DeclineInvite, DenyInvite, guestlistReadModels, type GuestListView, type InvitationView } from '../src/index.js';
 
 describe('guestlist read models', () => {

@@ -1,7 +1,7 @@
 /** The guest list on PGlite and PostgreSQL: commands through the bus, rules, and its read models in the database. */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createAsyncProjection, DomainError } from 'eventline';
+import { createAsyncProjection, DomainError } from '@eventline/core';
 import { createSqlDocumentStore, createSqlProjectionCatalog, createSqlSnapshotStore, createSqlSubscriptionStore, type SqlEventStore } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 import { AcceptInvite, ConfirmInvite, CreateInvite, createGuestlist, DeclineInvite, guestlistEvents, guestlistReadModels, type GuestListView } from '../src/index.js';

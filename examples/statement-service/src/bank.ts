@@ -9,7 +9,7 @@
 import { accountEvents, paymentEvents } from '@eventline/example-bank';
 import { createDemo, openSqlStore, sqlStorage, stopOnSignals } from '@eventline/example-demo';
 import { createNatsTransport } from '@eventline/nats';
-import { createPublisher, eventRegistry, replayToTransport } from 'eventline';
+import { createPublisher, eventRegistry, replayToTransport } from '@eventline/core';
 
 const events = eventRegistry([...accountEvents, ...paymentEvents], { strict: false });
 const { store } = await openSqlStore({ events, schema: process.env.BANK_SCHEMA ?? 'bank', dataDir: process.env.BANK_DATA ?? './.eventline/bank' });

@@ -6,7 +6,7 @@
  * money out); its balance is the running total. Messages an earlier bank published (still on the bus, or replayed from
  * a log it wrote) carry amounts as JSON numbers, and statements stored before hold numbers: both are read too.
  */
-import type { RecordedEvent } from 'eventline';
+import type { RecordedEvent } from '@eventline/core';
 
 export interface StatementLine {
   version: number;

@@ -10,7 +10,7 @@
 import { createNatsTransport } from '@eventline/nats';
 import { openSqlStore, stopOnSignals } from '@eventline/example-demo';
 import { createSqlDocumentStore, createSqlInbox, type SqlClient } from '@eventline/postgres';
-import { consumeEvents } from 'eventline';
+import { consumeEvents } from '@eventline/core';
 import Fastify from 'fastify';
 import { nextStatement, type Statement } from './model.js';
 

@@ -1,7 +1,7 @@
 /** The statement model on its own: exact money, and the messages and statements an earlier bank left behind. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { formatPosition, newId, type RecordedEvent } from 'eventline';
+import { formatPosition, newId, type RecordedEvent } from '@eventline/core';
 import { nextStatement, StatementAmountError, type Statement } from '../src/model.js';
 
 const event = (version: number, type: string, data: unknown): RecordedEvent => ({

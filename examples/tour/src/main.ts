@@ -2,7 +2,7 @@
  * The tour: a bank account on the embedded store. Run it with `npm run tour` at the repository root.
  * It keeps its data in ./.eventline/tour (delete the folder to start over), or in PostgreSQL when DATABASE_URL is set.
  */
-import { ConcurrencyError, defineEvent, eventRegistry, newId, type EventStore } from 'eventline';
+import { ConcurrencyError, defineEvent, eventRegistry, newId, type EventStore } from '@eventline/core';
 import { createPGliteStore, createPostgresStore } from '@eventline/postgres';
 import { z } from 'zod';
 

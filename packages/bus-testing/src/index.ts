@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { createSqlInbox, createSqlSubscriptionStore, createPostgresStore, quoteSchema, type PostgresEventStore, type SqlClient } from '@eventline/postgres';
 import { openTestDatabases } from '@eventline/postgres/testing';
 import pg from 'pg';
-import { createPublisher, decodeEvent, replayToTransport, START, type Consumer, type Position, type ReceivedMessage, type Transport } from 'eventline';
+import { createPublisher, decodeEvent, replayToTransport, START, type Consumer, type Position, type ReceivedMessage, type Transport } from '@eventline/core';
 
 const PUBLISHER = 'faults';
 const GROUP = 'fault-consumer';

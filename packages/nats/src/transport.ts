@@ -15,7 +15,7 @@ import {
   type StreamInfo,
 } from '@nats-io/jetstream';
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
-import { HEADERS, subjectMatches, type ConsumeOptions, type Consumer, type ReceivedMessage, type Transport, type TransportMessage } from 'eventline';
+import { HEADERS, subjectMatches, type ConsumeOptions, type Consumer, type ReceivedMessage, type Transport, type TransportMessage } from '@eventline/core';
 import { AckCollector, type OutgoingMessage } from './acks.js';
 import { assertPrefix, filterSubjects, safeName, subjectProblem, versionAtLeast } from './names.js';
 

@@ -4,7 +4,7 @@ import { connect as tcpConnect } from 'node:net';
 import { promisify } from 'node:util';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { until } from 'eventline/testing';
+import { until } from '@eventline/core/testing';
 export { until };
 
 export const NATS_URL = process.env.NATS_URL ?? 'nats://127.0.0.1:4222';

@@ -3,8 +3,8 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { connect } from '@nats-io/transport-node';
-import { newId, type Consumer, type ReceivedMessage, type TransportMessage } from 'eventline';
-import { describeTransportConformance } from 'eventline/testing';
+import { newId, type Consumer, type ReceivedMessage, type TransportMessage } from '@eventline/core';
+import { describeTransportConformance } from '@eventline/core/testing';
 import { createNatsTransport, safeName, type NatsTransport, type NatsTransportError, type NatsTransportOptions } from '../src/index.js';
 import { deleteStream, natsAvailability, NATS_URL, sleep, startNatsServer, stopNatsServer, until, waitForNats, withManager } from './helpers.js';
 

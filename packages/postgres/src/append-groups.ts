@@ -15,7 +15,7 @@
  * (`duplicate: true`), and none is stored twice. Appends sent alone after a group go to different streams side by
  * side, and to one stream one after the other, in the order they were made: decided in that order, as in the group.
  */
-import type { ExpectedVersion } from 'eventline';
+import type { ExpectedVersion } from '@eventline/core';
 
 /** What a group needs of an append: see EncodedAppend in core.ts. */
 export interface GroupableAppend {

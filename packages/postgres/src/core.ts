@@ -41,7 +41,7 @@ import {
   type RecordedEvent,
   type StreamInfo,
   type StreamMetadata,
-} from 'eventline';
+} from '@eventline/core';
 import { DatabaseOperationError } from './errors.js';
 import { streamLockKey, type Statement, type Statements } from './sql.js';
 

@@ -1,4 +1,4 @@
-import { EventlineError, StoreUnavailableError } from 'eventline';
+import { EventlineError, StoreUnavailableError } from '@eventline/core';
 
 const CONNECTION_CODES = new Set([
   'ECONNREFUSED',

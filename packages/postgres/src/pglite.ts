@@ -17,7 +17,7 @@ import type { SqlClient } from './core.js';
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { PGlite, type PGliteInterface, type Transaction } from '@electric-sql/pglite';
-import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
+import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from '@eventline/core';
 import { SqlSession, SqlStoreBase, type Executor, type StoreConfig, type StreamRowData } from './core.js';
 import { fileDataDirectory, lockDataDirectory, type DataDirectoryLock } from './data-dir-lock.js';
 import { DatabaseOperationError, toStoreError } from './errors.js';

@@ -3,7 +3,7 @@
  */
 import pg from 'pg';
 import type { SqlClient } from './core.js';
-import { safeQuote, StoreClosedError, TransactionConflictError, ValidationError, type EventStore, type EventStoreOptions, type EventStoreSession } from 'eventline';
+import { safeQuote, StoreClosedError, TransactionConflictError, ValidationError, type EventStore, type EventStoreOptions, type EventStoreSession } from '@eventline/core';
 import { AppendGroups, DEFAULT_APPEND_GROUP_OPTIONS, type AppendGroupOptions } from './append-groups.js';
 import { SqlSession, SqlStoreBase, type EncodedAppend, type EventRow, type Executor, type StoreConfig } from './core.js';
 import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';

@@ -25,7 +25,7 @@ import {
   type SnapshotStore,
   type StoredDocument,
   type SubscriptionStore,
-} from 'eventline';
+} from '@eventline/core';
 import type { SqlClient, SqlQueryOptions } from './core.js';
 
 /** The read side's statements have fixed texts (per schema and table): prepared once per connection. */

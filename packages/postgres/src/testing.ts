@@ -8,7 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import type { EventStore } from 'eventline';
+import type { EventStore } from '@eventline/core';
 import { createPGliteStore, type PGliteEventStore, type PGliteStoreOptions } from './pglite.js';
 import { createPostgresStore, type PostgresEventStore, type PostgresStoreOptions } from './postgres.js';
 

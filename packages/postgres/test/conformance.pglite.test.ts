@@ -1,6 +1,6 @@
 import { after } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';
-import { describeEventStoreConformance } from 'eventline/testing';
+import { describeEventStoreConformance } from '@eventline/core/testing';
 import { createPGliteStore } from '@eventline/postgres';
 import { uniqueSchema } from './helpers.js';
 

@@ -1,6 +1,6 @@
 import { after, before } from 'node:test';
 import pg from 'pg';
-import { describeEventStoreConformance } from 'eventline/testing';
+import { describeEventStoreConformance } from '@eventline/core/testing';
 import { createPostgresStore } from '@eventline/postgres';
 import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
 

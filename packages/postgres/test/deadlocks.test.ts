@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { newId, retryOnConflict, TransactionConflictError, type EventInput, type EventStoreSession } from 'eventline';
+import { newId, retryOnConflict, TransactionConflictError, type EventInput, type EventStoreSession } from '@eventline/core';
 import { createPostgresStore, GENERIC_PLANS } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 

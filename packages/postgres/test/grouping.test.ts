@@ -2,7 +2,7 @@
 // commit, and each still gets the answer it would have had alone. On the real server.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ConcurrencyError, EventIdConflictError, StreamDeletedError, ValidationError, createInMemoryStore, newId, type AppendResult, type EventInput, type EventStore } from 'eventline';
+import { ConcurrencyError, EventIdConflictError, StreamDeletedError, ValidationError, createInMemoryStore, newId, type AppendResult, type EventInput, type EventStore } from '@eventline/core';
 import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
 import { spiedStores } from './helpers.js';
 

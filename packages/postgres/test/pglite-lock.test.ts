@@ -18,9 +18,9 @@ import { hostname, tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, describe, it } from 'node:test';
-import { EventlineError, newId } from 'eventline';
+import { EventlineError, newId } from '@eventline/core';
 import { createPGliteStore, DataDirectoryLockedError, type PGliteEventStore } from '@eventline/postgres';
-import { collect } from 'eventline/testing';
+import { collect } from '@eventline/core/testing';
 
 const HOLDER = fileURLToPath(new URL('./fixtures/pglite-lock-holder.ts', import.meta.url));
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));

@@ -8,10 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';
-import { ConcurrencyError, StreamDeletedError, ValidationError, newId, type EventInput } from 'eventline';
+import { ConcurrencyError, StreamDeletedError, ValidationError, newId, type EventInput } from '@eventline/core';
 import { createPGliteStore, type PGliteEventStore } from '@eventline/postgres';
 import { uniqueSchema } from './helpers.js';
-import { collect } from 'eventline/testing';
+import { collect } from '@eventline/core/testing';
 
 const ev = (type = 'Deposited', data: unknown = { at: Math.random() }): EventInput & { id: string } => ({ id: newId(), type, data });
 

@@ -15,10 +15,10 @@ import {
   type EventInput,
   type Position,
   type RecordedEvent,
-} from 'eventline';
+} from '@eventline/core';
 import { LATEST_MIGRATION, createPostgresStore, migrations, type PostgresEventStore, type SqlSession } from '@eventline/postgres';
 import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
-import { collect } from 'eventline/testing';
+import { collect } from '@eventline/core/testing';
 
 let admin: pg.Client;
 const schemas: string[] = [];

@@ -2,7 +2,7 @@
 // same turn go in one statement, and each read yields exactly what it yields alone. On the real server.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { StreamDeletedError, newId, type RecordedEvent, type ReadStreamOptions } from 'eventline';
+import { StreamDeletedError, newId, type RecordedEvent, type ReadStreamOptions } from '@eventline/core';
 import type { PostgresEventStore } from '@eventline/postgres';
 import { spiedStores } from './helpers.js';
 

@@ -17,7 +17,7 @@ import {
   UnknownCollectionError,
   ValidationError,
   type RecordedEvent,
-} from 'eventline';
+} from '@eventline/core';
 import {
   createPGliteStore,
   createPostgresStore,
@@ -30,7 +30,7 @@ import {
   type SqlEventStore,
 } from '@eventline/postgres';
 import { cleanUp, connectForTests, uniqueSchema } from './helpers.js';
-import { until } from 'eventline/testing';
+import { until } from '@eventline/core/testing';
 
 let admin: pg.Client;
 let pglite: PGlite;

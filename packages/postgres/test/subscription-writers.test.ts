@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { createSubscription, formatPosition, newId, type EventInput, type Position } from 'eventline';
+import { createSubscription, formatPosition, newId, type EventInput, type Position } from '@eventline/core';
 import { createPostgresStore, createSqlDocumentStore, createSqlSubscriptionStore, type PostgresEventStore } from '@eventline/postgres';
 import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
 

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Channel, ConsumeMessage } from 'amqplib';
-import { subjectMatches, type ConsumeOptions, type Consumer, type ReceivedMessage } from 'eventline';
+import { subjectMatches, type ConsumeOptions, type Consumer, type ReceivedMessage } from '@eventline/core';
 import { ackQuietly, closeQuietly, type Session } from './session.js';
 import { CURSOR_QUEUE_ARGUMENTS, PRIVATE_HEADERS, partitionOf, type RabbitMqNames } from './topology.js';
 

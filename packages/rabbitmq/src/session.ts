@@ -1,5 +1,5 @@
 import type { Channel, ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
-import type { TransportMessage } from 'eventline';
+import type { TransportMessage } from '@eventline/core';
 
 /** Channels closed on purpose: their `close` event is not a failure. */
 const closingOnPurpose = new WeakSet<Channel>();

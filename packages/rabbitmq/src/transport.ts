@@ -1,5 +1,5 @@
 import amqp, { type Channel, type ChannelModel } from 'amqplib';
-import type { ConsumeOptions, Consumer, Transport, TransportMessage } from 'eventline';
+import type { ConsumeOptions, Consumer, Transport, TransportMessage } from '@eventline/core';
 import { GroupMember, type GroupSettings } from './consumer.js';
 import { Session } from './session.js';
 import { declareNamespace, namesFor, PRIVATE_HEADERS, type RabbitMqNames, type RetentionOptions } from './topology.js';

@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import amqp, { type GetMessage } from 'amqplib';
-import { newId, type ReceivedMessage, type TransportMessage } from 'eventline';
-import { describeTransportConformance, until } from 'eventline/testing';
+import { newId, type ReceivedMessage, type TransportMessage } from '@eventline/core';
+import { describeTransportConformance, until } from '@eventline/core/testing';
 import { createRabbitMqTransport, type RabbitMqTransport, type RabbitMqTransportOptions } from '@eventline/rabbitmq';
 import { delay, deleteTopology, host, port, portOpen, rabbitmqctl, startRabbitMq, url } from './helpers.js';
 

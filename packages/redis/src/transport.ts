@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
-import type { ConsumeOptions, Consumer, ReceivedMessage, Transport, TransportMessage } from 'eventline';
+import type { ConsumeOptions, Consumer, ReceivedMessage, Transport, TransportMessage } from '@eventline/core';
 import { Redis } from 'ioredis';
 import { compareEntryIds } from './ids.js';
 import { packStrings } from './pack.js';

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { execSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import type { TransportMessage } from 'eventline';
+import type { TransportMessage } from '@eventline/core';
 import { Redis } from 'ioredis';
-import { until } from 'eventline/testing';
+import { until } from '@eventline/core/testing';
 export { until };
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';

@@ -2,8 +2,8 @@
 // restarts the machine's Redis, which must not cut another file's tests short.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { ReceivedMessage } from 'eventline';
-import { describeTransportConformance } from 'eventline/testing';
+import type { ReceivedMessage } from '@eventline/core';
+import { describeTransportConformance } from '@eventline/core/testing';
 import { Redis } from 'ioredis';
 import { createRedisTransport, type RedisTransport } from '../src/index.js';
 import { packStrings } from '../src/pack.js';

@@ -10,7 +10,7 @@ import {
   type CommandBus,
   type EventStore,
   type Position,
-} from 'eventline';
+} from '@eventline/core';
 import { parseJsonBody } from './json-body.js';
 import { clientErrorProblem, HttpProblem, problemOf, sendProblem } from './problems.js';
 

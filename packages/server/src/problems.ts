@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { EventlineError, type EventlineErrorCode } from 'eventline';
+import { EventlineError, type EventlineErrorCode } from '@eventline/core';
 
 /** An RFC 9457 problem document. */
 export interface Problem {

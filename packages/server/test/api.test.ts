@@ -16,9 +16,9 @@ import {
   defineProjection,
   DomainError,
   type CommandOf,
-} from 'eventline';
+} from '@eventline/core';
 import { createHttpApi } from '@eventline/server';
-import { until } from 'eventline/testing';
+import { until } from '@eventline/core/testing';
 
 const Add = defineCommand('Add', z.object({ counterId: z.string().min(1), by: z.number().int().positive() }));
 const counter = defineAggregate<{ total: number }, CommandOf<typeof Add>, { type: 'Added'; data: { by: number } }>({

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DuplicateHandlerError, LeaseLostError, TransactionConflictError, UpcasterConfigurationError, WaitTimeoutError } from 'eventline';
+import { DuplicateHandlerError, LeaseLostError, TransactionConflictError, UpcasterConfigurationError, WaitTimeoutError } from '@eventline/core';
 import { problemOf, STATUS_OF_CODE } from '@eventline/server';
 
 describe('problems of eventline errors', () => {

@@ -21,7 +21,7 @@ import {
   streamId,
   ValidationError,
   type EventOf,
-} from 'eventline';
+} from '@eventline/core';
 
 describe('stream ids', () => {
   it('split into category and id at the first dash', () => {

@@ -15,7 +15,7 @@ import {
   withInlineProjections,
   type ProjectionDefinition,
   type RebuildProgress,
-} from 'eventline';
+} from '@eventline/core';
 
 type Balance = { balance: number; movements: number };
 const balances = (version = 1, factor = 1): ProjectionDefinition =>

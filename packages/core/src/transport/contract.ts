@@ -47,7 +47,7 @@ export interface Consumer {
 
 /**
  * An external message bus, the small seam every transport implements (in-process, NATS JetStream, RabbitMQ, Redis
- * Streams) and the transport conformance suite in `eventline/testing` checks:
+ * Streams) and the transport conformance suite in `@eventline/core/testing` checks:
  * - `publish` resolves only when the broker has accepted every message (confirms); how durable that is depends on the
  *   broker's own settings (a Redis without persistence loses confirmed messages on restart). A message id published
  *   twice is delivered once where the broker de-duplicates, and consumers de-duplicate with an inbox anyway.

@@ -23,8 +23,8 @@ import {
   type CommandOf,
   type EventStore,
   type Middleware,
-} from 'eventline';
-import { collect, DeciderSpecification } from 'eventline/testing';
+} from '@eventline/core';
+import { collect, DeciderSpecification } from '@eventline/core/testing';
 
 const Open = defineCommand('Open', z.object({ id: z.string(), owner: z.string().min(1) }));
 const Deposit = defineCommand('Deposit', z.object({ id: z.string(), amount: z.number().positive() }));

@@ -17,7 +17,7 @@ import {
   MAX_JSON_DEPTH,
   type Command,
   type CommandOf,
-} from 'eventline';
+} from '@eventline/core';
 
 const Note = defineCommand('Note', z.object({ id: z.string(), text: z.unknown() }));
 const notebook = defineAggregate<{ notes: number }, CommandOf<typeof Note>, { type: 'Noted'; data: { text: unknown } }>({

@@ -11,8 +11,8 @@ import {
   newId,
   replayToTransport,
   type Transport,
-} from 'eventline';
-import { until } from 'eventline/testing';
+} from '@eventline/core';
+import { until } from '@eventline/core/testing';
 
 
 const deposit = (i: number) => ({ id: newId(), type: 'Deposited', data: { i } });

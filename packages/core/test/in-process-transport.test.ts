@@ -1,5 +1,5 @@
-import { createInProcessBroker } from 'eventline';
-import { describeTransportConformance } from 'eventline/testing';
+import { createInProcessBroker } from '@eventline/core';
+import { describeTransportConformance } from '@eventline/core/testing';
 
 const brokers = new Map<string, ReturnType<typeof createInProcessBroker>>();
 describeTransportConformance({

@@ -11,8 +11,8 @@ import {
   type Position,
   type RecordedEvent,
   type SubscriptionOptions,
-} from 'eventline';
-import { until } from 'eventline/testing';
+} from '@eventline/core';
+import { until } from '@eventline/core/testing';
 
 function setup() {
   const store = createInMemoryStore();

@@ -8,7 +8,7 @@ import type { TransportMessage } from '../transport/contract.js';
 /**
  * The event store: an append-only log of events grouped in streams, and the single source of truth.
  * Every backend (in-memory, PostgreSQL, PGlite) implements this contract and passes the conformance suite in
- * `eventline/testing`; nothing here is backend-specific.
+ * `@eventline/core/testing`; nothing here is backend-specific.
  */
 export interface EventStore extends EventStoreSession {
   /**
