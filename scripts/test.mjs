@@ -18,7 +18,11 @@ function walk(dir) {
   }
 }
 for (const dir of roots) {
-  try { walk(join(root, dir)); } catch (error) { if (error.code !== 'ENOENT') throw error; }
+  try {
+    walk(join(root, dir));
+  } catch (error) {
+    if (error.code !== 'ENOENT') throw error;
+  }
 }
 const fragments = process.argv.slice(2);
 const selected = files.sort().filter((file) => fragments.length === 0 || fragments.some((f) => file.includes(f)));
@@ -34,7 +38,9 @@ const result = spawnSync(
   { cwd: root, stdio: 'inherit', env: process.env, timeout: limitMinutes * 60_000, killSignal: 'SIGKILL' },
 );
 if (result.error?.code === 'ETIMEDOUT') {
-  console.error(`\nThe tests did not finish within ${limitMinutes} minutes: a test file probably left a connection or timer open. Failing.`);
+  console.error(
+    `\nThe tests did not finish within ${limitMinutes} minutes: a test file probably left a connection or timer open. Failing.`,
+  );
   process.exit(1);
 }
 process.exit(result.status ?? 1);

@@ -15,7 +15,14 @@ import { createPostgresStore, createSqlSubscriptionStore, type PostgresEventStor
 import { createRabbitMqTransport, deleteRabbitMqTopology, type RabbitMqTransport } from '@eventline/rabbitmq';
 import { createRedisTransport } from '@eventline/redis';
 import amqp from 'amqplib';
-import { createPublisher, decodeEvent, encodeEvent, newId, type Transport, type TransportMessage } from '@eventline/core';
+import {
+  createPublisher,
+  decodeEvent,
+  encodeEvent,
+  newId,
+  type Transport,
+  type TransportMessage,
+} from '@eventline/core';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { orderEvent } from './events.js';
@@ -53,7 +60,9 @@ const nats: Broker = {
   async raw(prefix) {
     const nc = await natsConnect({ servers: NATS_URL, name: 'eventline-bench-raw', noAsyncTraces: true }); // as the transport connects
     const stream = safeName(prefix);
-    await (await jetstreamManager(nc)).streams.add({ name: stream, subjects: [`${prefix}.>`], duplicate_window: nanos(120_000) });
+    await (
+      await jetstreamManager(nc)
+    ).streams.add({ name: stream, subjects: [`${prefix}.>`], duplicate_window: nanos(120_000) });
     const js = jetstream(nc);
     return {
       async publish(messages) {
@@ -61,7 +70,11 @@ const nats: Broker = {
           messages.map((message) => {
             const hdrs = natsHeaders();
             for (const [key, value] of Object.entries(message.headers)) hdrs.set(key, value);
-            return js.publish(`${prefix}.${message.subject}`, message.body, { msgID: message.id, headers: hdrs, expect: { streamName: stream } });
+            return js.publish(`${prefix}.${message.subject}`, message.body, {
+              msgID: message.id,
+              headers: hdrs,
+              expect: { streamName: stream },
+            });
           }),
         );
       },
@@ -132,7 +145,21 @@ const redis: Broker = {
     return {
       async publish(messages) {
         const pipeline = client.pipeline();
-        for (const m of messages) pipeline.xadd(key, '*', 'id', m.id, 'subject', m.subject, 'streamId', m.streamId, 'body', m.body, 'headers', JSON.stringify(m.headers));
+        for (const m of messages)
+          pipeline.xadd(
+            key,
+            '*',
+            'id',
+            m.id,
+            'subject',
+            m.subject,
+            'streamId',
+            m.streamId,
+            'body',
+            m.body,
+            'headers',
+            JSON.stringify(m.headers),
+          );
         const results = await pipeline.exec();
         const failed = results?.find(([error]) => error);
         if (failed) throw failed[0];
@@ -173,7 +200,10 @@ export const busBench: BenchModule = {
       if (brokers.some((b) => ctx.wants(`bus.${b.name}.publish`))) {
         ctx.log(`  seeding ${EVENTS} events on ${STREAMS} streams`);
         for (let n = 0; n < EVENTS; n += 50) {
-          await store.append(`order-${(n / 50) % STREAMS}`, Array.from({ length: 50 }, (_, i) => orderEvent(n + i)));
+          await store.append(
+            `order-${(n / 50) % STREAMS}`,
+            Array.from({ length: 50 }, (_, i) => orderEvent(n + i)),
+          );
         }
         for await (const event of store.readAll()) messages.push(encodeEvent(event));
       }
@@ -186,9 +216,12 @@ export const busBench: BenchModule = {
         };
         try {
           if (ctx.wants(`bus.${broker.name}.publish`)) await publishFigure(ctx, broker, store, messages, fresh);
-          if (ctx.wants(`bus.${broker.name}.latency.p50`) || ctx.wants(`bus.${broker.name}.latency.p99`)) await latencyFigures(ctx, broker, store, fresh);
+          if (ctx.wants(`bus.${broker.name}.latency.p50`) || ctx.wants(`bus.${broker.name}.latency.p99`))
+            await latencyFigures(ctx, broker, store, fresh);
         } finally {
-          await broker.cleanup(prefixes).catch((error: unknown) => ctx.log(`  cleanup of ${broker.name} failed: ${String(error)}`));
+          await broker
+            .cleanup(prefixes)
+            .catch((error: unknown) => ctx.log(`  cleanup of ${broker.name} failed: ${String(error)}`));
         }
       }
       messages = [];
@@ -200,14 +233,27 @@ export const busBench: BenchModule = {
   },
 };
 
-async function publishFigure(ctx: BenchContext, broker: Broker, store: PostgresEventStore, messages: readonly TransportMessage[], fresh: () => string): Promise<void> {
+async function publishFigure(
+  ctx: BenchContext,
+  broker: Broker,
+  store: PostgresEventStore,
+  messages: readonly TransportMessage[],
+  fresh: () => string,
+): Promise<void> {
   const subscriptions = createSqlSubscriptionStore(store);
   const head = await store.headPosition();
   const rounds = await interleave(
     ROUNDS,
     async (round) => {
       const transport = await broker.transport(fresh());
-      const publisher = createPublisher({ name: `bench-${broker.name}-${round}-${newId().slice(-8)}`, store, subscriptions, transport, batchSize: BATCH, pollIntervalMs: 50 });
+      const publisher = createPublisher({
+        name: `bench-${broker.name}-${round}-${newId().slice(-8)}`,
+        store,
+        subscriptions,
+        transport,
+        batchSize: BATCH,
+        pollIntervalMs: 50,
+      });
       const start = performance.now();
       publisher.start();
       await publisher.waitFor(head, { timeoutMs: 120_000 });
@@ -228,12 +274,24 @@ async function publishFigure(ctx: BenchContext, broker: Broker, store: PostgresE
   ctx.record(`bus.${broker.name}.publish`, 'events/s', rounds.value, rounds.baseline, rounds);
 }
 
-async function latencyFigures(ctx: BenchContext, broker: Broker, store: PostgresEventStore, fresh: () => string): Promise<void> {
+async function latencyFigures(
+  ctx: BenchContext,
+  broker: Broker,
+  store: PostgresEventStore,
+  fresh: () => string,
+): Promise<void> {
   const prefix = fresh();
   const transport = await broker.transport(prefix);
   const direct = await broker.transport(prefix);
   const subscriptions = createSqlSubscriptionStore(store);
-  const publisher = createPublisher({ name: `bench-latency-${broker.name}-${newId().slice(-8)}`, store, subscriptions, transport, from: 'end', batchSize: BATCH });
+  const publisher = createPublisher({
+    name: `bench-latency-${broker.name}-${newId().slice(-8)}`,
+    store,
+    subscriptions,
+    transport,
+    from: 'end',
+    batchSize: BATCH,
+  });
   const viaStore: number[] = [];
   const straight: number[] = [];
   const now = () => performance.timeOrigin + performance.now();
@@ -252,18 +310,34 @@ async function latencyFigures(ctx: BenchContext, broker: Broker, store: Postgres
     const warmup = 20;
     for (let i = 0; i < LATENCY_EVENTS + warmup; i++) {
       // Alternate: an event appended to the store (through the publisher), then a message published straight.
-      await store.append(`latency-${i % 10}`, [{ id: newId(), type: 'Pinged', data: { sentAt: now(), direct: false } }]);
+      await store.append(`latency-${i % 10}`, [
+        { id: newId(), type: 'Pinged', data: { sentAt: now(), direct: false } },
+      ]);
       await sleep(LATENCY_GAP_MS);
       const sentAt = now();
       const id = newId();
       const streamId = `direct-${i % 10}`;
-      const body = JSON.stringify({ id, streamId, type: 'Pinged', version: i + 1, position: '', recordedAt: new Date().toISOString(), data: { sentAt, direct: true }, metadata: {} });
+      const body = JSON.stringify({
+        id,
+        streamId,
+        type: 'Pinged',
+        version: i + 1,
+        position: '',
+        recordedAt: new Date().toISOString(),
+        data: { sentAt, direct: true },
+        metadata: {},
+      });
       await direct.publish([{ id, subject: 'direct.Pinged', streamId, body, headers: {} }]);
       await sleep(LATENCY_GAP_MS);
     }
     const deadline = Date.now() + 30_000;
-    while ((viaStore.length < LATENCY_EVENTS + warmup || straight.length < LATENCY_EVENTS + warmup) && Date.now() < deadline) await sleep(20);
-    if (viaStore.length < LATENCY_EVENTS + warmup) throw new Error(`only ${viaStore.length} of ${LATENCY_EVENTS + warmup} events reached the consumer`);
+    while (
+      (viaStore.length < LATENCY_EVENTS + warmup || straight.length < LATENCY_EVENTS + warmup) &&
+      Date.now() < deadline
+    )
+      await sleep(20);
+    if (viaStore.length < LATENCY_EVENTS + warmup)
+      throw new Error(`only ${viaStore.length} of ${LATENCY_EVENTS + warmup} events reached the consumer`);
   } finally {
     await consumer.stop();
     await publisher.stop();
@@ -276,8 +350,10 @@ async function latencyFigures(ctx: BenchContext, broker: Broker, store: Postgres
     const sorted = [...values].sort((a, b) => a - b);
     return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
   };
-  if (ctx.wants(`bus.${broker.name}.latency.p50`)) ctx.record(`bus.${broker.name}.latency.p50`, 'ms', median(measured), median(baseline));
-  if (ctx.wants(`bus.${broker.name}.latency.p99`)) ctx.record(`bus.${broker.name}.latency.p99`, 'ms', p(measured, 0.99), p(baseline, 0.99));
+  if (ctx.wants(`bus.${broker.name}.latency.p50`))
+    ctx.record(`bus.${broker.name}.latency.p50`, 'ms', median(measured), median(baseline));
+  if (ctx.wants(`bus.${broker.name}.latency.p99`))
+    ctx.record(`bus.${broker.name}.latency.p99`, 'ms', p(measured, 0.99), p(baseline, 0.99));
 }
 
 function sleep(ms: number): Promise<void> {

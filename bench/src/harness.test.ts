@@ -13,7 +13,13 @@ describe('bench harness', () => {
     assert.equal(makeResult('a', 'events/s', 800, 1000).ratio, 0.8);
     assert.equal(makeResult('b', 'MiB', 100, 80).ratio, 0.8);
     assert.equal(makeResult('c', 'ms', 10, 20).ratio, 2);
-    assert.deepEqual(makeResult('d', 'MiB', 84.04, null), { name: 'd', unit: 'MiB', value: 84, baseline: null, ratio: null });
+    assert.deepEqual(makeResult('d', 'MiB', 84.04, null), {
+      name: 'd',
+      unit: 'MiB',
+      value: 84,
+      baseline: null,
+      ratio: null,
+    });
     assert.equal(makeResult('e', 'events/s', 1234.56, 1000).value, 1235);
   });
 
@@ -38,7 +44,10 @@ describe('bench harness', () => {
       seen.push(i);
       active--;
     });
-    assert.deepEqual([...seen].sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.deepEqual(
+      [...seen].sort((a, b) => a - b),
+      [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    );
     assert.equal(most, 3);
   });
 

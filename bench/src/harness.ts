@@ -36,8 +36,15 @@ export function isRate(unit: string): boolean {
 }
 
 export function makeResult(name: string, unit: string, value: number, baseline: number | null): Result {
-  const ratio = baseline === null || value <= 0 || baseline <= 0 ? null : isRate(unit) ? value / baseline : baseline / value;
-  return { name, unit, value: roundFigure(value), baseline: baseline === null ? null : roundFigure(baseline), ratio: ratio === null ? null : round(ratio, 2) };
+  const ratio =
+    baseline === null || value <= 0 || baseline <= 0 ? null : isRate(unit) ? value / baseline : baseline / value;
+  return {
+    name,
+    unit,
+    value: roundFigure(value),
+    baseline: baseline === null ? null : roundFigure(baseline),
+    ratio: ratio === null ? null : round(ratio, 2),
+  };
 }
 
 export function median(values: readonly number[]): number {
@@ -91,7 +98,11 @@ export async function rate(count: number, work: () => Promise<void>): Promise<nu
 }
 
 /** Runs `task(0..total-1)` on `workers` concurrent loops, each taking the next index when it is done (and told which loop it is). */
-export async function concurrently(workers: number, total: number, task: (index: number, worker: number) => Promise<void>): Promise<void> {
+export async function concurrently(
+  workers: number,
+  total: number,
+  task: (index: number, worker: number) => Promise<void>,
+): Promise<void> {
   let next = 0;
   const loop = async (worker: number): Promise<void> => {
     while (next < total) await task(next++, worker);
@@ -108,9 +119,16 @@ export const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127
 
 export function formatTable(results: readonly Result[]): string {
   const header = ['figure', 'unit', 'value', 'baseline', 'ratio'];
-  const rows = results.map((r) => [r.name, r.unit, formatNumber(r.value), r.baseline === null ? '-' : formatNumber(r.baseline), r.ratio === null ? '-' : r.ratio.toFixed(2)]);
+  const rows = results.map((r) => [
+    r.name,
+    r.unit,
+    formatNumber(r.value),
+    r.baseline === null ? '-' : formatNumber(r.baseline),
+    r.ratio === null ? '-' : r.ratio.toFixed(2),
+  ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: string[]): string => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  const line = (cells: string[]): string =>
+    cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 

@@ -27,8 +27,12 @@ const ctx: BenchContext = {
   record(name, unit, value, baseline, rounds) {
     const result = makeResult(name, unit, value, baseline);
     results.push(result);
-    const detail = rounds ? `; rounds ${rounds.values.map(Math.round).join(' ')} vs ${rounds.baselines.map(Math.round).join(' ')}` : '';
-    ctx.log(`  ${name}: ${result.value} ${unit} (baseline ${result.baseline ?? '-'}, ratio ${result.ratio ?? '-'}${detail})`);
+    const detail = rounds
+      ? `; rounds ${rounds.values.map(Math.round).join(' ')} vs ${rounds.baselines.map(Math.round).join(' ')}`
+      : '';
+    ctx.log(
+      `  ${name}: ${result.value} ${unit} (baseline ${result.baseline ?? '-'}, ratio ${result.ratio ?? '-'}${detail})`,
+    );
   },
   log(message) {
     process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(5)}s] ${message}\n`);
@@ -40,6 +44,8 @@ for (const module of selected) {
   await module.run(ctx);
 }
 
-const { version } = JSON.parse(readFileSync(new URL('../../packages/core/package.json', import.meta.url), 'utf8')) as { version: string };
+const { version } = JSON.parse(readFileSync(new URL('../../packages/core/package.json', import.meta.url), 'utf8')) as {
+  version: string;
+};
 console.log(formatTable(results));
 console.log(jsonLine(version, results));

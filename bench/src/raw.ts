@@ -40,7 +40,13 @@ const COLUMNS = 'event_id, stream_id, version, type, data, metadata';
 const SELECTED = 'global_position, event_id, stream_id, version, type, data, metadata, recorded_at';
 
 /** One INSERT in its own (implicit) transaction. */
-export async function rawAppendOne(query: Query, table: string, streamId: string, version: number, event: BenchEvent): Promise<void> {
+export async function rawAppendOne(
+  query: Query,
+  table: string,
+  streamId: string,
+  version: number,
+  event: BenchEvent,
+): Promise<void> {
   await query(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)`, [
     event.id,
     streamId,
@@ -52,13 +58,26 @@ export async function rawAppendOne(query: Query, table: string, streamId: string
 }
 
 /** One multi-row INSERT of the whole batch, versions `firstVersion`, `firstVersion + 1`, ... */
-export async function rawAppendBatch(query: Query, table: string, streamId: string, firstVersion: number, events: readonly BenchEvent[]): Promise<void> {
+export async function rawAppendBatch(
+  query: Query,
+  table: string,
+  streamId: string,
+  firstVersion: number,
+  events: readonly BenchEvent[],
+): Promise<void> {
   const values: string[] = [];
   const params: unknown[] = [];
   events.forEach((event, i) => {
     const p = i * 6;
     values.push(`($${p + 1}, $${p + 2}, $${p + 3}, $${p + 4}, $${p + 5}, $${p + 6})`);
-    params.push(event.id, streamId, firstVersion + i, event.type, JSON.stringify(event.data), JSON.stringify(event.metadata));
+    params.push(
+      event.id,
+      streamId,
+      firstVersion + i,
+      event.type,
+      JSON.stringify(event.data),
+      JSON.stringify(event.metadata),
+    );
   });
   await query(`INSERT INTO ${table} (${COLUMNS}) VALUES ${values.join(', ')}`, params);
 }
@@ -68,7 +87,10 @@ export async function rawReadAll(query: Query, table: string, pageSize: number, 
   let after: unknown = 0;
   let count = 0;
   for (;;) {
-    const { rows } = await query(`SELECT ${SELECTED} FROM ${table} WHERE global_position > $1 ORDER BY global_position LIMIT $2`, [after, pageSize]);
+    const { rows } = await query(
+      `SELECT ${SELECTED} FROM ${table} WHERE global_position > $1 ORDER BY global_position LIMIT $2`,
+      [after, pageSize],
+    );
     for (const _row of rows) if (++count >= limit) return count;
     if (rows.length < pageSize) return count;
     after = rows[rows.length - 1]!.global_position;
@@ -80,7 +102,10 @@ export async function rawReadStream(query: Query, table: string, streamId: strin
   let after = 0;
   let count = 0;
   for (;;) {
-    const { rows } = await query(`SELECT ${SELECTED} FROM ${table} WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`, [streamId, after, pageSize]);
+    const { rows } = await query(
+      `SELECT ${SELECTED} FROM ${table} WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
+      [streamId, after, pageSize],
+    );
     count += rows.length;
     if (rows.length < pageSize) return count;
     after = rows[rows.length - 1]!.version as number;

@@ -9,8 +9,24 @@ import { createPGliteStore, createPostgresStore } from '@eventline/postgres';
 import type { EventStore } from '@eventline/core';
 import pg from 'pg';
 import { HOT_STREAM, HOT_STREAM_EVENTS, orderEvents, SEEDED_EVENTS, seedRowsSelect } from './events.js';
-import { concurrently, DATABASE_URL, interleave, rate, uniqueName, type BenchContext, type BenchModule } from './harness.js';
-import { preparedQueries, rawAppendBatch, rawAppendOne, rawReadAll, rawReadStream, rawTableDdl, type Query } from './raw.js';
+import {
+  concurrently,
+  DATABASE_URL,
+  interleave,
+  rate,
+  uniqueName,
+  type BenchContext,
+  type BenchModule,
+} from './harness.js';
+import {
+  preparedQueries,
+  rawAppendBatch,
+  rawAppendOne,
+  rawReadAll,
+  rawReadStream,
+  rawTableDdl,
+  type Query,
+} from './raw.js';
 import type { RssRequest, RssResponse } from './rss-child.js';
 
 const ROUNDS = 5;
@@ -141,7 +157,8 @@ async function runFigures(ctx: BenchContext, b: Backend, afterSeed?: (seeded: Se
       await afterSeed?.({ storeSchema: schemas.at(-1)!, rawTable });
     }
   } finally {
-    for (const store of stores) await store.close().catch((error: unknown) => ctx.log(`closing a store failed: ${String(error)}`));
+    for (const store of stores)
+      await store.close().catch((error: unknown) => ctx.log(`closing a store failed: ${String(error)}`));
     for (const schema of schemas.reverse()) await b.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
   }
 }
@@ -156,11 +173,24 @@ async function appendFigures(ctx: BenchContext, b: Backend, store: EventStore, t
       ROUNDS,
       (round) => {
         const events = orderEvents(count);
-        return rate(count, () => concurrently(writers, count, async (i) => void (await store.append(`order-c${writers}s${round + 1}-${i}`, [events[i]!], { expectedVersion: 'no_stream' }))));
+        return rate(count, () =>
+          concurrently(
+            writers,
+            count,
+            async (i) =>
+              void (await store.append(`order-c${writers}s${round + 1}-${i}`, [events[i]!], {
+                expectedVersion: 'no_stream',
+              })),
+          ),
+        );
       },
       (round) => {
         const events = orderEvents(count);
-        return rate(count, () => concurrently(writers, count, (i) => rawAppendOne(b.raw, table, `order-c${writers}r${round + 1}-${i}`, 1, events[i]!)));
+        return rate(count, () =>
+          concurrently(writers, count, (i) =>
+            rawAppendOne(b.raw, table, `order-c${writers}r${round + 1}-${i}`, 1, events[i]!),
+          ),
+        );
       },
     );
     ctx.record(name, 'events/s', r.value, r.baseline, r);
@@ -169,19 +199,22 @@ async function appendFigures(ctx: BenchContext, b: Backend, store: EventStore, t
   const name = `${b.prefix}.append.batch100`;
   if (!ctx.wants(name)) return;
   ctx.log(name);
-  const batches = (): ReturnType<typeof orderEvents>[] => Array.from({ length: BATCHES }, () => orderEvents(BATCH_SIZE));
+  const batches = (): ReturnType<typeof orderEvents>[] =>
+    Array.from({ length: BATCHES }, () => orderEvents(BATCH_SIZE));
   const r = await interleave(
     ROUNDS,
     async (round) => {
       const events = batches();
       return rate(BATCHES * BATCH_SIZE, async () => {
-        for (const [i, batch] of events.entries()) await store.append(`order-bs${round + 1}-${i}`, batch, { expectedVersion: 'no_stream' });
+        for (const [i, batch] of events.entries())
+          await store.append(`order-bs${round + 1}-${i}`, batch, { expectedVersion: 'no_stream' });
       });
     },
     async (round) => {
       const events = batches();
       return rate(BATCHES * BATCH_SIZE, async () => {
-        for (const [i, batch] of events.entries()) await rawAppendBatch(b.raw, table, `order-br${round + 1}-${i}`, 1, batch);
+        for (const [i, batch] of events.entries())
+          await rawAppendBatch(b.raw, table, `order-br${round + 1}-${i}`, 1, batch);
       });
     },
   );
@@ -227,7 +260,8 @@ async function readFigures(ctx: BenchContext, b: Backend, store: EventStore, tab
         }),
       () =>
         rate(total, async () => {
-          for (let i = 0; i < STREAM_READS; i++) expectCount(stream, await rawReadStream(b.raw, table, HOT_STREAM, STREAM_PAGE_SIZE), HOT_STREAM_EVENTS);
+          for (let i = 0; i < STREAM_READS; i++)
+            expectCount(stream, await rawReadStream(b.raw, table, HOT_STREAM, STREAM_PAGE_SIZE), HOT_STREAM_EVENTS);
         }),
     );
     ctx.record(stream, 'events/s', r.value, r.baseline, r);
@@ -253,9 +287,13 @@ async function rssFigures(ctx: BenchContext, seeded: Seeded): Promise<void> {
 }
 
 async function peakRss(figure: string, request: RssRequest): Promise<number> {
-  const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(new URL('./rss-child.ts', import.meta.url)), JSON.stringify(request)], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    [...process.execArgv, fileURLToPath(new URL('./rss-child.ts', import.meta.url)), JSON.stringify(request)],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   let out = '';
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   const code = await new Promise<number | null>((resolve, reject) => child.on('error', reject).on('close', resolve));
@@ -275,9 +313,17 @@ function expectCount(figure: string, actual: number, expected: number): void {
  * autovacuum would have done on a database in use. This writes the store's schema v1 (packages/postgres/src/sql.ts)
  * directly: keep it in step with the store's migrations.
  */
-async function seed(b: Backend, store: MigratableStore, schema: string, rawTable: string, count: number): Promise<void> {
+async function seed(
+  b: Backend,
+  store: MigratableStore,
+  schema: string,
+  rawTable: string,
+  count: number,
+): Promise<void> {
   await b.query(rawTableDdl(rawTable));
-  await b.query(`INSERT INTO ${rawTable} (event_id, stream_id, version, type, data, metadata) ${seedRowsSelect(count)}`);
+  await b.query(
+    `INSERT INTO ${rawTable} (event_id, stream_id, version, type, data, metadata) ${seedRowsSelect(count)}`,
+  );
   await store.migrate();
   const chunk = 1000;
   for (let from = 0; from < count; from += chunk) {

@@ -23,7 +23,13 @@ const LOAD_EVENTS = 10_000;
 const ROUNDS = 5;
 
 /** A schema-free command definition (validation is not what this figure measures). */
-const anything: StandardSchemaV1<{ id: string; amount: number }> = { '~standard': { version: 1, vendor: 'bench', validate: (value) => ({ value: value as { id: string; amount: number } }) } };
+const anything: StandardSchemaV1<{ id: string; amount: number }> = {
+  '~standard': {
+    version: 1,
+    vendor: 'bench',
+    validate: (value) => ({ value: value as { id: string; amount: number } }),
+  },
+};
 const Deposit = defineCommand('Deposit', anything);
 type Deposited = { type: 'Deposited'; data: { amount: number; note: string } };
 const note = 'x'.repeat(150);
@@ -49,13 +55,27 @@ export const writeBench: BenchModule = {
       if (ctx.wants('write.command.c8')) {
         const repository = createRepository(store, account());
         const bus = createCommandBus({ middleware: defaultMiddleware(store) });
-        bus.register(Deposit, repository.handler((command) => command.data.id));
+        bus.register(
+          Deposit,
+          repository.handler((command) => command.data.id),
+        );
         const rounds = await interleave(
           ROUNDS,
-          (round) => rate(COMMANDS, () => concurrently(WRITERS, COMMANDS, (i) => bus.dispatch(Deposit.create({ id: `c${round}-${i}`, amount: 1 })).then(() => undefined))),
           (round) =>
             rate(COMMANDS, () =>
-              concurrently(WRITERS, COMMANDS, (i) => store.append(`account-r${round}-${i}`, [{ id: newId(), type: 'Deposited', data: { amount: 1, note } }], { expectedVersion: 'no_stream' }).then(() => undefined)),
+              concurrently(WRITERS, COMMANDS, (i) =>
+                bus.dispatch(Deposit.create({ id: `c${round}-${i}`, amount: 1 })).then(() => undefined),
+              ),
+            ),
+          (round) =>
+            rate(COMMANDS, () =>
+              concurrently(WRITERS, COMMANDS, (i) =>
+                store
+                  .append(`account-r${round}-${i}`, [{ id: newId(), type: 'Deposited', data: { amount: 1, note } }], {
+                    expectedVersion: 'no_stream',
+                  })
+                  .then(() => undefined),
+              ),
             ),
         );
         ctx.record('write.command.c8', 'commands/s', rounds.value, rounds.baseline, rounds);
@@ -65,16 +85,28 @@ export const writeBench: BenchModule = {
         // that keeps states in memory: a command decides on the cached state and appends with its version.
         const repository = createRepository(store, account(), { cache: true });
         const bus = createCommandBus({ middleware: defaultMiddleware(store) });
-        bus.register(Deposit, repository.handler((command) => command.data.id));
+        bus.register(
+          Deposit,
+          repository.handler((command) => command.data.id),
+        );
         const rounds = await interleave(
           ROUNDS,
-          (round) => rate(COMMANDS, () => concurrently(WRITERS, COMMANDS, (_, caller) => bus.dispatch(Deposit.create({ id: `h${round}-${caller}`, amount: 1 })).then(() => undefined))),
+          (round) =>
+            rate(COMMANDS, () =>
+              concurrently(WRITERS, COMMANDS, (_, caller) =>
+                bus.dispatch(Deposit.create({ id: `h${round}-${caller}`, amount: 1 })).then(() => undefined),
+              ),
+            ),
           (round) => {
             const versions = Array.from({ length: WRITERS }, () => 0);
             return rate(COMMANDS, () =>
               concurrently(WRITERS, COMMANDS, async (_, caller) => {
                 const expectedVersion = versions[caller] === 0 ? 'no_stream' : versions[caller]!;
-                const result = await store.append(`account-hr${round}-${caller}`, [{ id: newId(), type: 'Deposited', data: { amount: 1, note } }], { expectedVersion });
+                const result = await store.append(
+                  `account-hr${round}-${caller}`,
+                  [{ id: newId(), type: 'Deposited', data: { amount: 1, note } }],
+                  { expectedVersion },
+                );
                 versions[caller] = result.version;
               }),
             );
@@ -85,13 +117,23 @@ export const writeBench: BenchModule = {
       if (ctx.wants('write.load10k')) {
         ctx.log(`  seeding one stream of ${LOAD_EVENTS} events`);
         for (let done = 0; done < LOAD_EVENTS; done += 1000) {
-          await store.append('account-big', Array.from({ length: 1000 }, (_, i) => ({ id: newId(), type: 'Deposited', data: { amount: done + i, note } })));
+          await store.append(
+            'account-big',
+            Array.from({ length: 1000 }, (_, i) => ({
+              id: newId(),
+              type: 'Deposited',
+              data: { amount: done + i, note },
+            })),
+          );
         }
         const full = createRepository(store, account());
         const snapshots = createSqlSnapshotStore(store);
         const withSnapshot = createRepository(store, account(LOAD_EVENTS), { snapshots });
         await withSnapshot.snapshot('big');
-        await store.append('account-big', Array.from({ length: 10 }, () => ({ id: newId(), type: 'Deposited', data: { amount: 1, note } })));
+        await store.append(
+          'account-big',
+          Array.from({ length: 10 }, () => ({ id: newId(), type: 'Deposited', data: { amount: 1, note } })),
+        );
         const fold = account();
         const time = async (work: () => Promise<unknown>) => {
           const start = performance.now();
@@ -103,17 +145,26 @@ export const writeBench: BenchModule = {
           () => time(() => full.load('big')),
           () =>
             time(async () => {
-              const { rows } = await raw.query<{ type: 'Deposited'; data: Deposited['data'] }>(`SELECT type, data FROM "${schema}".events WHERE stream_id = $1 ORDER BY version`, ['account-big']);
+              const { rows } = await raw.query<{ type: 'Deposited'; data: Deposited['data'] }>(
+                `SELECT type, data FROM "${schema}".events WHERE stream_id = $1 ORDER BY version`,
+                ['account-big'],
+              );
               let state = fold.initialState();
               for (const row of rows) state = fold.evolve(state, row);
               return state;
             }),
         );
-        if (ctx.wants('write.load10k.full')) ctx.record('write.load10k.full', 'ms', fullRounds.value, fullRounds.baseline, fullRounds);
+        if (ctx.wants('write.load10k.full'))
+          ctx.record('write.load10k.full', 'ms', fullRounds.value, fullRounds.baseline, fullRounds);
         if (ctx.wants('write.load10k.snapshot')) {
           const loaded = await withSnapshot.load('big');
-          if (!loaded.fromSnapshot || loaded.eventsRead !== 10) throw new Error(`the snapshot was not used (read ${loaded.eventsRead} events)`);
-          const snapshotRounds = await interleave(ROUNDS, () => time(() => withSnapshot.load('big')), () => time(() => full.load('big')));
+          if (!loaded.fromSnapshot || loaded.eventsRead !== 10)
+            throw new Error(`the snapshot was not used (read ${loaded.eventsRead} events)`);
+          const snapshotRounds = await interleave(
+            ROUNDS,
+            () => time(() => withSnapshot.load('big')),
+            () => time(() => full.load('big')),
+          );
           ctx.record('write.load10k.snapshot', 'ms', snapshotRounds.value, snapshotRounds.baseline, snapshotRounds);
         }
       }

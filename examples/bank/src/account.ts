@@ -1,28 +1,61 @@
 /** Accounts: open, deposit, withdraw (never below zero), close (only when empty), and the two halves of a transfer. */
-import { defineAggregate, defineCommand, defineEvent, DomainError, type CommandOf, type EventInputOf } from '@eventline/core';
+import {
+  defineAggregate,
+  defineCommand,
+  defineEvent,
+  DomainError,
+  type CommandOf,
+  type EventInputOf,
+} from '@eventline/core';
 import { z } from 'zod';
 import { amount as money, isMore, minus, moneyEventVersions, plus, storedAmount, type Units } from './money.js';
 
 // Amounts are exact minor units (cents) as decimal strings: see money.ts. Commands take a safe integer or a string of
 // digits; events and state keep decimal strings; money events are at schema version 2 (v1 held numbers, upcast).
 
-export const OpenAccount = defineCommand('OpenAccount', z.object({ accountId: z.string().min(1), owner: z.string().min(1) }));
+export const OpenAccount = defineCommand(
+  'OpenAccount',
+  z.object({ accountId: z.string().min(1), owner: z.string().min(1) }),
+);
 export const Deposit = defineCommand('Deposit', z.object({ accountId: z.string().min(1), amount: money }));
 export const Withdraw = defineCommand('Withdraw', z.object({ accountId: z.string().min(1), amount: money }));
 export const CloseAccount = defineCommand('CloseAccount', z.object({ accountId: z.string().min(1) }));
 /** Internal: the halves of a transfer, sent by the transfer handler inside one transaction. */
-export const TransferOut = defineCommand('TransferOut', z.object({ accountId: z.string(), transferId: z.string(), to: z.string(), amount: money }));
-export const TransferIn = defineCommand('TransferIn', z.object({ accountId: z.string(), transferId: z.string(), from: z.string(), amount: money }));
+export const TransferOut = defineCommand(
+  'TransferOut',
+  z.object({ accountId: z.string(), transferId: z.string(), to: z.string(), amount: money }),
+);
+export const TransferIn = defineCommand(
+  'TransferIn',
+  z.object({ accountId: z.string(), transferId: z.string(), from: z.string(), amount: money }),
+);
 
 export const AccountOpened = defineEvent('AccountOpened', z.object({ owner: z.string() }));
 export const MoneyDeposited = defineEvent('MoneyDeposited', z.object({ amount: storedAmount }), moneyEventVersions);
 export const MoneyWithdrawn = defineEvent('MoneyWithdrawn', z.object({ amount: storedAmount }), moneyEventVersions);
-export const MoneyTransferredOut = defineEvent('MoneyTransferredOut', z.object({ transferId: z.string(), to: z.string(), amount: storedAmount }), moneyEventVersions);
-export const MoneyTransferredIn = defineEvent('MoneyTransferredIn', z.object({ transferId: z.string(), from: z.string(), amount: storedAmount }), moneyEventVersions);
+export const MoneyTransferredOut = defineEvent(
+  'MoneyTransferredOut',
+  z.object({ transferId: z.string(), to: z.string(), amount: storedAmount }),
+  moneyEventVersions,
+);
+export const MoneyTransferredIn = defineEvent(
+  'MoneyTransferredIn',
+  z.object({ transferId: z.string(), from: z.string(), amount: storedAmount }),
+  moneyEventVersions,
+);
 export const AccountClosed = defineEvent('AccountClosed', z.object({}));
-export const accountEvents = [AccountOpened, MoneyDeposited, MoneyWithdrawn, MoneyTransferredOut, MoneyTransferredIn, AccountClosed];
+export const accountEvents = [
+  AccountOpened,
+  MoneyDeposited,
+  MoneyWithdrawn,
+  MoneyTransferredOut,
+  MoneyTransferredIn,
+  AccountClosed,
+];
 
-export type AccountCommand = CommandOf<typeof OpenAccount | typeof Deposit | typeof Withdraw | typeof CloseAccount | typeof TransferOut | typeof TransferIn>;
+export type AccountCommand = CommandOf<
+  typeof OpenAccount | typeof Deposit | typeof Withdraw | typeof CloseAccount | typeof TransferOut | typeof TransferIn
+>;
 export type AccountEvent = EventInputOf<(typeof accountEvents)[number]>;
 
 export interface AccountState {
@@ -43,18 +76,30 @@ export const account = defineAggregate<AccountState, AccountCommand, AccountEven
       if (state.status === 'open' && state.owner === command.data.owner) return []; // a repeat is a no-op
       throw new DomainError(`account ${command.data.accountId} already exists`, 'ACCOUNT_EXISTS');
     }
-    if (state.status === 'new') throw new DomainError(`account ${command.data.accountId} does not exist`, 'ACCOUNT_NOT_FOUND');
-    if (state.status === 'closed') throw new DomainError(`account ${command.data.accountId} is closed`, 'ACCOUNT_CLOSED');
+    if (state.status === 'new')
+      throw new DomainError(`account ${command.data.accountId} does not exist`, 'ACCOUNT_NOT_FOUND');
+    if (state.status === 'closed')
+      throw new DomainError(`account ${command.data.accountId} is closed`, 'ACCOUNT_CLOSED');
     if (CloseAccount.is(command)) {
-      if (state.balance !== '0') throw new DomainError(`account ${command.data.accountId} still holds ${state.balance}; withdraw it first`, 'ACCOUNT_NOT_EMPTY', { balance: state.balance });
+      if (state.balance !== '0')
+        throw new DomainError(
+          `account ${command.data.accountId} still holds ${state.balance}; withdraw it first`,
+          'ACCOUNT_NOT_EMPTY',
+          { balance: state.balance },
+        );
       return AccountClosed.create({});
     }
     // The canonical decimal string, also for a command handed to the decider without the bus's validation.
     const amount = BigInt(command.data.amount).toString();
     if (Deposit.is(command)) return MoneyDeposited.create({ amount });
-    if (TransferIn.is(command)) return MoneyTransferredIn.create({ transferId: command.data.transferId, from: command.data.from, amount });
+    if (TransferIn.is(command))
+      return MoneyTransferredIn.create({ transferId: command.data.transferId, from: command.data.from, amount });
     if (isMore(amount, state.balance)) {
-      throw new DomainError(`insufficient funds in account ${command.data.accountId}: balance ${state.balance}, asked ${amount}`, 'INSUFFICIENT_FUNDS', { balance: state.balance, amount });
+      throw new DomainError(
+        `insufficient funds in account ${command.data.accountId}: balance ${state.balance}, asked ${amount}`,
+        'INSUFFICIENT_FUNDS',
+        { balance: state.balance, amount },
+      );
     }
     if (Withdraw.is(command)) return MoneyWithdrawn.create({ amount });
     return MoneyTransferredOut.create({ transferId: command.data.transferId, to: command.data.to, amount });

@@ -20,7 +20,16 @@ import {
   type SnapshotStore,
 } from '@eventline/core';
 import { z } from 'zod';
-import { account, accountEvents, CloseAccount, Deposit, OpenAccount, TransferIn, TransferOut, Withdraw } from './account.js';
+import {
+  account,
+  accountEvents,
+  CloseAccount,
+  Deposit,
+  OpenAccount,
+  TransferIn,
+  TransferOut,
+  Withdraw,
+} from './account.js';
 import { amount as money } from './money.js';
 import { ConfirmPayment, CreatePayment, payment, paymentEvents, RefundPayment } from './payment.js';
 
@@ -32,10 +41,20 @@ export * from './read-models.js';
 /** Moves money between two accounts: both halves commit in one transaction, or neither does. */
 export const TransferMoney = defineCommand(
   'TransferMoney',
-  z.object({ transferId: z.string().min(1).default(() => newId()), from: z.string().min(1), to: z.string().min(1), amount: money }).refine((t) => t.from !== t.to, {
-    message: 'cannot transfer to the same account',
-    path: ['to'],
-  }),
+  z
+    .object({
+      transferId: z
+        .string()
+        .min(1)
+        .default(() => newId()),
+      from: z.string().min(1),
+      to: z.string().min(1),
+      amount: money,
+    })
+    .refine((t) => t.from !== t.to, {
+      message: 'cannot transfer to the same account',
+      path: ['to'],
+    }),
 );
 
 /** Every event type of the bank, for the store's registry (validation on append, upcasting on read). */
@@ -61,7 +80,11 @@ export function createBank(store: EventStore, options: { snapshots?: SnapshotSto
         // Both accounts' locks first, in the store's one order: transfers crossing each other (a to b, b to a) queue
         // instead of each holding one account and waiting for the other (a deadlock on PostgreSQL).
         await inside.session!.lockStreams([accounts.streamIdOf(from), accounts.streamIdOf(to)]);
-        const out = await accounts.handle(from, TransferOut.create({ accountId: from, transferId, to, amount }, { metadata }), inside);
+        const out = await accounts.handle(
+          from,
+          TransferOut.create({ accountId: from, transferId, to, amount }, { metadata }),
+          inside,
+        );
         await accounts.handle(to, TransferIn.create({ accountId: to, transferId, from, amount }, { metadata }), inside);
         return out;
       };

@@ -39,8 +39,10 @@ function amountProblem(value: number | string): string | null {
     }
     return null;
   }
-  if (value.length > MAX_AMOUNT_DIGITS) return `an amount has at most ${MAX_AMOUNT_DIGITS} digits, got a string of ${value.length} characters`;
-  if (!/^[0-9]+$/.test(value)) return `an amount given as a string is decimal digits only (no sign, decimal point, exponent or spaces), got ${JSON.stringify(value)}`;
+  if (value.length > MAX_AMOUNT_DIGITS)
+    return `an amount has at most ${MAX_AMOUNT_DIGITS} digits, got a string of ${value.length} characters`;
+  if (!/^[0-9]+$/.test(value))
+    return `an amount given as a string is decimal digits only (no sign, decimal point, exponent or spaces), got ${JSON.stringify(value)}`;
   if (/^0+$/.test(value)) return `an amount must be positive, got "${value}"`;
   if (value.startsWith('0')) return `an amount has no leading zeros, got "${value}"`;
   return null;
@@ -48,7 +50,9 @@ function amountProblem(value: number | string): string | null {
 
 /** A command's amount: a safe integer or a string of digits in, the decimal string out (see the module comment). */
 export const amount = z
-  .union([z.number(), z.string()], { error: 'an amount is a whole number of minor units: a JSON safe integer (100) or a string of digits ("100")' })
+  .union([z.number(), z.string()], {
+    error: 'an amount is a whole number of minor units: a JSON safe integer (100) or a string of digits ("100")',
+  })
   .transform((value, context): Units => {
     const problem = amountProblem(value);
     if (problem === null) return String(value);
@@ -57,7 +61,9 @@ export const amount = z
   });
 
 /** An amount as events store it (schema version 2): the decimal string only. */
-export const storedAmount = z.string().regex(AMOUNT, { error: `an amount is a string of at most ${MAX_AMOUNT_DIGITS} decimal digits, positive, with no leading zero` });
+export const storedAmount = z.string().regex(AMOUNT, {
+  error: `an amount is a string of at most ${MAX_AMOUNT_DIGITS} decimal digits, positive, with no leading zero`,
+});
 
 /** The schema version of every money event (2: amounts as decimal strings; 1 held numbers). */
 export const MONEY_SCHEMA_VERSION = 2;

@@ -107,7 +107,13 @@ export const bankReadModels = defineProjection({
   handlers: {
     AccountOpened: async (event, { documents }) => {
       const id = accountIdOf(event);
-      await documents<BalanceView>('balance').set(id, { accountId: id, owner: (event.data as { owner: string }).owner, balance: '0', status: 'open', version: event.version });
+      await documents<BalanceView>('balance').set(id, {
+        accountId: id,
+        owner: (event.data as { owner: string }).owner,
+        balance: '0',
+        status: 'open',
+        version: event.version,
+      });
       await documents<StatementView>('statement').set(id, { accountId: id, lines: [] });
     },
     MoneyDeposited: (event, { documents }) => applyMovement(event, documents),
@@ -115,11 +121,19 @@ export const bankReadModels = defineProjection({
     MoneyTransferredIn: (event, { documents }) => applyMovement(event, documents),
     MoneyTransferredOut: (event, { documents }) => applyMovement(event, documents),
     AccountClosed: async (event, { documents }) => {
-      await documents<BalanceView>('balance').update(accountIdOf(event), (current) => (current ? { ...current, status: 'closed', version: event.version } : null));
+      await documents<BalanceView>('balance').update(accountIdOf(event), (current) =>
+        current ? { ...current, status: 'closed', version: event.version } : null,
+      );
     },
     PaymentCreated: async (event, { documents }) => {
       const data = event.data as { accountId: string; amount: Units };
-      await documents<PaymentView>('payment').set(paymentIdOf(event), { paymentId: paymentIdOf(event), accountId: data.accountId, amount: data.amount, status: 'created', updatedAt: event.recordedAt.toISOString() });
+      await documents<PaymentView>('payment').set(paymentIdOf(event), {
+        paymentId: paymentIdOf(event),
+        accountId: data.accountId,
+        amount: data.amount,
+        status: 'created',
+        updatedAt: event.recordedAt.toISOString(),
+      });
       await countPayment(documents, event, null, 'created');
     },
     PaymentConfirmed: (event, { documents }) => movePayment(event, documents, 'confirmed'),
@@ -137,7 +151,12 @@ async function movePayment(event: RecordedEvent, documents: Documents, status: '
 }
 
 /** Payments by status: one document with the counts. */
-async function countPayment(documents: Documents, _event: RecordedEvent, from: PaymentView['status'] | null, to: PaymentView['status']) {
+async function countPayment(
+  documents: Documents,
+  _event: RecordedEvent,
+  from: PaymentView['status'] | null,
+  to: PaymentView['status'],
+) {
   await documents<PaymentCounts>('payment_counts').update('all', (current) => {
     const counts = { created: 0, confirmed: 0, refunded: 0, ...current };
     if (from) counts[from]--;

@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { createInMemoryStore, DomainError, formatPosition, newId, ValidationError, type RecordedEvent } from '@eventline/core';
+import {
+  createInMemoryStore,
+  DomainError,
+  formatPosition,
+  newId,
+  ValidationError,
+  type RecordedEvent,
+} from '@eventline/core';
 import { DeciderSpecification } from '@eventline/core/testing';
 import {
   account,
@@ -39,14 +46,29 @@ describe('bank: accounts', () => {
   const a = 'a1';
 
   it('open, deposit and withdraw within the balance', async () => {
-    await spec.given([]).when(OpenAccount.create({ accountId: a, owner: 'Ada' })).then([opened]);
-    await spec.given([opened]).when(Deposit.create({ accountId: a, amount: '100' })).then([MoneyDeposited.create({ amount: '100' })]);
-    await spec.given([opened, MoneyDeposited.create({ amount: '100' })]).when(Withdraw.create({ accountId: a, amount: '100' })).then([MoneyWithdrawn.create({ amount: '100' })]);
+    await spec
+      .given([])
+      .when(OpenAccount.create({ accountId: a, owner: 'Ada' }))
+      .then([opened]);
+    await spec
+      .given([opened])
+      .when(Deposit.create({ accountId: a, amount: '100' }))
+      .then([MoneyDeposited.create({ amount: '100' })]);
+    await spec
+      .given([opened, MoneyDeposited.create({ amount: '100' })])
+      .when(Withdraw.create({ accountId: a, amount: '100' }))
+      .then([MoneyWithdrawn.create({ amount: '100' })]);
   });
 
   it('no overdraft, by withdrawal or transfer', async () => {
-    await spec.given([opened, MoneyDeposited.create({ amount: '50' })]).when(Withdraw.create({ accountId: a, amount: '51' })).thenThrows(DomainError, rule('INSUFFICIENT_FUNDS'));
-    await spec.given([opened]).when(TransferOut.create({ accountId: a, transferId: 't', to: 'b', amount: '1' })).thenThrows(DomainError, rule('INSUFFICIENT_FUNDS'));
+    await spec
+      .given([opened, MoneyDeposited.create({ amount: '50' })])
+      .when(Withdraw.create({ accountId: a, amount: '51' }))
+      .thenThrows(DomainError, rule('INSUFFICIENT_FUNDS'));
+    await spec
+      .given([opened])
+      .when(TransferOut.create({ accountId: a, transferId: 't', to: 'b', amount: '1' }))
+      .thenThrows(DomainError, rule('INSUFFICIENT_FUNDS'));
   });
 
   it('transfers move money out of one account and into another', async () => {
@@ -54,19 +76,40 @@ describe('bank: accounts', () => {
       .given([opened, MoneyDeposited.create({ amount: '10' })])
       .when(TransferOut.create({ accountId: a, transferId: 't', to: 'b', amount: '10' }))
       .then([MoneyTransferredOut.create({ transferId: 't', to: 'b', amount: '10' })]);
-    await spec.given([opened]).when(TransferIn.create({ accountId: a, transferId: 't', from: 'b', amount: '10' })).then([MoneyTransferredIn.create({ transferId: 't', from: 'b', amount: '10' })]);
+    await spec
+      .given([opened])
+      .when(TransferIn.create({ accountId: a, transferId: 't', from: 'b', amount: '10' }))
+      .then([MoneyTransferredIn.create({ transferId: 't', from: 'b', amount: '10' })]);
   });
 
   it('opening twice is a no-op for the same owner and an error for another', async () => {
-    await spec.given([opened]).when(OpenAccount.create({ accountId: a, owner: 'Ada' })).then([]);
-    await spec.given([opened]).when(OpenAccount.create({ accountId: a, owner: 'Bob' })).thenThrows(DomainError, rule('ACCOUNT_EXISTS'));
+    await spec
+      .given([opened])
+      .when(OpenAccount.create({ accountId: a, owner: 'Ada' }))
+      .then([]);
+    await spec
+      .given([opened])
+      .when(OpenAccount.create({ accountId: a, owner: 'Bob' }))
+      .thenThrows(DomainError, rule('ACCOUNT_EXISTS'));
   });
 
   it('close only when empty; nothing is accepted after closing or before opening', async () => {
-    await spec.given([opened, MoneyDeposited.create({ amount: '1' })]).when(CloseAccount.create({ accountId: a })).thenThrows(DomainError, rule('ACCOUNT_NOT_EMPTY'));
-    await spec.given([opened]).when(CloseAccount.create({ accountId: a })).then([AccountClosed.create({})]);
-    await spec.given([opened, AccountClosed.create({})]).when(Deposit.create({ accountId: a, amount: '1' })).thenThrows(DomainError, rule('ACCOUNT_CLOSED'));
-    await spec.given([]).when(Deposit.create({ accountId: a, amount: '1' })).thenThrows(DomainError, rule('ACCOUNT_NOT_FOUND'));
+    await spec
+      .given([opened, MoneyDeposited.create({ amount: '1' })])
+      .when(CloseAccount.create({ accountId: a }))
+      .thenThrows(DomainError, rule('ACCOUNT_NOT_EMPTY'));
+    await spec
+      .given([opened])
+      .when(CloseAccount.create({ accountId: a }))
+      .then([AccountClosed.create({})]);
+    await spec
+      .given([opened, AccountClosed.create({})])
+      .when(Deposit.create({ accountId: a, amount: '1' }))
+      .thenThrows(DomainError, rule('ACCOUNT_CLOSED'));
+    await spec
+      .given([])
+      .when(Deposit.create({ accountId: a, amount: '1' }))
+      .thenThrows(DomainError, rule('ACCOUNT_NOT_FOUND'));
   });
 });
 
@@ -77,22 +120,49 @@ describe('bank: payments (created → confirmed → refunded)', () => {
   const p = 'p1';
 
   it('follow the life cycle', async () => {
-    await spec.given([]).when(CreatePayment.create({ paymentId: p, accountId: 'a1', amount: '100' })).then([created]);
-    await spec.given([created]).when(ConfirmPayment.create({ paymentId: p })).then([confirmed]);
-    await spec.given([created, confirmed]).when(RefundPayment.create({ paymentId: p, reason: 'damaged' })).then([PaymentRefunded.create({ amount: '100', reason: 'damaged' })]);
+    await spec
+      .given([])
+      .when(CreatePayment.create({ paymentId: p, accountId: 'a1', amount: '100' }))
+      .then([created]);
+    await spec
+      .given([created])
+      .when(ConfirmPayment.create({ paymentId: p }))
+      .then([confirmed]);
+    await spec
+      .given([created, confirmed])
+      .when(RefundPayment.create({ paymentId: p, reason: 'damaged' }))
+      .then([PaymentRefunded.create({ amount: '100', reason: 'damaged' })]);
   });
 
   it('enforce the rules of each step', async () => {
-    await spec.given([created]).when(CreatePayment.create({ paymentId: p, accountId: 'a1', amount: '5' })).thenThrows(DomainError, rule('PAYMENT_EXISTS'));
-    await spec.given([]).when(ConfirmPayment.create({ paymentId: p })).thenThrows(DomainError, rule('PAYMENT_NOT_FOUND'));
-    await spec.given([created]).when(RefundPayment.create({ paymentId: p, reason: 'x' })).thenThrows(DomainError, rule('PAYMENT_NOT_CONFIRMED'));
+    await spec
+      .given([created])
+      .when(CreatePayment.create({ paymentId: p, accountId: 'a1', amount: '5' }))
+      .thenThrows(DomainError, rule('PAYMENT_EXISTS'));
+    await spec
+      .given([])
+      .when(ConfirmPayment.create({ paymentId: p }))
+      .thenThrows(DomainError, rule('PAYMENT_NOT_FOUND'));
+    await spec
+      .given([created])
+      .when(RefundPayment.create({ paymentId: p, reason: 'x' }))
+      .thenThrows(DomainError, rule('PAYMENT_NOT_CONFIRMED'));
     const refunded = PaymentRefunded.create({ amount: '100', reason: 'x' });
-    await spec.given([created, confirmed, refunded]).when(ConfirmPayment.create({ paymentId: p })).thenThrows(DomainError, rule('PAYMENT_REFUNDED'));
+    await spec
+      .given([created, confirmed, refunded])
+      .when(ConfirmPayment.create({ paymentId: p }))
+      .thenThrows(DomainError, rule('PAYMENT_REFUNDED'));
   });
 
   it('repeats are no-ops', async () => {
-    await spec.given([created, confirmed]).when(ConfirmPayment.create({ paymentId: p })).then([]);
-    await spec.given([created, confirmed, PaymentRefunded.create({ amount: '100', reason: 'x' })]).when(RefundPayment.create({ paymentId: p, reason: 'again' })).then([]);
+    await spec
+      .given([created, confirmed])
+      .when(ConfirmPayment.create({ paymentId: p }))
+      .then([]);
+    await spec
+      .given([created, confirmed, PaymentRefunded.create({ amount: '100', reason: 'x' })])
+      .when(RefundPayment.create({ paymentId: p, reason: 'again' }))
+      .then([]);
   });
 });
 
@@ -108,8 +178,19 @@ describe('bank: money is exact at any size', () => {
     const deposits = [opened, MoneyDeposited.create({ amount: BEYOND }), MoneyDeposited.create({ amount: '1' })];
     assert.equal(balanceOf(deposits), '9007199254740994');
     const huge = '123456789012345678901234567890';
-    assert.equal(balanceOf([opened, MoneyDeposited.create({ amount: huge }), MoneyDeposited.create({ amount: huge }), MoneyWithdrawn.create({ amount: '1' })]), '246913578024691357802469135779');
-    await spec.given(deposits).when(Withdraw.create({ accountId: 'a1', amount: '9007199254740994' })).then([MoneyWithdrawn.create({ amount: '9007199254740994' })]);
+    assert.equal(
+      balanceOf([
+        opened,
+        MoneyDeposited.create({ amount: huge }),
+        MoneyDeposited.create({ amount: huge }),
+        MoneyWithdrawn.create({ amount: '1' }),
+      ]),
+      '246913578024691357802469135779',
+    );
+    await spec
+      .given(deposits)
+      .when(Withdraw.create({ accountId: 'a1', amount: '9007199254740994' }))
+      .then([MoneyWithdrawn.create({ amount: '9007199254740994' })]);
     await spec
       .given(deposits)
       .when(Withdraw.create({ accountId: 'a1', amount: '9007199254740995' }))
@@ -123,7 +204,10 @@ describe('bank: money is exact at any size', () => {
     await spec
       .given([...deposits, MoneyWithdrawn.create({ amount: '9007199254740993' })])
       .when(CloseAccount.create({ accountId: 'a1' }))
-      .thenThrows(DomainError, (error) => error.rule === 'ACCOUNT_NOT_EMPTY' && JSON.stringify(error.details) === '{"balance":"1"}');
+      .thenThrows(
+        DomainError,
+        (error) => error.rule === 'ACCOUNT_NOT_EMPTY' && JSON.stringify(error.details) === '{"balance":"1"}',
+      );
   });
 
   it('amounts come in as safe integers or digit strings and are kept as decimal strings', () => {
@@ -134,7 +218,8 @@ describe('bank: money is exact at any size', () => {
       [BEYOND, BEYOND],
       ['9'.repeat(MAX_AMOUNT_DIGITS), '9'.repeat(MAX_AMOUNT_DIGITS)],
     ];
-    for (const [input, output] of accepted) assert.deepEqual(amount.safeParse(input), { success: true, data: output }, JSON.stringify(input));
+    for (const [input, output] of accepted)
+      assert.deepEqual(amount.safeParse(input), { success: true, data: output }, JSON.stringify(input));
     const refused: Array<[unknown, RegExp]> = [
       [2 ** 53 + 1, /send the amount as a string of digits/], // the JSON 9007199254740993 reads as 9007199254740992
       [2 ** 53, /beyond 2\^53 - 1/],
@@ -158,7 +243,11 @@ describe('bank: money is exact at any size', () => {
     ];
     for (const [input, message] of refused) {
       const result = amount.safeParse(input);
-      assert.equal(result.success, false, `${typeof input === 'string' ? input.slice(0, 20) : String(input)} was accepted`);
+      assert.equal(
+        result.success,
+        false,
+        `${typeof input === 'string' ? input.slice(0, 20) : String(input)} was accepted`,
+      );
       assert.match(result.error!.issues[0]!.message, message);
     }
   });
@@ -179,7 +268,10 @@ describe('bank: money is exact at any size', () => {
         return true;
       });
     }
-    await assert.rejects(bus.dispatch(Deposit.create({ accountId: 'a', amount: 9007199254740992 })), /send the amount as a string of digits/);
+    await assert.rejects(
+      bus.dispatch(Deposit.create({ accountId: 'a', amount: 9007199254740992 })),
+      /send the amount as a string of digits/,
+    );
     await bus.dispatch(Deposit.create({ accountId: 'a', amount: BEYOND }));
     await bus.dispatch(Deposit.create({ accountId: 'a', amount: 1 }));
     await bus.dispatch(TransferMoney.create({ from: 'a', to: 'b', amount: '9007199254740990' }));
@@ -201,8 +293,14 @@ describe('bank: money is exact at any size', () => {
     const cases: Array<[RecordedEvent, unknown]> = [
       [stored('MoneyDeposited', { amount: 100 }, 1), { amount: '100' }],
       [stored('MoneyWithdrawn', { amount: 9007199254740991 }), { amount: '9007199254740991' }],
-      [stored('MoneyTransferredOut', { transferId: 't', to: 'b', amount: 5 }, 1), { transferId: 't', to: 'b', amount: '5' }],
-      [stored('MoneyTransferredIn', { transferId: 't', from: 'b', amount: 5 }, 1), { transferId: 't', from: 'b', amount: '5' }],
+      [
+        stored('MoneyTransferredOut', { transferId: 't', to: 'b', amount: 5 }, 1),
+        { transferId: 't', to: 'b', amount: '5' },
+      ],
+      [
+        stored('MoneyTransferredIn', { transferId: 't', from: 'b', amount: 5 }, 1),
+        { transferId: 't', from: 'b', amount: '5' },
+      ],
       [stored('PaymentCreated', { accountId: 'a', amount: 20 }, 1), { accountId: 'a', amount: '20' }],
       [stored('PaymentRefunded', { amount: 20, reason: 'x' }, 1), { amount: '20', reason: 'x' }],
       [stored('MoneyDeposited', { amount: BEYOND }, 2), { amount: BEYOND }],
@@ -212,7 +310,16 @@ describe('bank: money is exact at any size', () => {
       assert.deepEqual(read.data, data, event.type);
       assert.equal(read.metadata.schemaVersion, 2);
     }
-    const old = [stored('AccountOpened', { owner: 'Ada' }, 1), cases[0]![0], stored('MoneyDeposited', { amount: 9007199254740991 }, 1)];
-    assert.equal(old.map((event) => bankEvents.upcast(event) as unknown as AccountEvent).reduce(account.evolve, account.initialState()).balance, '9007199254741091');
+    const old = [
+      stored('AccountOpened', { owner: 'Ada' }, 1),
+      cases[0]![0],
+      stored('MoneyDeposited', { amount: 9007199254740991 }, 1),
+    ];
+    assert.equal(
+      old
+        .map((event) => bankEvents.upcast(event) as unknown as AccountEvent)
+        .reduce(account.evolve, account.initialState()).balance,
+      '9007199254741091',
+    );
   });
 });

@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { createAsyncProjection, createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore } from '@eventline/core';
+import {
+  createAsyncProjection,
+  createInMemoryDocumentStore,
+  createInMemoryProjectionCatalog,
+  createInMemoryStore,
+  createInMemorySubscriptionStore,
+} from '@eventline/core';
 import {
   bankEvents,
   bankReadModels,
@@ -50,7 +56,13 @@ describe('bank read models', () => {
       await projection.waitFor(last.position!);
 
       const balances = await projection.collection<BalanceView>('balance');
-      assert.deepEqual(await balances.get('a'), { accountId: 'a', owner: 'Ada', balance: '20', status: 'open', version: 4 });
+      assert.deepEqual(await balances.get('a'), {
+        accountId: 'a',
+        owner: 'Ada',
+        balance: '20',
+        status: 'open',
+        version: 4,
+      });
       assert.equal((await balances.get('b'))?.balance, '50');
       const statement = (await (await projection.collection<StatementView>('statement')).get('a'))!;
       assert.deepEqual(
@@ -64,7 +76,11 @@ describe('bank read models', () => {
       assert.equal(statement.lines[2]!.counterparty, 'b');
       const p1 = await (await projection.collection<PaymentView>('payment')).get('p1');
       assert.deepEqual([p1?.status, p1?.amount], ['refunded', '20']);
-      assert.deepEqual(await (await projection.collection<PaymentCounts>('payment_counts')).get('all'), { created: 1, confirmed: 0, refunded: 1 });
+      assert.deepEqual(await (await projection.collection<PaymentCounts>('payment_counts')).get('all'), {
+        created: 1,
+        confirmed: 0,
+        refunded: 1,
+      });
     } finally {
       await projection.stop(); // even when an assertion fails, or the file never ends
     }
@@ -78,8 +94,12 @@ describe('bank read models', () => {
       await bus.dispatch(Deposit.create({ accountId: 'a', amount: '9007199254740993' }));
       await bus.dispatch(Deposit.create({ accountId: 'a', amount: 1 }));
       await bus.dispatch(Deposit.create({ accountId: 'a', amount: '123456789012345678901234567890' }));
-      await bus.dispatch(TransferMoney.create({ transferId: 't', from: 'a', to: 'b', amount: '123456789012345678901234567891' }));
-      const last = await bus.dispatch(CreatePayment.create({ paymentId: 'p', accountId: 'b', amount: '99999999999999999999' }));
+      await bus.dispatch(
+        TransferMoney.create({ transferId: 't', from: 'a', to: 'b', amount: '123456789012345678901234567891' }),
+      );
+      const last = await bus.dispatch(
+        CreatePayment.create({ paymentId: 'p', accountId: 'b', amount: '99999999999999999999' }),
+      );
       await projection.waitFor(last.position!);
       const balances = await projection.collection<BalanceView>('balance');
       assert.equal((await balances.get('a'))?.balance, '9007199254740993');
@@ -94,7 +114,10 @@ describe('bank read models', () => {
           ['MoneyTransferredOut', '-123456789012345678901234567891', '9007199254740993'],
         ],
       );
-      assert.equal((await (await projection.collection<PaymentView>('payment')).get('p'))?.amount, '99999999999999999999');
+      assert.equal(
+        (await (await projection.collection<PaymentView>('payment')).get('p'))?.amount,
+        '99999999999999999999',
+      );
     } finally {
       await projection.stop();
     }

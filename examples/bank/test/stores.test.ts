@@ -6,8 +6,21 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { ConcurrencyError, createAsyncProjection, defineEvent, DomainError, eventRegistry, type EventRegistry } from '@eventline/core';
-import { createSqlDocumentStore, createSqlProjectionCatalog, createSqlSnapshotStore, createSqlSubscriptionStore, type SqlEventStore } from '@eventline/postgres';
+import {
+  ConcurrencyError,
+  createAsyncProjection,
+  defineEvent,
+  DomainError,
+  eventRegistry,
+  type EventRegistry,
+} from '@eventline/core';
+import {
+  createSqlDocumentStore,
+  createSqlProjectionCatalog,
+  createSqlSnapshotStore,
+  createSqlSubscriptionStore,
+  type SqlEventStore,
+} from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 import { z } from 'zod';
 import {
@@ -89,11 +102,15 @@ for (const [name, backend] of backends) {
       let store = database.open();
       let bank = createBank(store, { snapshots: createSqlSnapshotStore(store) });
       await bank.bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
-      const first = await bank.bus.dispatch(Deposit.create({ accountId: 'a', amount: 100 }, { idempotencyKey: 'deposit-1' }));
+      const first = await bank.bus.dispatch(
+        Deposit.create({ accountId: 'a', amount: 100 }, { idempotencyKey: 'deposit-1' }),
+      );
       await store.close();
       store = database.open(); // a new process: nothing kept in memory
       bank = createBank(store, { snapshots: createSqlSnapshotStore(store) });
-      const again = await bank.bus.dispatch(Deposit.create({ accountId: 'a', amount: 100 }, { idempotencyKey: 'deposit-1' }));
+      const again = await bank.bus.dispatch(
+        Deposit.create({ accountId: 'a', amount: 100 }, { idempotencyKey: 'deposit-1' }),
+      );
       assert.equal(again.duplicate, true);
       assert.equal(again.position, first.position);
       assert.equal((await bank.accounts.load('a')).state.balance, '100');
@@ -104,7 +121,9 @@ for (const [name, backend] of backends) {
       const bank = createBank(store);
       await bank.bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
       await bank.bus.dispatch(Deposit.create({ accountId: 'b', amount: 100 }));
-      const results = await Promise.allSettled(Array.from({ length: 20 }, () => bank.bus.dispatch(Withdraw.create({ accountId: 'b', amount: 15 }))));
+      const results = await Promise.allSettled(
+        Array.from({ length: 20 }, () => bank.bus.dispatch(Withdraw.create({ accountId: 'b', amount: 15 }))),
+      );
       const succeeded = results.filter((r) => r.status === 'fulfilled').length;
       for (const result of results) {
         if (result.status === 'fulfilled') continue;
@@ -112,7 +131,8 @@ for (const [name, backend] of backends) {
         const refused = result.reason instanceof DomainError && result.reason.rule === 'INSUFFICIENT_FUNDS';
         assert.ok(refused || result.reason instanceof ConcurrencyError, String(result.reason));
       }
-      if (results.every((r) => r.status === 'fulfilled' || r.reason instanceof DomainError)) assert.equal(succeeded, 6, '100 / 15: six fit');
+      if (results.every((r) => r.status === 'fulfilled' || r.reason instanceof DomainError))
+        assert.equal(succeeded, 6, '100 / 15: six fit');
       let withdrawn = 0;
       for await (const event of store.readStream('account-b')) if (event.type === 'MoneyWithdrawn') withdrawn++;
       assert.equal(withdrawn, succeeded, 'every successful withdrawal is in the log, and only those');
@@ -130,14 +150,19 @@ for (const [name, backend] of backends) {
       await here.bus.dispatch(OpenAccount.create({ accountId: 'k', owner: 'Kim' }));
       await here.bus.dispatch(Deposit.create({ accountId: 'k', amount: 100 }));
       await there.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 60 })); // `here` still caches balance 100
-      await assert.rejects(here.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 60 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
+      await assert.rejects(
+        here.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 60 })),
+        (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS',
+      );
       await here.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 40 })); // `here` caches balance 0
       await there.bus.dispatch(Deposit.create({ accountId: 'k', amount: 100 }));
       await here.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 50 })); // not refused for the stale balance of 0
       // Both processes at once, each with its own cache: still never overdrawn, and every success is in the log.
       await here.bus.dispatch(Deposit.create({ accountId: 'k', amount: 50 })); // balance 100
       const results = await Promise.allSettled(
-        Array.from({ length: 20 }, (_, i) => (i % 2 ? here : there).bus.dispatch(Withdraw.create({ accountId: 'k', amount: 15 }))),
+        Array.from({ length: 20 }, (_, i) =>
+          (i % 2 ? here : there).bus.dispatch(Withdraw.create({ accountId: 'k', amount: 15 })),
+        ),
       );
       const succeeded = results.filter((r) => r.status === 'fulfilled').length;
       for (const result of results) {
@@ -146,8 +171,13 @@ for (const [name, backend] of backends) {
         assert.ok(refused || result.reason instanceof ConcurrencyError, String(result.reason));
       }
       let withdrawn = 0;
-      for await (const event of one.readStream('account-k')) if (event.type === 'MoneyWithdrawn') withdrawn += Number((event.data as { amount: string }).amount);
-      assert.equal(withdrawn, 60 + 40 + 50 + 15 * succeeded, 'every successful withdrawal is in the log, and only those');
+      for await (const event of one.readStream('account-k'))
+        if (event.type === 'MoneyWithdrawn') withdrawn += Number((event.data as { amount: string }).amount);
+      assert.equal(
+        withdrawn,
+        60 + 40 + 50 + 15 * succeeded,
+        'every successful withdrawal is in the log, and only those',
+      );
       const balance = (await there.accounts.load('k')).state.balance;
       assert.equal(balance, String(100 - 15 * succeeded));
       assert.ok(BigInt(balance) >= 0n, 'never overdrawn');
@@ -162,7 +192,10 @@ for (const [name, backend] of backends) {
       await bank.bus.dispatch(OpenAccount.create({ accountId: 'y', owner: 'Y' }));
       await bank.bus.dispatch(Deposit.create({ accountId: 'x', amount: 30 }));
       await bank.bus.dispatch(TransferMoney.create({ transferId: 't1', from: 'x', to: 'y', amount: 20 }));
-      await assert.rejects(bank.bus.dispatch(TransferMoney.create({ transferId: 't2', from: 'x', to: 'nobody', amount: 5 })), (e: unknown) => e instanceof DomainError && e.rule === 'ACCOUNT_NOT_FOUND');
+      await assert.rejects(
+        bank.bus.dispatch(TransferMoney.create({ transferId: 't2', from: 'x', to: 'nobody', amount: 5 })),
+        (e: unknown) => e instanceof DomainError && e.rule === 'ACCOUNT_NOT_FOUND',
+      );
       assert.equal((await bank.accounts.load('x')).state.balance, '10', 'the failed transfer took nothing out');
       assert.equal((await bank.accounts.load('y')).state.balance, '20');
     });
@@ -173,16 +206,35 @@ for (const [name, backend] of backends) {
       const bank = createBank(store, { snapshots, cache: true });
       await bank.bus.dispatch(OpenAccount.create({ accountId: 's', owner: 'S' }));
       await bank.bus.dispatch(OpenAccount.create({ accountId: 't', owner: 'T' }));
-      await store.append('account-s', Array.from({ length: 98 }, () => MoneyDeposited.create({ amount: '1' })), { expectedVersion: 1 });
+      await store.append(
+        'account-s',
+        Array.from({ length: 98 }, () => MoneyDeposited.create({ amount: '1' })),
+        { expectedVersion: 1 },
+      );
       // Version 100 is the policy's multiple: the transfer to a closed account fails, and so does its transaction.
       await bank.bus.dispatch(CloseAccount.create({ accountId: 't' }));
-      await assert.rejects(bank.bus.dispatch(TransferMoney.create({ transferId: 'f', from: 's', to: 't', amount: 5 })), DomainError);
+      await assert.rejects(
+        bank.bus.dispatch(TransferMoney.create({ transferId: 'f', from: 's', to: 't', amount: 5 })),
+        DomainError,
+      );
       assert.equal(await snapshots.load('account-s'), null, 'nothing saved for the rolled-back transfer');
       await bank.bus.dispatch(OpenAccount.create({ accountId: 'u', owner: 'U' }));
       await bank.bus.dispatch(TransferMoney.create({ transferId: 'g', from: 's', to: 'u', amount: 5 }));
-      assert.deepEqual(await snapshots.load('account-s'), { streamId: 'account-s', version: 100, stateVersion: 2, state: (await bank.accounts.load('s')).state });
-      assert.equal((await bank.bus.dispatch(Withdraw.create({ accountId: 's', amount: 93 }))).version, 101, 'the cached state after the transfer is right');
-      await assert.rejects(bank.bus.dispatch(Withdraw.create({ accountId: 's', amount: 1 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
+      assert.deepEqual(await snapshots.load('account-s'), {
+        streamId: 'account-s',
+        version: 100,
+        stateVersion: 2,
+        state: (await bank.accounts.load('s')).state,
+      });
+      assert.equal(
+        (await bank.bus.dispatch(Withdraw.create({ accountId: 's', amount: 93 }))).version,
+        101,
+        'the cached state after the transfer is right',
+      );
+      await assert.rejects(
+        bank.bus.dispatch(Withdraw.create({ accountId: 's', amount: 1 })),
+        (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS',
+      );
     });
 
     it('balances beyond 2^53 are exact across a snapshot and a restart, in the aggregate and the read models', async () => {
@@ -190,14 +242,21 @@ for (const [name, backend] of backends) {
       let store = database.open();
       let bank = createBank(store, { snapshots: createSqlSnapshotStore(store), cache: true });
       await bank.bus.dispatch(OpenAccount.create({ accountId: 'big', owner: 'Big' }));
-      await store.append('account-big', Array.from({ length: 98 }, () => MoneyDeposited.create({ amount: '1' })), { expectedVersion: 1 });
+      await store.append(
+        'account-big',
+        Array.from({ length: 98 }, () => MoneyDeposited.create({ amount: '1' })),
+        { expectedVersion: 1 },
+      );
       await bank.bus.dispatch(Deposit.create({ accountId: 'big', amount: '9007199254740993' })); // version 100: a snapshot
       const snapshot = await createSqlSnapshotStore(store).load('account-big');
-      assert.deepEqual(snapshot && { version: snapshot.version, stateVersion: snapshot.stateVersion, state: snapshot.state }, {
-        version: 100,
-        stateVersion: 2,
-        state: { status: 'open', owner: 'Big', balance: '9007199254741091' },
-      });
+      assert.deepEqual(
+        snapshot && { version: snapshot.version, stateVersion: snapshot.stateVersion, state: snapshot.state },
+        {
+          version: 100,
+          stateVersion: 2,
+          state: { status: 'open', owner: 'Big', balance: '9007199254741091' },
+        },
+      );
       await store.close();
       store = database.open(); // a new process: the state comes from the snapshot, not from a cache
       bank = createBank(store, { snapshots: createSqlSnapshotStore(store), cache: true });
@@ -205,12 +264,18 @@ for (const [name, backend] of backends) {
       assert.deepEqual([loaded.fromSnapshot, loaded.eventsRead, loaded.state.balance], [true, 0, '9007199254741091']);
       await bank.bus.dispatch(Deposit.create({ accountId: 'big', amount: 1 }));
       assert.equal((await bank.accounts.load('big')).state.balance, '9007199254741092');
-      await assert.rejects(bank.bus.dispatch(Withdraw.create({ accountId: 'big', amount: '9007199254741093' })), (e: unknown) => {
-        assert.ok(e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS', String(e));
-        assert.deepEqual(e.details, { balance: '9007199254741092', amount: '9007199254741093' });
-        return true;
-      });
-      await assert.rejects(bank.bus.dispatch(Withdraw.create({ accountId: 'big', amount: 2 ** 53 + 1 })), /send the amount as a string of digits/);
+      await assert.rejects(
+        bank.bus.dispatch(Withdraw.create({ accountId: 'big', amount: '9007199254741093' })),
+        (e: unknown) => {
+          assert.ok(e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS', String(e));
+          assert.deepEqual(e.details, { balance: '9007199254741092', amount: '9007199254741093' });
+          return true;
+        },
+      );
+      await assert.rejects(
+        bank.bus.dispatch(Withdraw.create({ accountId: 'big', amount: 2 ** 53 + 1 })),
+        /send the amount as a string of digits/,
+      );
       const last = await bank.bus.dispatch(Withdraw.create({ accountId: 'big', amount: '9007199254741091' }));
       const projection = await readModelsOn(store);
       try {
@@ -256,7 +321,8 @@ for (const [name, backend] of backends) {
       const store = database.open();
       const bank = createBank(store, { snapshots: createSqlSnapshotStore(store) });
       const stored = [];
-      for await (const event of store.readStream('account-ada')) stored.push([event.type, event.data, event.metadata.schemaVersion]);
+      for await (const event of store.readStream('account-ada'))
+        stored.push([event.type, event.data, event.metadata.schemaVersion]);
       assert.deepEqual(stored, [
         ['AccountOpened', { owner: 'Ada' }, 1],
         ['MoneyDeposited', { amount: '9007199254740991' }, 2],

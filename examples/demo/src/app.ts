@@ -5,7 +5,14 @@
 import { bankReadModels, createBank } from '@eventline/example-bank';
 import { createGuestlist, guestlistReadModels } from '@eventline/example-guestlist';
 import { createHttpApi } from '@eventline/server';
-import { createAsyncProjection, type DocumentStore, type EventStore, type ProjectionCatalog, type SnapshotStore, type SubscriptionStore } from '@eventline/core';
+import {
+  createAsyncProjection,
+  type DocumentStore,
+  type EventStore,
+  type ProjectionCatalog,
+  type SnapshotStore,
+  type SubscriptionStore,
+} from '@eventline/core';
 
 export { openSqlStore, sqlStorage, stopOnSignals } from './process.js';
 
@@ -22,13 +29,24 @@ export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: { logger
   const repositories = { cache: true, ...(storage.snapshots ? { snapshots: storage.snapshots } : {}) };
   const bank = createBank(storage.store, repositories);
   const guestlist = createGuestlist(storage.store, repositories);
-  const common = { store: storage.store, subscriptions: storage.subscriptions, documents: storage.documents, catalog: storage.catalog, pollIntervalMs: 500 };
+  const common = {
+    store: storage.store,
+    subscriptions: storage.subscriptions,
+    documents: storage.documents,
+    catalog: storage.catalog,
+    pollIntervalMs: 500,
+  };
   const projections = {
     bank: createAsyncProjection({ ...common, projection: bankReadModels }),
     guestlist: createAsyncProjection({ ...common, projection: guestlistReadModels }),
   };
   for (const projection of Object.values(projections)) await projection.start();
-  const api = createHttpApi({ store: storage.store, buses: [bank.bus, guestlist.bus], projections, ...(options.logger === undefined ? {} : { logger: options.logger }) });
+  const api = createHttpApi({
+    store: storage.store,
+    buses: [bank.bus, guestlist.bus],
+    projections,
+    ...(options.logger === undefined ? {} : { logger: options.logger }),
+  });
   return {
     api,
     bank,

@@ -21,9 +21,15 @@ if (!(port >= 0 && port <= 65535)) fail(`PORT must be a port number from 0 to 65
 
 const events = eventRegistry([...accountEvents, ...paymentEvents, ...invitationEvents]);
 const dataDir = process.env.EVENTLINE_DATA ?? './.eventline/demo';
-const { store, where } = await openSqlStore({ events, schema: process.env.EVENTLINE_SCHEMA ?? 'eventline_demo', dataDir }).catch((error: unknown) => {
+const { store, where } = await openSqlStore({
+  events,
+  schema: process.env.EVENTLINE_SCHEMA ?? 'eventline_demo',
+  dataDir,
+}).catch((error: unknown) => {
   if (error instanceof DataDirectoryLockedError) {
-    return fail(`${error.message}\nStop the other process, or give this one another directory: EVENTLINE_DATA=./.eventline/demo2 npm start`);
+    return fail(
+      `${error.message}\nStop the other process, or give this one another directory: EVENTLINE_DATA=./.eventline/demo2 npm start`,
+    );
   }
   throw error;
 });
@@ -36,8 +42,14 @@ try {
   const code = (error as NodeJS.ErrnoException).code;
   await demo.close().catch(() => undefined);
   await store.close().catch(() => undefined);
-  if (code === 'EADDRINUSE') fail(`port ${port} on 127.0.0.1 is already in use (is the demo already running?). Stop that process, or choose another port: PORT=${port === 3000 ? 3001 : 3000} npm start`);
-  if (code === 'EACCES') fail(`port ${port} on 127.0.0.1 needs privileges this process does not have; choose a port above 1023: PORT=3000 npm start`);
+  if (code === 'EADDRINUSE')
+    fail(
+      `port ${port} on 127.0.0.1 is already in use (is the demo already running?). Stop that process, or choose another port: PORT=${port === 3000 ? 3001 : 3000} npm start`,
+    );
+  if (code === 'EACCES')
+    fail(
+      `port ${port} on 127.0.0.1 needs privileges this process does not have; choose a port above 1023: PORT=3000 npm start`,
+    );
   fail(`cannot listen on 127.0.0.1:${port}: ${(error as Error).message}`);
 }
 console.log(`eventline demo on ${address!}, storing events in ${where}. Try:

@@ -18,10 +18,18 @@ import type { EventRegistry } from '@eventline/core';
  * PostgreSQL when DATABASE_URL is set (in `schema`), else PGlite in `dataDir`; migrated before it is returned.
  * `where` says which, for the start-up line.
  */
-export async function openSqlStore(options: { events?: EventRegistry; schema: string; dataDir: string }): Promise<{ store: SqlEventStore; where: string }> {
+export async function openSqlStore(options: {
+  events?: EventRegistry;
+  schema: string;
+  dataDir: string;
+}): Promise<{ store: SqlEventStore; where: string }> {
   const url = process.env.DATABASE_URL;
   const store: SqlEventStore = url
-    ? createPostgresStore({ connectionString: url, schema: options.schema, ...(options.events ? { events: options.events } : {}) })
+    ? createPostgresStore({
+        connectionString: url,
+        schema: options.schema,
+        ...(options.events ? { events: options.events } : {}),
+      })
     : createPGliteStore({ dataDir: options.dataDir, ...(options.events ? { events: options.events } : {}) });
   try {
     await store.migrate();

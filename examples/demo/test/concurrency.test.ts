@@ -31,8 +31,17 @@ for (const backend of ['PostgreSQL', 'PGlite'] as const) {
       await store.migrate();
       const demo = await createDemo(sqlStorage(store));
       const send = async (type: string, data: unknown, headers: Record<string, string> = {}): Promise<Answer> => {
-        const response = await demo.api.inject({ method: 'POST', url: `/commands/${type}`, payload: data as object, headers });
-        return { status: response.statusCode, type: response.headers['content-type']?.toString(), body: response.json() as Record<string, unknown> };
+        const response = await demo.api.inject({
+          method: 'POST',
+          url: `/commands/${type}`,
+          payload: data as object,
+          headers,
+        });
+        return {
+          status: response.statusCode,
+          type: response.headers['content-type']?.toString(),
+          body: response.json() as Record<string, unknown>,
+        };
       };
       const balance = async (accountId: string) => BigInt((await demo.bank.accounts.load(accountId)).state.balance);
       return { store, demo, send, balance };
@@ -41,15 +50,22 @@ for (const backend of ['PostgreSQL', 'PGlite'] as const) {
     it('50 concurrent transfers, 25 each way between two accounts: no 5xx, every one done once, money conserved', async () => {
       const { demo, send, balance } = await open();
       try {
-        for (const [accountId, owner] of [['ada', 'Ada'], ['bob', 'Bob']] as const) {
+        for (const [accountId, owner] of [
+          ['ada', 'Ada'],
+          ['bob', 'Bob'],
+        ] as const) {
           assert.equal((await send('OpenAccount', { accountId, owner })).status, 200);
           assert.equal((await send('Deposit', { accountId, amount: 1000 })).status, 200);
         }
-        const transfers = Array.from({ length: 50 }, (_, i) => (i % 2 === 0 ? { from: 'ada', to: 'bob', amount: i + 1 } : { from: 'bob', to: 'ada', amount: i + 1 }));
+        const transfers = Array.from({ length: 50 }, (_, i) =>
+          i % 2 === 0 ? { from: 'ada', to: 'bob', amount: i + 1 } : { from: 'bob', to: 'ada', amount: i + 1 },
+        );
         const answers = await Promise.all(transfers.map((transfer) => send('TransferMoney', transfer)));
         const statuses = answers.map((answer) => answer.status);
         assert.deepEqual(
-          answers.filter((answer) => answer.status !== 200).map((answer) => `${answer.status} ${String(answer.body.code)}: ${String(answer.body.detail)}`),
+          answers
+            .filter((answer) => answer.status !== 200)
+            .map((answer) => `${answer.status} ${String(answer.body.code)}: ${String(answer.body.detail)}`),
           [],
           'every transfer succeeds: they queue on the accounts instead of deadlocking',
         );
@@ -106,7 +122,9 @@ for (const backend of ['PostgreSQL', 'PGlite'] as const) {
       try {
         await send('OpenAccount', { accountId: 'ada', owner: 'Ada' });
         const amounts = Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? 10 : 999));
-        const answers = await Promise.all(amounts.map((amount) => send('Deposit', { accountId: 'ada', amount }, { 'idempotency-key': 'race-1' })));
+        const answers = await Promise.all(
+          amounts.map((amount) => send('Deposit', { accountId: 'ada', amount }, { 'idempotency-key': 'race-1' })),
+        );
         const stored = await balance('ada');
         assert.ok(stored === 10n || stored === 999n, `one deposit took effect: ${stored}`);
         answers.forEach((answer, i) => {

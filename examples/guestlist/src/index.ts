@@ -1,6 +1,21 @@
 /** The guest list: invitations on a command bus, over any event store. */
-import { createCommandBus, createRepository, defaultMiddleware, eventRegistry, type EventStore, type SnapshotStore } from '@eventline/core';
-import { AcceptInvite, ConfirmInvite, CreateInvite, DeclineInvite, DenyInvite, invitation, invitationEvents } from './invitation.js';
+import {
+  createCommandBus,
+  createRepository,
+  defaultMiddleware,
+  eventRegistry,
+  type EventStore,
+  type SnapshotStore,
+} from '@eventline/core';
+import {
+  AcceptInvite,
+  ConfirmInvite,
+  CreateInvite,
+  DeclineInvite,
+  DenyInvite,
+  invitation,
+  invitationEvents,
+} from './invitation.js';
 
 export * from './invitation.js';
 export * from './read-models.js';
@@ -11,6 +26,7 @@ export function createGuestlist(store: EventStore, options: { snapshots?: Snapsh
   const invitations = createRepository(store, invitation, options);
   const bus = createCommandBus({ middleware: defaultMiddleware(store) });
   const byInvite = invitations.handler((command) => command.data.inviteId);
-  for (const command of [CreateInvite, AcceptInvite, DeclineInvite, ConfirmInvite, DenyInvite]) bus.register(command, byInvite);
+  for (const command of [CreateInvite, AcceptInvite, DeclineInvite, ConfirmInvite, DenyInvite])
+    bus.register(command, byInvite);
   return { bus, invitations };
 }

@@ -24,11 +24,14 @@ const statusOf: Record<string, InvitationView['status']> = {
   InviteDenied: 'denied',
 };
 
-const counted = (status: InvitationView['status']): keyof GuestListView | null => (status === 'created' ? null : status);
+const counted = (status: InvitationView['status']): keyof GuestListView | null =>
+  status === 'created' ? null : status;
 
 async function respond(event: RecordedEvent, documents: <T>(name: string) => ProjectionDocuments<T>) {
   const status = statusOf[event.type]!;
-  const changed = await documents<InvitationView>('invitation').update(inviteIdOf(event), (current) => (current ? { ...current, status } : null));
+  const changed = await documents<InvitationView>('invitation').update(inviteIdOf(event), (current) =>
+    current ? { ...current, status } : null,
+  );
   if (!changed) return;
   await documents<GuestListView>('guest_list').update('main', (current) => {
     const counts = { guests: 0, accepted: 0, declined: 0, confirmed: 0, denied: 0, ...current };
@@ -46,7 +49,12 @@ export const guestlistReadModels = defineProjection({
   handlers: {
     InviteCreated: async (event, { documents }) => {
       const data = event.data as { name: string; age?: number };
-      const created = await documents<InvitationView>('invitation').set(inviteIdOf(event), { inviteId: inviteIdOf(event), name: data.name, age: data.age ?? null, status: 'created' });
+      const created = await documents<InvitationView>('invitation').set(inviteIdOf(event), {
+        inviteId: inviteIdOf(event),
+        name: data.name,
+        age: data.age ?? null,
+        status: 'created',
+      });
       if (!created) return;
       await documents<GuestListView>('guest_list').update('main', (current) => {
         const counts = { guests: 0, accepted: 0, declined: 0, confirmed: 0, denied: 0, ...current };

@@ -1,7 +1,24 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { createAsyncProjection, createInMemoryDocumentStore, createInMemoryProjectionCatalog, createInMemoryStore, createInMemorySubscriptionStore, DomainError } from '@eventline/core';
-import { AcceptInvite, ConfirmInvite, CreateInvite, createGuestlist, DeclineInvite, DenyInvite, guestlistReadModels, type GuestListView, type InvitationView } from '../src/index.js';
+import {
+  createAsyncProjection,
+  createInMemoryDocumentStore,
+  createInMemoryProjectionCatalog,
+  createInMemoryStore,
+  createInMemorySubscriptionStore,
+  DomainError,
+} from '@eventline/core';
+import {
+  AcceptInvite,
+  ConfirmInvite,
+  CreateInvite,
+  createGuestlist,
+  DeclineInvite,
+  DenyInvite,
+  guestlistReadModels,
+  type GuestListView,
+  type InvitationView,
+} from '../src/index.js';
 
 describe('guestlist read models', () => {
   it('the invitation of each guest and the guest list counts, as in the talk', async () => {
@@ -16,7 +33,12 @@ describe('guestlist read models', () => {
       pollIntervalMs: 10,
     });
     await projection.start();
-    for (const [inviteId, name] of [['athena', 'Athena'], ['hades', 'Hades'], ['zeus', 'Zeus'], ['poseidon', 'Poseidon']] as const) {
+    for (const [inviteId, name] of [
+      ['athena', 'Athena'],
+      ['hades', 'Hades'],
+      ['zeus', 'Zeus'],
+      ['poseidon', 'Poseidon'],
+    ] as const) {
       await bus.dispatch(CreateInvite.create({ inviteId, name }));
     }
     await bus.dispatch(AcceptInvite.create({ inviteId: 'athena' }));
@@ -28,9 +50,20 @@ describe('guestlist read models', () => {
     const last = await bus.dispatch(DenyInvite.create({ inviteId: 'hades' }));
     await projection.waitFor(last.position!);
     const invitations = await projection.collection<InvitationView>('invitation');
-    assert.deepEqual(await invitations.get('athena'), { inviteId: 'athena', name: 'Athena', age: null, status: 'confirmed' });
+    assert.deepEqual(await invitations.get('athena'), {
+      inviteId: 'athena',
+      name: 'Athena',
+      age: null,
+      status: 'confirmed',
+    });
     assert.equal((await invitations.get('poseidon'))?.status, 'created');
-    assert.deepEqual(await (await projection.collection<GuestListView>('guest_list')).get('main'), { guests: 4, accepted: 2, declined: 1, confirmed: 1, denied: 1 });
+    assert.deepEqual(await (await projection.collection<GuestListView>('guest_list')).get('main'), {
+      guests: 4,
+      accepted: 2,
+      declined: 1,
+      confirmed: 1,
+      denied: 1,
+    });
     await projection.stop();
   });
 });

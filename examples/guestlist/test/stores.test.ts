@@ -2,9 +2,24 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createAsyncProjection, DomainError } from '@eventline/core';
-import { createSqlDocumentStore, createSqlProjectionCatalog, createSqlSnapshotStore, createSqlSubscriptionStore, type SqlEventStore } from '@eventline/postgres';
+import {
+  createSqlDocumentStore,
+  createSqlProjectionCatalog,
+  createSqlSnapshotStore,
+  createSqlSubscriptionStore,
+  type SqlEventStore,
+} from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
-import { AcceptInvite, ConfirmInvite, CreateInvite, createGuestlist, DeclineInvite, guestlistEvents, guestlistReadModels, type GuestListView } from '../src/index.js';
+import {
+  AcceptInvite,
+  ConfirmInvite,
+  CreateInvite,
+  createGuestlist,
+  DeclineInvite,
+  guestlistEvents,
+  guestlistReadModels,
+  type GuestListView,
+} from '../src/index.js';
 
 let databases: TestDatabases;
 before(async () => {
@@ -36,11 +51,23 @@ for (const [name, create] of backends) {
         await bus.dispatch(CreateInvite.create({ inviteId: 'hades', name: 'Hades' }));
         await bus.dispatch(AcceptInvite.create({ inviteId: 'athena' }));
         await bus.dispatch(DeclineInvite.create({ inviteId: 'hades' }));
-        await assert.rejects(bus.dispatch(AcceptInvite.create({ inviteId: 'hades' })), (e: unknown) => e instanceof DomainError && e.rule === 'ALREADY_DECLINED');
-        await assert.rejects(bus.dispatch(ConfirmInvite.create({ inviteId: 'hades' })), (e: unknown) => e instanceof DomainError && e.rule === 'NOT_ACCEPTED');
+        await assert.rejects(
+          bus.dispatch(AcceptInvite.create({ inviteId: 'hades' })),
+          (e: unknown) => e instanceof DomainError && e.rule === 'ALREADY_DECLINED',
+        );
+        await assert.rejects(
+          bus.dispatch(ConfirmInvite.create({ inviteId: 'hades' })),
+          (e: unknown) => e instanceof DomainError && e.rule === 'NOT_ACCEPTED',
+        );
         const last = await bus.dispatch(ConfirmInvite.create({ inviteId: 'athena' }));
         await projection.waitFor(last.position!, { timeoutMs: 30_000 });
-        assert.deepEqual(await (await projection.collection<GuestListView>('guest_list')).get('main'), { guests: 2, accepted: 1, declined: 1, confirmed: 1, denied: 0 });
+        assert.deepEqual(await (await projection.collection<GuestListView>('guest_list')).get('main'), {
+          guests: 2,
+          accepted: 1,
+          declined: 1,
+          confirmed: 1,
+          denied: 0,
+        });
         assert.equal((await invitations.load('athena')).state.decision, 'confirmed');
       } finally {
         await projection.stop(); // also when an assertion failed: a running projection keeps the file from ending

@@ -12,7 +12,11 @@ import { createNatsTransport } from '@eventline/nats';
 import { createPublisher, eventRegistry, replayToTransport } from '@eventline/core';
 
 const events = eventRegistry([...accountEvents, ...paymentEvents], { strict: false });
-const { store } = await openSqlStore({ events, schema: process.env.BANK_SCHEMA ?? 'bank', dataDir: process.env.BANK_DATA ?? './.eventline/bank' });
+const { store } = await openSqlStore({
+  events,
+  schema: process.env.BANK_SCHEMA ?? 'bank',
+  dataDir: process.env.BANK_DATA ?? './.eventline/bank',
+});
 const storage = sqlStorage(store);
 const subscriptions = storage.subscriptions;
 const bus = await createNatsTransport({ prefix: process.env.BUS_PREFIX ?? 'bank' });

@@ -40,7 +40,12 @@ export class StatementAmountError extends Error {
   }
 }
 
-const SIGN: Record<string, bigint> = { MoneyDeposited: 1n, MoneyTransferredIn: 1n, MoneyWithdrawn: -1n, MoneyTransferredOut: -1n };
+const SIGN: Record<string, bigint> = {
+  MoneyDeposited: 1n,
+  MoneyTransferredIn: 1n,
+  MoneyWithdrawn: -1n,
+  MoneyTransferredOut: -1n,
+};
 
 /**
  * Minor units from a decimal string or a safe-integer number (older messages and statements), else null. An event's
@@ -57,16 +62,25 @@ export function nextStatement(current: Statement | null, event: RecordedEvent): 
   const accountId = event.streamId.slice('account-'.length);
   const statement = current ?? { accountId, version: 0, lines: [] };
   if (event.version <= statement.version) return null;
-  if (event.version !== statement.version + 1) throw new StatementGapError(accountId, statement.version + 1, event.version);
+  if (event.version !== statement.version + 1)
+    throw new StatementGapError(accountId, statement.version + 1, event.version);
   const sign = SIGN[event.type];
   if (sign === undefined) return { ...statement, version: event.version };
   const given = (event.data as { amount?: unknown } | null)?.amount;
   const moved = units(given, 200);
-  if (moved === null || moved <= 0n) throw new StatementAmountError(`event ${event.id} (${event.type}, ${event.streamId} version ${event.version})`, given);
+  if (moved === null || moved <= 0n)
+    throw new StatementAmountError(
+      `event ${event.id} (${event.type}, ${event.streamId} version ${event.version})`,
+      given,
+    );
   const amount = sign * moved;
   const before = statement.lines.at(-1)?.balance ?? '0';
   const previous = units(before);
-  if (previous === null) throw new StatementAmountError(`the statement of account ${accountId}, balance at version ${statement.version}`, before);
+  if (previous === null)
+    throw new StatementAmountError(
+      `the statement of account ${accountId}, balance at version ${statement.version}`,
+      before,
+    );
   const balance = previous + amount;
   const line = { version: event.version, type: event.type, amount: amount.toString(), balance: balance.toString() };
   return { accountId, version: event.version, lines: [...statement.lines, line] };

@@ -38,11 +38,16 @@ const api = Fastify();
 api.get('/health', async () => ({ status: 'ok' }));
 api.get<{ Params: { accountId: string } }>('/statements/:accountId', async (request, reply) => {
   const found = await documents.collection<Statement>('statement').get(request.params.accountId);
-  if (!found) return reply.code(404).send({ title: 'No statement', detail: `no statement for account '${request.params.accountId}' (yet)` });
+  if (!found)
+    return reply
+      .code(404)
+      .send({ title: 'No statement', detail: `no statement for account '${request.params.accountId}' (yet)` });
   return found.data;
 });
 const address = await api.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 3001) });
-console.log(`statement service on ${address}, consuming account events from NATS (prefix ${process.env.BUS_PREFIX ?? 'bank'})`);
+console.log(
+  `statement service on ${address}, consuming account events from NATS (prefix ${process.env.BUS_PREFIX ?? 'bank'})`,
+);
 
 stopOnSignals(async () => {
   await api.close();

@@ -43,15 +43,21 @@ class Service {
     env: Record<string, string>,
     readonly url: string,
   ) {
-    this.process = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', script(name)], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    for (const stream of [this.process.stdout!, this.process.stderr!]) stream.setEncoding('utf8').on('data', (chunk: string) => (this.output = (this.output + chunk).slice(-8000)));
+    this.process = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', script(name)], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    for (const stream of [this.process.stdout!, this.process.stderr!])
+      stream.setEncoding('utf8').on('data', (chunk: string) => (this.output = (this.output + chunk).slice(-8000)));
     this.exited = new Promise((resolve) => this.process.once('exit', () => resolve()));
   }
 
   async ready(what: RegExp, ms = 60_000): Promise<void> {
     const deadline = Date.now() + ms;
     while (!what.test(this.output)) {
-      if (this.process.exitCode !== null || this.process.signalCode !== null) assert.fail(`the process exited before it was ready:\n${this.output}`);
+      if (this.process.exitCode !== null || this.process.signalCode !== null)
+        assert.fail(`the process exited before it was ready:\n${this.output}`);
       if (Date.now() > deadline) assert.fail(`not ready after ${ms} ms:\n${this.output}`);
       await sleep(50);
     }
@@ -105,10 +111,18 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
     const bankPort = await freePort();
     const statementPort = await freePort();
     const common = { DATABASE_URL, NATS_URL, BUS_PREFIX: prefix };
-    const bank = new Service('bank', { ...common, BANK_SCHEMA: bankSchema, PORT: String(bankPort) }, `http://127.0.0.1:${bankPort}`);
+    const bank = new Service(
+      'bank',
+      { ...common, BANK_SCHEMA: bankSchema, PORT: String(bankPort) },
+      `http://127.0.0.1:${bankPort}`,
+    );
     children.push(bank);
     const startStatement = () => {
-      const service = new Service('statement', { ...common, STATEMENT_SCHEMA: statementSchema, PORT: String(statementPort) }, `http://127.0.0.1:${statementPort}`);
+      const service = new Service(
+        'statement',
+        { ...common, STATEMENT_SCHEMA: statementSchema, PORT: String(statementPort) },
+        `http://127.0.0.1:${statementPort}`,
+      );
       children.push(service);
       return service;
     };
@@ -117,7 +131,11 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
     await statement.ready(/statement service on/);
 
     const command = async (type: string, data: unknown) => {
-      const { status, body } = await http<{ position: string; version: number }>('POST', `${bank.url}/commands/${type}`, data);
+      const { status, body } = await http<{ position: string; version: number }>(
+        'POST',
+        `${bank.url}/commands/${type}`,
+        data,
+      );
       assert.equal(status, 200, `${type}: ${JSON.stringify(body)}`);
       return body;
     };
@@ -128,7 +146,11 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
     await command('TransferMoney', { transferId: 't1', from: 'ada', to: 'bob', amount: 50 });
     // Beyond 2^53 a JSON number cannot hold every amount: as a string of digits, it is exact end to end.
     await command('Deposit', { accountId: 'bob', amount: '9007199254740993' });
-    const unsafe = await fetch(`${bank.url}/commands/Deposit`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"accountId":"bob","amount":9007199254740993}' });
+    const unsafe = await fetch(`${bank.url}/commands/Deposit`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"accountId":"bob","amount":9007199254740993}',
+    });
     const refusal = (await unsafe.json()) as { detail: string };
     assert.equal(unsafe.status, 400, JSON.stringify(refusal));
     assert.match(refusal.detail, /send (it|the amount) as a string/); // by the body parser or the amount's schema
@@ -136,9 +158,18 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
 
     /** The bank's own statement read model (after the last command's position) and the version of each account. */
     const expected = async (accountId: string) => {
-      const { body } = await http<{ lines: Array<StatementLine & { at: string }> }>('GET', `${bank.url}/read-models/bank/statement/${accountId}?position=${encodeURIComponent(last.position)}`);
-      const { body: stream } = await http<{ events: Array<{ version: number }> }>('GET', `${bank.url}/streams/account-${accountId}`);
-      return { lines: body.lines.map(({ version, type, amount, balance }) => ({ version, type, amount, balance })), version: stream.events.at(-1)!.version };
+      const { body } = await http<{ lines: Array<StatementLine & { at: string }> }>(
+        'GET',
+        `${bank.url}/read-models/bank/statement/${accountId}?position=${encodeURIComponent(last.position)}`,
+      );
+      const { body: stream } = await http<{ events: Array<{ version: number }> }>(
+        'GET',
+        `${bank.url}/streams/account-${accountId}`,
+      );
+      return {
+        lines: body.lines.map(({ version, type, amount, balance }) => ({ version, type, amount, balance })),
+        version: stream.events.at(-1)!.version,
+      };
     };
     /** The statement service's statement once it has applied the account's events up to `version`. */
     const served = async (service: Service, accountId: string, version: number): Promise<Statement> => {
@@ -146,7 +177,10 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
       for (;;) {
         const { status, body } = await http<Statement>('GET', `${service.url}/statements/${accountId}`);
         if (status === 200 && body.version >= version) return body;
-        if (Date.now() > deadline) assert.fail(`the statement of ${accountId} did not reach version ${version}: ${status} ${JSON.stringify(body)}\n${service.output}`);
+        if (Date.now() > deadline)
+          assert.fail(
+            `the statement of ${accountId} did not reach version ${version}: ${status} ${JSON.stringify(body)}\n${service.output}`,
+          );
         await sleep(50);
       }
     };
@@ -178,7 +212,10 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
         ['MoneyDeposited', '5', '9007199254741048'],
       ],
     );
-    const { body: bob } = await http<{ balance: string }>('GET', `${bank.url}/read-models/bank/balance/bob?position=${encodeURIComponent(last.position)}`);
+    const { body: bob } = await http<{ balance: string }>(
+      'GET',
+      `${bank.url}/read-models/bank/balance/bob?position=${encodeURIComponent(last.position)}`,
+    );
     assert.equal(bob.balance, '9007199254741048');
 
     // 2. A replay republishes every account event (new message ids, so NATS does not drop them): the inbox absorbs them.
@@ -192,7 +229,9 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
     assert.equal(replay.body.published, await accountEvents(), 'every account event replayed');
     last = await command('Deposit', { accountId: 'ada', amount: 1 }); // handled after the replayed copies (one group, in order)
     await assertSame(statement);
-    const { rows } = await admin.query<{ count: string }>(`SELECT count(*) FROM ${pg.escapeIdentifier(statementSchema)}.inbox`);
+    const { rows } = await admin.query<{ count: string }>(
+      `SELECT count(*) FROM ${pg.escapeIdentifier(statementSchema)}.inbox`,
+    );
     assert.equal(Number(rows[0]!.count), await accountEvents(), 'one inbox row per event, none per replayed copy');
 
     // 3. Wipe the statement service's data and rebuild it from a replay.

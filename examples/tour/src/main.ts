@@ -23,7 +23,10 @@ try {
   // 2. Append: a new stream must not exist yet ('no_stream'); the batch is atomic.
   const opened = await store.append(
     account,
-    [AccountOpened.create({ owner: 'Ada' }, { metadata: { correlationId } }), MoneyDeposited.create({ amount: 100 }, { metadata: { correlationId } })],
+    [
+      AccountOpened.create({ owner: 'Ada' }, { metadata: { correlationId } }),
+      MoneyDeposited.create({ amount: 100 }, { metadata: { correlationId } }),
+    ],
     { expectedVersion: 'no_stream' },
   );
   console.log(`opened ${account}: version ${opened.version}, position ${opened.position}`);
@@ -34,7 +37,9 @@ try {
     await store.append(account, [MoneyWithdrawn.create({ amount: 500 })], { expectedVersion: opened.version });
   } catch (error) {
     if (!(error instanceof ConcurrencyError)) throw error;
-    console.log(`stale write refused: ${error.code}, expected ${String(error.expected)}, actual ${String(error.actual)}`);
+    console.log(
+      `stale write refused: ${error.code}, expected ${String(error.expected)}, actual ${String(error.actual)}`,
+    );
   }
 
   // 4. Bad input is refused before anything is stored.
@@ -60,7 +65,9 @@ try {
     count++;
     last = event.position;
   }
-  console.log(`the global log holds ${count} events (this store has been toured ${count / 3} times); last position ${last}`);
+  console.log(
+    `the global log holds ${count} events (this store has been toured ${count / 3} times); last position ${last}`,
+  );
 } finally {
   await store.close();
 }

@@ -6,10 +6,26 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createSqlInbox, createSqlSubscriptionStore, createPostgresStore, quoteSchema, type PostgresEventStore, type SqlClient } from '@eventline/postgres';
+import {
+  createSqlInbox,
+  createSqlSubscriptionStore,
+  createPostgresStore,
+  quoteSchema,
+  type PostgresEventStore,
+  type SqlClient,
+} from '@eventline/postgres';
 import { openTestDatabases } from '@eventline/postgres/testing';
 import pg from 'pg';
-import { createPublisher, decodeEvent, replayToTransport, START, type Consumer, type Position, type ReceivedMessage, type Transport } from '@eventline/core';
+import {
+  createPublisher,
+  decodeEvent,
+  replayToTransport,
+  START,
+  type Consumer,
+  type Position,
+  type ReceivedMessage,
+  type Transport,
+} from '@eventline/core';
 
 const PUBLISHER = 'faults';
 const GROUP = 'fault-consumer';
@@ -23,9 +39,15 @@ const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
  * once the publisher runs. The lease has a fixed owner: a restarted publisher is the same deployment and takes its
  * lease back at once instead of waiting for it to expire.
  */
-export async function runPublisherChild(makeTransport: (prefix: string) => Transport | Promise<Transport>): Promise<void> {
+export async function runPublisherChild(
+  makeTransport: (prefix: string) => Transport | Promise<Transport>,
+): Promise<void> {
   const env = process.env;
-  const store = createPostgresStore({ connectionString: env.DATABASE_URL ?? DEFAULT_DATABASE_URL, schema: required('EVENTLINE_SCHEMA'), poolSize: 3 });
+  const store = createPostgresStore({
+    connectionString: env.DATABASE_URL ?? DEFAULT_DATABASE_URL,
+    schema: required('EVENTLINE_SCHEMA'),
+    poolSize: 3,
+  });
   const transport = await makeTransport(required('BUS_PREFIX'));
   const publisher = createPublisher({
     name: PUBLISHER,
@@ -167,20 +189,37 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
     const store = databases.postgres({ poolSize: members + writers + 2 });
     await store.migrate();
     const s = quoteSchema(store.schema);
-    await store.sql.query(`CREATE TABLE ${s}.fault_totals (stream_id text PRIMARY KEY, version int NOT NULL, count int NOT NULL, total bigint NOT NULL)`);
+    await store.sql.query(
+      `CREATE TABLE ${s}.fault_totals (stream_id text PRIMARY KEY, version int NOT NULL, count int NOT NULL, total bigint NOT NULL)`,
+    );
 
     // ---- consumers: inbox + effect in one transaction; the effect moves a stream's total only by version + 1 ----
     // Their own connections commit without waiting for the WAL flush (synchronous_commit off): PostgreSQL is not what
     // this test faults, and a crash of it could only lose the last few commits whole (an inbox row never without its
     // effect). It makes the group-serial consumers (NATS) keep up with the publisher.
-    const consumerPool = new pg.Pool({ connectionString: databaseUrl, max: members + 1, options: '-c synchronous_commit=off', application_name: 'eventline-fault-consumer' });
+    const consumerPool = new pg.Pool({
+      connectionString: databaseUrl,
+      max: members + 1,
+      options: '-c synchronous_commit=off',
+      application_name: 'eventline-fault-consumer',
+    });
     pools.push(consumerPool);
     const consumerStore = createPostgresStore({ pool: consumerPool, schema: store.schema });
     closers.push(() => consumerStore.close());
     const inbox = createSqlInbox(consumerStore);
     const advance = `UPDATE ${s}.fault_totals SET version = $2, count = count + 1, total = total + $3 WHERE stream_id = $1 AND version = $2 - 1 RETURNING 1`;
     const first = `INSERT INTO ${s}.fault_totals (stream_id, version, count, total) VALUES ($1, 1, 1, $2) ON CONFLICT (stream_id) DO NOTHING RETURNING 1`;
-    const counters = { deliveries: 0, redeliveries: 0, absorbed: 0, applied: 0, outOfOrder: 0, duplicateEffects: 0, errors: 0, lastDelivery: Date.now(), lastApplied: 0 };
+    const counters = {
+      deliveries: 0,
+      redeliveries: 0,
+      absorbed: 0,
+      applied: 0,
+      outOfOrder: 0,
+      duplicateEffects: 0,
+      errors: 0,
+      lastDelivery: Date.now(),
+      lastApplied: 0,
+    };
     const problems: string[] = [];
     const handler = async (message: ReceivedMessage) => {
       counters.deliveries++;
@@ -192,7 +231,10 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
         const fresh = await inbox.process(GROUP, event.id, async (tx: SqlClient) => {
           if ((await tx.query(advance, [event.streamId, event.version, amount])).length === 1) return;
           if (event.version === 1 && (await tx.query(first, [event.streamId, amount])).length === 1) return;
-          const [row] = await tx.query<{ version: number }>(`SELECT version FROM ${s}.fault_totals WHERE stream_id = $1`, [event.streamId]);
+          const [row] = await tx.query<{ version: number }>(
+            `SELECT version FROM ${s}.fault_totals WHERE stream_id = $1`,
+            [event.streamId],
+          );
           throw new OutOfOrder(event.streamId, row ? Number(row.version) : 0, event.version);
         });
         if (fresh) {
@@ -202,7 +244,10 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
       } catch (error) {
         if (!(error instanceof OutOfOrder)) {
           counters.errors++;
-          if (counters.errors <= 3) log(`consumer error (the message is redelivered): ${error instanceof Error ? error.message : String(error)}`);
+          if (counters.errors <= 3)
+            log(
+              `consumer error (the message is redelivered): ${error instanceof Error ? error.message : String(error)}`,
+            );
           throw error;
         }
         if (error.version <= error.applied) {
@@ -210,8 +255,12 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
           problems.push(`a second effect: ${error.message}`);
         } else {
           counters.outOfOrder++;
-          if (!options.lossyRestart && problems.length < 20) problems.push(`out of order at ${Date.now() - started} ms: ${error.message} (delivery ${message.deliveryCount}, position ${event.position})`);
-          if (!options.lossyRestart && counters.outOfOrder <= 5) log(`out of order at ${Date.now() - started} ms: ${error.message} (delivery ${message.deliveryCount})`);
+          if (!options.lossyRestart && problems.length < 20)
+            problems.push(
+              `out of order at ${Date.now() - started} ms: ${error.message} (delivery ${message.deliveryCount}, position ${event.position})`,
+            );
+          if (!options.lossyRestart && counters.outOfOrder <= 5)
+            log(`out of order at ${Date.now() - started} ms: ${error.message} (delivery ${message.deliveryCount})`);
         }
         // Acknowledged without effect (rolled back, not in the inbox): with a lossy broker a replay brings it back.
       }
@@ -230,7 +279,12 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
       childStarts++;
       const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', options.childScript], {
         cwd: process.cwd(),
-        env: { ...process.env, EVENTLINE_SCHEMA: store.schema, BUS_PREFIX: options.prefix, BUS_PUBLISH_BATCH: String(options.publishBatch ?? 500) },
+        env: {
+          ...process.env,
+          EVENTLINE_SCHEMA: store.schema,
+          BUS_PREFIX: options.prefix,
+          BUS_PUBLISH_BATCH: String(options.publishBatch ?? 500),
+        },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       children.add(child);
@@ -277,7 +331,11 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
           if (due > Date.now()) await sleep(due - Date.now());
           const streamId = `account-${Math.floor(Math.random() * streamCount)}`;
           const amounts = Array.from({ length: n }, () => 1 + Math.floor(Math.random() * 100));
-          const { position } = await store.append(streamId, amounts.map((amount) => ({ type: 'Deposited', data: { amount } })), { expectedVersion: 'any' });
+          const { position } = await store.append(
+            streamId,
+            amounts.map((amount) => ({ type: 'Deposited', data: { amount } })),
+            { expectedVersion: 'any' },
+          );
           if (lastPosition === null || position > lastPosition) lastPosition = position;
           const entry = expected.get(streamId) ?? { count: 0, total: 0 };
           entry.count += n;
@@ -289,7 +347,10 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
       await Promise.all(Array.from({ length: writers }, writer));
     };
 
-    progress = setInterval(() => log(`progress at ${Date.now() - started} ms: ${appended} appended, ${JSON.stringify(counters)}`), 5_000);
+    progress = setInterval(
+      () => log(`progress at ${Date.now() - started} ms: ${appended} appended, ${JSON.stringify(counters)}`),
+      5_000,
+    );
     progress.unref();
     startChild();
     await ready;
@@ -330,10 +391,19 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
     const replayTransport = options.lossyRestart ? await options.consumerTransport() : null;
     if (replayTransport) transports.push(replayTransport);
     while (counters.applied < total) {
-      if (!options.lossyRestart && counters.outOfOrder > 0 && counters.applied + counters.outOfOrder >= total && Date.now() - counters.lastDelivery > 5_000) break;
+      if (
+        !options.lossyRestart &&
+        counters.outOfOrder > 0 &&
+        counters.applied + counters.outOfOrder >= total &&
+        Date.now() - counters.lastDelivery > 5_000
+      )
+        break;
       if (Date.now() > deadline) throw new Error(`timed out: ${counters.applied} of ${total} events applied`);
       const idle = Date.now() - Math.max(counters.lastDelivery, counters.lastApplied, appendsDone);
-      if (idle > stallMs) throw new Error(`stalled: nothing delivered or applied for ${Math.round(idle / 1000)} s, ${counters.applied} of ${total} events applied`);
+      if (idle > stallMs)
+        throw new Error(
+          `stalled: nothing delivered or applied for ${Math.round(idle / 1000)} s, ${counters.applied} of ${total} events applied`,
+        );
       await sleep(200);
       if (!replayTransport) continue;
       // Once the publisher has passed the last event (the store's head moves with any transaction on the server).
@@ -344,7 +414,13 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
       const after = await lowWater(store, s);
       if (after === null) continue;
       replays++;
-      const { published } = await replayToTransport({ store, transport: replayTransport, after, until: head, batchSize: 500 });
+      const { published } = await replayToTransport({
+        store,
+        transport: replayTransport,
+        after,
+        until: head,
+        batchSize: 500,
+      });
       replayedEvents += published;
       log(`replay ${replays}: ${published} events after ${after} (${counters.applied} applied)`);
       counters.lastDelivery = Date.now();
@@ -355,21 +431,35 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
     stopping = true;
 
     // ---- checks ----
-    if (problems.length > 0 && counters.applied < total) problems.push(`(and ${total - counters.applied} events never applied)`);
+    if (problems.length > 0 && counters.applied < total)
+      problems.push(`(and ${total - counters.applied} events never applied)`);
     if (problems.length > 0) throw new Error(`guarantees broken:\n${problems.slice(0, 20).join('\n')}`);
-    const rows = await store.sql.query<{ stream_id: string; version: number; count: number; total: string }>(`SELECT stream_id, version, count, total FROM ${s}.fault_totals`);
-    const inboxed = await store.sql.query<{ n: string }>(`SELECT count(*) AS n FROM ${s}.inbox WHERE group_name = $1`, [GROUP]);
+    const rows = await store.sql.query<{ stream_id: string; version: number; count: number; total: string }>(
+      `SELECT stream_id, version, count, total FROM ${s}.fault_totals`,
+    );
+    const inboxed = await store.sql.query<{ n: string }>(`SELECT count(*) AS n FROM ${s}.inbox WHERE group_name = $1`, [
+      GROUP,
+    ]);
     const mismatches: string[] = [];
-    if (rows.length !== expected.size) mismatches.push(`${rows.length} streams have totals, ${expected.size} were appended to`);
+    if (rows.length !== expected.size)
+      mismatches.push(`${rows.length} streams have totals, ${expected.size} were appended to`);
     for (const row of rows) {
       const want = expected.get(row.stream_id);
-      if (!want || Number(row.count) !== want.count || Number(row.version) !== want.count || Number(row.total) !== want.total) {
-        mismatches.push(`${row.stream_id}: count ${row.count} version ${row.version} total ${row.total}, expected ${JSON.stringify(want)}`);
+      if (
+        !want ||
+        Number(row.count) !== want.count ||
+        Number(row.version) !== want.count ||
+        Number(row.total) !== want.total
+      ) {
+        mismatches.push(
+          `${row.stream_id}: count ${row.count} version ${row.version} total ${row.total}, expected ${JSON.stringify(want)}`,
+        );
       }
     }
     if (Number(inboxed[0]?.n) !== total) mismatches.push(`${inboxed[0]?.n} events in the inbox, expected ${total}`);
     if (killed !== kills) mismatches.push(`${killed} kills, expected ${kills}`);
-    if (mismatches.length > 0) throw new Error(`the consumer's effect is not every event exactly once:\n${mismatches.slice(0, 20).join('\n')}`);
+    if (mismatches.length > 0)
+      throw new Error(`the consumer's effect is not every event exactly once:\n${mismatches.slice(0, 20).join('\n')}`);
     return {
       broker: options.broker,
       events: total,
@@ -405,7 +495,9 @@ export async function runPublisherFaults(options: PublisherFaultOptions): Promis
 
 /** The position just before the first event the consumer has not applied (per-stream versions in `fault_totals`). */
 async function lowWater(store: PostgresEventStore, s: string): Promise<Position | null> {
-  const rows = await store.sql.query<{ stream_id: string; version: number }>(`SELECT stream_id, version FROM ${s}.fault_totals`);
+  const rows = await store.sql.query<{ stream_id: string; version: number }>(
+    `SELECT stream_id, version FROM ${s}.fault_totals`,
+  );
   const applied = new Map(rows.map((row) => [row.stream_id, Number(row.version)]));
   let previous: Position = START;
   for await (const event of store.readAll()) {

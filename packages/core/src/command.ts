@@ -37,17 +37,29 @@ export interface Command<Type extends string = string, Data = unknown> {
 export interface CommandDefinition<Type extends string = string, Schema extends StandardSchemaV1 = StandardSchemaV1> {
   readonly type: Type;
   readonly schema: Schema;
-  create(data: StandardSchemaV1.InferInput<Schema>, options?: { id?: string; idempotencyKey?: string; metadata?: CommandMetadata }): Command<Type, StandardSchemaV1.InferOutput<Schema>>;
+  create(
+    data: StandardSchemaV1.InferInput<Schema>,
+    options?: { id?: string; idempotencyKey?: string; metadata?: CommandMetadata },
+  ): Command<Type, StandardSchemaV1.InferOutput<Schema>>;
   is(command: Command): command is Command<Type, StandardSchemaV1.InferOutput<Schema>>;
 }
 
 /** The command type of a definition (or a union of definitions). */
-export type CommandOf<D> = D extends CommandDefinition<infer T, infer S> ? Command<T, StandardSchemaV1.InferOutput<S>> : never;
+export type CommandOf<D> =
+  D extends CommandDefinition<infer T, infer S> ? Command<T, StandardSchemaV1.InferOutput<S>> : never;
 
-export function defineCommand<const Type extends string, Schema extends StandardSchemaV1>(type: Type, schema: Schema): CommandDefinition<Type, Schema> {
-  if (!isValidEventType(type)) throw new ValidationError(`Invalid command type name '${String(type)}': use a letter followed by letters, digits or '_' (e.g. 'OpenAccount')`);
+export function defineCommand<const Type extends string, Schema extends StandardSchemaV1>(
+  type: Type,
+  schema: Schema,
+): CommandDefinition<Type, Schema> {
+  if (!isValidEventType(type))
+    throw new ValidationError(
+      `Invalid command type name '${String(type)}': use a letter followed by letters, digits or '_' (e.g. 'OpenAccount')`,
+    );
   if (typeof (schema as { '~standard'?: { validate?: unknown } })?.['~standard']?.validate !== 'function') {
-    throw new ValidationError(`The schema of command type '${type}' is not a Standard Schema validator (zod 3.24+, valibot 1, arktype 2...)`);
+    throw new ValidationError(
+      `The schema of command type '${type}' is not a Standard Schema validator (zod 3.24+, valibot 1, arktype 2...)`,
+    );
   }
   return {
     type,

@@ -76,7 +76,9 @@ function describeActual(actual: ActualVersion, actualVersion: number): string {
 export class StreamDeletedError extends EventlineError {
   readonly code = 'STREAM_DELETED' as const;
   constructor(readonly streamId: string) {
-    super(`Stream '${streamId}' was hard-deleted (tombstoned) and can never be read or written again; use another stream id.`);
+    super(
+      `Stream '${streamId}' was hard-deleted (tombstoned) and can never be read or written again; use another stream id.`,
+    );
   }
   override toJSON(): Record<string, unknown> {
     return { ...super.toJSON(), streamId: this.streamId };
@@ -248,7 +250,9 @@ export class UnknownCommandError extends EventlineError {
     readonly commandType: unknown,
     readonly known: readonly string[],
   ) {
-    super(`No handler is registered for command type ${safeQuote(commandType)}; register one with bus.register() (known: ${known.length === 0 ? 'none' : known.join(', ')})`);
+    super(
+      `No handler is registered for command type ${safeQuote(commandType)}; register one with bus.register() (known: ${known.length === 0 ? 'none' : known.join(', ')})`,
+    );
   }
 }
 
@@ -256,7 +260,9 @@ export class UnknownCommandError extends EventlineError {
 export class DuplicateHandlerError extends EventlineError {
   readonly code = 'DUPLICATE_HANDLER' as const;
   constructor(readonly commandType: string) {
-    super(`Command type '${commandType}' already has a handler; a command has exactly one handler, so remove one of the registrations`);
+    super(
+      `Command type '${commandType}' already has a handler; a command has exactly one handler, so remove one of the registrations`,
+    );
   }
 }
 
@@ -289,7 +295,12 @@ export class IdempotencyKeyReusedError extends EventlineError {
     );
   }
   override toJSON(): Record<string, unknown> {
-    return { ...super.toJSON(), idempotencyKey: this.idempotencyKey, firstCommandType: this.firstCommandType, commandType: this.commandType };
+    return {
+      ...super.toJSON(),
+      idempotencyKey: this.idempotencyKey,
+      firstCommandType: this.firstCommandType,
+      commandType: this.commandType,
+    };
   }
 }
 

@@ -69,11 +69,18 @@ function storable(value: unknown, depth: number): boolean {
 export function stringIssue(value: string, what: 'strings' | 'keys'): string | undefined {
   if (value.includes('\u0000')) return `${what} cannot contain the NUL character (U+0000)`;
   // A UTF-16 surrogate without its pair: JSON.stringify writes it as `\ud800`, which PostgreSQL's jsonb refuses.
-  if (!value.isWellFormed()) return 'strings must be well-formed Unicode (this one has a lone surrogate, which PostgreSQL cannot store)';
+  if (!value.isWellFormed())
+    return 'strings must be well-formed Unicode (this one has a lone surrogate, which PostgreSQL cannot store)';
   return undefined;
 }
 
-function walk(value: unknown, path: Array<string | number>, seen: Set<object>, issues: ValidationIssue[], depth: number): void {
+function walk(
+  value: unknown,
+  path: Array<string | number>,
+  seen: Set<object>,
+  issues: ValidationIssue[],
+  depth: number,
+): void {
   if (issues.length >= 10) return;
   switch (typeof value) {
     case 'string': {
@@ -104,7 +111,10 @@ function walk(value: unknown, path: Array<string | number>, seen: Set<object>, i
     return;
   }
   if (depth >= MAX_JSON_DEPTH) {
-    issues.push({ path: path.length > 8 ? [...path.slice(0, 8), '…'] : [...path], message: `nested more than ${MAX_JSON_DEPTH} levels deep (the limit); flatten the structure` });
+    issues.push({
+      path: path.length > 8 ? [...path.slice(0, 8), '…'] : [...path],
+      message: `nested more than ${MAX_JSON_DEPTH} levels deep (the limit); flatten the structure`,
+    });
     return;
   }
   seen.add(object);
@@ -118,7 +128,10 @@ function walk(value: unknown, path: Array<string | number>, seen: Set<object>, i
     const proto = Object.getPrototypeOf(object) as unknown;
     if (proto !== Object.prototype && proto !== null) {
       const name = (object as { constructor?: { name?: string } }).constructor?.name ?? 'object';
-      issues.push({ path: [...path], message: `a ${name} is not plain JSON; convert it (e.g. a Date to an ISO string) first` });
+      issues.push({
+        path: [...path],
+        message: `a ${name} is not plain JSON; convert it (e.g. a Date to an ISO string) first`,
+      });
     } else {
       const record = object as Record<string, unknown>;
       // A plain object's own enumerable string keys (its prototype is Object.prototype or null): what JSON.stringify writes.

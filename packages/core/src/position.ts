@@ -21,7 +21,8 @@ export function formatPosition(transaction: bigint, sequence: bigint): Position 
 
 /** The two parts of a position. @throws {TypeError} when the string is not a position. */
 export function parsePosition(position: Position): { transaction: bigint; sequence: bigint } {
-  if (!isPosition(position)) throw new TypeError(`'${String(position)}' is not an eventline position (two 16-digit hex numbers, 'hhhh…/hhhh…')`);
+  if (!isPosition(position))
+    throw new TypeError(`'${String(position)}' is not an eventline position (two 16-digit hex numbers, 'hhhh…/hhhh…')`);
   return { transaction: BigInt(`0x${position.slice(0, 16)}`), sequence: BigInt(`0x${position.slice(17)}`) };
 }
 

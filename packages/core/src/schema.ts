@@ -22,7 +22,10 @@ export interface EventDefinition<Type extends string = string, Schema extends St
   /** Names this type had before (events stored under them are read as this type). */
   readonly renamedFrom: readonly string[];
   /** An event input of this type; the data is checked against the schema when appended. */
-  create(data: StandardSchemaV1.InferInput<Schema>, options?: { id?: string; metadata?: EventMetadata }): EventInput<Type, StandardSchemaV1.InferOutput<Schema>>;
+  create(
+    data: StandardSchemaV1.InferInput<Schema>,
+    options?: { id?: string; metadata?: EventMetadata },
+  ): EventInput<Type, StandardSchemaV1.InferOutput<Schema>>;
   /** Whether a recorded event is of this type (narrows its data type). */
   is(event: RecordedEvent): event is RecordedEvent<Type, StandardSchemaV1.InferOutput<Schema>>;
 }
@@ -30,9 +33,11 @@ export interface EventDefinition<Type extends string = string, Schema extends St
 /** The data type of an event definition. */
 export type EventData<D> = D extends EventDefinition<string, infer S> ? StandardSchemaV1.InferOutput<S> : never;
 /** The recorded-event type of an event definition (or a union of them). */
-export type EventOf<D> = D extends EventDefinition<infer T, infer S> ? RecordedEvent<T, StandardSchemaV1.InferOutput<S>> : never;
+export type EventOf<D> =
+  D extends EventDefinition<infer T, infer S> ? RecordedEvent<T, StandardSchemaV1.InferOutput<S>> : never;
 /** The event-input type of an event definition (or a union of them). */
-export type EventInputOf<D> = D extends EventDefinition<infer T, infer S> ? EventInput<T, StandardSchemaV1.InferOutput<S>> : never;
+export type EventInputOf<D> =
+  D extends EventDefinition<infer T, infer S> ? EventInput<T, StandardSchemaV1.InferOutput<S>> : never;
 
 /** Turns the data of one schema version into the next. Pure: it gets the stored data and the event, returns new data. */
 export type Upcaster = (data: any, event: RecordedEvent) => unknown; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -52,22 +57,30 @@ export function defineEvent<const Type extends string, Schema extends StandardSc
   options: EventDefinitionOptions = {},
 ): EventDefinition<Type, Schema> {
   if (!isValidEventType(type)) {
-    throw new ValidationError(`Invalid event type name '${String(type)}': use a letter followed by letters, digits or '_' (e.g. 'AccountOpened')`);
+    throw new ValidationError(
+      `Invalid event type name '${String(type)}': use a letter followed by letters, digits or '_' (e.g. 'AccountOpened')`,
+    );
   }
   if (!isStandardSchema(schema)) {
-    throw new ValidationError(`The schema of event type '${type}' is not a Standard Schema validator (zod 3.24+, valibot 1, arktype 2...)`);
+    throw new ValidationError(
+      `The schema of event type '${type}' is not a Standard Schema validator (zod 3.24+, valibot 1, arktype 2...)`,
+    );
   }
   const schemaVersion = options.schemaVersion ?? 1;
   if (!Number.isInteger(schemaVersion) || schemaVersion < 1) {
-    throw new ValidationError(`The schemaVersion of event type '${type}' must be a whole number of 1 or more, got ${String(schemaVersion)}`);
+    throw new ValidationError(
+      `The schemaVersion of event type '${type}' must be a whole number of 1 or more, got ${String(schemaVersion)}`,
+    );
   }
   const upcasters = checkUpcasters(type, schemaVersion, options.upcasters ?? {});
   const renamedFrom = [...(options.renamedFrom ?? [])];
   for (const name of renamedFrom) {
-    if (!isValidEventType(name)) throw new UpcasterConfigurationError(type, `renamedFrom '${String(name)}' is not a valid event type name`);
+    if (!isValidEventType(name))
+      throw new UpcasterConfigurationError(type, `renamedFrom '${String(name)}' is not a valid event type name`);
     if (name === type) throw new UpcasterConfigurationError(type, 'it is renamed from itself (a cycle)');
   }
-  if (new Set(renamedFrom).size !== renamedFrom.length) throw new UpcasterConfigurationError(type, 'renamedFrom lists a name twice');
+  if (new Set(renamedFrom).size !== renamedFrom.length)
+    throw new UpcasterConfigurationError(type, 'renamedFrom lists a name twice');
   return {
     type,
     schema,
@@ -88,17 +101,33 @@ export function defineEvent<const Type extends string, Schema extends StandardSc
   };
 }
 
-function checkUpcasters(type: string, schemaVersion: number, upcasters: Record<number, Upcaster>): Record<number, Upcaster> {
-  const versions = Object.keys(upcasters).map(Number).sort((a, b) => a - b);
+function checkUpcasters(
+  type: string,
+  schemaVersion: number,
+  upcasters: Record<number, Upcaster>,
+): Record<number, Upcaster> {
+  const versions = Object.keys(upcasters)
+    .map(Number)
+    .sort((a, b) => a - b);
   for (const version of versions) {
-    if (!Number.isInteger(version) || version < 1) throw new UpcasterConfigurationError(type, `upcaster key '${version}' is not a schema version (1 or more)`);
-    if (version >= schemaVersion) throw new UpcasterConfigurationError(type, `there is an upcaster from v${version}, but the current schema version is v${schemaVersion}`);
-    if (typeof upcasters[version] !== 'function') throw new UpcasterConfigurationError(type, `the upcaster from v${version} is not a function`);
+    if (!Number.isInteger(version) || version < 1)
+      throw new UpcasterConfigurationError(type, `upcaster key '${version}' is not a schema version (1 or more)`);
+    if (version >= schemaVersion)
+      throw new UpcasterConfigurationError(
+        type,
+        `there is an upcaster from v${version}, but the current schema version is v${schemaVersion}`,
+      );
+    if (typeof upcasters[version] !== 'function')
+      throw new UpcasterConfigurationError(type, `the upcaster from v${version} is not a function`);
   }
   if (versions.length > 0) {
     // The chain must reach the current version with no gap: from the oldest upcaster up to schemaVersion - 1.
     for (let version = versions[0]!; version < schemaVersion; version++) {
-      if (!(version in upcasters)) throw new UpcasterConfigurationError(type, `no upcaster from v${version} to v${version + 1} (a gap in the chain v${versions[0]} → v${schemaVersion})`);
+      if (!(version in upcasters))
+        throw new UpcasterConfigurationError(
+          type,
+          `no upcaster from v${version} to v${version + 1} (a gap in the chain v${versions[0]} → v${schemaVersion})`,
+        );
     }
   }
   return { ...upcasters };
@@ -106,11 +135,20 @@ function checkUpcasters(type: string, schemaVersion: number, upcasters: Record<n
 
 function isStandardSchema(value: unknown): value is StandardSchemaV1 {
   const standard = (value as { '~standard'?: { version?: unknown; validate?: unknown } } | null)?.['~standard'];
-  return typeof standard === 'object' && standard !== null && standard.version === 1 && typeof standard.validate === 'function';
+  return (
+    typeof standard === 'object' &&
+    standard !== null &&
+    standard.version === 1 &&
+    typeof standard.validate === 'function'
+  );
 }
 
 /** Runs a Standard Schema validator (sync or async) and returns its output, or throws a {@link ValidationError}. */
-export async function validateWithSchema<S extends StandardSchemaV1>(schema: S, value: unknown, what: string): Promise<StandardSchemaV1.InferOutput<S>> {
+export async function validateWithSchema<S extends StandardSchemaV1>(
+  schema: S,
+  value: unknown,
+  what: string,
+): Promise<StandardSchemaV1.InferOutput<S>> {
   let result = schema['~standard'].validate(value);
   if (result instanceof Promise) result = await result;
   if (result.issues) {
@@ -143,7 +181,10 @@ export interface EventRegistry {
   storedNames(types: readonly string[]): string[];
 }
 
-export function eventRegistry(definitions: Iterable<EventDefinition>, options: { strict?: boolean } = {}): EventRegistry {
+export function eventRegistry(
+  definitions: Iterable<EventDefinition>,
+  options: { strict?: boolean } = {},
+): EventRegistry {
   const byType = new Map<string, EventDefinition>();
   for (const definition of definitions) {
     if (byType.has(definition.type)) throw new ValidationError(`Event type '${definition.type}' is registered twice`);
@@ -153,10 +194,17 @@ export function eventRegistry(definitions: Iterable<EventDefinition>, options: {
   for (const definition of byType.values()) {
     for (const old of definition.renamedFrom) {
       if (byType.has(old)) {
-        throw new UpcasterConfigurationError(definition.type, `it is renamed from '${old}', which is itself a registered type (a rename cycle or a duplicate)`);
+        throw new UpcasterConfigurationError(
+          definition.type,
+          `it is renamed from '${old}', which is itself a registered type (a rename cycle or a duplicate)`,
+        );
       }
       const claimed = renames.get(old);
-      if (claimed) throw new UpcasterConfigurationError(definition.type, `'${old}' is already renamed to '${claimed}' (a duplicate rename)`);
+      if (claimed)
+        throw new UpcasterConfigurationError(
+          definition.type,
+          `'${old}' is already renamed to '${claimed}' (a duplicate rename)`,
+        );
       renames.set(old, definition.type);
     }
   }
@@ -183,7 +231,10 @@ export function eventRegistry(definitions: Iterable<EventDefinition>, options: {
       while (version < definition.schemaVersion) {
         const upcaster = definition.upcasters[version];
         if (!upcaster) {
-          throw new UpcasterConfigurationError(type, `event ${event.id} of stream '${event.streamId}' has schema version ${version}, and there is no upcaster from v${version}`);
+          throw new UpcasterConfigurationError(
+            type,
+            `event ${event.id} of stream '${event.streamId}' has schema version ${version}, and there is no upcaster from v${version}`,
+          );
         }
         data = upcaster(data, event) as E['data'];
         version++;
@@ -197,11 +248,18 @@ export function eventRegistry(definitions: Iterable<EventDefinition>, options: {
 const SYSTEM_EVENT_TYPES = new Set(['CommandHandled']);
 
 /** Validates `data` against the registry's definition of `type`; returns the validated output and the schema version. */
-export async function validateEventData(registry: EventRegistry | undefined, type: string, data: unknown): Promise<{ data: unknown; schemaVersion: number | undefined }> {
+export async function validateEventData(
+  registry: EventRegistry | undefined,
+  type: string,
+  data: unknown,
+): Promise<{ data: unknown; schemaVersion: number | undefined }> {
   const definition = registry?.get(type);
   if (!definition) {
     if (registry?.strict && !SYSTEM_EVENT_TYPES.has(type)) throw new UnknownEventTypeError(type, registry.types());
     return { data, schemaVersion: undefined };
   }
-  return { data: await validateWithSchema(definition.schema, data, `The data of event '${type}'`), schemaVersion: definition.schemaVersion };
+  return {
+    data: await validateWithSchema(definition.schema, data, `The data of event '${type}'`),
+    schemaVersion: definition.schemaVersion,
+  };
 }

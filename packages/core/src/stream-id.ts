@@ -17,14 +17,20 @@ const VISIBLE = /^[^\s\p{Cc}]+$/u;
 export function assertStreamId(value: unknown): string {
   if (typeof value !== 'string') throw new InvalidStreamIdError(value, `expected a string, got ${typeof value}`);
   if (value.length === 0) throw new InvalidStreamIdError(value, 'it is empty');
-  if (value.length > MAX_STREAM_ID_LENGTH) throw new InvalidStreamIdError(value, `it is ${value.length} characters long`);
+  if (value.length > MAX_STREAM_ID_LENGTH)
+    throw new InvalidStreamIdError(value, `it is ${value.length} characters long`);
   // PostgreSQL's text cannot hold a lone UTF-16 surrogate: the driver sends it as U+FFFD, so 'a-x\ud800' and
   // 'a-x\udbff' would be one stream there and two in memory. Refused on every backend alike.
-  if (!value.isWellFormed()) throw new InvalidStreamIdError(value, 'it is not well-formed Unicode (it holds a lone UTF-16 surrogate)');
+  if (!value.isWellFormed())
+    throw new InvalidStreamIdError(value, 'it is not well-formed Unicode (it holds a lone UTF-16 surrogate)');
   const dash = value.indexOf('-');
   if (dash < 0) throw new InvalidStreamIdError(value, "it has no '-' between category and id");
   const category = value.slice(0, dash);
-  if (!CATEGORY.test(category)) throw new InvalidStreamIdError(value, `the category '${category}' is not a letter followed by letters, digits or '_'`);
+  if (!CATEGORY.test(category))
+    throw new InvalidStreamIdError(
+      value,
+      `the category '${category}' is not a letter followed by letters, digits or '_'`,
+    );
   const id = value.slice(dash + 1);
   if (id.length === 0) throw new InvalidStreamIdError(value, 'the id after the category is empty');
   if (!VISIBLE.test(id)) throw new InvalidStreamIdError(value, 'the id contains whitespace or control characters');

@@ -32,7 +32,10 @@ describe('stream ids', () => {
   });
 
   it('name the rule that was broken', () => {
-    assert.throws(() => assertStreamId('account'), (error: unknown) => error instanceof InvalidStreamIdError && /no '-'/.test(error.message));
+    assert.throws(
+      () => assertStreamId('account'),
+      (error: unknown) => error instanceof InvalidStreamIdError && /no '-'/.test(error.message),
+    );
     assert.throws(() => streamId('9lives', 'x'), /category '9lives'/);
   });
 });
@@ -55,7 +58,10 @@ describe('JSON checks', () => {
   it('accept plain JSON and report every path that is not', () => {
     assert.deepEqual(jsonIssues({ a: [1, 'x', null, { b: true }], c: undefined }), []);
     const issues = jsonIssues({ a: [1, NaN], d: new Date(0), n: 1n });
-    assert.deepEqual(issues.map((issue) => issue.path), [['a', 1], ['d'], ['n']]);
+    assert.deepEqual(
+      issues.map((issue) => issue.path),
+      [['a', 1], ['d'], ['n']],
+    );
   });
 
   it('find cycles, holes, NUL and lone surrogates in values and keys, nesting past the limit, and accept shared objects', () => {
@@ -64,9 +70,15 @@ describe('JSON checks', () => {
     assert.deepEqual(jsonIssues(cycle, ['data']), [{ path: ['data', 'a', 'b', 1], message: 'circular reference' }]);
     const holed = [1, 2, 3];
     delete holed[1]; // a hole: JSON.stringify would write null, so it would not come back as it went in
-    assert.deepEqual(jsonIssues({ list: holed }).map((issue) => issue.path), [['list', 1]]);
     assert.deepEqual(
-      jsonIssues({ 'k\u0000': 1, ok: 'a\ud800', [`\udc00`]: 2 }).map((issue) => [issue.path, issue.message.split(' ')[0]]),
+      jsonIssues({ list: holed }).map((issue) => issue.path),
+      [['list', 1]],
+    );
+    assert.deepEqual(
+      jsonIssues({ 'k\u0000': 1, ok: 'a\ud800', [`\udc00`]: 2 }).map((issue) => [
+        issue.path,
+        issue.message.split(' ')[0],
+      ]),
       [
         [['k\u0000'], 'keys'],
         [['ok'], 'strings'],
@@ -92,27 +104,43 @@ describe('JSON checks', () => {
 });
 
 describe('prepared metadata', () => {
-  const metadataOf = async (metadata: object | undefined, registry?: Parameters<typeof prepareAppend>[3]['registry']) => {
-    const { events } = await prepareAppend('account-1', [{ type: 'AccountOpened', data: { owner: 'Ada' }, ...(metadata ? { metadata } : {}) }], undefined, { registry });
+  const metadataOf = async (
+    metadata: object | undefined,
+    registry?: Parameters<typeof prepareAppend>[3]['registry'],
+  ) => {
+    const { events } = await prepareAppend(
+      'account-1',
+      [{ type: 'AccountOpened', data: { owner: 'Ada' }, ...(metadata ? { metadata } : {}) }],
+      undefined,
+      { registry },
+    );
     return events[0]!.metadataJson;
   };
 
-  it('is the metadata as JSON with schemaVersion set: last when new, in place when given, the definition\'s when it has one', async () => {
+  it("is the metadata as JSON with schemaVersion set: last when new, in place when given, the definition's when it has one", async () => {
     assert.equal(await metadataOf(undefined), '{"schemaVersion":1}');
     assert.equal(await metadataOf({}), '{"schemaVersion":1}');
     assert.equal(await metadataOf({ skipped: undefined }), '{"schemaVersion":1}');
-    assert.equal(await metadataOf({ correlationId: 'c', nested: { a: [1, null] } }), '{"correlationId":"c","nested":{"a":[1,null]},"schemaVersion":1}');
+    assert.equal(
+      await metadataOf({ correlationId: 'c', nested: { a: [1, null] } }),
+      '{"correlationId":"c","nested":{"a":[1,null]},"schemaVersion":1}',
+    );
     assert.equal(await metadataOf({ schemaVersion: 2, actor: 'ada' }), '{"schemaVersion":2,"actor":"ada"}');
     const AccountOpened = defineEvent('AccountOpened', z.object({ owner: z.string() }), { schemaVersion: 3 });
     const registry = eventRegistry([AccountOpened]);
     assert.equal(await metadataOf({ schemaVersion: 1, actor: 'ada' }, registry), '{"schemaVersion":3,"actor":"ada"}');
     assert.equal(await metadataOf({ actor: 'ada' }, registry), '{"actor":"ada","schemaVersion":3}');
-    for (const bad of [0, 1.5, '2']) await assert.rejects(metadataOf({ schemaVersion: bad }), /schemaVersion must be a whole number/);
+    for (const bad of [0, 1.5, '2'])
+      await assert.rejects(metadataOf({ schemaVersion: bad }), /schemaVersion must be a whole number/);
   });
 });
 
 describe('event definitions with zod', () => {
-  const AccountOpened = defineEvent('AccountOpened', z.object({ owner: z.string(), currency: z.string().default('EUR') }), { schemaVersion: 3 });
+  const AccountOpened = defineEvent(
+    'AccountOpened',
+    z.object({ owner: z.string(), currency: z.string().default('EUR') }),
+    { schemaVersion: 3 },
+  );
 
   it('infer the data type and validate on append', async () => {
     const store = createInMemoryStore({ events: eventRegistry([AccountOpened]) });
@@ -164,8 +192,14 @@ describe('errors', () => {
 describe('upcasting configuration is checked when defined', () => {
   const schema = z.object({});
   it('a gap in the upcaster chain names the type and the missing step', () => {
-    assert.throws(() => defineEvent('AccountOpened', schema, { schemaVersion: 4, upcasters: { 1: (d) => d, 3: (d) => d } }), /AccountOpened.*no upcaster from v2 to v3/);
-    assert.throws(() => defineEvent('AccountOpened', schema, { schemaVersion: 2, upcasters: { 2: (d) => d } }), /AccountOpened.*current schema version is v2/);
+    assert.throws(
+      () => defineEvent('AccountOpened', schema, { schemaVersion: 4, upcasters: { 1: (d) => d, 3: (d) => d } }),
+      /AccountOpened.*no upcaster from v2 to v3/,
+    );
+    assert.throws(
+      () => defineEvent('AccountOpened', schema, { schemaVersion: 2, upcasters: { 2: (d) => d } }),
+      /AccountOpened.*current schema version is v2/,
+    );
   });
   it('rename cycles and duplicate renames name the type', () => {
     const a = defineEvent('A', schema, { renamedFrom: ['B'] });
@@ -177,8 +211,25 @@ describe('upcasting configuration is checked when defined', () => {
     assert.throws(() => eventRegistry([c, d]), /'D'.*'Old' is already renamed to 'C'/);
   });
   it('an event of the current name stored at v1 is upcast to the current version', () => {
-    const registry = eventRegistry([defineEvent('Deposited', schema, { schemaVersion: 3, upcasters: { 1: (d: { amt: number }) => ({ amount: d.amt }), 2: (d: { amount: number }) => ({ ...d, currency: 'EUR' }) } })]);
-    const stored = { id: '0', type: 'Deposited', streamId: 'account-1', version: 1, position: START, recordedAt: new Date(), data: { amt: 5 }, metadata: { schemaVersion: 1 } };
+    const registry = eventRegistry([
+      defineEvent('Deposited', schema, {
+        schemaVersion: 3,
+        upcasters: {
+          1: (d: { amt: number }) => ({ amount: d.amt }),
+          2: (d: { amount: number }) => ({ ...d, currency: 'EUR' }),
+        },
+      }),
+    ]);
+    const stored = {
+      id: '0',
+      type: 'Deposited',
+      streamId: 'account-1',
+      version: 1,
+      position: START,
+      recordedAt: new Date(),
+      data: { amt: 5 },
+      metadata: { schemaVersion: 1 },
+    };
     assert.deepEqual(registry.upcast(stored).data, { amount: 5, currency: 'EUR' });
     assert.equal(registry.upcast(stored).metadata.schemaVersion, 3);
     const current = { ...stored, data: { amount: 1, currency: 'USD' }, metadata: { schemaVersion: 3 } };

@@ -20,18 +20,23 @@ import {
 } from '@eventline/core';
 
 const Note = defineCommand('Note', z.object({ id: z.string(), text: z.unknown() }));
-const notebook = defineAggregate<{ notes: number }, CommandOf<typeof Note>, { type: 'Noted'; data: { text: unknown } }>({
-  category: 'note',
-  initialState: () => ({ notes: 0 }),
-  decide: (command) => [{ type: 'Noted', data: { text: command.data.text } }],
-  evolve: (state) => ({ notes: state.notes + 1 }),
-});
+const notebook = defineAggregate<{ notes: number }, CommandOf<typeof Note>, { type: 'Noted'; data: { text: unknown } }>(
+  {
+    category: 'note',
+    initialState: () => ({ notes: 0 }),
+    decide: (command) => [{ type: 'Noted', data: { text: command.data.text } }],
+    evolve: (state) => ({ notes: state.notes + 1 }),
+  },
+);
 
 function setup() {
   const store = createInMemoryStore();
   const notes = createRepository(store, notebook);
   const bus = createCommandBus({ middleware: defaultMiddleware(store) });
-  bus.register(Note, notes.handler((command) => command.data.id));
+  bus.register(
+    Note,
+    notes.handler((command) => command.data.id),
+  );
   const count = async () => {
     let n = 0;
     for await (const _ of store.readAll()) n++;
@@ -81,13 +86,26 @@ describe('hostile input on the write side', () => {
       createCommand('toString', {}),
     ];
     for (const command of bad) await refusal(bus.dispatch(command as Command));
-    assert.throws(() => createCommand('Note', {}, { id: 10n as never }), (e: unknown) => e instanceof EventlineError && /UUID/.test(e.message));
+    assert.throws(
+      () => createCommand('Note', {}, { id: 10n as never }),
+      (e: unknown) => e instanceof EventlineError && /UUID/.test(e.message),
+    );
     assert.equal(await count(), 0);
   });
 
   it('data that is not JSON or too deep, also under an idempotency key, is a ValidationError', async () => {
     const { bus, count } = setup();
-    for (const text of [10n, Symbol('s'), () => 1, new Date(), deep(MAX_JSON_DEPTH + 1), deep(100_000), 'lone \ud800', 'nul \u0000', NaN]) {
+    for (const text of [
+      10n,
+      Symbol('s'),
+      () => 1,
+      new Date(),
+      deep(MAX_JSON_DEPTH + 1),
+      deep(100_000),
+      'lone \ud800',
+      'nul \u0000',
+      NaN,
+    ]) {
       await refusal(bus.dispatch(Note.create({ id: '1', text })));
       await refusal(bus.dispatch(Note.create({ id: '1', text }, { idempotencyKey: 'k-1' })));
     }
@@ -97,7 +115,12 @@ describe('hostile input on the write side', () => {
   it('metadata with hostile keys and values, and idempotency keys of every wrong kind', async () => {
     const { bus, count } = setup();
     // The metadata the events carry (correlation, trace, tenant, actor) is checked like the events' own.
-    for (const metadata of [{ correlationId: 'x\ud800' }, { tenant: 'a\u0000' }, { actor: 10n }, { traceparent: deep(5000) }]) {
+    for (const metadata of [
+      { correlationId: 'x\ud800' },
+      { tenant: 'a\u0000' },
+      { actor: 10n },
+      { traceparent: deep(5000) },
+    ]) {
       await refusal(bus.dispatch(Note.create({ id: '1', text: 'x' }, { metadata: metadata as never })));
     }
     for (const key of [10n, 42, {}, '', ' ', 'a\u0000', 'b\udc00', 'k'.repeat(201)]) {
@@ -109,7 +132,9 @@ describe('hostile input on the write side', () => {
   it('after all of it, the same bus still handles a good command', async () => {
     const { bus, notes } = setup();
     await refusal(bus.dispatch(null as never));
-    await bus.dispatch(Note.create({ id: '1', text: JSON.parse('{"__proto__":{"polluted":1}}') }, { idempotencyKey: 'ok' }));
+    await bus.dispatch(
+      Note.create({ id: '1', text: JSON.parse('{"__proto__":{"polluted":1}}') }, { idempotencyKey: 'ok' }),
+    );
     assert.equal((await notes.load('1')).state.notes, 1);
     assert.equal(({} as Record<string, unknown>).polluted, undefined);
   });

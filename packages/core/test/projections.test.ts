@@ -37,7 +37,12 @@ const deposit = (amount: number) => ({ id: newId(), type: 'Deposited', data: { a
 
 function setup() {
   const store = createInMemoryStore();
-  return { store, subscriptions: createInMemorySubscriptionStore(store), documents: createInMemoryDocumentStore(), catalog: createInMemoryProjectionCatalog() };
+  return {
+    store,
+    subscriptions: createInMemorySubscriptionStore(store),
+    documents: createInMemoryDocumentStore(),
+    catalog: createInMemoryProjectionCatalog(),
+  };
 }
 
 describe('projections (in-memory)', () => {
@@ -85,7 +90,10 @@ describe('projections (in-memory)', () => {
     for (const limit of [Number.NaN, 0, -1, 1.5, Infinity]) await assert.rejects(collection.list({ limit }), /limit/);
     assert.equal(await documents.has('things'), false, 'refused writes create nothing');
     assert.equal(await collection.put('😀'.repeat(250), { n: 1 }, at), true, 'astral characters are well formed');
-    assert.deepEqual((await collection.list({ after: '😀' })).map((d) => d.id.length), [500]);
+    assert.deepEqual(
+      (await collection.list({ after: '😀' })).map((d) => d.id.length),
+      [500],
+    );
   });
 
   it('reads never create a collection; an unknown one is an UnknownCollectionError naming the known ones', async () => {
@@ -101,15 +109,29 @@ describe('projections (in-memory)', () => {
     const undeclared = createAsyncProjection({ ...parts, projection: balances(), pollIntervalMs: 10 });
     await undeclared.start();
     try {
-      await assert.rejects(undeclared.collection('balance'), (error: unknown) => error instanceof UnknownCollectionError && error.known.length === 0);
+      await assert.rejects(
+        undeclared.collection('balance'),
+        (error: unknown) => error instanceof UnknownCollectionError && error.known.length === 0,
+      );
       const { position } = await parts.store.append('account-1', [deposit(5)]);
       await undeclared.waitFor(position, { timeoutMs: 30_000 });
       assert.equal(await (await undeclared.collection<Balance>('balance')).count(), 1);
       for (const name of ['nope', 'constructor', 'to_string']) {
-        await assert.rejects(undeclared.collection(name), (error: unknown) => error instanceof UnknownCollectionError && error.code === 'UNKNOWN_COLLECTION' && error.known.join() === 'balance', name);
+        await assert.rejects(
+          undeclared.collection(name),
+          (error: unknown) =>
+            error instanceof UnknownCollectionError &&
+            error.code === 'UNKNOWN_COLLECTION' &&
+            error.known.join() === 'balance',
+          name,
+        );
       }
       await assert.rejects(undeclared.collection('__proto__'), ValidationError);
-      assert.deepEqual(await parts.documents.collections(''), ['balances_v1_balance'], 'reads of unknown names created nothing');
+      assert.deepEqual(
+        await parts.documents.collections(''),
+        ['balances_v1_balance'],
+        'reads of unknown names created nothing',
+      );
     } finally {
       await undeclared.stop();
     }
@@ -120,12 +142,25 @@ describe('projections (in-memory)', () => {
     assert.equal(await (await projection.collection('history')).get('x'), null, 'declared and never written: empty');
     assert.deepEqual(await (await projection.collection('history')).list(), []);
     assert.equal(await projection.documents.has('declared_v1_history'), false, 'and still not created');
-    await assert.rejects(projection.collection('balances'), (error: unknown) => error instanceof UnknownCollectionError && error.known.join() === 'balance,history');
+    await assert.rejects(
+      projection.collection('balances'),
+      (error: unknown) => error instanceof UnknownCollectionError && error.known.join() === 'balance,history',
+    );
 
     // A handler that writes a collection its projection does not declare fails (its event is parked).
-    const sloppy = defineProjection({ name: 'sloppy', version: 1, collections: ['a'], handlers: { Deposited: async (_event, { documents }) => void (await documents('b').set('x', 1)) } });
+    const sloppy = defineProjection({
+      name: 'sloppy',
+      version: 1,
+      collections: ['a'],
+      handlers: { Deposited: async (_event, { documents }) => void (await documents('b').set('x', 1)) },
+    });
     const sloppyParts = setup();
-    const running = createAsyncProjection({ ...sloppyParts, projection: sloppy, pollIntervalMs: 10, retry: { maxAttempts: 2, baseDelayMs: 1 } });
+    const running = createAsyncProjection({
+      ...sloppyParts,
+      projection: sloppy,
+      pollIntervalMs: 10,
+      retry: { maxAttempts: 2, baseDelayMs: 1 },
+    });
     await running.start();
     try {
       const { position } = await sloppyParts.store.append('account-1', [deposit(1)]);
@@ -136,18 +171,32 @@ describe('projections (in-memory)', () => {
       await running.stop();
     }
 
-    for (const collections of [[], ['Bad'], ['a', 'a']]) assert.throws(() => defineProjection({ ...balances(), collections }), ValidationError, JSON.stringify(collections));
+    for (const collections of [[], ['Bad'], ['a', 'a']])
+      assert.throws(
+        () => defineProjection({ ...balances(), collections }),
+        ValidationError,
+        JSON.stringify(collections),
+      );
   });
 
   it('inline: the read model commits with the events, and a failing projection fails the append', async () => {
     const base = createInMemoryStore();
     const documents = createInMemoryDocumentStore();
-    const failing = defineProjection({ name: 'guard', version: 1, handlers: { Deposited: (event) => {
-      if ((event.data as { amount: number }).amount < 0) throw new Error('negative deposit');
-    } } });
+    const failing = defineProjection({
+      name: 'guard',
+      version: 1,
+      handlers: {
+        Deposited: (event) => {
+          if ((event.data as { amount: number }).amount < 0) throw new Error('negative deposit');
+        },
+      },
+    });
     const store = withInlineProjections(base, [balances(), failing], documents, () => undefined);
     await store.append('account-1', [deposit(10)]);
-    assert.deepEqual((await documents.collection('balances_v1_balance').get('account-1'))?.data, { balance: 10, movements: 1 });
+    assert.deepEqual((await documents.collection('balances_v1_balance').get('account-1'))?.data, {
+      balance: 10,
+      movements: 1,
+    });
     await assert.rejects(store.append('account-1', [deposit(-1)]), /negative deposit/);
     assert.equal((await base.streamInfo('account-1')).version, 1, 'the append was rolled back');
     await store.transaction(async (tx) => {
@@ -173,7 +222,13 @@ describe('projections (in-memory)', () => {
     await v1.waitFor(head.position);
     await v1.stop();
     const progress: RebuildProgress[] = [];
-    const v2 = createAsyncProjection({ ...parts, projection: balances(2, 100), pollIntervalMs: 10, batchSize: 7, onProgress: (p) => progress.push(p) });
+    const v2 = createAsyncProjection({
+      ...parts,
+      projection: balances(2, 100),
+      pollIntervalMs: 10,
+      batchSize: 7,
+      onProgress: (p) => progress.push(p),
+    });
     const reader = await v1.collection<Balance>('balance');
     const starting = v2.start();
     assert.deepEqual(await reader.get('account-0'), { balance: 11, movements: 11 }, 'v1 serves during the rebuild');
@@ -182,12 +237,19 @@ describe('projections (in-memory)', () => {
     const last = await parts.store.append('account-0', [deposit(1)]);
     await v2.waitFor(last.position);
     const switched = await v1.collection<Balance>('balance');
-    assert.deepEqual(await switched.get('account-0'), { balance: 1300, movements: 13 }, 'reads switched to v2, complete');
+    assert.deepEqual(
+      await switched.get('account-0'),
+      { balance: 1300, movements: 13 },
+      'reads switched to v2, complete',
+    );
     assert.equal(await parts.catalog.active('balances'), 2);
     assert.equal(await parts.documents.collection('balances_v1_balance').count(), 0, 'v1 collections dropped');
     assert.ok(progress.length >= 1);
     assert.equal(progress.at(-1)!.done, progress.at(-1)!.total);
     await v2.stop();
-    await assert.rejects(createAsyncProjection({ ...parts, projection: balances(1) }).start(), /older than the serving v2/);
+    await assert.rejects(
+      createAsyncProjection({ ...parts, projection: balances(1) }).start(),
+      /older than the serving v2/,
+    );
   });
 });

@@ -14,7 +14,6 @@ import {
 } from '@eventline/core';
 import { until } from '@eventline/core/testing';
 
-
 const deposit = (i: number) => ({ id: newId(), type: 'Deposited', data: { i } });
 
 describe('publisher and replay (in-memory store, in-process broker)', () => {
@@ -33,10 +32,21 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
       consume: (o) => real.consume(o),
       close: () => real.close(),
     };
-    const publisher = createPublisher({ name: 'bus', store, subscriptions: createInMemorySubscriptionStore(store), transport: flaky, pollIntervalMs: 10, retry: { maxAttempts: 10, baseDelayMs: 1, maxDelayMs: 5 } });
+    const publisher = createPublisher({
+      name: 'bus',
+      store,
+      subscriptions: createInMemorySubscriptionStore(store),
+      transport: flaky,
+      pollIntervalMs: 10,
+      retry: { maxAttempts: 10, baseDelayMs: 1, maxDelayMs: 5 },
+    });
     for (let i = 0; i < 10; i++) await store.append(`account-${i % 3}`, [deposit(i)]);
     const effects: number[] = [];
-    const consumer = await consumeEvents(broker.connect(), { group: 'statements', inbox: createInMemoryInbox(), handle: async (event) => void effects.push((event.data as { i: number }).i) });
+    const consumer = await consumeEvents(broker.connect(), {
+      group: 'statements',
+      inbox: createInMemoryInbox(),
+      handle: async (event) => void effects.push((event.data as { i: number }).i),
+    });
     publisher.start();
     await until(() => effects.length === 10, 'all events on the bus');
     assert.deepEqual(effects, [...Array(10).keys()], 'in log order, each once');
@@ -65,10 +75,21 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
       consume: (o) => real.consume(o),
       close: () => real.close(),
     };
-    const publisher = createPublisher({ name: 'bus', store, subscriptions: createInMemorySubscriptionStore(store), transport: restarting, pollIntervalMs: 10, retry: { baseDelayMs: 1, maxDelayMs: 2 } });
+    const publisher = createPublisher({
+      name: 'bus',
+      store,
+      subscriptions: createInMemorySubscriptionStore(store),
+      transport: restarting,
+      pollIntervalMs: 10,
+      retry: { baseDelayMs: 1, maxDelayMs: 2 },
+    });
     for (let i = 0; i < 10; i++) await store.append(`account-${i % 3}`, [deposit(i)]);
     const effects: number[] = [];
-    const consumer = await consumeEvents(broker.connect(), { group: 'statements', inbox: createInMemoryInbox(), handle: async (event) => void effects.push((event.data as { i: number }).i) });
+    const consumer = await consumeEvents(broker.connect(), {
+      group: 'statements',
+      inbox: createInMemoryInbox(),
+      handle: async (event) => void effects.push((event.data as { i: number }).i),
+    });
     publisher.start();
     await until(() => refused >= 30, 'many more refused publishes than the default retry count');
     down = false;
@@ -87,16 +108,30 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
     for (let i = 0; i < 6; i++) await store.append(i % 2 ? 'payment-1' : 'account-1', [deposit(i)]);
     const inbox = createInMemoryInbox();
     const seen: Array<{ i: number; replay: boolean }> = [];
-    const kept = await consumeEvents(broker.connect(), { group: 'kept', inbox, handle: async (event, { replay }) => void seen.push({ i: (event.data as { i: number }).i, replay }) });
+    const kept = await consumeEvents(broker.connect(), {
+      group: 'kept',
+      inbox,
+      handle: async (event, { replay }) => void seen.push({ i: (event.data as { i: number }).i, replay }),
+    });
     const progress: number[] = [];
     const first = await replayToTransport({ store, transport, filter: { categories: ['account'] } });
     assert.equal(first.published, 3);
     await until(() => seen.length === 3, 'the first replay');
     assert.ok(seen.every((s) => s.replay));
-    const again = await replayToTransport({ store, transport, filter: { categories: ['account'] }, ratePerSecond: 100, onProgress: (p) => progress.push(p.published) });
+    const again = await replayToTransport({
+      store,
+      transport,
+      filter: { categories: ['account'] },
+      ratePerSecond: 100,
+      onProgress: (p) => progress.push(p.published),
+    });
     assert.equal(again.published, 3);
     const rebuilt: number[] = [];
-    const wiped = await consumeEvents(broker.connect(), { group: 'wiped', inbox: createInMemoryInbox(), handle: async (event) => void rebuilt.push((event.data as { i: number }).i) });
+    const wiped = await consumeEvents(broker.connect(), {
+      group: 'wiped',
+      inbox: createInMemoryInbox(),
+      handle: async (event) => void rebuilt.push((event.data as { i: number }).i),
+    });
     await until(() => rebuilt.length === 3, 'a consumer that lost its data rebuilds from the replays');
     await new Promise((resolve) => setTimeout(resolve, 50));
     assert.deepEqual(rebuilt, [0, 2, 4], 'each event once, in order, though it was replayed twice');
@@ -108,10 +143,11 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
 });
 
 describe('encodeStoredEvent', () => {
-  it("writes recordedAt as toISOString does, for times in the same second, in other seconds, and before 1970", () => {
+  it('writes recordedAt as toISOString does, for times in the same second, in other seconds, and before 1970', () => {
     const times = [
-      1764000000000, 1764000000001, 1764000000009, 1764000000010, 1764000000099, 1764000000100, 1764000000999, 1764000001000,
-      1764000000500, 1764000001000, 0, 1, 999, -1, -999, -1000, -1001, 946684799999, 946684800000, 253402300799999, -62198755200000,
+      1764000000000, 1764000000001, 1764000000009, 1764000000010, 1764000000099, 1764000000100, 1764000000999,
+      1764000001000, 1764000000500, 1764000001000, 0, 1, 999, -1, -999, -1000, -1001, 946684799999, 946684800000,
+      253402300799999, -62198755200000,
     ];
     for (const ms of times) {
       const recordedAt = new Date(ms);
@@ -125,9 +161,21 @@ describe('encodeStoredEvent', () => {
         dataJson: '{}',
         metadataJson: '{}',
       });
-      assert.equal((JSON.parse(message.body) as { recordedAt: string }).recordedAt, recordedAt.toISOString(), String(ms));
+      assert.equal(
+        (JSON.parse(message.body) as { recordedAt: string }).recordedAt,
+        recordedAt.toISOString(),
+        String(ms),
+      );
     }
-    const invalid = { id: newId(), streamId: 'order-1', type: 'OrderPlaced', version: '1', position: '0000000000000001/0000000000000001', dataJson: '{}', metadataJson: '{}' };
+    const invalid = {
+      id: newId(),
+      streamId: 'order-1',
+      type: 'OrderPlaced',
+      version: '1',
+      position: '0000000000000001/0000000000000001',
+      dataJson: '{}',
+      metadataJson: '{}',
+    };
     assert.throws(() => encodeStoredEvent({ ...invalid, recordedAt: new Date(Number.NaN) }), RangeError);
   });
 });

@@ -31,8 +31,10 @@ function setup() {
 }
 
 const append = (store: ReturnType<typeof createInMemoryStore>, streamId: string, count = 1, type = 'Happened') =>
-  store.append(streamId, Array.from({ length: count }, (_, i) => ({ id: newId(), type, data: { i } })));
-
+  store.append(
+    streamId,
+    Array.from({ length: count }, (_, i) => ({ id: newId(), type, data: { i } })),
+  );
 
 describe('subscriptions (in-memory)', () => {
   it('deliver every event once, in order, wake up on appends, and resume from the checkpoint', async () => {
@@ -52,7 +54,10 @@ describe('subscriptions (in-memory)', () => {
     await again.stop();
     const all: RecordedEvent[] = [];
     for await (const event of store.readAll()) all.push(event);
-    assert.deepEqual(seen.map((e) => e.id), all.map((e) => e.id));
+    assert.deepEqual(
+      seen.map((e) => e.id),
+      all.map((e) => e.id),
+    );
   });
 
   it('filter by category and type, and can start at the end', async () => {
@@ -61,14 +66,20 @@ describe('subscriptions (in-memory)', () => {
     await append(store, 'b-1', 2);
     const filtered = createSubscription(options({ filter: { categories: ['b'] } }));
     await filtered.catchUp();
-    assert.deepEqual(seen.map((e) => e.streamId), ['b-1', 'b-1']);
+    assert.deepEqual(
+      seen.map((e) => e.streamId),
+      ['b-1', 'b-1'],
+    );
     seen.length = 0;
     const fromEnd = createSubscription(options({ name: 'from-end', from: 'end' }));
     await fromEnd.catchUp();
     assert.equal(seen.length, 0);
     await append(store, 'a-2', 1);
     await fromEnd.catchUp();
-    assert.deepEqual(seen.map((e) => e.streamId), ['a-2']);
+    assert.deepEqual(
+      seen.map((e) => e.streamId),
+      ['a-2'],
+    );
   });
 
   it('partitions split streams by hash and keep per-stream order', async () => {
@@ -76,7 +87,9 @@ describe('subscriptions (in-memory)', () => {
     for (let i = 0; i < 20; i++) await append(store, `s-${i % 7}`, 2);
     const byPartition: RecordedEvent[][] = [[], [], []];
     for (let index = 0; index < 3; index++) {
-      await createSubscription(options({ partition: { count: 3, index }, handle: (event) => void byPartition[index]!.push(event) })).catchUp();
+      await createSubscription(
+        options({ partition: { count: 3, index }, handle: (event) => void byPartition[index]!.push(event) }),
+      ).catchUp();
     }
     assert.equal(byPartition.flat().length, 40);
     for (const [index, events] of byPartition.entries()) {
@@ -92,8 +105,12 @@ describe('subscriptions (in-memory)', () => {
   it('one instance holds the lease; the other takes over when it stops', async () => {
     const { store, options } = setup();
     const handledBy: string[] = [];
-    const a = createSubscription(options({ lease: { owner: 'a', ttlMs: 300 }, handle: () => void handledBy.push('a') }));
-    const b = createSubscription(options({ lease: { owner: 'b', ttlMs: 300 }, handle: () => void handledBy.push('b') }));
+    const a = createSubscription(
+      options({ lease: { owner: 'a', ttlMs: 300 }, handle: () => void handledBy.push('a') }),
+    );
+    const b = createSubscription(
+      options({ lease: { owner: 'b', ttlMs: 300 }, handle: () => void handledBy.push('b') }),
+    );
     a.start();
     await until(async () => (await a.status()).state === 'running', 'a running');
     b.start();
@@ -194,7 +211,11 @@ describe('subscriptions (in-memory)', () => {
         },
       }),
     );
-    const appendFrom = (from: number, count: number) => store.append('a-1', Array.from({ length: count }, (_, k) => ({ id: newId(), type: 'Happened', data: { n: from + k } })));
+    const appendFrom = (from: number, count: number) =>
+      store.append(
+        'a-1',
+        Array.from({ length: count }, (_, k) => ({ id: newId(), type: 'Happened', data: { n: from + k } })),
+      );
     const first = await appendFrom(0, 50);
     await subscription.catchUp();
     assert.equal(handled.length, 50);
@@ -210,19 +231,31 @@ describe('subscriptions (in-memory)', () => {
     await until(() => handled.length >= 75, 'events up to 75');
     assert.equal(await subscriptions.checkpoint('test'), caughtUp, 'the batches handled since are in memory only');
     const inMemory = (await subscription.status()).checkpoint!;
-    assert.ok(inMemory >= handledAt[69]! && inMemory <= handledAt[74]!, 'status shows the last batch handled, not beyond');
+    assert.ok(
+      inMemory >= handledAt[69]! && inMemory <= handledAt[74]!,
+      'status shows the last batch handled, not beyond',
+    );
     release();
     const head = await store.headPosition();
     await subscription.waitFor(head);
     await subscription.stop();
     assert.equal(await subscriptions.checkpoint('test'), head, 'stored when caught up and at stop');
-    assert.deepEqual(handled, Array.from({ length: 100 }, (_, n) => n), 'each event once, in order');
+    assert.deepEqual(
+      handled,
+      Array.from({ length: 100 }, (_, n) => n),
+      'each event once, in order',
+    );
   });
 
   it('checkpointIntervalMs needs transactional: false', () => {
     const { options } = setup();
-    assert.throws(() => createSubscription(options({ checkpointIntervalMs: 100 })), { code: 'VALIDATION', message: /needs transactional: false/ });
-    assert.throws(() => createSubscription(options({ transactional: false, checkpointIntervalMs: -1 })), { code: 'VALIDATION' });
+    assert.throws(() => createSubscription(options({ checkpointIntervalMs: 100 })), {
+      code: 'VALIDATION',
+      message: /needs transactional: false/,
+    });
+    assert.throws(() => createSubscription(options({ transactional: false, checkpointIntervalMs: -1 })), {
+      code: 'VALIDATION',
+    });
   });
 
   it('moveCheckpoint is fenced by the lease', async () => {
@@ -316,7 +349,11 @@ describe('subscriptions (in-memory)', () => {
     const subscription = createSubscription(options());
     const { position } = await append(store, 'a-1');
     for (const timeoutMs of [Number.NaN, -1, -Infinity, '50' as unknown as number]) {
-      await assert.rejects(subscription.waitFor(position, { timeoutMs }), (error: unknown) => error instanceof ValidationError && /timeoutMs/.test(error.message), String(timeoutMs));
+      await assert.rejects(
+        subscription.waitFor(position, { timeoutMs }),
+        (error: unknown) => error instanceof ValidationError && /timeoutMs/.test(error.message),
+        String(timeoutMs),
+      );
     }
     await assert.rejects(subscription.waitFor('nope' as Position), ValidationError);
     assert.equal((await subscription.status()).waiting, 0);
@@ -340,7 +377,10 @@ describe('subscriptions (in-memory)', () => {
     subscription.start();
     try {
       const later = await append(store, 'a-2');
-      await assert.rejects(subscription.waitFor(later.position, { signal: AbortSignal.abort(reason) }), (error) => error === reason);
+      await assert.rejects(
+        subscription.waitFor(later.position, { signal: AbortSignal.abort(reason) }),
+        (error) => error === reason,
+      );
       await subscription.waitFor(later.position, { timeoutMs: 30_000, signal: new AbortController().signal });
       assert.equal(progress.size, 0);
     } finally {

@@ -30,7 +30,10 @@ const Open = defineCommand('Open', z.object({ id: z.string(), owner: z.string().
 const Deposit = defineCommand('Deposit', z.object({ id: z.string(), amount: z.number().positive() }));
 const Withdraw = defineCommand('Withdraw', z.object({ id: z.string(), amount: z.number().positive() }));
 type AccountCommand = CommandOf<typeof Open> | CommandOf<typeof Deposit> | CommandOf<typeof Withdraw>;
-type AccountEvent = { type: 'Opened'; data: { owner: string } } | { type: 'Deposited'; data: { amount: number } } | { type: 'Withdrawn'; data: { amount: number } };
+type AccountEvent =
+  | { type: 'Opened'; data: { owner: string } }
+  | { type: 'Deposited'; data: { amount: number } }
+  | { type: 'Withdrawn'; data: { amount: number } };
 interface Account {
   open: boolean;
   balance: number;
@@ -44,7 +47,8 @@ const account = defineAggregate<Account, AccountCommand, AccountEvent>({
     if (Open.is(command)) return state.open ? [] : [{ type: 'Opened', data: { owner: command.data.owner } }];
     if (!state.open) throw new DomainError('the account is not open', 'ACCOUNT_NOT_OPEN');
     if (Deposit.is(command)) return [{ type: 'Deposited', data: { amount: command.data.amount } }];
-    if (command.data.amount > state.balance) throw new DomainError(`insufficient funds: balance ${state.balance}`, 'INSUFFICIENT_FUNDS');
+    if (command.data.amount > state.balance)
+      throw new DomainError(`insufficient funds: balance ${state.balance}`, 'INSUFFICIENT_FUNDS');
     return [{ type: 'Withdrawn', data: { amount: command.data.amount } }];
   },
   evolve(state, event) {
@@ -74,7 +78,10 @@ function setup(store: EventStore = createInMemoryStore(), snapshots = createInMe
 describe('command bus', () => {
   it('refuses a second handler and unknown command types with typed errors', async () => {
     const { bus } = setup();
-    assert.throws(() => bus.register(Open, async () => ({ streamId: 'x-1', version: 0, position: null, events: [] })), DuplicateHandlerError);
+    assert.throws(
+      () => bus.register(Open, async () => ({ streamId: 'x-1', version: 0, position: null, events: [] })),
+      DuplicateHandlerError,
+    );
     const error = await bus.dispatch(createCommand('Close', { id: '1' })).catch((e: unknown) => e);
     assert.ok(error instanceof UnknownCommandError);
     assert.equal(error.code, 'UNKNOWN_COMMAND');
@@ -84,18 +91,23 @@ describe('command bus', () => {
 
   it('validates command data against its schema before the handler runs', async () => {
     const { bus, store } = setup();
-    await assert.rejects(bus.dispatch(Open.create({ id: '1', owner: '' })), (error: unknown) => error instanceof ValidationError && /owner/.test(error.message));
+    await assert.rejects(
+      bus.dispatch(Open.create({ id: '1', owner: '' })),
+      (error: unknown) => error instanceof ValidationError && /owner/.test(error.message),
+    );
     assert.equal((await store.streamInfo('account-1')).exists, false);
   });
 
   it('runs middleware outermost first, around the handler', async () => {
     const order: string[] = [];
-    const layer = (name: string): Middleware => async (command, context, next) => {
-      order.push(`${name}:before`);
-      const result = await next(command, context);
-      order.push(`${name}:after`);
-      return result;
-    };
+    const layer =
+      (name: string): Middleware =>
+      async (command, context, next) => {
+        order.push(`${name}:before`);
+        const result = await next(command, context);
+        order.push(`${name}:after`);
+        return result;
+      };
     const bus = createCommandBus({ middleware: [layer('a'), layer('b'), validateCommands(), layer('c')] });
     bus.register(Open, async () => {
       order.push('handler');
@@ -110,10 +122,22 @@ describe('command bus', () => {
     const store = createInMemoryStore();
     const accounts = createRepository(store, account);
     const bus = createCommandBus({
-      middleware: [commandHooks({ onStart: (c) => seen.push(`start ${c.type}`), onSuccess: (c, r, ms) => seen.push(`ok ${c.type} v${r.version} ${ms >= 0}`), onError: (c, e) => seen.push(`error ${c.type} ${(e as DomainError).rule}`) })],
+      middleware: [
+        commandHooks({
+          onStart: (c) => seen.push(`start ${c.type}`),
+          onSuccess: (c, r, ms) => seen.push(`ok ${c.type} v${r.version} ${ms >= 0}`),
+          onError: (c, e) => seen.push(`error ${c.type} ${(e as DomainError).rule}`),
+        }),
+      ],
     });
-    bus.register(Open, accounts.handler((c) => c.data.id));
-    bus.register(Withdraw, accounts.handler((c) => c.data.id));
+    bus.register(
+      Open,
+      accounts.handler((c) => c.data.id),
+    );
+    bus.register(
+      Withdraw,
+      accounts.handler((c) => c.data.id),
+    );
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
     await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 5 })), DomainError);
     assert.deepEqual(seen, ['start Open', 'ok Open v1 true', 'start Withdraw', 'error Withdraw INSUFFICIENT_FUNDS']);
@@ -121,7 +145,16 @@ describe('command bus', () => {
 
   it('puts correlation and causation ids from the command on the events', async () => {
     const { bus, store } = setup();
-    const command = Open.create({ id: '1', owner: 'Ada' }, { metadata: { correlationId: 'req-1', actor: 'ada', traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' } });
+    const command = Open.create(
+      { id: '1', owner: 'Ada' },
+      {
+        metadata: {
+          correlationId: 'req-1',
+          actor: 'ada',
+          traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+        },
+      },
+    );
     const result = await bus.dispatch(command);
     assert.equal(result.events[0]!.metadata.causationId, command.id);
     for await (const event of store.readStream('account-1')) {
@@ -131,7 +164,11 @@ describe('command bus', () => {
       assert.equal(event.metadata.traceparent, command.metadata.traceparent);
     }
     const generated = Deposit.create({ id: '1', amount: 1 });
-    assert.match(generated.metadata.correlationId!, /^[0-9a-f-]{36}$/, 'a command without a correlation id gets a new one');
+    assert.match(
+      generated.metadata.correlationId!,
+      /^[0-9a-f-]{36}$/,
+      'a command without a correlation id gets a new one',
+    );
   });
 
   it('returns the stream, new version, global position and events', async () => {
@@ -141,7 +178,10 @@ describe('command bus', () => {
     assert.equal(result.streamId, 'account-1');
     assert.equal(result.version, 2);
     assert.equal(typeof result.position, 'string');
-    assert.deepEqual(result.events.map((e) => [e.type, e.version, e.data]), [['Deposited', 2, { amount: 10 }]]);
+    assert.deepEqual(
+      result.events.map((e) => [e.type, e.version, e.data]),
+      [['Deposited', 2, { amount: 10 }]],
+    );
   });
 });
 
@@ -155,7 +195,9 @@ describe('idempotency keys', () => {
     assert.equal(again.duplicate, true);
     assert.deepEqual({ ...again, duplicate: undefined }, { ...original, duplicate: undefined });
     const restarted = setup(store); // a new bus and repository over the same store: nothing kept in process memory
-    const afterRestart = await restarted.bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'req-42' }));
+    const afterRestart = await restarted.bus.dispatch(
+      Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'req-42' }),
+    );
     assert.equal(afterRestart.duplicate, true);
     assert.equal((await restarted.accounts.load('1')).state.balance, 10);
   });
@@ -163,7 +205,11 @@ describe('idempotency keys', () => {
   it('concurrent commands with one key are handled once', async () => {
     const { bus, accounts } = setup();
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
-    const results = await Promise.all(Array.from({ length: 8 }, () => bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'same' }))));
+    const results = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'same' })),
+      ),
+    );
     assert.equal(results.filter((r) => !r.duplicate).length, 1);
     assert.equal((await accounts.load('1')).state.balance, 10);
   });
@@ -181,7 +227,9 @@ describe('idempotency keys', () => {
   it('a key reused for another command type is an IdempotencyKeyReusedError', async () => {
     const { bus } = setup();
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'k' }));
-    const error = await bus.dispatch(Deposit.create({ id: '1', amount: 1 }, { idempotencyKey: 'k' })).catch((e: unknown) => e);
+    const error = await bus
+      .dispatch(Deposit.create({ id: '1', amount: 1 }, { idempotencyKey: 'k' }))
+      .catch((e: unknown) => e);
     assert.ok(error instanceof IdempotencyKeyReusedError, String(error));
     assert.equal(error.code, 'IDEMPOTENCY_KEY_REUSED');
     assert.equal(error.firstCommandType, 'Open');
@@ -194,13 +242,25 @@ describe('idempotency keys', () => {
     await bus.dispatch(Open.create({ id: '2', owner: 'Bob' }));
     const first = await bus.dispatch(Deposit.create({ id: '1', amount: 10 }, { idempotencyKey: 'dep' }));
     const before = (await collect(store.readAll())).length;
-    for (const reuse of [{ id: '1', amount: 999 }, { id: '2', amount: 10 }]) {
+    for (const reuse of [
+      { id: '1', amount: 999 },
+      { id: '2', amount: 10 },
+    ]) {
       await assert.rejects(bus.dispatch(Deposit.create(reuse, { idempotencyKey: 'dep' })), IdempotencyKeyReusedError);
     }
-    await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 10 }, { idempotencyKey: 'dep' })), IdempotencyKeyReusedError);
+    await assert.rejects(
+      bus.dispatch(Withdraw.create({ id: '1', amount: 10 }, { idempotencyKey: 'dep' })),
+      IdempotencyKeyReusedError,
+    );
     assert.equal((await collect(store.readAll())).length, before, 'nothing was appended');
     // The same command, its data's keys in another order and with other metadata, is the same command.
-    const again = await bus.dispatch(createCommand('Deposit', { amount: 10, id: '1' }, { idempotencyKey: 'dep', metadata: { correlationId: 'another' } }));
+    const again = await bus.dispatch(
+      createCommand(
+        'Deposit',
+        { amount: 10, id: '1' },
+        { idempotencyKey: 'dep', metadata: { correlationId: 'another' } },
+      ),
+    );
     assert.equal(again.duplicate, true);
     assert.equal(again.position, first.position);
     assert.equal((await accounts.load('1')).state.balance, 10);
@@ -211,13 +271,18 @@ describe('idempotency keys', () => {
     const { bus, accounts } = setup();
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
     const amounts = Array.from({ length: 16 }, (_, i) => (i % 4) + 1);
-    const answers = await Promise.allSettled(amounts.map((amount) => bus.dispatch(Deposit.create({ id: '1', amount }, { idempotencyKey: 'race' }))));
+    const answers = await Promise.allSettled(
+      amounts.map((amount) => bus.dispatch(Deposit.create({ id: '1', amount }, { idempotencyKey: 'race' }))),
+    );
     const balance = (await accounts.load('1')).state.balance;
     assert.ok(amounts.includes(balance), `one deposit took effect: ${balance}`);
     answers.forEach((answer, i) => {
       if (answer.status === 'fulfilled') {
         assert.equal(amounts[i], balance, 'a success is only ever given to the command that was stored');
-        assert.deepEqual(answer.value.events.map((e) => e.data), [{ amount: balance }]);
+        assert.deepEqual(
+          answer.value.events.map((e) => e.data),
+          [{ amount: balance }],
+        );
       } else {
         assert.notEqual(amounts[i], balance);
         assert.ok(answer.reason instanceof IdempotencyKeyReusedError, String(answer.reason));
@@ -227,11 +292,17 @@ describe('idempotency keys', () => {
   });
 
   it('the fingerprint is of the command as dispatched, before validation adds defaults', async () => {
-    const WithDefault = defineCommand('Open', z.object({ id: z.string(), owner: z.string().min(1), ref: z.string().default(() => crypto.randomUUID()) }));
+    const WithDefault = defineCommand(
+      'Open',
+      z.object({ id: z.string(), owner: z.string().min(1), ref: z.string().default(() => crypto.randomUUID()) }),
+    );
     const store = createInMemoryStore();
     const accounts = createRepository(store, account);
     const bus = createCommandBus({ middleware: defaultMiddleware(store) });
-    bus.register(WithDefault, accounts.handler((c) => c.data.id));
+    bus.register(
+      WithDefault,
+      accounts.handler((c) => c.data.id),
+    );
     const first = await bus.dispatch(WithDefault.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'o' }));
     const again = await bus.dispatch(WithDefault.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'o' }));
     assert.equal(again.duplicate, true);
@@ -242,7 +313,10 @@ describe('idempotency keys', () => {
     const { bus } = setup();
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
     for (const key of ['', 'a b', 'x\ud800', 'nul\u0000', 'k'.repeat(201), 'tab\t']) {
-      await assert.rejects(bus.dispatch(Deposit.create({ id: '1', amount: 1 }, { idempotencyKey: key })), (e: unknown) => e instanceof ValidationError && /Idempotency key/.test(e.message));
+      await assert.rejects(
+        bus.dispatch(Deposit.create({ id: '1', amount: 1 }, { idempotencyKey: key })),
+        (e: unknown) => e instanceof ValidationError && /Idempotency key/.test(e.message),
+      );
     }
   });
 });
@@ -252,9 +326,12 @@ describe('repository', () => {
     const { bus, store, accounts } = setup();
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
     await bus.dispatch(Deposit.create({ id: '1', amount: 100 }));
-    const results = await Promise.allSettled(Array.from({ length: 20 }, () => bus.dispatch(Withdraw.create({ id: '1', amount: 15 }))));
+    const results = await Promise.allSettled(
+      Array.from({ length: 20 }, () => bus.dispatch(Withdraw.create({ id: '1', amount: 15 }))),
+    );
     const succeeded = results.filter((r) => r.status === 'fulfilled');
-    for (const r of results) if (r.status === 'rejected') assert.equal((r.reason as DomainError).rule, 'INSUFFICIENT_FUNDS');
+    for (const r of results)
+      if (r.status === 'rejected') assert.equal((r.reason as DomainError).rule, 'INSUFFICIENT_FUNDS');
     assert.equal(succeeded.length, 6, '100 / 15 = 6 withdrawals fit');
     assert.equal((await accounts.load('1')).state.balance, 10);
     let withdrawn = 0;
@@ -274,7 +351,9 @@ describe('repository', () => {
       },
     };
     const delays: number[] = [];
-    const accounts = createRepository(conflicting, account, { retry: { maxAttempts: 4, baseDelayMs: 10, random: () => 1, sleep: async (ms) => void delays.push(ms) } });
+    const accounts = createRepository(conflicting, account, {
+      retry: { maxAttempts: 4, baseDelayMs: 10, random: () => 1, sleep: async (ms) => void delays.push(ms) },
+    });
     await assert.rejects(accounts.handle('1', Open.create({ id: '1', owner: 'Ada' })), ConcurrencyError);
     assert.equal(attempts, 4);
     assert.deepEqual(delays, [10, 20, 40], 'exponential backoff (jitter drawn as 1 here)');
@@ -282,7 +361,10 @@ describe('repository', () => {
 
   it('domain errors are not retried and a decision with no events appends nothing', async () => {
     const { accounts, store } = setup();
-    await assert.rejects(accounts.handle('1', Deposit.create({ id: '1', amount: 1 })), (e: unknown) => e instanceof DomainError && e.rule === 'ACCOUNT_NOT_OPEN');
+    await assert.rejects(
+      accounts.handle('1', Deposit.create({ id: '1', amount: 1 })),
+      (e: unknown) => e instanceof DomainError && e.rule === 'ACCOUNT_NOT_OPEN',
+    );
     await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
     const repeat = await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
     assert.deepEqual(repeat, { streamId: 'account-1', version: 1, position: null, events: [] });
@@ -292,8 +374,14 @@ describe('repository', () => {
   it('an explicit expected version refuses a stale command', async () => {
     const { accounts } = setup();
     await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
-    await assert.rejects(accounts.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 0 }), ConcurrencyError);
-    assert.equal((await accounts.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 1 })).version, 2);
+    await assert.rejects(
+      accounts.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 0 }),
+      ConcurrencyError,
+    );
+    assert.equal(
+      (await accounts.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 1 })).version,
+      2,
+    );
   });
 });
 
@@ -339,9 +427,16 @@ describe('state cache', () => {
     await here.handle('1', Deposit.create({ id: '1', amount: 10 }));
     await elsewhere.handle('1', Withdraw.create({ id: '1', amount: 10 }));
     // The cache says balance 10 at version 2; the store is at version 3 with balance 0.
-    await assert.rejects(here.handle('1', Withdraw.create({ id: '1', amount: 10 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
+    await assert.rejects(
+      here.handle('1', Withdraw.create({ id: '1', amount: 10 })),
+      (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS',
+    );
     const deposit = await here.handle('1', Deposit.create({ id: '1', amount: 5 }));
-    assert.equal(deposit.version, 4, 'decided on the store, not on the stale state; no retry attempt was spent on the stale state');
+    assert.equal(
+      deposit.version,
+      4,
+      'decided on the store, not on the stale state; no retry attempt was spent on the stale state',
+    );
     assert.equal((await elsewhere.load('1')).state.balance, 5);
     assert.ok(reads.count >= 3);
   });
@@ -356,11 +451,17 @@ describe('state cache', () => {
     bus.register(Withdraw, byId);
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }));
     await bus.dispatch(Deposit.create({ id: '1', amount: 100 }));
-    const results = await Promise.allSettled(Array.from({ length: 20 }, () => bus.dispatch(Withdraw.create({ id: '1', amount: 15 }))));
+    const results = await Promise.allSettled(
+      Array.from({ length: 20 }, () => bus.dispatch(Withdraw.create({ id: '1', amount: 15 }))),
+    );
     assert.equal(results.filter((r) => r.status === 'fulfilled').length, 6);
-    for (const r of results) if (r.status === 'rejected') assert.equal((r.reason as DomainError).rule, 'INSUFFICIENT_FUNDS');
+    for (const r of results)
+      if (r.status === 'rejected') assert.equal((r.reason as DomainError).rule, 'INSUFFICIENT_FUNDS');
     assert.equal((await accounts.load('1')).state.balance, 10);
-    await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 15 })), (e: unknown) => e instanceof DomainError);
+    await assert.rejects(
+      bus.dispatch(Withdraw.create({ id: '1', amount: 15 })),
+      (e: unknown) => e instanceof DomainError,
+    );
     assert.equal((await bus.dispatch(Withdraw.create({ id: '1', amount: 10 }))).version, 9);
   });
 
@@ -383,8 +484,15 @@ describe('state cache', () => {
     const elsewhere = createRepository(shared, account);
     await here.handle('1', Open.create({ id: '1', owner: 'Ada' }));
     await elsewhere.handle('1', Deposit.create({ id: '1', amount: 1 }));
-    assert.equal((await here.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 2 })).version, 3, 'the store is at 2, whatever the cache held');
-    await assert.rejects(here.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 2 }), ConcurrencyError);
+    assert.equal(
+      (await here.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 2 })).version,
+      3,
+      'the store is at 2, whatever the cache held',
+    );
+    await assert.rejects(
+      here.handle('1', Deposit.create({ id: '1', amount: 1 }), { expectedVersion: 2 }),
+      ConcurrencyError,
+    );
   });
 
   it('keeps at most maxEntries aggregates, dropping the least recently used', async () => {
@@ -397,17 +505,27 @@ describe('state cache', () => {
     assert.equal(reads.count, 0, 'b and c are kept');
     await accounts.handle('a', Deposit.create({ id: 'a', amount: 1 }));
     assert.equal(reads.count, 1, 'a was dropped');
-    assert.throws(() => createRepository(store, account, { cache: { maxEntries: 0 } }), (e: unknown) => e instanceof ValidationError && /maxEntries/.test(e.message));
+    assert.throws(
+      () => createRepository(store, account, { cache: { maxEntries: 0 } }),
+      (e: unknown) => e instanceof ValidationError && /maxEntries/.test(e.message),
+    );
   });
 
   it('a command with an idempotency key keeps its new state once its transaction has committed', async () => {
     const { store, reads } = counting();
     const accounts = createRepository(store, account, { cache: true });
     const bus = createCommandBus({ middleware: defaultMiddleware(store) });
-    for (const command of [Open, Deposit, Withdraw]) bus.register(command, accounts.handler((c) => c.data.id));
+    for (const command of [Open, Deposit, Withdraw])
+      bus.register(
+        command,
+        accounts.handler((c) => c.data.id),
+      );
     await bus.dispatch(Open.create({ id: '1', owner: 'Ada' }, { idempotencyKey: 'open-1' }));
     await bus.dispatch(Deposit.create({ id: '1', amount: 5 }, { idempotencyKey: 'deposit-1' }));
-    await assert.rejects(bus.dispatch(Withdraw.create({ id: '1', amount: 50 }, { idempotencyKey: 'withdraw-1' })), DomainError);
+    await assert.rejects(
+      bus.dispatch(Withdraw.create({ id: '1', amount: 50 }, { idempotencyKey: 'withdraw-1' })),
+      DomainError,
+    );
     const before = reads.count;
     const result = await bus.dispatch(Withdraw.create({ id: '1', amount: 5 }));
     assert.equal(reads.count, before, 'decided on the state the keyed command left, without reading');
@@ -427,7 +545,10 @@ describe('state cache', () => {
       /rolled back/,
     );
     const before = reads.count;
-    await assert.rejects(accounts.handle('1', Withdraw.create({ id: '1', amount: 50 })), (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS');
+    await assert.rejects(
+      accounts.handle('1', Withdraw.create({ id: '1', amount: 50 })),
+      (e: unknown) => e instanceof DomainError && e.rule === 'INSUFFICIENT_FUNDS',
+    );
     assert.equal(reads.count, before + 1, 'loaded again from the store');
   });
 });
@@ -459,10 +580,20 @@ describe('snapshots', () => {
     const accounts = createRepository(store, account, { snapshots });
     await accounts.handle('1', Open.create({ id: '1', owner: 'Ada' }));
     await accounts.handle('1', Deposit.create({ id: '1', amount: 4 }));
-    await snapshots.save({ streamId: 'account-1', version: 2, stateVersion: 99, state: { open: true, balance: 1_000_000 } });
+    await snapshots.save({
+      streamId: 'account-1',
+      version: 2,
+      stateVersion: 99,
+      state: { open: true, balance: 1_000_000 },
+    });
     const loaded = await accounts.load('1');
     assert.deepEqual([loaded.fromSnapshot, loaded.state.balance], [false, 4]);
-    assert.deepEqual(await snapshots.load('account-1'), { streamId: 'account-1', version: 2, stateVersion: 1, state: { open: true, balance: 4 } });
+    assert.deepEqual(await snapshots.load('account-1'), {
+      streamId: 'account-1',
+      version: 2,
+      stateVersion: 1,
+      state: { open: true, balance: 4 },
+    });
   });
 
   it('a command in a transaction that rolls back leaves no snapshot ahead of the log', async () => {
@@ -481,7 +612,11 @@ describe('snapshots', () => {
     assert.equal(await snapshots.load('account-1'), null, 'no snapshot of the rolled-back state');
     const loaded = await accounts.load('1');
     assert.deepEqual([loaded.version, loaded.state.balance], [4, 3]);
-    assert.equal((await accounts.handle('1', Deposit.create({ id: '1', amount: 1 }))).version, 5, 'the aggregate still takes commands');
+    assert.equal(
+      (await accounts.handle('1', Deposit.create({ id: '1', amount: 1 }))).version,
+      5,
+      'the aggregate still takes commands',
+    );
   });
 
   it('can be taken on demand', async () => {
@@ -509,7 +644,11 @@ describe('class-style aggregates', () => {
       if (event.type === 'Deposited') this.coins += event.data.amount;
     }
   }
-  const piggy = aggregateFromClass<Piggy, Cmd, AccountEvent>({ category: 'piggy', create: () => new Piggy(), snapshots: { every: 2 } });
+  const piggy = aggregateFromClass<Piggy, Cmd, AccountEvent>({
+    category: 'piggy',
+    create: () => new Piggy(),
+    snapshots: { every: 2 },
+  });
 
   it('share the repository, snapshots included', async () => {
     const snapshots = createInMemorySnapshotStore();
@@ -526,18 +665,27 @@ describe('class-style aggregates', () => {
     const store = createInMemoryStore();
     const repository = createRepository(store, piggy, { cache: true, retry: { maxAttempts: 30, ...noDelay } });
     await repository.handle('p', Open.create({ id: 'p', owner: 'Ada' }));
-    await Promise.all(Array.from({ length: 10 }, (_, i) => repository.handle('p', Deposit.create({ id: 'p', amount: i + 1 }))));
+    await Promise.all(
+      Array.from({ length: 10 }, (_, i) => repository.handle('p', Deposit.create({ id: 'p', amount: i + 1 }))),
+    );
     const last = await repository.handle('p', Deposit.create({ id: 'p', amount: 100 }));
     assert.equal(last.version, 12);
     assert.equal((await repository.load('p')).state.coins, 155, '1 + ... + 10, then 100: each deposit applied once');
     let applied = 0;
-    for await (const event of store.readStream('piggy-p')) if (event.type === 'Deposited') applied += (event.data as { amount: number }).amount;
+    for await (const event of store.readStream('piggy-p'))
+      if (event.type === 'Deposited') applied += (event.data as { amount: number }).amount;
     assert.equal(applied, 155);
   });
 
   it('work with the given/when/then helpers', async () => {
-    await DeciderSpecification.for(piggy).given([{ type: 'Opened', data: { owner: 'Ada' } }]).when(Deposit.create({ id: 'p', amount: 1 })).then([{ type: 'Deposited', data: { amount: 1 } }]);
-    await DeciderSpecification.for(piggy).given([]).when(Deposit.create({ id: 'p', amount: 1 })).thenThrows(DomainError, (e) => e.rule === 'NOT_OPEN');
+    await DeciderSpecification.for(piggy)
+      .given([{ type: 'Opened', data: { owner: 'Ada' } }])
+      .when(Deposit.create({ id: 'p', amount: 1 }))
+      .then([{ type: 'Deposited', data: { amount: 1 } }]);
+    await DeciderSpecification.for(piggy)
+      .given([])
+      .when(Deposit.create({ id: 'p', amount: 1 }))
+      .thenThrows(DomainError, (e) => e.rule === 'NOT_OPEN');
   });
 });
 
@@ -546,20 +694,45 @@ describe('given / when / then', () => {
   const opened: AccountEvent = { type: 'Opened', data: { owner: 'Ada' } };
 
   it('passes on the expected events or error', async () => {
-    await spec.given([opened, { type: 'Deposited', data: { amount: 10 } }]).when(Withdraw.create({ id: '1', amount: 4 })).then([{ type: 'Withdrawn', data: { amount: 4 } }]);
-    await spec.given([opened]).when(Open.create({ id: '1', owner: 'Ada' })).then([]);
-    await spec.given([opened]).when(Withdraw.create({ id: '1', amount: 4 })).thenThrows(DomainError, (e) => e.rule === 'INSUFFICIENT_FUNDS');
+    await spec
+      .given([opened, { type: 'Deposited', data: { amount: 10 } }])
+      .when(Withdraw.create({ id: '1', amount: 4 }))
+      .then([{ type: 'Withdrawn', data: { amount: 4 } }]);
+    await spec
+      .given([opened])
+      .when(Open.create({ id: '1', owner: 'Ada' }))
+      .then([]);
+    await spec
+      .given([opened])
+      .when(Withdraw.create({ id: '1', amount: 4 }))
+      .thenThrows(DomainError, (e) => e.rule === 'INSUFFICIENT_FUNDS');
   });
 
   it('fails with the whole scenario in the message', async () => {
-    await assert.rejects(spec.given([opened]).when(Deposit.create({ id: '1', amount: 4 })).then([{ type: 'Deposited', data: { amount: 5 } }]), (error: Error) => {
-      assert.match(error.message, /given: Opened \{ owner: 'Ada' \}/);
-      assert.match(error.message, /when: {2}Deposit/);
-      return true;
-    });
-    await assert.rejects(spec.given([opened]).when(Deposit.create({ id: '1', amount: 4 })).thenThrows(DomainError), /expected DomainError, but the command recorded Deposited \{ amount: 4 \}/);
-    await assert.rejects(spec.given([]).when(Deposit.create({ id: '1', amount: 4 })).then([]), /expected events, but the command threw/);
+    await assert.rejects(
+      spec
+        .given([opened])
+        .when(Deposit.create({ id: '1', amount: 4 }))
+        .then([{ type: 'Deposited', data: { amount: 5 } }]),
+      (error: Error) => {
+        assert.match(error.message, /given: Opened \{ owner: 'Ada' \}/);
+        assert.match(error.message, /when: {2}Deposit/);
+        return true;
+      },
+    );
+    await assert.rejects(
+      spec
+        .given([opened])
+        .when(Deposit.create({ id: '1', amount: 4 }))
+        .thenThrows(DomainError),
+      /expected DomainError, but the command recorded Deposited \{ amount: 4 \}/,
+    );
+    await assert.rejects(
+      spec
+        .given([])
+        .when(Deposit.create({ id: '1', amount: 4 }))
+        .then([]),
+      /expected events, but the command threw/,
+    );
   });
 });
-
-

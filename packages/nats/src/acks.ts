@@ -66,7 +66,13 @@ export class AckCollector {
           const refusal = error instanceof Error ? error : new Error(String(error));
           this.pending.delete(token);
           tokens.pop();
-          for (let rest = i; rest < messages.length; rest++) settle(rest, rest === i ? refusal : new Error(`not sent: an earlier message of the batch was refused (${refusal.message})`));
+          for (let rest = i; rest < messages.length; rest++)
+            settle(
+              rest,
+              rest === i
+                ? refusal
+                : new Error(`not sent: an earlier message of the batch was refused (${refusal.message})`),
+            );
           break;
         }
       }
@@ -85,14 +91,17 @@ export class AckCollector {
   close(): void {
     this.subscription?.unsubscribe();
     this.subscription = undefined;
-    for (const waiting of this.pending.values()) waiting.resolve(new Error('the transport closed before the acknowledgement came'));
+    for (const waiting of this.pending.values())
+      waiting.resolve(new Error('the transport closed before the acknowledgement came'));
     this.pending.clear();
   }
 
   private subscribe(): void {
     if (this.subscription && !this.subscription.isClosed()) return;
     // nats.js subscribes again by itself after a reconnection.
-    this.subscription = this.nc.subscribe(`${this.inbox}.*`, { callback: (error, msg) => (error ? this.failAll(error) : this.acknowledge(msg)) });
+    this.subscription = this.nc.subscribe(`${this.inbox}.*`, {
+      callback: (error, msg) => (error ? this.failAll(error) : this.acknowledge(msg)),
+    });
   }
 
   private acknowledge(msg: Msg): void {
@@ -104,15 +113,22 @@ export class AckCollector {
   }
 
   private outcomeOf(msg: Msg): Error | undefined {
-    if (msg.data.length === 0 && msg.headers?.code === 503) return new Error('no responders: no JetStream stream takes this subject (is JetStream enabled, the stream there?)');
+    if (msg.data.length === 0 && msg.headers?.code === 503)
+      return new Error(
+        'no responders: no JetStream stream takes this subject (is JetStream enabled, the stream there?)',
+      );
     let ack: { stream?: string; error?: { code?: number; err_code?: number; description?: string } };
     try {
       ack = msg.json();
     } catch {
       return new Error(`an acknowledgement that is not JSON: ${msg.string().slice(0, 200)}`);
     }
-    if (ack.error) return new Error(`JetStream refused the message: ${ack.error.description ?? 'no description'} (code ${ack.error.code ?? '?'}, err_code ${ack.error.err_code ?? '?'})`);
-    if (ack.stream !== this.stream) return new Error(`acknowledged by stream ${String(ack.stream)}, expected ${this.stream}`);
+    if (ack.error)
+      return new Error(
+        `JetStream refused the message: ${ack.error.description ?? 'no description'} (code ${ack.error.code ?? '?'}, err_code ${ack.error.err_code ?? '?'})`,
+      );
+    if (ack.stream !== this.stream)
+      return new Error(`acknowledged by stream ${String(ack.stream)}, expected ${this.stream}`);
     return undefined;
   }
 

@@ -26,7 +26,9 @@ function validToken(token: string): boolean {
 /** Throws unless `prefix` is one or more valid subject tokens (`eventline`, `acme.events`). */
 export function assertPrefix(prefix: string): void {
   if (!prefix.split('.').every(validToken)) {
-    throw new Error(`NATS transport: invalid subject prefix ${JSON.stringify(prefix)} (dot-separated tokens without whitespace, '*' or '>')`);
+    throw new Error(
+      `NATS transport: invalid subject prefix ${JSON.stringify(prefix)} (dot-separated tokens without whitespace, '*' or '>')`,
+    );
   }
 }
 
@@ -54,7 +56,10 @@ export function filterSubjects(prefix: string, subjects: readonly string[] | und
       continue;
     }
     const problem = subjectProblem(entry);
-    if (problem) throw new Error(`NATS transport: consume: invalid subject filter: ${problem} (use <category>.<type> or <category>.*)`);
+    if (problem)
+      throw new Error(
+        `NATS transport: consume: invalid subject filter: ${problem} (use <category>.<type> or <category>.*)`,
+      );
     exact.add(entry);
   }
   const filters = [...categories].map((category) => `${prefix}.${category}.>`);

@@ -15,7 +15,15 @@ import {
   type StreamInfo,
 } from '@nats-io/jetstream';
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
-import { HEADERS, subjectMatches, type ConsumeOptions, type Consumer, type ReceivedMessage, type Transport, type TransportMessage } from '@eventline/core';
+import {
+  HEADERS,
+  subjectMatches,
+  type ConsumeOptions,
+  type Consumer,
+  type ReceivedMessage,
+  type Transport,
+  type TransportMessage,
+} from '@eventline/core';
 import { AckCollector, type OutgoingMessage } from './acks.js';
 import { assertPrefix, filterSubjects, safeName, subjectProblem, versionAtLeast } from './names.js';
 
@@ -99,7 +107,8 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
   const prefix = options.prefix ?? 'eventline';
   assertPrefix(prefix);
   const stream = options.stream ?? safeName(prefix);
-  if (safeName(stream) !== stream) throw new NatsTransportError('configure', `invalid stream name ${JSON.stringify(stream)}`);
+  if (safeName(stream) !== stream)
+    throw new NatsTransportError('configure', `invalid stream name ${JSON.stringify(stream)}`);
   const ackWaitMs = options.ackWaitMs ?? DEFAULT_ACK_WAIT_MS;
   if (!(ackWaitMs >= 100)) throw new NatsTransportError('configure', 'ackWaitMs must be at least 100');
   const publishTimeoutMs = options.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS;
@@ -131,7 +140,9 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
         noAsyncTraces: true,
       });
     } catch (error) {
-      throw new NatsTransportError('connect', `cannot connect to ${String(servers)}: ${describe(error)}`, { cause: error });
+      throw new NatsTransportError('connect', `cannot connect to ${String(servers)}: ${describe(error)}`, {
+        cause: error,
+      });
     }
   }
   const js: JetStreamClient = jetstream(nc, { timeout: publishTimeoutMs });
@@ -149,7 +160,11 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
   const ensureStream = (operation: string): Promise<void> => {
     streamReady ??= createOrUpdateStream().catch((error: unknown) => {
       streamReady = undefined;
-      throw new NatsTransportError(operation, `cannot create or update JetStream stream ${JSON.stringify(stream)}: ${describe(error)}`, { cause: error });
+      throw new NatsTransportError(
+        operation,
+        `cannot create or update JetStream stream ${JSON.stringify(stream)}: ${describe(error)}`,
+        { cause: error },
+      );
     });
     return streamReady;
   };
@@ -167,7 +182,12 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
     let current = await info();
     if (!current) {
       try {
-        await manager.streams.add({ name: stream, subjects: [subject], storage: StorageType.File, duplicate_window: nanos(duplicateWindowMs) });
+        await manager.streams.add({
+          name: stream,
+          subjects: [subject],
+          storage: StorageType.File,
+          duplicate_window: nanos(duplicateWindowMs),
+        });
         return;
       } catch (error) {
         current = await info(); // another client may have created it meanwhile
@@ -177,7 +197,8 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
     const config = current.config;
     const changes: { subjects?: string[]; duplicate_window?: number } = {};
     if (!(config.subjects ?? []).includes(subject)) changes.subjects = [...(config.subjects ?? []), subject];
-    if (options.duplicateWindowMs !== undefined && config.duplicate_window !== nanos(duplicateWindowMs)) changes.duplicate_window = nanos(duplicateWindowMs);
+    if (options.duplicateWindowMs !== undefined && config.duplicate_window !== nanos(duplicateWindowMs))
+      changes.duplicate_window = nanos(duplicateWindowMs);
     if (Object.keys(changes).length > 0) await manager.streams.update(stream, changes);
   };
 
@@ -200,7 +221,12 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
     if (closed) throw new NatsTransportError(operation, 'the transport is closed');
   };
 
-  const ensureConsumer = async (durable: string, group: string, config: Partial<ConsumerConfig>, from: ConsumeOptions['from']) => {
+  const ensureConsumer = async (
+    durable: string,
+    group: string,
+    config: Partial<ConsumerConfig>,
+    from: ConsumeOptions['from'],
+  ) => {
     const manager = await jsm();
     let info;
     try {
@@ -230,7 +256,13 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
     const sameFilters =
       JSON.stringify(existing.filter_subjects ?? (existing.filter_subject ? [existing.filter_subject] : [])) ===
       JSON.stringify(config.filter_subjects ?? (config.filter_subject ? [config.filter_subject] : []));
-    if (existing.ack_wait === config.ack_wait && existing.max_ack_pending === config.max_ack_pending && existing.ack_policy === AckPolicy.Explicit && sameFilters) return;
+    if (
+      existing.ack_wait === config.ack_wait &&
+      existing.max_ack_pending === config.max_ack_pending &&
+      existing.ack_policy === AckPolicy.Explicit &&
+      sameFilters
+    )
+      return;
     try {
       await manager.consumers.update(stream, durable, {
         ack_wait: config.ack_wait!,
@@ -275,7 +307,11 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
           }
           setUp = false;
           const consumer = await js.consumers.get(stream, this.durable);
-          const messages = await consumer.consume({ max_messages: 1, expires: PULL_EXPIRES_MS, abort_on_missing_resource: true });
+          const messages = await consumer.consume({
+            max_messages: 1,
+            expires: PULL_EXPIRES_MS,
+            abort_on_missing_resource: true,
+          });
           this.messages = messages;
           if (this.stopped) messages.stop();
           for await (const message of messages) {
@@ -294,7 +330,13 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
         } catch (error) {
           if (this.stopped || nc.isClosed()) break;
           failures++;
-          onError(new NatsTransportError(`consume (group ${JSON.stringify(this.options.group)})`, `${describe(error)}; retrying`, { cause: error }));
+          onError(
+            new NatsTransportError(
+              `consume (group ${JSON.stringify(this.options.group)})`,
+              `${describe(error)}; retrying`,
+              { cause: error },
+            ),
+          );
         }
         if (this.stopped || nc.isClosed()) break;
         // The iterator ended or failed (consumer or stream deleted, connection trouble): set up again, after a pause.
@@ -320,14 +362,17 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
       }
       // A handler slower than the ack wait keeps its message: "in progress" resets the server's ack timer, so the
       // message is not redelivered to another member while this one still works on it.
-      const progress = setInterval(() => {
-        if (nc.isClosed()) return clearInterval(progress);
-        try {
-          message.working();
-        } catch {
-          /* disconnected: the ack wait decides */
-        }
-      }, Math.max(50, Math.floor(ackWaitMs / 3)));
+      const progress = setInterval(
+        () => {
+          if (nc.isClosed()) return clearInterval(progress);
+          try {
+            message.working();
+          } catch {
+            /* disconnected: the ack wait decides */
+          }
+        },
+        Math.max(50, Math.floor(ackWaitMs / 3)),
+      );
       progress.unref();
       let ok: boolean;
       try {
@@ -345,7 +390,13 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
         try {
           message.nak(this.options.retryDelayMs ?? 1000);
         } catch (error) {
-          onError(new NatsTransportError('nak', `message ${received.id}: ${describe(error)} (redelivered after the ack wait)`, { cause: error }));
+          onError(
+            new NatsTransportError(
+              'nak',
+              `message ${received.id}: ${describe(error)} (redelivered after the ack wait)`,
+              { cause: error },
+            ),
+          );
         }
       }
     }
@@ -354,7 +405,14 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
       try {
         await message.ackAck({ timeout: publishTimeoutMs });
       } catch (error) {
-        if (!nc.isClosed()) onError(new NatsTransportError('ack', `message ${message.headers?.get(MSG_ID_HEADER) ?? message.seq}: ${describe(error)} (it may be delivered again)`, { cause: error }));
+        if (!nc.isClosed())
+          onError(
+            new NatsTransportError(
+              'ack',
+              `message ${message.headers?.get(MSG_ID_HEADER) ?? message.seq}: ${describe(error)} (it may be delivered again)`,
+              { cause: error },
+            ),
+          );
       }
     }
 
@@ -437,7 +495,8 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
     async consume(consumeOptions) {
       assertOpen('consume');
       if (!consumeOptions.group) throw new NatsTransportError('consume', 'a group is required');
-      if (consumeOptions.retryDelayMs !== undefined && !(consumeOptions.retryDelayMs >= 0)) throw new NatsTransportError('consume', 'retryDelayMs must be 0 or more');
+      if (consumeOptions.retryDelayMs !== undefined && !(consumeOptions.retryDelayMs >= 0))
+        throw new NatsTransportError('consume', 'retryDelayMs must be 0 or more');
       const operation = `consume (group ${JSON.stringify(consumeOptions.group)})`;
       let filters: string[];
       try {
@@ -446,7 +505,11 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
         throw new NatsTransportError(operation, describe(error));
       }
       let clientFilter: readonly string[] | undefined;
-      const config: Partial<ConsumerConfig> = { ack_policy: AckPolicy.Explicit, ack_wait: nanos(ackWaitMs), max_ack_pending: 1 };
+      const config: Partial<ConsumerConfig> = {
+        ack_policy: AckPolicy.Explicit,
+        ack_wait: nanos(ackWaitMs),
+        max_ack_pending: 1,
+      };
       if (filters.length === 1) config.filter_subject = filters[0];
       else if (versionAtLeast(nc.info?.version, 2, 10)) config.filter_subjects = filters;
       else {
@@ -459,7 +522,11 @@ export async function createNatsTransport(options: NatsTransportOptions = {}): P
       try {
         await ensureConsumer(durable, consumeOptions.group, config, consumeOptions.from);
       } catch (error) {
-        throw new NatsTransportError(operation, `cannot create durable consumer ${JSON.stringify(durable)} on stream ${stream}: ${describe(error)}`, { cause: error });
+        throw new NatsTransportError(
+          operation,
+          `cannot create durable consumer ${JSON.stringify(durable)} on stream ${stream}: ${describe(error)}`,
+          { cause: error },
+        );
       }
       assertOpen('consume');
       const runner = new GroupRunner(consumeOptions, durable, config, clientFilter);

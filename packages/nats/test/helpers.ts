@@ -30,7 +30,8 @@ export function portOpen(timeoutMs = 1_000): Promise<boolean> {
 export async function waitForNats(timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await portOpen())) {
-    if (Date.now() > deadline) throw new Error(`NATS did not accept connections on ${HOST}:${PORT} within ${timeoutMs} ms`);
+    if (Date.now() > deadline)
+      throw new Error(`NATS did not accept connections on ${HOST}:${PORT} within ${timeoutMs} ms`);
     await sleep(100);
   }
 }
@@ -58,7 +59,9 @@ export async function deleteStream(stream: string): Promise<void> {
 }
 
 /** Runs `fn` with a JetStream manager on its own connection. */
-export async function withManager<T>(fn: (jsm: Awaited<ReturnType<typeof jetstreamManager>>) => Promise<T>): Promise<T> {
+export async function withManager<T>(
+  fn: (jsm: Awaited<ReturnType<typeof jetstreamManager>>) => Promise<T>,
+): Promise<T> {
   const nc = await connect({ servers: NATS_URL, name: 'eventline-nats-test' });
   try {
     return await fn(await jetstreamManager(nc));
@@ -71,12 +74,27 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-
 // ---- restarting the machine's nats-server (fault test) -------------------------------------------------------------
 
 const NATS_SERVER = '/usr/sbin/nats-server';
 /** The machine's start command for NATS, as the CI script runs it. */
-const START = ['--start', '--oknodo', '--background', '--exec', NATS_SERVER, '--', '-a', '127.0.0.1', '-p', '4222', '-js', '-sd', '/var/lib/nats-server', '-l', '/var/log/nats-server.log'];
+const START = [
+  '--start',
+  '--oknodo',
+  '--background',
+  '--exec',
+  NATS_SERVER,
+  '--',
+  '-a',
+  '127.0.0.1',
+  '-p',
+  '4222',
+  '-js',
+  '-sd',
+  '/var/lib/nats-server',
+  '-l',
+  '/var/log/nats-server.log',
+];
 
 /** The pid of the machine's nats-server listening on port 4222 (found in /proc by executable and arguments). */
 export async function findNatsServerPid(): Promise<number> {
@@ -93,7 +111,8 @@ export async function findNatsServerPid(): Promise<number> {
       // the process ended meanwhile, or is not ours to read
     }
   }
-  if (found.length !== 1) throw new Error(`expected one ${NATS_SERVER} on port 4222, found ${found.length} (${found.join(', ')})`);
+  if (found.length !== 1)
+    throw new Error(`expected one ${NATS_SERVER} on port 4222, found ${found.length} (${found.join(', ')})`);
   return found[0]!;
 }
 

@@ -5,8 +5,24 @@ import { after, describe, it } from 'node:test';
 import { connect } from '@nats-io/transport-node';
 import { newId, type Consumer, type ReceivedMessage, type TransportMessage } from '@eventline/core';
 import { describeTransportConformance } from '@eventline/core/testing';
-import { createNatsTransport, safeName, type NatsTransport, type NatsTransportError, type NatsTransportOptions } from '../src/index.js';
-import { deleteStream, natsAvailability, NATS_URL, sleep, startNatsServer, stopNatsServer, until, waitForNats, withManager } from './helpers.js';
+import {
+  createNatsTransport,
+  safeName,
+  type NatsTransport,
+  type NatsTransportError,
+  type NatsTransportOptions,
+} from '../src/index.js';
+import {
+  deleteStream,
+  natsAvailability,
+  NATS_URL,
+  sleep,
+  startNatsServer,
+  stopNatsServer,
+  until,
+  waitForNats,
+  withManager,
+} from './helpers.js';
 
 const availability = await natsAvailability();
 const ACK_WAIT_MS = 2_000;
@@ -19,7 +35,8 @@ if (!availability.available) {
 
   describeTransportConformance({
     name: 'NATS JetStream',
-    connect: (namespace) => createNatsTransport({ servers: NATS_URL, prefix: namespace, ackWaitMs: ACK_WAIT_MS, onError }),
+    connect: (namespace) =>
+      createNatsTransport({ servers: NATS_URL, prefix: namespace, ackWaitMs: ACK_WAIT_MS, onError }),
     // A crash: the socket goes away without acknowledging the message in hand.
     crash: (transport) => (transport as NatsTransport).connection.close(),
     cleanup: (namespace) => deleteStream(safeName(namespace)),
@@ -30,7 +47,13 @@ if (!availability.available) {
     const transports: NatsTransport[] = [];
     const streams = new Set<string>();
     const open = async (prefix: string, options: NatsTransportOptions = {}) => {
-      const transport = await createNatsTransport({ servers: NATS_URL, prefix, ackWaitMs: ACK_WAIT_MS, onError, ...options });
+      const transport = await createNatsTransport({
+        servers: NATS_URL,
+        prefix,
+        ackWaitMs: ACK_WAIT_MS,
+        onError,
+        ...options,
+      });
       transports.push(transport);
       streams.add(transport.stream);
       return transport;
@@ -84,14 +107,32 @@ if (!availability.available) {
 
     it('errors name the operation: invalid subjects, bad filters, a closed transport, an unreachable server', async () => {
       const transport = await open(namespace());
-      await assert.rejects(transport.publish([{ ...messageOf('account-1', 1), subject: 'account' }]), /NATS transport: publish: .*not <category>\.<type>/);
-      await assert.rejects(transport.publish([{ ...messageOf('account-1', 1), subject: 'account.Has Space' }]), /NATS transport: publish: /);
-      await assert.rejects(transport.consume({ group: 'g', subjects: ['account.>'], handler: async () => undefined }), /NATS transport: consume .*invalid subject filter/);
+      await assert.rejects(
+        transport.publish([{ ...messageOf('account-1', 1), subject: 'account' }]),
+        /NATS transport: publish: .*not <category>\.<type>/,
+      );
+      await assert.rejects(
+        transport.publish([{ ...messageOf('account-1', 1), subject: 'account.Has Space' }]),
+        /NATS transport: publish: /,
+      );
+      await assert.rejects(
+        transport.consume({ group: 'g', subjects: ['account.>'], handler: async () => undefined }),
+        /NATS transport: consume .*invalid subject filter/,
+      );
       const other = await createNatsTransport({ servers: NATS_URL, prefix: namespace() });
       await other.close();
-      await assert.rejects(other.publish([messageOf('account-1', 1)]), /NATS transport: publish: the transport is closed/);
-      await assert.rejects(other.consume({ group: 'g', handler: async () => undefined }), /NATS transport: consume: the transport is closed/);
-      await assert.rejects(createNatsTransport({ servers: 'nats://127.0.0.1:1' }), /NATS transport: connect: cannot connect to nats:\/\/127\.0\.0\.1:1/);
+      await assert.rejects(
+        other.publish([messageOf('account-1', 1)]),
+        /NATS transport: publish: the transport is closed/,
+      );
+      await assert.rejects(
+        other.consume({ group: 'g', handler: async () => undefined }),
+        /NATS transport: consume: the transport is closed/,
+      );
+      await assert.rejects(
+        createNatsTransport({ servers: 'nats://127.0.0.1:1' }),
+        /NATS transport: connect: cannot connect to nats:\/\/127\.0\.0\.1:1/,
+      );
     });
 
     it('filters on several subjects (category and exact type) and starts a new group at new messages when asked', async () => {
@@ -102,10 +143,19 @@ if (!availability.available) {
       const filtered: string[] = [];
       const fresh: string[] = [];
       const consumers = [
-        await transport.consume({ group: 'filtered', subjects: ['account.*', 'payment.Done'], handler: async (m) => void filtered.push(m.id) }),
+        await transport.consume({
+          group: 'filtered',
+          subjects: ['account.*', 'payment.Done'],
+          handler: async (m) => void filtered.push(m.id),
+        }),
         await transport.consume({ group: 'fresh', from: 'new', handler: async (m) => void fresh.push(m.id) }),
       ];
-      const later = [messageOf('payment-1', 2, 'Refused'), messageOf('account-1', 2), messageOf('payment-1', 3, 'Done'), messageOf('order-1', 1)];
+      const later = [
+        messageOf('payment-1', 2, 'Refused'),
+        messageOf('account-1', 2),
+        messageOf('payment-1', 3, 'Done'),
+        messageOf('order-1', 1),
+      ];
       await transport.publish(later);
       await until(() => filtered.length >= 4 && fresh.length >= 4, 'both groups', 10_000);
       await sleep(200);
@@ -139,7 +189,10 @@ if (!availability.available) {
       await until(() => next.length >= 1, 'the next message', 10_000);
       await sleep(ACK_WAIT_MS + 500); // the first message would be back by now had it not been acknowledged
       await again.stop();
-      assert.deepEqual(next.map((m) => [m.id, m.deliveryCount]), [[second.id, 1]]);
+      assert.deepEqual(
+        next.map((m) => [m.id, m.deliveryCount]),
+        [[second.id, 1]],
+      );
     });
 
     it('a handler slower than the ack wait keeps its message: no other member gets it meanwhile', async () => {
@@ -155,12 +208,19 @@ if (!availability.available) {
         if (m.id === messages[0]!.id) await sleep(1_800); // three ack waits
         running--;
       };
-      const consumers = [await a.consume({ group: 'g', handler: handler('a') }), await b.consume({ group: 'g', handler: handler('b') })];
+      const consumers = [
+        await a.consume({ group: 'g', handler: handler('a') }),
+        await b.consume({ group: 'g', handler: handler('b') }),
+      ];
       await a.publish(messages);
       await until(() => log.length >= 3, 'three messages', 15_000);
       await sleep(1_000);
       await Promise.all(consumers.map((c) => c.stop()));
-      assert.deepEqual(log.map((entry) => entry.slice(2)), ['1:1', '2:1', '3:1'], log.join(' '));
+      assert.deepEqual(
+        log.map((entry) => entry.slice(2)),
+        ['1:1', '2:1', '3:1'],
+        log.join(' '),
+      );
     });
 
     it('group names are sanitised into distinct durable consumers', async () => {
@@ -178,7 +238,10 @@ if (!availability.available) {
         for await (const info of jsm.consumers.list(transport.stream)) names.push(info.name);
         assert.equal(names.length, 2);
         assert.ok(names.includes('billing_projector_v2'));
-        assert.ok(names.some((name) => name.startsWith('billing_projector_v2_')), names.join(', '));
+        assert.ok(
+          names.some((name) => name.startsWith('billing_projector_v2_')),
+          names.join(', '),
+        );
       });
     });
 
@@ -209,7 +272,10 @@ if (!availability.available) {
       );
       await until(() => received.includes(three.id), 'a message after the stream was deleted', 15_000);
       await consumer.stop();
-      assert.deepEqual(received.filter((id) => id !== one.id), [two.id, three.id]);
+      assert.deepEqual(
+        received.filter((id) => id !== one.id),
+        [two.id, three.id],
+      );
       assert.ok(backgroundErrors.length > 0, 'the trouble was reported to onError');
     });
 
@@ -218,7 +284,11 @@ if (!availability.available) {
       const transport = await open(prefix);
       assert.match(transport.stream, /^acme_n[0-9a-f]{12}_[0-9a-f]{10}$/);
       const received: ReceivedMessage[] = [];
-      const consumer = await transport.consume({ group: 'g', subjects: ['account.*'], handler: async (m) => void received.push(m) });
+      const consumer = await transport.consume({
+        group: 'g',
+        subjects: ['account.*'],
+        handler: async (m) => void received.push(m),
+      });
       const message = messageOf('account-1', 1);
       await transport.publish([message]);
       await until(() => received.length === 1, 'the message', 10_000);
@@ -250,7 +320,11 @@ if (!availability.available) {
       const prefix = namespace();
       const [publisher, consumer] = [await open(prefix), await open(prefix)];
       const received: ReceivedMessage[] = [];
-      const c = await consumer.consume({ group: 'g', subjects: ['account.*'], handler: async (m) => void received.push(m) });
+      const c = await consumer.consume({
+        group: 'g',
+        subjects: ['account.*'],
+        handler: async (m) => void received.push(m),
+      });
       const before = [messageOf('account-1', 1), messageOf('account-1', 2)];
       await publisher.publish(before);
       await until(() => received.length >= 2, 'the messages before the restart', 10_000);
@@ -258,7 +332,11 @@ if (!availability.available) {
       try {
         await stopNatsServer();
         // (another stream: a timed-out publish may still reach the server from the reconnect buffer, which is fine)
-        await assert.rejects(publisher.publish([messageOf('other-1', 1)]), /NATS transport: publish: /, 'publishing fails while the server is down');
+        await assert.rejects(
+          publisher.publish([messageOf('other-1', 1)]),
+          /NATS transport: publish: /,
+          'publishing fails while the server is down',
+        );
       } finally {
         await startNatsServer(30_000);
       }
@@ -282,7 +360,8 @@ if (!availability.available) {
       await until(() => received.some((m) => m.id === afterRestart[1]!.id), 'the messages after the restart', 40_000);
       await c.stop();
       const ids = received.map((m) => m.id);
-      for (const m of [...before, ...afterRestart]) assert.ok(ids.includes(m.id), `received ${m.headers['eventline-version']}`);
+      for (const m of [...before, ...afterRestart])
+        assert.ok(ids.includes(m.id), `received ${m.headers['eventline-version']}`);
       // At least once: JetStream 2.9 may deliver acknowledged messages again after a restart (a CI run got 1, 2, 1, 2,
       // 3, 4: the ack floor it had confirmed was not on disk), and the consumer's inbox absorbs those. What must hold
       // is the order: no message is delivered before every earlier message of its stream was, and the first
@@ -290,7 +369,10 @@ if (!availability.available) {
       const versions = received.map((m) => Number(m.headers['eventline-version']));
       let highest = 0;
       for (const [i, v] of versions.entries()) {
-        assert.ok(v <= highest + 1, `delivery ${i} is version ${v} before version ${highest + 1} was delivered (${versions.join(', ')})`);
+        assert.ok(
+          v <= highest + 1,
+          `delivery ${i} is version ${v} before version ${highest + 1} was delivered (${versions.join(', ')})`,
+        );
         highest = Math.max(highest, v);
       }
       assert.deepEqual([...new Set(versions)], [1, 2, 3, 4], `first deliveries in order (${versions.join(', ')})`);
@@ -301,7 +383,16 @@ if (!availability.available) {
 function messageOf(streamId: string, version: number, type = 'Happened'): TransportMessage {
   const id = newId();
   const category = streamId.slice(0, streamId.indexOf('-'));
-  const event = { id, type, streamId, version, position: String(version), recordedAt: new Date().toISOString(), data: { version }, metadata: {} };
+  const event = {
+    id,
+    type,
+    streamId,
+    version,
+    position: String(version),
+    recordedAt: new Date().toISOString(),
+    data: { version },
+    metadata: {},
+  };
   return {
     id,
     subject: `${category}.${type}`,

@@ -10,29 +10,34 @@ import { deleteStream, natsAvailability, NATS_URL, startNatsServer, stopNatsServ
 const availability = await natsAvailability();
 
 describe('publisher faults on NATS JetStream', { skip: availability.available ? false : availability.reason }, () => {
-  it('SIGKILLed 10 times during 50k events, NATS restarted once: every event applied once, in order per stream', { timeout: 300_000 }, async (t) => {
-    const prefix = faultNamespace('nats');
-    try {
-      const figures = await runPublisherFaults({
-        broker: 'nats',
-        childScript: new URL('./publisher-child.ts', import.meta.url).pathname,
-        prefix,
-        consumerTransport: () => createNatsTransport({ servers: NATS_URL, prefix, ackWaitMs: 5_000, onError: () => undefined }),
-        restartBroker: async () => {
-          try {
-            await stopNatsServer();
-          } finally {
-            if (!(await portOpen())) await startNatsServer(30_000);
-          }
-        },
-        log: (line) => t.diagnostic(line),
-      });
-      t.diagnostic(`figures ${JSON.stringify(figures)}`);
-      console.log(`publisher faults on NATS: ${JSON.stringify(figures)}`);
-      assert.equal(figures.outOfOrderDropped, 0);
-    } finally {
-      if (!(await portOpen())) await startNatsServer(30_000);
-      await deleteStream(safeName(prefix)).catch(() => undefined);
-    }
-  });
+  it(
+    'SIGKILLed 10 times during 50k events, NATS restarted once: every event applied once, in order per stream',
+    { timeout: 300_000 },
+    async (t) => {
+      const prefix = faultNamespace('nats');
+      try {
+        const figures = await runPublisherFaults({
+          broker: 'nats',
+          childScript: new URL('./publisher-child.ts', import.meta.url).pathname,
+          prefix,
+          consumerTransport: () =>
+            createNatsTransport({ servers: NATS_URL, prefix, ackWaitMs: 5_000, onError: () => undefined }),
+          restartBroker: async () => {
+            try {
+              await stopNatsServer();
+            } finally {
+              if (!(await portOpen())) await startNatsServer(30_000);
+            }
+          },
+          log: (line) => t.diagnostic(line),
+        });
+        t.diagnostic(`figures ${JSON.stringify(figures)}`);
+        console.log(`publisher faults on NATS: ${JSON.stringify(figures)}`);
+        assert.equal(figures.outOfOrderDropped, 0);
+      } finally {
+        if (!(await portOpen())) await startNatsServer(30_000);
+        await deleteStream(safeName(prefix)).catch(() => undefined);
+      }
+    },
+  );
 });

@@ -112,11 +112,14 @@ export class AppendGroups<A extends GroupableAppend> {
     if (group.length === 1) return this.sendAlone(group[0]!);
     // Sorted by stream id (a stable sort keeps one stream's appends in the order they were made): two groups that share
     // streams take their rows' locks in the same order, so they cannot deadlock each other.
-    const sorted = [...group].sort((a, b) => (a.item.streamId < b.item.streamId ? -1 : a.item.streamId > b.item.streamId ? 1 : 0));
+    const sorted = [...group].sort((a, b) =>
+      a.item.streamId < b.item.streamId ? -1 : a.item.streamId > b.item.streamId ? 1 : 0,
+    );
     let results: string[];
     try {
       results = await this.together(groupParameters(sorted.map((waiting) => waiting.item)));
-      if (results.length !== sorted.length) throw new Error(`append_group returned ${results.length} results for ${sorted.length} appends`);
+      if (results.length !== sorted.length)
+        throw new Error(`append_group returned ${results.length} results for ${sorted.length} appends`);
     } catch {
       // Rolled back, or unknown when the connection was lost: alone, each gets its own answer (see the top of the file).
       await this.sendEachAlone(sorted);

@@ -182,7 +182,11 @@ export interface EncodedAppend {
   readonly operation: string;
 }
 
-function encodeAppend(streamId: string, expectedVersion: ExpectedVersion, events: readonly PreparedEvent[]): EncodedAppend {
+function encodeAppend(
+  streamId: string,
+  expectedVersion: ExpectedVersion,
+  events: readonly PreparedEvent[],
+): EncodedAppend {
   // Types are letters, digits and '_' (checked by prepareAppend): no escaping needed.
   const eventIds: string[] = [];
   let batch = '[';
@@ -208,8 +212,13 @@ function appendResult(append: EncodedAppend, line: string): AppendResult {
       duplicate: status === 'duplicate',
     };
   }
-  if (status === 'id_conflict') throw new EventIdConflictError(id, fields[1] ? fields[1].split(',') : [...append.eventIds]);
-  throw refusal({ status, stream_version: fields[1] ?? null, stream_exists: fields[2] === 'true' }, id, append.expectedVersion);
+  if (status === 'id_conflict')
+    throw new EventIdConflictError(id, fields[1] ? fields[1].split(',') : [...append.eventIds]);
+  throw refusal(
+    { status, stream_version: fields[1] ?? null, stream_exists: fields[2] === 'true' },
+    id,
+    append.expectedVersion,
+  );
 }
 
 function toStreamInfo(streamId: string, row: StreamRowData | undefined): StreamInfo {
@@ -239,7 +248,11 @@ export class SqlSession implements EventStoreSession {
       schema: config.statements.schema,
       query: async <R>(text: string, values: unknown[] = [], options?: SqlQueryOptions) => {
         await this.enter('run a query');
-        return executor.query<R>({ name: options?.prepare ? preparedName(text) : '', text, readOnly: false, raw: true }, values, 'run a query');
+        return executor.query<R>(
+          { name: options?.prepare ? preparedName(text) : '', text, readOnly: false, raw: true },
+          values,
+          'run a query',
+        );
       },
     };
   }
@@ -251,7 +264,10 @@ export class SqlSession implements EventStoreSession {
 
   async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
     await this.enter('append');
-    const prepared = await prepareAppend(streamId, events, options, { registry: this.config.events, maxEventBytes: this.config.maxEventBytes });
+    const prepared = await prepareAppend(streamId, events, options, {
+      registry: this.config.events,
+      maxEventBytes: this.config.maxEventBytes,
+    });
     const append = encodeAppend(prepared.streamId, prepared.expectedVersion, prepared.events);
     await this.enter(append.operation);
     await this.executor.beforeStreamWrite?.(append.streamId);
@@ -304,10 +320,16 @@ export class SqlSession implements EventStoreSession {
       // The stream's row and the first page in one round trip (see readStreamFirstPage in sql.ts).
       rows = forwards
         ? await this.readFirstPage(id, from ?? 1, size, operation)
-        : await this.executor.query<EventRow>(statements.readStreamFirstBackwards, [id, 1, from ?? null, size], operation);
+        : await this.executor.query<EventRow>(
+            statements.readStreamFirstBackwards,
+            [id, 1, from ?? null, size],
+            operation,
+          );
       const index = rows.findIndex((r) => r[0] === null);
       if (index >= 0) {
-        const [state] = rows.splice(index, 1) as unknown as Array<[...EventRow, string | number, string | number, StreamRowData['deleted'], StreamMetadata]>;
+        const [state] = rows.splice(index, 1) as unknown as Array<
+          [...EventRow, string | number, string | number, StreamRowData['deleted'], StreamMetadata]
+        >;
         row = { version: state![8], hidden_before: state![9], deleted: state![10], metadata: state![11] };
       }
       if (row?.deleted === 'hard') throw new StreamDeletedError(id);
@@ -351,7 +373,11 @@ export class SqlSession implements EventStoreSession {
    * (see readStreamFirstPage in sql.ts). The PostgreSQL store reads several streams in one statement (read-groups.ts).
    */
   protected readFirstPage(streamId: string, from: number, size: number, operation: string): Promise<EventRow[]> {
-    return this.executor.query<EventRow>(this.config.statements.readStreamFirstForwards, [streamId, from, null, size], operation);
+    return this.executor.query<EventRow>(
+      this.config.statements.readStreamFirstForwards,
+      [streamId, from, null, size],
+      operation,
+    );
   }
 
   async streamInfo(streamId: string): Promise<StreamInfo> {
@@ -360,14 +386,22 @@ export class SqlSession implements EventStoreSession {
     return toStreamInfo(id, await this.streamRow(id, `read the info of stream '${id}'`));
   }
 
-  async setStreamMetadata(streamId: string, metadata: StreamMetadata, options?: { expectedVersion?: ExpectedVersion }): Promise<void> {
+  async setStreamMetadata(
+    streamId: string,
+    metadata: StreamMetadata,
+    options?: { expectedVersion?: ExpectedVersion },
+  ): Promise<void> {
     await this.enter('set stream metadata');
     const id = assertStreamId(streamId);
     const checked = assertStreamMetadata(metadata);
     const expected = assertExpectedVersion(options?.expectedVersion);
     const operation = `set the metadata of stream '${id}'`;
     await this.executor.beforeStreamWrite?.(id);
-    const [row] = (await this.executor.query<WriteRow>(this.config.statements.setStreamMetadata, [id, expectedText(expected), JSON.stringify(checked)], operation)) as [WriteRow];
+    const [row] = (await this.executor.query<WriteRow>(
+      this.config.statements.setStreamMetadata,
+      [id, expectedText(expected), JSON.stringify(checked)],
+      operation,
+    )) as [WriteRow];
     if (row.status !== 'ok') throw refusal(row, id, expected);
   }
 
@@ -385,7 +419,11 @@ export class SqlSession implements EventStoreSession {
     const keep = hard && this.executor.keepHardDeletedEvents === true;
     const operation = `${hard ? 'hard-' : ''}delete stream '${id}'`;
     await this.executor.beforeStreamWrite?.(id);
-    const [row] = (await this.executor.query<WriteRow>(this.config.statements.deleteStream, [id, expectedText(expected), hard, keep], operation)) as [WriteRow];
+    const [row] = (await this.executor.query<WriteRow>(
+      this.config.statements.deleteStream,
+      [id, expectedText(expected), hard, keep],
+      operation,
+    )) as [WriteRow];
     if (row.status !== 'ok') throw refusal(row, id, expected);
     if (keep) this.executor.hardDeleted?.(id);
   }
@@ -398,7 +436,11 @@ export class SqlSession implements EventStoreSession {
     const statements = this.config.statements;
     // Sorted by key (not by id): two ids may share a key, and the order must be one over the keys themselves.
     const keys = [...new Set(ids.map(streamLockKey))].sort((a, b) => a - b);
-    await this.executor.query(statements.lockStreams, [statements.streamLockKey, keys], `lock streams ${ids.map((id) => `'${id}'`).join(', ')}`);
+    await this.executor.query(
+      statements.lockStreams,
+      [statements.streamLockKey, keys],
+      `lock streams ${ids.map((id) => `'${id}'`).join(', ')}`,
+    );
   }
 
   protected async streamRow(id: string, operation: string): Promise<StreamRowData | undefined> {
@@ -499,7 +541,12 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
 
   async readAllPageEncoded(options?: ReadAllOptions): Promise<EncodedReadAllPage> {
     const normalised = normaliseReadAllOptions(options, 1000);
-    const page = await this.fetchAllPage<EncodedRow>(normalised, normalised.after, normalised.limit, this.config.statements.readAllPageEncoded);
+    const page = await this.fetchAllPage<EncodedRow>(
+      normalised,
+      normalised.after,
+      normalised.limit,
+      this.config.statements.readAllPageEncoded,
+    );
     const registry = this.config.events;
     const events: EncodedEvent[] = new Array(page.rows.length);
     for (let i = 0; i < page.rows.length; i++) {
@@ -507,7 +554,18 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
       const schemaVersion = row[12] === null ? 1 : Number(row[12]);
       if (registry && !registry.isCurrent(row[2], schemaVersion)) {
         // Renamed or older schema: upcast like every read path, then encode.
-        events[i] = encodedEvent(this.toRecorded([row[0], row[1], row[2], row[3], row[4], row[5], JSON.parse(row[6]), JSON.parse(row[7]) as EventMetadata]));
+        events[i] = encodedEvent(
+          this.toRecorded([
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            JSON.parse(row[6]),
+            JSON.parse(row[7]) as EventMetadata,
+          ]),
+        );
         continue;
       }
       const message = encodeStoredEvent({
@@ -536,12 +594,19 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     statement = this.config.statements.readAllPage,
   ): Promise<{ rows: R[]; next: Position; atEnd: boolean }> {
     await this.ready('read all');
-    const storedTypes = filter.types && this.config.events ? this.config.events.storedNames(filter.types) : filter.types;
+    const storedTypes =
+      filter.types && this.config.events ? this.config.events.storedNames(filter.types) : filter.types;
     const { transaction, sequence } = parsePosition(after);
     // Rows: the event columns (position at 4), null in column 8; and one row of nulls with the snapshot's xmin in 8.
     const result = await this.executor.query<unknown[]>(
       statement,
-      [transaction.toString(), (sequence > INT8_MAX ? INT8_MAX : sequence).toString(), storedTypes, filter.categories, limit],
+      [
+        transaction.toString(),
+        (sequence > INT8_MAX ? INT8_MAX : sequence).toString(),
+        storedTypes,
+        filter.categories,
+        limit,
+      ],
       'read all',
     );
     // The xmin row usually comes last: drop it without copying the page.
@@ -563,22 +628,35 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
 
   async headPosition(): Promise<Position> {
     await this.ready('read the head position');
-    const [row] = await this.executor.query<{ xmin: string }>(this.config.statements.snapshotXmin, [], 'read the head position');
+    const [row] = await this.executor.query<{ xmin: string }>(
+      this.config.statements.snapshotXmin,
+      [],
+      'read the head position',
+    );
     return positionBeforeTransaction(BigInt(row!.xmin));
   }
 
   async nextPosition(): Promise<Position> {
     await this.ready('read the next position');
-    const [row] = await this.executor.query<{ xmax: string }>(this.config.statements.snapshotXmax, [], 'read the next position');
+    const [row] = await this.executor.query<{ xmax: string }>(
+      this.config.statements.snapshotXmax,
+      [],
+      'read the next position',
+    );
     return formatPosition(BigInt(row!.xmax), 0n);
   }
 
   async readAllHoldback(): Promise<ReadAllHoldback> {
     await this.ready('read the holdback');
-    const [row] = await this.executor.query<{ held_back: string | number; oldest_ms: number | null }>(this.config.statements.readAllHoldback, [], 'read the holdback');
+    const [row] = await this.executor.query<{ held_back: string | number; oldest_ms: number | null }>(
+      this.config.statements.readAllHoldback,
+      [],
+      'read the holdback',
+    );
     return {
       heldBackEvents: Number(row!.held_back),
-      oldestOpenTransactionMs: row!.oldest_ms === null ? this.openTransactionAgeMs() : Math.max(0, Math.round(row!.oldest_ms)),
+      oldestOpenTransactionMs:
+        row!.oldest_ms === null ? this.openTransactionAgeMs() : Math.max(0, Math.round(row!.oldest_ms)),
     };
   }
 
@@ -603,7 +681,11 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     return result;
   }
 
-  override async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
+  override async append(
+    streamId: string,
+    events: readonly EventInput[],
+    options?: AppendOptions,
+  ): Promise<AppendResult> {
     const result = await super.append(streamId, events, options);
     if (!result.duplicate) this.appended();
     return result;
@@ -659,7 +741,8 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
         () => undefined,
         (error: unknown) => {
           // Name the caller's operation: "append to 'x' (migrating schema 'y' first)".
-          if (error instanceof StoreUnavailableError) throw new StoreUnavailableError(`${operation} (migrating schema '${this.schema}' first)`, error.cause);
+          if (error instanceof StoreUnavailableError)
+            throw new StoreUnavailableError(`${operation} (migrating schema '${this.schema}' first)`, error.cause);
           throw error;
         },
       );

@@ -43,7 +43,20 @@
  * PGlite instance the caller passes as `db`: whoever opened that instance owns that responsibility.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { closeSync, fstatSync, fsyncSync, linkSync, openSync, readFileSync, readSync, realpathSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  fstatSync,
+  fsyncSync,
+  linkSync,
+  openSync,
+  readFileSync,
+  readSync,
+  realpathSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { threadId } from 'node:worker_threads';
@@ -103,7 +116,7 @@ export function lockDataDirectory(path: string): DataDirectoryLock {
   // another process holds the takeover file, wait (it takes a few system calls) and judge again, so that the refusal
   // names who won: that process may find the lock taken by a third one and back off.
   const waitUntil = Date.now() + TAKEOVER_WAIT_MS;
-  for (let round = 0; round < 8; ) {
+  for (let round = 0; round < 8;) {
     if (createExclusive(lockFile, content) !== null) return hold(held, dataDir, lockFile, me.token);
     const current = readLockFile(lockFile);
     if (current === null) {
@@ -147,8 +160,16 @@ interface LockFileState {
 /** Whether the lock (or takeover) file's holder still holds it; see the module comment for the rules. */
 function judge(file: LockFileState, unreadableStaleMs: number): Verdict {
   const holder = file.holder;
-  if (holder === null) return Date.now() - file.mtimeMs > unreadableStaleMs ? STALE : { held: true, holder: 'unknown', pid: null, host: null };
-  const held = (who: DataDirectoryHolder): Verdict => ({ held: true, holder: who, pid: holder.pid, host: holder.hostname });
+  if (holder === null)
+    return Date.now() - file.mtimeMs > unreadableStaleMs
+      ? STALE
+      : { held: true, holder: 'unknown', pid: null, host: null };
+  const held = (who: DataDirectoryHolder): Verdict => ({
+    held: true,
+    holder: who,
+    pid: holder.pid,
+    host: holder.hostname,
+  });
   if (holder.hostname !== hostname()) return held('other-host');
   const boot = bootId();
   if (holder.bootId !== null && boot !== null && holder.bootId !== boot) return STALE;
@@ -278,7 +299,13 @@ function realDirectory(path: string): string {
 let ownIdentity: Omit<LockHolder, 'createdAt' | 'token'> | undefined;
 
 function identity(): LockHolder {
-  ownIdentity ??= { pid: process.pid, startTime: startTimeOf(process.pid), bootId: bootId(), hostname: hostname(), threadId };
+  ownIdentity ??= {
+    pid: process.pid,
+    startTime: startTimeOf(process.pid),
+    bootId: bootId(),
+    hostname: hostname(),
+    threadId,
+  };
   return { ...ownIdentity, createdAt: new Date().toISOString(), token: randomUUID() };
 }
 
@@ -335,7 +362,11 @@ function readLockFile(path: string): LockFileState | null {
       if (n === 0) break;
       length += n;
     }
-    return { id: { dev: stat.dev, ino: stat.ino }, mtimeMs: stat.mtimeMs, holder: parseHolder(buffer.subarray(0, length).toString('utf8')) };
+    return {
+      id: { dev: stat.dev, ino: stat.ino },
+      mtimeMs: stat.mtimeMs,
+      holder: parseHolder(buffer.subarray(0, length).toString('utf8')),
+    };
   } finally {
     closeSync(fd);
   }
@@ -352,7 +383,13 @@ function parseHolder(text: string): LockHolder | null {
   const v = value as Record<string, unknown>;
   const optionalString = (x: unknown) => x === undefined || x === null || typeof x === 'string';
   if (!Number.isSafeInteger(v.pid) || (v.pid as number) < 1) return null;
-  if (typeof v.hostname !== 'string' || typeof v.token !== 'string' || !optionalString(v.startTime) || !optionalString(v.bootId)) return null;
+  if (
+    typeof v.hostname !== 'string' ||
+    typeof v.token !== 'string' ||
+    !optionalString(v.startTime) ||
+    !optionalString(v.bootId)
+  )
+    return null;
   return {
     pid: v.pid as number,
     startTime: (v.startTime as string | null | undefined) ?? null,
@@ -422,7 +459,7 @@ function writeTemporary(path: string, content: string): { path: string; id: File
 
 function writeAll(fd: number, content: string): FileId {
   const buffer = Buffer.from(content, 'utf8');
-  for (let written = 0; written < buffer.length; ) written += writeSync(fd, buffer, written, buffer.length - written);
+  for (let written = 0; written < buffer.length;) written += writeSync(fd, buffer, written, buffer.length - written);
   fsyncSync(fd);
   const stat = fstatSync(fd);
   return { dev: stat.dev, ino: stat.ino };

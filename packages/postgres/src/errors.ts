@@ -17,7 +17,8 @@ const CONNECTION_CODES = new Set([
   '53300',
 ]);
 
-const CONNECTION_MESSAGES = /Connection terminated|terminating connection|Client has encountered a connection error|Client was closed and is not queryable|Connection is closed|timeout exceeded when trying to connect|connect ECONNREFUSED|read ECONNRESET|write EPIPE|the database system is (starting up|shutting down|in recovery)/i;
+const CONNECTION_MESSAGES =
+  /Connection terminated|terminating connection|Client has encountered a connection error|Client was closed and is not queryable|Connection is closed|timeout exceeded when trying to connect|connect ECONNREFUSED|read ECONNRESET|write EPIPE|the database system is (starting up|shutting down|in recovery)/i;
 
 /**
  * Whether an error means that the connection is gone or the server cannot be reached (as opposed to an error in a
@@ -97,7 +98,13 @@ export class DataDirectoryLockedError extends EventlineError {
   }
 }
 
-function describeLockedDirectory(dataDir: string, pid: number | null, host: string | null, lockFile: string, holder: DataDirectoryHolder): string {
+function describeLockedDirectory(
+  dataDir: string,
+  pid: number | null,
+  host: string | null,
+  lockFile: string,
+  holder: DataDirectoryHolder,
+): string {
   const what = `The PGlite data directory '${dataDir}'`;
   const why = 'two PGlite instances on one directory lose each other’s writes';
   switch (holder) {

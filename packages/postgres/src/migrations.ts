@@ -25,11 +25,27 @@ export interface Migration {
 }
 
 export const migrations: readonly Migration[] = [
-  { version: 1, name: 'event store: streams, events, append_events / delete_stream / set_stream_metadata', sql: schemaV1 },
-  { version: 2, name: 'read side: checkpoints, leases, parked events, snapshots, projection catalog, inbox, read-model registry', sql: schemaV2 },
+  {
+    version: 1,
+    name: 'event store: streams, events, append_events / delete_stream / set_stream_metadata',
+    sql: schemaV1,
+  },
+  {
+    version: 2,
+    name: 'read side: checkpoints, leases, parked events, snapshots, projection catalog, inbox, read-model registry',
+    sql: schemaV2,
+  },
   { version: 3, name: 'append_events: optional id look-up and lock wait; append_group (group commit)', sql: schemaV3 },
-  { version: 4, name: "streams.last_transaction: events labelled with the greater of their transaction's id and their stream's last label, so that the log follows every stream's order", sql: schemaV4 },
-  { version: 5, name: 'append_group: the fast path of a whole group in one statement (new streams, free existing streams whose expected version holds)', sql: schemaV5 },
+  {
+    version: 4,
+    name: "streams.last_transaction: events labelled with the greater of their transaction's id and their stream's last label, so that the log follows every stream's order",
+    sql: schemaV4,
+  },
+  {
+    version: 5,
+    name: 'append_group: the fast path of a whole group in one statement (new streams, free existing streams whose expected version holds)',
+    sql: schemaV5,
+  },
 ];
 
 /** The latest migration version this package knows. */

@@ -174,7 +174,11 @@ class PGliteStore extends SqlStoreBase implements PGliteEventStore {
         const capturing = new Map<string, Promise<void>>();
         const run = async <R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> => {
           if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
-          if (failure) throw new DatabaseOperationError(operation, new Error(`the transaction was aborted by an earlier error: ${failure.message}`));
+          if (failure)
+            throw new DatabaseOperationError(
+              operation,
+              new Error(`the transaction was aborted by an earlier error: ${failure.message}`),
+            );
           try {
             return (await tx.query<R>(statement.text, values, statement.arrayRows ? ARRAY_ROWS : undefined)).rows;
           } catch (error) {
@@ -191,9 +195,11 @@ class PGliteStore extends SqlStoreBase implements PGliteEventStore {
             if (open.before.has(k)) return Promise.resolve();
             let capture = capturing.get(k);
             if (!capture) {
-              capture = run<StreamRowData>(statements.streamState, [streamId], `read stream '${streamId}'`).then((rows) => {
-                if (!open.before.has(k)) open.before.set(k, rows[0] ?? null);
-              });
+              capture = run<StreamRowData>(statements.streamState, [streamId], `read stream '${streamId}'`).then(
+                (rows) => {
+                  if (!open.before.has(k)) open.before.set(k, rows[0] ?? null);
+                },
+              );
               capturing.set(k, capture);
             }
             return capture;
@@ -214,7 +220,8 @@ class PGliteStore extends SqlStoreBase implements PGliteEventStore {
           }
           if (failure) throw failure;
           open.readable = false;
-          if (hardDeleted.size > 0) await run(statements.removeStreamEvents, [[...hardDeleted]], 'remove the events of hard-deleted streams');
+          if (hardDeleted.size > 0)
+            await run(statements.removeStreamEvents, [[...hardDeleted]], 'remove the events of hard-deleted streams');
           return result;
         } finally {
           active = false;

@@ -3,9 +3,24 @@
  */
 import pg from 'pg';
 import type { SqlClient } from './core.js';
-import { safeQuote, StoreClosedError, TransactionConflictError, ValidationError, type EventStore, type EventStoreOptions, type EventStoreSession } from '@eventline/core';
+import {
+  safeQuote,
+  StoreClosedError,
+  TransactionConflictError,
+  ValidationError,
+  type EventStore,
+  type EventStoreOptions,
+  type EventStoreSession,
+} from '@eventline/core';
 import { AppendGroups, DEFAULT_APPEND_GROUP_OPTIONS, type AppendGroupOptions } from './append-groups.js';
-import { SqlSession, SqlStoreBase, type EncodedAppend, type EventRow, type Executor, type StoreConfig } from './core.js';
+import {
+  SqlSession,
+  SqlStoreBase,
+  type EncodedAppend,
+  type EventRow,
+  type Executor,
+  type StoreConfig,
+} from './core.js';
 import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';
 import { runMigrations } from './migrations.js';
 import { DEFAULT_READ_GROUP_OPTIONS, ReadGroups, type GroupedRow } from './read-groups.js';
@@ -82,10 +97,17 @@ export function createPostgresStore(options: PostgresStoreOptions = {}): Postgre
   if (ownPool) pool.on('error', () => {});
   const maxInFlight = options.grouping ?? DEFAULT_APPEND_GROUP_OPTIONS.maxInFlight;
   if (!(Number.isSafeInteger(maxInFlight) && maxInFlight >= 0)) {
-    throw new ValidationError(`grouping must be a whole number: 0 (no grouping) or the append statements at the server at once; got ${safeQuote(maxInFlight)}`);
+    throw new ValidationError(
+      `grouping must be a whole number: 0 (no grouping) or the append statements at the server at once; got ${safeQuote(maxInFlight)}`,
+    );
   }
   const grouping = maxInFlight === 0 ? null : { ...DEFAULT_APPEND_GROUP_OPTIONS, maxInFlight };
-  return new PostgresStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, pool, ownPool, grouping);
+  return new PostgresStore(
+    { statements, events: options.events, maxEventBytes: options.maxEventBytes },
+    pool,
+    ownPool,
+    grouping,
+  );
 }
 
 /** Times the store runs one of its own statements again when the database broke it off in a deadlock. */
@@ -123,7 +145,9 @@ async function connect(pool: pg.Pool, operation: string): Promise<pg.PoolClient>
 
 function config(statement: Statement, values: unknown[]): pg.QueryConfig | pg.QueryArrayConfig {
   if (statement.name === '') return { text: statement.text, values };
-  return statement.arrayRows ? { name: statement.name, text: statement.text, values, rowMode: 'array' } : { name: statement.name, text: statement.text, values };
+  return statement.arrayRows
+    ? { name: statement.name, text: statement.text, values, rowMode: 'array' }
+    : { name: statement.name, text: statement.text, values };
 }
 
 /**
@@ -173,22 +197,41 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
       new AppendGroups<EncodedAppend>(
         grouping,
         (append) => this.appendLine(append),
-        async (parameters) => (await this.executor.query<{ r: string[] }>(config.statements.appendGroup, parameters, `append to ${parameters[0].length} streams`))[0]!.r,
+        async (parameters) =>
+          (
+            await this.executor.query<{ r: string[] }>(
+              config.statements.appendGroup,
+              parameters,
+              `append to ${parameters[0].length} streams`,
+            )
+          )[0]!.r,
       );
     this.reads =
       grouping &&
       new ReadGroups(
         DEFAULT_READ_GROUP_OPTIONS,
         (read) => super.readFirstPage(read.streamId, read.from, read.size, read.operation),
-        (streamIds, froms, sizes) => this.executor.query<GroupedRow>(config.statements.readStreamFirstGroup, [streamIds, froms, sizes], `read ${streamIds.length} streams`),
+        (streamIds, froms, sizes) =>
+          this.executor.query<GroupedRow>(
+            config.statements.readStreamFirstGroup,
+            [streamIds, froms, sizes],
+            `read ${streamIds.length} streams`,
+          ),
       );
   }
 
   private readonly groups: AppendGroups<EncodedAppend> | null;
   private readonly reads: ReadGroups | null;
 
-  protected override readFirstPage(streamId: string, from: number, size: number, operation: string): Promise<EventRow[]> {
-    return this.reads ? this.reads.submit({ streamId, from, size, operation }) : super.readFirstPage(streamId, from, size, operation);
+  protected override readFirstPage(
+    streamId: string,
+    from: number,
+    size: number,
+    operation: string,
+  ): Promise<EventRow[]> {
+    return this.reads
+      ? this.reads.submit({ streamId, from, size, operation })
+      : super.readFirstPage(streamId, from, size, operation);
   }
 
   protected override sendAppend(append: EncodedAppend): Promise<string> {
@@ -230,7 +273,11 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
     const executor: Executor = {
       query: async <R>(statement: Statement, values: unknown[], operation: string) => {
         if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
-        if (failure) throw new DatabaseOperationError(operation, new Error(`the transaction was aborted by an earlier error: ${failure.message}`));
+        if (failure)
+          throw new DatabaseOperationError(
+            operation,
+            new Error(`the transaction was aborted by an earlier error: ${failure.message}`),
+          );
         try {
           return (await client.query(config(statement, values))).rows as R[];
         } catch (error) {

@@ -61,7 +61,8 @@ export class ReadGroups {
         this.scheduled = false;
         const waiting = this.waiting;
         this.waiting = [];
-        for (let at = 0; at < waiting.length; at += this.options.maxReads) void this.send(waiting.slice(at, at + this.options.maxReads));
+        for (let at = 0; at < waiting.length; at += this.options.maxReads)
+          void this.send(waiting.slice(at, at + this.options.maxReads));
       });
     });
   }

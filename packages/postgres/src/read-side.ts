@@ -67,7 +67,11 @@ export function createSqlSubscriptionStore(store: SqlEventStore): SubscriptionSt
         if (args.position !== undefined) await sql.query(q.saveCheckpoint(s), [args.name, args.position], PREPARED);
         if (args.park) {
           const { event, error, attempts } = args.park;
-          await sql.query(q.parkEvent(s), [args.name, event.id, JSON.stringify(event), JSON.stringify(error), attempts], PREPARED);
+          await sql.query(
+            q.parkEvent(s),
+            [args.name, event.id, JSON.stringify(event), JSON.stringify(error), attempts],
+            PREPARED,
+          );
         }
         if (args.unpark !== undefined) await sql.query(q.unparkEvent(s), [args.name, args.unpark], PREPARED);
         return result;
@@ -82,14 +86,23 @@ export function createSqlSubscriptionStore(store: SqlEventStore): SubscriptionSt
       else await store.sql.query(q.saveCheckpoint(s), [name, position], PREPARED);
     },
     async acquireLease(name, owner, ttlMs) {
-      const rows = await store.sql.query<{ owner: string }>(q.acquireLease(s), [name, owner, Math.round(ttlMs)], PREPARED);
+      const rows = await store.sql.query<{ owner: string }>(
+        q.acquireLease(s),
+        [name, owner, Math.round(ttlMs)],
+        PREPARED,
+      );
       return rows.length === 1;
     },
     async releaseLease(name, owner) {
       await store.sql.query(q.releaseLease(s), [name, owner], PREPARED);
     },
     async parked(name) {
-      const rows = await store.sql.query<{ event: RecordedEvent & { recordedAt: string }; error: ParkedEvent['error']; attempts: number; parked_at: Date | string }>(q.listParked(s), [name], PREPARED);
+      const rows = await store.sql.query<{
+        event: RecordedEvent & { recordedAt: string };
+        error: ParkedEvent['error'];
+        attempts: number;
+        parked_at: Date | string;
+      }>(q.listParked(s), [name], PREPARED);
       return rows.map((row) => ({
         subscription: name,
         event: { ...row.event, recordedAt: new Date(row.event.recordedAt) },
@@ -179,7 +192,10 @@ export function createSqlDocumentStore(store: SqlEventStore): DocumentStore<SqlC
         },
         async list(options = {}) {
           const { after, limit } = assertListOptions(name, options);
-          const rows = await read<{ id: string; data: T; version: string }>(q.listDocuments(s, table), [after ?? '', limit]);
+          const rows = await read<{ id: string; data: T; version: string }>(q.listDocuments(s, table), [
+            after ?? '',
+            limit,
+          ]);
           return rows.map((row): StoredDocument<T> => ({ id: row.id, data: row.data, version: row.version }));
         },
         async count() {
@@ -199,7 +215,9 @@ export function createSqlDocumentStore(store: SqlEventStore): DocumentStore<SqlC
     async dropCollections(prefix) {
       await store.transaction(async (session) => {
         const sql = sqlOf(session);
-        for (const row of await sql.query<{ collection: string; table_name: string }>(q.documentTablesLike(s), [prefix])) {
+        for (const row of await sql.query<{ collection: string; table_name: string }>(q.documentTablesLike(s), [
+          prefix,
+        ])) {
           await sql.query(q.dropDocumentTable(s, row.table_name));
           await sql.query(q.unregisterDocumentTable(s), [row.collection]);
           ready.delete(row.table_name);
@@ -236,11 +254,21 @@ export function createSqlSnapshotStore(store: SqlEventStore): SnapshotStore {
   return {
     async load(streamId, session) {
       const sql = session ? sqlOf(session) : store.sql;
-      const [row] = await sql.query<{ version: string | number; state_version: number; state: JsonValue }>(q.loadSnapshot(s), [streamId], PREPARED);
-      return row ? { streamId, version: Number(row.version), stateVersion: Number(row.state_version), state: row.state } : null;
+      const [row] = await sql.query<{ version: string | number; state_version: number; state: JsonValue }>(
+        q.loadSnapshot(s),
+        [streamId],
+        PREPARED,
+      );
+      return row
+        ? { streamId, version: Number(row.version), stateVersion: Number(row.state_version), state: row.state }
+        : null;
     },
     async save(snapshot: Snapshot) {
-      await store.sql.query(q.saveSnapshot(s), [snapshot.streamId, snapshot.version, snapshot.stateVersion, JSON.stringify(snapshot.state)], PREPARED);
+      await store.sql.query(
+        q.saveSnapshot(s),
+        [snapshot.streamId, snapshot.version, snapshot.stateVersion, JSON.stringify(snapshot.state)],
+        PREPARED,
+      );
     },
     async delete(streamId) {
       if (streamId === undefined) await store.sql.query(q.deleteAllSnapshots(s), [], PREPARED);

@@ -23,7 +23,8 @@ export function quoteSchema(schema: unknown): string {
       `Invalid schema name ${safeQuote(schema)}: use a lower-case letter or '_' followed by up to 62 lower-case letters, digits or '_' (e.g. 'eventline', 'app_events')`,
     );
   }
-  if (schema.startsWith('pg_')) throw new ValidationError(`Invalid schema name '${schema}': names starting with 'pg_' are reserved by PostgreSQL`);
+  if (schema.startsWith('pg_'))
+    throw new ValidationError(`Invalid schema name '${schema}': names starting with 'pg_' are reserved by PostgreSQL`);
   return `"${schema}"`;
 }
 
@@ -120,7 +121,8 @@ ${indent}  RETURNING 0, category, last_transaction INTO v_base, v_category, v_tx
 ${indent}  ON CONFLICT (stream_id) DO NOTHING
 ${indent}  RETURNING 0, category INTO v_base, v_category;`;
 
-const dropIfCreated = (s: string) => `IF v_created THEN DELETE FROM ${s}.streams WHERE stream_id = p_stream_id; END IF;`;
+const dropIfCreated = (s: string) =>
+  `IF v_created THEN DELETE FROM ${s}.streams WHERE stream_id = p_stream_id; END IF;`;
 
 /**
  * The fast path's expected-version rule against a locked stream row `st` (the `UPDATE` of an existing stream):
@@ -149,7 +151,11 @@ const expectedVersionHolds = `CASE p_expected
  * - `p_nowait` (default false): true never waits for a stream's row locked by another transaction, and answers `busy`
  *   instead: used by append_group, so that one locked stream does not hold up every append of a group.
  */
-const appendEventsFunction = (s: string, v3: boolean, v4 = false) => `CREATE ${v4 ? 'OR REPLACE ' : ''}FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb${v3 ? ', p_check boolean DEFAULT true, p_nowait boolean DEFAULT false' : ''})
+const appendEventsFunction = (
+  s: string,
+  v3: boolean,
+  v4 = false,
+) => `CREATE ${v4 ? 'OR REPLACE ' : ''}FUNCTION ${s}.append_events(p_stream_id text, p_expected text, p_ids uuid[], p_events jsonb${v3 ? ', p_check boolean DEFAULT true, p_nowait boolean DEFAULT false' : ''})
 RETURNS text
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
@@ -181,8 +187,12 @@ BEGIN
     END IF;
   END IF;
   IF v_base IS NOT NULL THEN
-    -- Under the lock: the events, unless one of their ids is already stored (a retry, or a conflict).${v4 ? '' : `
-    v_tx := pg_current_xact_id();`}
+    -- Under the lock: the events, unless one of their ids is already stored (a retry, or a conflict).${
+      v4
+        ? ''
+        : `
+    v_tx := pg_current_xact_id();`
+    }
     INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
     SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_category, u.e->>0, u.e->1, u.e->2
       FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n)
@@ -228,11 +238,15 @@ BEGIN
     ${dropIfCreated(s)}
     RETURN concat_ws(' ', 'wrong_version', v_stream.version, v_exists::text);
   END IF;
-  v_base := v_stream.version;${v4 ? `
+  v_base := v_stream.version;${
+    v4
+      ? `
   v_tx := greatest(pg_current_xact_id(), v_stream.last_transaction);
-  UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL, last_transaction = v_tx WHERE stream_id = p_stream_id;` : `
+  UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL, last_transaction = v_tx WHERE stream_id = p_stream_id;`
+      : `
   UPDATE ${s}.streams SET version = v_base + v_count, deleted = NULL WHERE stream_id = p_stream_id;
-  v_tx := pg_current_xact_id();`}
+  v_tx := pg_current_xact_id();`
+  }
   INSERT INTO ${s}.events (transaction_id, event_id, stream_id, version, category, type, data, metadata)
   SELECT v_tx, p_ids[u.n], p_stream_id, v_base + u.n, v_stream.category, u.e->>0, u.e->1, u.e->2
     FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, n);
@@ -503,19 +517,23 @@ export const appendEvents = (s: string) => `SELECT ${s}.append_events($1, $2, $3
  * $1 stream ids, $2 expected versions as text, $3 every event id, $4 the number of events of each batch, $5 a JSON array
  * of the batches (each as $4 of {@link appendEvents}). One column, `r`: the results, in order (see append_group).
  */
-export const appendGroup = (s: string) => `SELECT ${s}.append_group($1::text[], $2::text[], $3::uuid[], $4::int4[], $5::jsonb) AS r`;
+export const appendGroup = (s: string) =>
+  `SELECT ${s}.append_group($1::text[], $2::text[], $3::uuid[], $4::int4[], $5::jsonb) AS r`;
 
 /** $1 stream id, $2 expected version as text, $3 hard, $4 keep the events (until commit). */
-export const deleteStream = (s: string) => `SELECT status, stream_version, stream_exists FROM ${s}.delete_stream($1, $2, $3, $4)`;
+export const deleteStream = (s: string) =>
+  `SELECT status, stream_version, stream_exists FROM ${s}.delete_stream($1, $2, $3, $4)`;
 
 /** $1 stream id, $2 expected version as text, $3 metadata JSON. */
-export const setStreamMetadata = (s: string) => `SELECT status, stream_version, stream_exists FROM ${s}.set_stream_metadata($1, $2, $3)`;
+export const setStreamMetadata = (s: string) =>
+  `SELECT status, stream_version, stream_exists FROM ${s}.set_stream_metadata($1, $2, $3)`;
 
 /** Removes the events of streams hard-deleted in a PGlite transaction, just before it commits. $1 stream ids. */
 export const removeStreamEvents = (s: string) => `DELETE FROM ${s}.events WHERE stream_id = ANY ($1::text[])`;
 
 /** The stream's row: read by streamInfo / getStreamMetadata, and at the start of a stream read on PGlite during a transaction. $1 stream id. */
-export const streamState = (s: string) => `SELECT version, hidden_before, deleted, metadata FROM ${s}.streams WHERE stream_id = $1`;
+export const streamState = (s: string) =>
+  `SELECT version, hidden_before, deleted, metadata FROM ${s}.streams WHERE stream_id = $1`;
 
 /**
  * A page of a stream, forwards. $1 stream id, $2 lowest version, $3 highest version, $4 maxAge in seconds (null: no
@@ -544,7 +562,11 @@ export const readStreamBackwards = (s: string) =>
  * at most $4, none when the stream is hard-deleted; the first visible version and the maxAge filter are
  * `firstVisibleVersion` of eventline's validate.ts and the maxAge rule of {@link readStreamForwards}, in SQL.
  */
-const readStreamFirstPage = (s: string, order: 'ASC' | 'DESC', p = { streamId: '$1', from: '$2', to: '$3', size: '$4' }) => `
+const readStreamFirstPage = (
+  s: string,
+  order: 'ASC' | 'DESC',
+  p = { streamId: '$1', from: '$2', to: '$3', size: '$4' },
+) => `
   WITH st AS (
     SELECT version, hidden_before, deleted, metadata,
            greatest(1, hidden_before, (metadata->>'truncateBefore')::int8, version - (metadata->>'maxCount')::int8 + 1) AS first_visible,
@@ -687,9 +709,18 @@ export function statementsFor(schema: string): Statements {
   const s = quoteSchema(schema);
   // Prepared-statement names are truncated by PostgreSQL to 63 bytes: long schema names are replaced by a hash.
   const tag = schema.length <= 40 ? schema : `h${hash32(schema).toString(16)}`;
-  const write = (name: string, text: string): Statement => ({ name: `eventline.${tag}.${name}`, text, readOnly: false });
+  const write = (name: string, text: string): Statement => ({
+    name: `eventline.${tag}.${name}`,
+    text,
+    readOnly: false,
+  });
   const read = (name: string, text: string): Statement => ({ name: `eventline.${tag}.${name}`, text, readOnly: true });
-  const events = (name: string, text: string): Statement => ({ name: `eventline.${tag}.${name}`, text, readOnly: true, arrayRows: true });
+  const events = (name: string, text: string): Statement => ({
+    name: `eventline.${tag}.${name}`,
+    text,
+    readOnly: true,
+    arrayRows: true,
+  });
   return {
     schema,
     quoted: s,

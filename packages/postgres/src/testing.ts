@@ -14,7 +14,9 @@ import { createPostgresStore, type PostgresEventStore, type PostgresStoreOptions
 
 export interface TestDatabases {
   /** A store on a new schema of the server (options as for createPostgresStore, schema and connection excepted). */
-  postgres(options?: Omit<PostgresStoreOptions, 'schema' | 'connectionString' | 'pool'> & { schema?: string }): PostgresEventStore;
+  postgres(
+    options?: Omit<PostgresStoreOptions, 'schema' | 'connectionString' | 'pool'> & { schema?: string },
+  ): PostgresEventStore;
   /** A store on PGlite: in memory unless `dataDir` is given. */
   pglite(options?: PGliteStoreOptions): PGliteEventStore;
   /** Closes every store made here, drops their schemas and releases the lock. */
@@ -23,7 +25,9 @@ export interface TestDatabases {
 
 const TEST_LOCK = [0x6576746c, 0x74657374] as const;
 
-export async function openTestDatabases(options: { databaseUrl?: string; timeoutMs?: number } = {}): Promise<TestDatabases> {
+export async function openTestDatabases(
+  options: { databaseUrl?: string; timeoutMs?: number } = {},
+): Promise<TestDatabases> {
   const url = options.databaseUrl ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
   const deadline = Date.now() + (options.timeoutMs ?? 15_000);
   let admin: pg.Client | null = null;
@@ -42,7 +46,9 @@ export async function openTestDatabases(options: { databaseUrl?: string; timeout
     }
   }
   if (!admin) {
-    throw new Error(`PostgreSQL is not reachable at ${url} (${(lastError as Error)?.message ?? String(lastError)}); these tests need a real server there (start it, or set DATABASE_URL to one).`);
+    throw new Error(
+      `PostgreSQL is not reachable at ${url} (${(lastError as Error)?.message ?? String(lastError)}); these tests need a real server there (start it, or set DATABASE_URL to one).`,
+    );
   }
   const lockHolder = admin;
   const schemas: string[] = [];
@@ -63,7 +69,8 @@ export async function openTestDatabases(options: { databaseUrl?: string; timeout
     async close() {
       try {
         for (const store of stores) await store.close().catch(() => undefined);
-        for (const schema of schemas) await lockHolder.query(`DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(schema)} CASCADE`);
+        for (const schema of schemas)
+          await lockHolder.query(`DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(schema)} CASCADE`);
       } finally {
         await lockHolder.end();
       }

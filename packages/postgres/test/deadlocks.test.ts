@@ -5,7 +5,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { newId, retryOnConflict, TransactionConflictError, type EventInput, type EventStoreSession } from '@eventline/core';
+import {
+  newId,
+  retryOnConflict,
+  TransactionConflictError,
+  type EventInput,
+  type EventStoreSession,
+} from '@eventline/core';
 import { createPostgresStore, GENERIC_PLANS } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 
@@ -30,9 +36,14 @@ function barrier(): { reached: Promise<void>; pass: () => void } {
 async function untilSomeoneWaitsForALock(admin: pg.Pool, text: RegExp): Promise<void> {
   const deadline = Date.now() + 30_000;
   for (;;) {
-    const { rows } = await admin.query<{ query: string }>(`SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock'`);
+    const { rows } = await admin.query<{ query: string }>(
+      `SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock'`,
+    );
     if (rows.some((row) => text.test(row.query))) return;
-    if (Date.now() > deadline) throw new Error(`no backend waited for a lock within 30 s (waiting: ${rows.map((r) => r.query).join(' | ') || 'none'})`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `no backend waited for a lock within 30 s (waiting: ${rows.map((r) => r.query).join(' | ') || 'none'})`,
+      );
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
@@ -49,13 +60,22 @@ describe('deadlocks on PostgreSQL', () => {
       await firstLocked[1 - index]!.reached; // both hold their first stream: each now waits for the other's
       await session.append(second, [ev('Moved')]);
     };
-    const outcomes = await Promise.allSettled([store.transaction(crossing(0, 'acct-a', 'acct-b')), store.transaction(crossing(1, 'acct-b', 'acct-a'))]);
-    const failures = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected').map((o) => o.reason as unknown);
+    const outcomes = await Promise.allSettled([
+      store.transaction(crossing(0, 'acct-a', 'acct-b')),
+      store.transaction(crossing(1, 'acct-b', 'acct-a')),
+    ]);
+    const failures = outcomes
+      .filter((o): o is PromiseRejectedResult => o.status === 'rejected')
+      .map((o) => o.reason as unknown);
     assert.equal(failures.length, 1, 'the server breaks exactly one of them off');
     assert.ok(failures[0] instanceof TransactionConflictError, String(failures[0]));
     assert.equal(failures[0].code, 'TRANSACTION_CONFLICT');
     assert.equal(failures[0].reason, 'deadlock');
-    assert.equal((await store.streamInfo('acct-a')).version + (await store.streamInfo('acct-b')).version, 4, 'the victim stored nothing');
+    assert.equal(
+      (await store.streamInfo('acct-a')).version + (await store.streamInfo('acct-b')).version,
+      4,
+      'the victim stored nothing',
+    );
     // Run again by retryOnConflict, the same crossing commits: the first attempts cross, the victim's second does not wait.
     const again = [barrier(), barrier()];
     let attempts = 0;
@@ -92,7 +112,10 @@ describe('deadlocks on PostgreSQL', () => {
       });
     });
     const outcomes = await Promise.allSettled(transfers);
-    assert.deepEqual(outcomes.filter((o) => o.status === 'rejected').map((o) => String((o as PromiseRejectedResult).reason)), []);
+    assert.deepEqual(
+      outcomes.filter((o) => o.status === 'rejected').map((o) => String((o as PromiseRejectedResult).reason)),
+      [],
+    );
     assert.equal((await store.streamInfo('acct-a')).version, 31);
     assert.equal((await store.streamInfo('acct-b')).version, 31);
   });
@@ -101,9 +124,16 @@ describe('deadlocks on PostgreSQL', () => {
     const store = databases.postgres();
     // The transaction's connection waits 10 s before looking for deadlocks, the store's 1 s (the default): the
     // server then always breaks off the plain append, which started waiting first.
-    const patient = new pg.Pool({ connectionString: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test', max: 2, options: `${GENERIC_PLANS} -c deadlock_timeout=10s` });
+    const patient = new pg.Pool({
+      connectionString: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+      max: 2,
+      options: `${GENERIC_PLANS} -c deadlock_timeout=10s`,
+    });
     const other = createPostgresStore({ schema: store.schema, pool: patient });
-    const admin = new pg.Pool({ connectionString: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test', max: 1 });
+    const admin = new pg.Pool({
+      connectionString: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+      max: 1,
+    });
     try {
       await store.append('acct-a', [ev('Opened')]);
       await other.migrate();

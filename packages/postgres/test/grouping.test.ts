@@ -2,14 +2,26 @@
 // commit, and each still gets the answer it would have had alone. On the real server.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ConcurrencyError, EventIdConflictError, StreamDeletedError, ValidationError, createInMemoryStore, newId, type AppendResult, type EventInput, type EventStore } from '@eventline/core';
+import {
+  ConcurrencyError,
+  EventIdConflictError,
+  StreamDeletedError,
+  ValidationError,
+  createInMemoryStore,
+  newId,
+  type AppendResult,
+  type EventInput,
+  type EventStore,
+} from '@eventline/core';
 import { createPostgresStore, type PostgresEventStore } from '@eventline/postgres';
 import { spiedStores } from './helpers.js';
 
 const openSpied = spiedStores('grp');
 
 /** A store on a pool of its own, and a count of the append statements (append_events or append_group) it sends. */
-async function countedStore(options: { grouping?: number } = {}): Promise<{ store: PostgresEventStore; statements: () => number }> {
+async function countedStore(
+  options: { grouping?: number } = {},
+): Promise<{ store: PostgresEventStore; statements: () => number }> {
   let count = 0;
   const store = await openSpied(({ text }) => {
     if (text && /\.append_(events|group)\(/.test(text)) count++;
@@ -18,7 +30,11 @@ async function countedStore(options: { grouping?: number } = {}): Promise<{ stor
 }
 
 const ev = (): EventInput & { id: string } => ({ id: newId(), type: 'Deposited', data: { amount: 1 } });
-const settle = <T>(promise: Promise<T>) => promise.then((value) => ({ value }), (error: unknown) => ({ error }));
+const settle = <T>(promise: Promise<T>) =>
+  promise.then(
+    (value) => ({ value }),
+    (error: unknown) => ({ error }),
+  );
 
 describe('group commit', () => {
   it('appends made together go in a few statements, and each gets its own answer', async () => {
@@ -31,17 +47,23 @@ describe('group commit', () => {
     const before = statements();
 
     // All made in the same turn of the event loop.
-    const fresh = Array.from({ length: 20 }, (_, i) => store.append(`acct-new${i}`, [ev(), ev()], { expectedVersion: 'no_stream' }));
+    const fresh = Array.from({ length: 20 }, (_, i) =>
+      store.append(`acct-new${i}`, [ev(), ev()], { expectedVersion: 'no_stream' }),
+    );
     const first = store.append('acct-open', [ev()], { expectedVersion: 1 });
     const second = settle(store.append('acct-open', [ev()], { expectedVersion: 1 }));
     const retried = store.append('acct-stored', [stored], { expectedVersion: 'no_stream' });
     const gone = settle(store.append('acct-gone', [ev()]));
 
     const results: AppendResult[] = await Promise.all(fresh);
-    for (const result of results) assert.deepEqual([result.version, result.firstVersion, result.duplicate], [2, 1, false]);
+    for (const result of results)
+      assert.deepEqual([result.version, result.firstVersion, result.duplicate], [2, 1, false]);
     assert.equal((await first).version, 2);
     const refused = await second;
-    assert.ok('error' in refused && refused.error instanceof ConcurrencyError, 'the second append with the same expected version is refused');
+    assert.ok(
+      'error' in refused && refused.error instanceof ConcurrencyError,
+      'the second append with the same expected version is refused',
+    );
     assert.equal((refused.error as ConcurrencyError).actualVersion, 2);
     const retry = await retried;
     assert.equal(retry.duplicate, true);
@@ -111,7 +133,9 @@ describe('group commit', () => {
       ].map((append) => settle(append()));
     const outcome = (settled: unknown) => {
       const { value, error } = settled as { value?: AppendResult; error?: unknown };
-      return error ? (error as Error).constructor.name : { version: value!.version, firstVersion: value!.firstVersion, duplicate: value!.duplicate };
+      return error
+        ? (error as Error).constructor.name
+        : { version: value!.version, firstVersion: value!.firstVersion, duplicate: value!.duplicate };
     };
     await setup(reference);
     await setup(store);
@@ -120,9 +144,24 @@ describe('group commit', () => {
     const actual = (await Promise.all(turn(store))).map(outcome);
     assert.deepEqual(actual, expected);
     assert.equal(statements() - before, 1, 'one statement for the 13 appends');
-    assert.deepEqual((await Promise.all(retries(store))).map(outcome), (await Promise.all(retries(reference))).map(outcome));
+    assert.deepEqual(
+      (await Promise.all(retries(store))).map(outcome),
+      (await Promise.all(retries(reference))).map(outcome),
+    );
     // Each stream holds what the reference holds, in the same order; the log has every stored event once.
-    for (const stream of ['acct-two', 'acct-one', 'acct-done', 'acct-n1', 'acct-n2', 'acct-n3', 'acct-n4', 'acct-soft', 'acct-hard', 'acct-thrice', 'acct-again']) {
+    for (const stream of [
+      'acct-two',
+      'acct-one',
+      'acct-done',
+      'acct-n1',
+      'acct-n2',
+      'acct-n3',
+      'acct-n4',
+      'acct-soft',
+      'acct-hard',
+      'acct-thrice',
+      'acct-again',
+    ]) {
       const read = async (s: EventStore) => {
         const events: string[] = [];
         try {
@@ -146,7 +185,9 @@ describe('group commit', () => {
     const stored = ev();
     await store.append('acct-a', [stored]);
     const before = statements();
-    const fresh = Array.from({ length: 10 }, (_, i) => store.append(`acct-b${i}`, [ev()], { expectedVersion: 'no_stream' }));
+    const fresh = Array.from({ length: 10 }, (_, i) =>
+      store.append(`acct-b${i}`, [ev()], { expectedVersion: 'no_stream' }),
+    );
     const conflict = settle(store.append('acct-c', [ev(), stored], { expectedVersion: 'no_stream' }));
     for (const result of await Promise.all(fresh)) assert.equal(result.version, 1);
     const refused = await conflict;
@@ -182,7 +223,9 @@ describe('group commit', () => {
       refusedDone = true;
       return result;
     });
-    const others = await Promise.all(Array.from({ length: 10 }, (_, i) => store.append(`acct-free${i}`, [ev()], { expectedVersion: 'no_stream' })));
+    const others = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => store.append(`acct-free${i}`, [ev()], { expectedVersion: 'no_stream' })),
+    );
     assert.equal(others.length, 10);
     assert.equal(waitingDone, false, 'the append to the locked stream waits for the transaction');
     assert.equal(refusedDone, false, 'so does the one that will be refused');
@@ -201,7 +244,15 @@ describe('group commit', () => {
     await Promise.all(Array.from({ length: 6 }, (_, i) => store.append(`acct-${i}`, [ev()])));
     assert.equal(statements() - before, 6);
     for (const bad of [-1, 1.5, Number.NaN]) {
-      assert.throws(() => createPostgresStore({ schema: 'unused', grouping: bad, connectionString: 'postgres://nobody@127.0.0.1:1/none' }), ValidationError);
+      assert.throws(
+        () =>
+          createPostgresStore({
+            schema: 'unused',
+            grouping: bad,
+            connectionString: 'postgres://nobody@127.0.0.1:1/none',
+          }),
+        ValidationError,
+      );
     }
   });
 });

@@ -63,7 +63,9 @@ export function spiedPool(spy: (query: { name?: string; text?: string }) => Erro
   pool.on('connect', (client) => {
     const query = client.query.bind(client) as (...args: unknown[]) => unknown;
     (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      const error = spy(typeof args[0] === 'string' ? { text: args[0] } : ((args[0] ?? {}) as { name?: string; text?: string }));
+      const error = spy(
+        typeof args[0] === 'string' ? { text: args[0] } : ((args[0] ?? {}) as { name?: string; text?: string }),
+      );
       return error ? Promise.reject(error) : query(...args);
     };
   });
@@ -75,7 +77,9 @@ export function spiedPool(spy: (query: { name?: string; text?: string }) => Erro
  * hooks (the connection that holds the file's lock; at the end, closing the stores and pools and dropping their
  * schemas) and returns a function that opens such a store, migrated. Call it at the top level of the file.
  */
-export function spiedStores(prefix: string): (spy: Parameters<typeof spiedPool>[0], options?: { grouping?: number }) => Promise<PostgresEventStore> {
+export function spiedStores(
+  prefix: string,
+): (spy: Parameters<typeof spiedPool>[0], options?: { grouping?: number }) => Promise<PostgresEventStore> {
   let admin: pg.Client | undefined;
   const schemas: string[] = [];
   const stores: PostgresEventStore[] = [];

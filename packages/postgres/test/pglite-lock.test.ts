@@ -13,7 +13,17 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,7 +49,6 @@ function tempDataDir(): { root: string; dataDir: string; lockFile: () => string 
   const dataDir = join(root, 'data');
   return { root, dataDir, lockFile: () => `${realpathSync(root)}/data.lock` };
 }
-
 
 function readLock(path: string): Record<string, unknown> {
   return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
@@ -77,10 +86,14 @@ function assertLocked(fn: () => unknown, expected: Partial<DataDirectoryLockedEr
   } catch (error) {
     caught = error;
   }
-  assert.ok(caught instanceof DataDirectoryLockedError, `expected DataDirectoryLockedError, got ${caught === undefined ? 'no error (it opened)' : String(caught)}`);
+  assert.ok(
+    caught instanceof DataDirectoryLockedError,
+    `expected DataDirectoryLockedError, got ${caught === undefined ? 'no error (it opened)' : String(caught)}`,
+  );
   assert.ok(caught instanceof EventlineError);
   assert.equal(caught.code, 'DATA_DIR_LOCKED');
-  for (const [field, value] of Object.entries(expected)) assert.deepEqual(caught[field as keyof DataDirectoryLockedError], value, field);
+  for (const [field, value] of Object.entries(expected))
+    assert.deepEqual(caught[field as keyof DataDirectoryLockedError], value, field);
   return caught;
 }
 
@@ -162,7 +175,9 @@ class Holder {
   }
 
   acked(): Array<{ streamId: string; ids: string[] }> {
-    return this.lines.filter((l) => l.startsWith('acked ')).map((l) => JSON.parse(l.slice('acked '.length)) as { streamId: string; ids: string[] });
+    return this.lines
+      .filter((l) => l.startsWith('acked '))
+      .map((l) => JSON.parse(l.slice('acked '.length)) as { streamId: string; ids: string[] });
   }
 
   /** SIGKILL, by its pid (what a crash or the OOM killer does), and wait for the exit. */
@@ -183,7 +198,9 @@ class Holder {
 }
 
 /** Runs `fn` with the children it starts, and SIGKILLs those still running afterwards, whatever happened. */
-async function withChildren(fn: (start: (dataDir: string, options?: { append?: boolean; go?: boolean }) => Holder) => Promise<void>): Promise<void> {
+async function withChildren(
+  fn: (start: (dataDir: string, options?: { append?: boolean; go?: boolean }) => Holder) => Promise<void>,
+): Promise<void> {
   const children: Holder[] = [];
   try {
     await fn((dataDir, options) => {
@@ -218,7 +235,13 @@ describe('PGlite data directory lock: in this process', () => {
       const real = realpathSync(dataDir);
 
       symlinkSync(dataDir, join(root, 'alias'));
-      const paths = [dataDir, `${dataDir}/`, relative(process.cwd(), dataDir), join(root, 'alias'), `file://${dataDir}`];
+      const paths = [
+        dataDir,
+        `${dataDir}/`,
+        relative(process.cwd(), dataDir),
+        join(root, 'alias'),
+        `file://${dataDir}`,
+      ];
       for (const path of paths) {
         const error = assertLocked(() => stores.push(createPGliteStore({ dataDir: path })), {
           dataDir: real,
@@ -260,9 +283,15 @@ describe('PGlite data directory lock: in this process', () => {
 
       const second = createPGliteStore({ dataDir });
       stores.push(second);
-      assert.deepEqual((await collect(second.readAll())).map((e) => e.id), [id]);
+      assert.deepEqual(
+        (await collect(second.readAll())).map((e) => e.id),
+        [id],
+      );
       assert.equal(readLock(lockFile()).pid, process.pid);
-      assertLocked(() => stores.push(createPGliteStore({ dataDir })), { holderPid: process.pid, holder: 'this-process' });
+      assertLocked(() => stores.push(createPGliteStore({ dataDir })), {
+        holderPid: process.pid,
+        holder: 'this-process',
+      });
       await second.close();
       assert.equal(existsSync(lockFile()), false);
     } finally {
@@ -303,7 +332,9 @@ describe('PGlite data directory lock: across processes', () => {
         const lost = acked.flatMap((batch) => batch.ids).filter((id) => !stored.has(id));
         assert.deepEqual(lost, [], `${lost.length} acknowledged events of ${acked.length * 3} were lost`);
         // The store is healthy: it appends after the killed process's last stream.
-        await store.append(`acct-${acked.length + 100}`, [{ id: newId(), type: 'Opened', data: {} }], { expectedVersion: 'no_stream' });
+        await store.append(`acct-${acked.length + 100}`, [{ id: newId(), type: 'Opened', data: {} }], {
+          expectedVersion: 'no_stream',
+        });
       } finally {
         await store.close();
       }
@@ -342,7 +373,8 @@ describe('PGlite data directory lock: across processes', () => {
         assert.equal(winners.length, 1, `round ${round}: ${winners.length} racers opened the directory`);
         const winner = winners[0]!;
         for (const outcome of outcomes) {
-          if (!outcome.opened) assert.equal(outcome.error.holderPid, winner.pid, `round ${round}: a loser names the winner`);
+          if (!outcome.opened)
+            assert.equal(outcome.error.holderPid, winner.pid, `round ${round}: a loser names the winner`);
         }
         assert.equal(readLock(lockFile()).pid, winner.pid);
         await winner.kill();
@@ -411,7 +443,11 @@ describe('PGlite data directory lock: stale and foreign locks', () => {
 
   it('takes over a lock from before the machine restarted', async () => {
     const { dataDir, lockFile } = await existing();
-    writeLock(lockFile(), { pid: process.ppid, startTime: startTimeOf(process.ppid), bootId: '00000000-0000-4000-8000-000000000000' });
+    writeLock(lockFile(), {
+      pid: process.ppid,
+      startTime: startTimeOf(process.ppid),
+      bootId: '00000000-0000-4000-8000-000000000000',
+    });
     await takesOver(dataDir, lockFile());
   });
 
@@ -427,7 +463,10 @@ describe('PGlite data directory lock: stale and foreign locks', () => {
   it('refuses a lock from another host, naming host and pid', async () => {
     const { dataDir, lockFile } = await existing();
     writeLock(lockFile(), { pid: await deadPid(), hostname: 'elsewhere.example', bootId: 'another-boot' });
-    const error = assertLocked(() => createPGliteStore({ dataDir }), { holderHost: 'elsewhere.example', holder: 'other-host' });
+    const error = assertLocked(() => createPGliteStore({ dataDir }), {
+      holderHost: 'elsewhere.example',
+      holder: 'other-host',
+    });
     assert.match(error.message, /on host 'elsewhere.example'/);
     assert.match(error.message, /if that process is no longer running, delete the lock file/);
   });

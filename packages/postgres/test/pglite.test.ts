@@ -13,8 +13,11 @@ import { createPGliteStore, type PGliteEventStore } from '@eventline/postgres';
 import { uniqueSchema } from './helpers.js';
 import { collect } from '@eventline/core/testing';
 
-const ev = (type = 'Deposited', data: unknown = { at: Math.random() }): EventInput & { id: string } => ({ id: newId(), type, data });
-
+const ev = (type = 'Deposited', data: unknown = { at: Math.random() }): EventInput & { id: string } => ({
+  id: newId(),
+  type,
+  data,
+});
 
 describe('schema names', () => {
   it('are validated before the database is opened', () => {
@@ -41,14 +44,22 @@ describe('file-backed database', () => {
       try {
         assert.deepEqual(await second.migrate(), [], 'already migrated');
         const events = await collect(second.readStream('acct-1'));
-        assert.deepEqual(events.map((e) => [e.version, e.type, e.data]), [
-          [1, 'Opened', { owner: 'Ada' }],
-          [2, 'Deposited', { amount: 5 }],
-        ]);
+        assert.deepEqual(
+          events.map((e) => [e.version, e.type, e.data]),
+          [
+            [1, 'Opened', { owner: 'Ada' }],
+            [2, 'Deposited', { amount: 5 }],
+          ],
+        );
         assert.equal(events[1]!.position, a.position);
         assert.deepEqual(await collect(second.readAll()), before);
         assert.deepEqual(await second.getStreamMetadata('acct-1'), { maxCount: 10, custom: { tier: 'gold' } });
-        assert.deepEqual(await second.streamInfo('acct-2'), { streamId: 'acct-2', exists: false, version: 1, deleted: 'soft' });
+        assert.deepEqual(await second.streamInfo('acct-2'), {
+          streamId: 'acct-2',
+          exists: false,
+          version: 1,
+          deleted: 'soft',
+        });
         const next = await second.append('acct-1', [ev('Withdrawn')], { expectedVersion: 2 });
         assert.equal(next.version, 3);
         assert.ok(next.position > a.position);
@@ -71,7 +82,12 @@ describe('one connection: readers outside an open transaction', () => {
   };
 
   /** Runs `inside` in a transaction and `outside` while it is still open; returns when the transaction has ended. */
-  async function whileOpen(s: PGliteEventStore, inside: Parameters<PGliteEventStore['transaction']>[0], outside: () => Promise<void>, fail = false) {
+  async function whileOpen(
+    s: PGliteEventStore,
+    inside: Parameters<PGliteEventStore['transaction']>[0],
+    outside: () => Promise<void>,
+    fail = false,
+  ) {
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
     let ready!: () => void;
@@ -113,12 +129,23 @@ describe('one connection: readers outside an open transaction', () => {
         await assert.rejects(collect(tx.readStream('acct-2')), StreamDeletedError);
       },
       async () => {
-        assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => e.version), [1, 2]);
-        assert.deepEqual((await collect(s.readStream('acct-1', { direction: 'backwards' }))).map((e) => e.version), [2, 1]);
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1'))).map((e) => e.version),
+          [1, 2],
+        );
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { direction: 'backwards' }))).map((e) => e.version),
+          [2, 1],
+        );
         assert.deepEqual(await s.streamInfo('acct-1'), { streamId: 'acct-1', exists: true, version: 2, deleted: null });
         assert.deepEqual(await s.getStreamMetadata('acct-1'), { custom: { v: 1 } });
         assert.deepEqual((await collect(s.readStream('acct-2'))).length, 3, 'the hard delete is not committed yet');
-        assert.deepEqual(await s.streamInfo('acct-3'), { streamId: 'acct-3', exists: false, version: 0, deleted: null });
+        assert.deepEqual(await s.streamInfo('acct-3'), {
+          streamId: 'acct-3',
+          exists: false,
+          version: 0,
+          deleted: null,
+        });
         assert.deepEqual(await collect(s.readAll()), before);
         assert.equal((await s.readAllHoldback()).heldBackEvents, 0);
         // Writes from outside wait for the transaction.
@@ -162,7 +189,10 @@ describe('one connection: readers outside an open transaction', () => {
     await assert.rejects(s.append('acct-1', [ev('Opened', { text: 'half \ud83d of an emoji' })]), ValidationError);
     await assert.rejects(s.setStreamMetadata('acct-1', { custom: { ['\udc00']: 1 } }), ValidationError);
     await s.append('acct-1', [ev('Opened', { text: 'a whole 😀 emoji' })]);
-    assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => e.data), [{ text: 'a whole 😀 emoji' }]);
+    assert.deepEqual(
+      (await collect(s.readStream('acct-1'))).map((e) => e.data),
+      [{ text: 'a whole 😀 emoji' }],
+    );
   });
 
   it('a refused append caught inside a transaction does not abort it', async () => {

@@ -16,7 +16,13 @@ import {
   type Position,
   type RecordedEvent,
 } from '@eventline/core';
-import { LATEST_MIGRATION, createPostgresStore, migrations, type PostgresEventStore, type SqlSession } from '@eventline/postgres';
+import {
+  LATEST_MIGRATION,
+  createPostgresStore,
+  migrations,
+  type PostgresEventStore,
+  type SqlSession,
+} from '@eventline/postgres';
 import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
 import { collect } from '@eventline/core/testing';
 
@@ -43,17 +49,37 @@ after(async () => {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const randomInt = (min: number, max: number) => min + Math.floor(Math.random() * (max - min + 1));
-const ev = (type = 'Deposited', data: unknown = { at: Math.random() }): EventInput & { id: string } => ({ id: newId(), type, data });
+const ev = (type = 'Deposited', data: unknown = { at: Math.random() }): EventInput & { id: string } => ({
+  id: newId(),
+  type,
+  data,
+});
 
 function assertIncreasingPositions(events: RecordedEvent[]): void {
-  for (let i = 1; i < events.length; i++) assert.ok(events[i - 1]!.position < events[i]!.position, `positions increase at ${i}`);
+  for (let i = 1; i < events.length; i++)
+    assert.ok(events[i - 1]!.position < events[i]!.position, `positions increase at ${i}`);
 }
-
 
 describe('schema names', () => {
   it('accepts lower-case identifiers and rejects anything else with a ValidationError, before connecting', () => {
-    for (const bad of ['', 'Events', 'has space', '1abc', 'a-b', 'x"; drop schema public cascade; --', 'a'.repeat(64), 'pg_events', 'é', 42, {}]) {
-      assert.throws(() => createPostgresStore({ schema: bad as string, connectionString: 'postgres://nobody@127.0.0.1:1/none' }), ValidationError, String(bad));
+    for (const bad of [
+      '',
+      'Events',
+      'has space',
+      '1abc',
+      'a-b',
+      'x"; drop schema public cascade; --',
+      'a'.repeat(64),
+      'pg_events',
+      'é',
+      42,
+      {},
+    ]) {
+      assert.throws(
+        () => createPostgresStore({ schema: bad as string, connectionString: 'postgres://nobody@127.0.0.1:1/none' }),
+        ValidationError,
+        String(bad),
+      );
     }
     for (const good of ['a', '_x', 'events_2', 'a'.repeat(63)]) {
       const s = createPostgresStore({ schema: good, connectionString: 'postgres://nobody@127.0.0.1:1/none' });
@@ -69,7 +95,10 @@ describe('migrations', () => {
     const racers = Array.from({ length: 6 }, () => store({ schema, poolSize: 2 }));
     const results = await Promise.all(racers.map((s) => s.migrate()));
     assert.equal(results.filter((applied) => applied.length > 0).length, 1, 'exactly one store applied the migrations');
-    assert.deepEqual(results.find((applied) => applied.length > 0), Array.from({ length: LATEST_MIGRATION }, (_, i) => i + 1));
+    assert.deepEqual(
+      results.find((applied) => applied.length > 0),
+      Array.from({ length: LATEST_MIGRATION }, (_, i) => i + 1),
+    );
     const { rows } = await admin.query(`SELECT version, name, applied_at FROM "${schema}".migrations ORDER BY version`);
     assert.equal(rows.length, LATEST_MIGRATION);
     assert.ok(rows[0].applied_at instanceof Date);
@@ -90,20 +119,28 @@ describe('migrations', () => {
     // Migrations 1 and 2 as an older release applied them: the append function without the p_check parameter.
     const schema = uniqueSchema('upg');
     const quoted = `"${schema}"`;
-    await admin.query(`CREATE SCHEMA ${quoted}; CREATE TABLE ${quoted}.migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+    await admin.query(
+      `CREATE SCHEMA ${quoted}; CREATE TABLE ${quoted}.migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
+    );
     for (const migration of migrations.filter((m) => m.version <= 2)) {
       await admin.query(migration.sql(quoted));
-      await admin.query(`INSERT INTO ${quoted}.migrations (version, name) VALUES ($1, $2)`, [migration.version, migration.name]);
+      await admin.query(`INSERT INTO ${quoted}.migrations (version, name) VALUES ($1, $2)`, [
+        migration.version,
+        migration.name,
+      ]);
     }
     const first = ev();
-    const { rows: old } = await admin.query(`SELECT ${quoted}.append_events('acct-1', 'any', $1::uuid[], $2::jsonb) AS r`, [
-      `{${first.id}}`,
-      JSON.stringify([[first.type, first.data, { schemaVersion: 1 }]]),
-    ]);
+    const { rows: old } = await admin.query(
+      `SELECT ${quoted}.append_events('acct-1', 'any', $1::uuid[], $2::jsonb) AS r`,
+      [`{${first.id}}`, JSON.stringify([[first.type, first.data, { schemaVersion: 1 }]])],
+    );
     assert.match(old[0].r, /^ok 1 1 /);
 
     const s = store({ schema });
-    assert.deepEqual(await s.migrate(), Array.from({ length: LATEST_MIGRATION - 2 }, (_, i) => i + 3));
+    assert.deepEqual(
+      await s.migrate(),
+      Array.from({ length: LATEST_MIGRATION - 2 }, (_, i) => i + 3),
+    );
     // Migration 4 gave the existing stream the label of its last event.
     const { rows: labels } = await admin.query(
       `SELECT st.last_transaction::text AS label, (SELECT max(e.transaction_id::text::int8) FROM ${quoted}.events e WHERE e.stream_id = st.stream_id)::text AS last FROM ${quoted}.streams st WHERE st.stream_id = 'acct-1'`,
@@ -124,17 +161,23 @@ describe('migrations', () => {
 
 describe('query plans', () => {
   it("the store's own connections use generic plans for prepared statements, unless the connection string sets options", async () => {
-    const mode = async (s: PostgresEventStore) => (await s.sql.query<{ plan_cache_mode: string }>('SHOW plan_cache_mode'))[0]!.plan_cache_mode;
+    const mode = async (s: PostgresEventStore) =>
+      (await s.sql.query<{ plan_cache_mode: string }>('SHOW plan_cache_mode'))[0]!.plan_cache_mode;
     assert.equal(await mode(store()), 'force_generic_plan');
     const separator = DATABASE_URL.includes('?') ? '&' : '?';
-    const own = store({ connectionString: `${DATABASE_URL}${separator}options=${encodeURIComponent('-c plan_cache_mode=auto')}` });
+    const own = store({
+      connectionString: `${DATABASE_URL}${separator}options=${encodeURIComponent('-c plan_cache_mode=auto')}`,
+    });
     assert.equal(await mode(own), 'auto');
   });
 });
 
 describe('unreachable server', () => {
   it('is a StoreUnavailableError naming the operation', async () => {
-    const s = createPostgresStore({ connectionString: 'postgres://postgres@127.0.0.1:1/test', schema: uniqueSchema('down') });
+    const s = createPostgresStore({
+      connectionString: 'postgres://postgres@127.0.0.1:1/test',
+      schema: uniqueSchema('down'),
+    });
     try {
       const error = await s.append('acct-1', [ev()]).then(
         () => assert.fail('expected the append to fail'),
@@ -176,7 +219,11 @@ describe('gap safety', () => {
             await sleep(randomInt(1, 8));
             // The second append is sometimes to a stream other writers append to meanwhile: this transaction got its
             // id before theirs, and its events must still come after theirs in the log (stream order).
-            if (split + 1 < size) await tx.append(Math.random() < 0.5 ? `gap-shared_${randomInt(0, 3)}` : `gap-${w}_x`, batch.slice(split + 1));
+            if (split + 1 < size)
+              await tx.append(
+                Math.random() < 0.5 ? `gap-shared_${randomInt(0, 3)}` : `gap-${w}_x`,
+                batch.slice(split + 1),
+              );
           });
         } else {
           await s.append(streamId, batch);
@@ -241,15 +288,26 @@ describe('gap safety', () => {
     await sleep(20);
     const holdback = await s.readAllHoldback();
     assert.ok(holdback.heldBackEvents >= 1, `held back: ${holdback.heldBackEvents}`);
-    assert.ok(holdback.oldestOpenTransactionMs !== null && holdback.oldestOpenTransactionMs >= 15, `age: ${holdback.oldestOpenTransactionMs}`);
+    assert.ok(
+      holdback.oldestOpenTransactionMs !== null && holdback.oldestOpenTransactionMs >= 15,
+      `age: ${holdback.oldestOpenTransactionMs}`,
+    );
     const during = await collect(s.readAll());
-    assert.deepEqual(during.map((e) => e.streamId), ['acct-0'], 'the committed later event waits behind the open transaction');
+    assert.deepEqual(
+      during.map((e) => e.streamId),
+      ['acct-0'],
+      'the committed later event waits behind the open transaction',
+    );
     const head = await s.headPosition();
     assert.ok(head < later.position);
     release();
     await running;
     const afterwards = await collect(s.readAll({ after: during[0]!.position }));
-    assert.deepEqual(afterwards.map((e) => e.type), ['Held', 'Later'], 'ordered by transaction, so the reader does not skip the held event');
+    assert.deepEqual(
+      afterwards.map((e) => e.type),
+      ['Held', 'Later'],
+      'ordered by transaction, so the reader does not skip the held event',
+    );
     assert.equal((await s.readAllHoldback()).heldBackEvents, 0);
   });
 });
@@ -282,7 +340,9 @@ describe('connection faults', () => {
       );
       assert.ok(error instanceof StoreUnavailableError, `expected StoreUnavailableError, got ${String(error)}`);
       assert.match(error.operation, /append to 'import-1'/);
-      const stored = Number((await admin.query(`SELECT count(*) AS n FROM "${s.schema}".events WHERE stream_id = 'import-1'`)).rows[0].n);
+      const stored = Number(
+        (await admin.query(`SELECT count(*) AS n FROM "${s.schema}".events WHERE stream_id = 'import-1'`)).rows[0].n,
+      );
       assert.ok(stored === 0 || stored === batch.length, `all or nothing: ${stored}`);
       const retry = await s.append('import-1', batch, { expectedVersion: 'no_stream' });
       assert.equal(retry.version, batch.length);
@@ -306,7 +366,9 @@ describe('connection faults', () => {
       const error = await s
         .transaction(async (tx) => {
           await tx.append('acct-1', [ev()]);
-          const { rows } = await admin.query(`SELECT pid FROM pg_stat_activity WHERE application_name = $1`, [application]);
+          const { rows } = await admin.query(`SELECT pid FROM pg_stat_activity WHERE application_name = $1`, [
+            application,
+          ]);
           await admin.query('SELECT pg_terminate_backend($1)', [rows[0].pid]);
           await sleep(50);
           await tx.append('acct-1', [ev()]);
@@ -424,16 +486,25 @@ describe('log order and stream order', () => {
       return (await tx.streamInfo('acct-t')).version;
     });
     assert.equal(waiting, 2);
-    assert.deepEqual((await collect(s.readAll())).filter((e) => e.streamId === 'acct-t').map((e) => e.version), [1, 2]);
+    assert.deepEqual(
+      (await collect(s.readAll())).filter((e) => e.streamId === 'acct-t').map((e) => e.version),
+      [1, 2],
+    );
   });
 });
 
 describe('reads', () => {
   it('readAll pages without buffering the log and filters in SQL', async () => {
     const s = store();
-    for (let i = 0; i < 5; i++) await s.append(`acct-${i}`, Array.from({ length: 100 }, (_, j) => ev(j % 2 ? 'Deposited' : 'Withdrawn')));
+    for (let i = 0; i < 5; i++)
+      await s.append(
+        `acct-${i}`,
+        Array.from({ length: 100 }, (_, j) => ev(j % 2 ? 'Deposited' : 'Withdrawn')),
+      );
     await s.append('other-1', [ev('Deposited')]);
-    const events: RecordedEvent[] = await collect(s.readAll({ pageSize: 64, filter: { types: ['Deposited'], categories: ['acct'] } }));
+    const events: RecordedEvent[] = await collect(
+      s.readAll({ pageSize: 64, filter: { types: ['Deposited'], categories: ['acct'] } }),
+    );
     assert.equal(events.length, 250);
     const page = await s.readAllPage({ filter: { categories: ['none'] } });
     assert.deepEqual(page.events, []);

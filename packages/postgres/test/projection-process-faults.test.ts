@@ -125,7 +125,10 @@ async function prepare(): Promise<SqlEventStore> {
 }
 
 async function checkpoint(store: SqlEventStore): Promise<Position | null> {
-  const [row] = await store.sql.query<{ position: string }>(`SELECT position FROM "${store.schema}".checkpoints WHERE name = $1`, [SUBSCRIPTION]);
+  const [row] = await store.sql.query<{ position: string }>(
+    `SELECT position FROM "${store.schema}".checkpoints WHERE name = $1`,
+    [SUBSCRIPTION],
+  );
   return (row?.position as Position | undefined) ?? null;
 }
 
@@ -137,7 +140,10 @@ async function caughtUp(store: SqlEventStore, worker: Worker, ms: number): Promi
     const at = await checkpoint(store);
     if (at !== null && at >= head) return;
     if (!worker.alive) assert.fail(`the worker died before catching up: ${worker.describe()}`);
-    if (Date.now() > deadline) assert.fail(`the projection did not reach the head ${head} within ${ms} ms (checkpoint ${at}); ${worker.describe()}`);
+    if (Date.now() > deadline)
+      assert.fail(
+        `the projection did not reach the head ${head} within ${ms} ms (checkpoint ${at}); ${worker.describe()}`,
+      );
     await sleep(50);
   }
 }
@@ -149,7 +155,9 @@ async function assertAppliedOnce(store: SqlEventStore, total: number): Promise<v
     `SELECT event_id, count(*)::int AS times, string_agg(instance, ',') AS instances FROM ${s}.applied GROUP BY event_id HAVING count(*) > 1 LIMIT 5`,
   );
   assert.deepEqual(duplicates, [], 'events applied more than once');
-  const [counts] = await store.sql.query<{ rows: number; distinct: number }>(`SELECT count(*)::int AS rows, count(DISTINCT event_id)::int AS distinct FROM ${s}.applied`);
+  const [counts] = await store.sql.query<{ rows: number; distinct: number }>(
+    `SELECT count(*)::int AS rows, count(DISTINCT event_id)::int AS distinct FROM ${s}.applied`,
+  );
   assert.equal(counts?.rows, total, 'applications');
   assert.equal(counts?.distinct, total, 'distinct events applied');
 }
@@ -212,8 +220,13 @@ describe('an async projection process killed with SIGKILL (PostgreSQL)', () => {
       if (appendFailure) throw appendFailure;
       const appendsEnded = Date.now();
       await caughtUp(store, last, 120_000);
-      t.diagnostic(`${KILLS} kills (${killedWhileApplying} while applying events) in ${((killsDone - started) / 1000).toFixed(1)} s; appends ended at ${((appendsEnded - started) / 1000).toFixed(1)} s; caught up at ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      assert.ok(killedWhileApplying >= KILLS / 2, `only ${killedWhileApplying} of ${KILLS} kills hit a worker applying events`);
+      t.diagnostic(
+        `${KILLS} kills (${killedWhileApplying} while applying events) in ${((killsDone - started) / 1000).toFixed(1)} s; appends ended at ${((appendsEnded - started) / 1000).toFixed(1)} s; caught up at ${((Date.now() - started) / 1000).toFixed(1)} s`,
+      );
+      assert.ok(
+        killedWhileApplying >= KILLS / 2,
+        `only ${killedWhileApplying} of ${KILLS} kills hit a worker applying events`,
+      );
 
       await assertAppliedOnce(store, TOTAL);
       // The read model against a rebuild from zero: the log folded here into the same shape.
@@ -227,14 +240,20 @@ describe('an async projection process killed with SIGKILL (PostgreSQL)', () => {
           gaps: (current?.gaps ?? 0) + (event.version === (current?.last ?? 0) + 1 ? 0 : 1),
         });
       }
-      const rows = await store.sql.query<{ id: string; data: Tally }>(`SELECT id, data FROM "${store.schema}"."${TALLY_TABLE}" ORDER BY id`);
+      const rows = await store.sql.query<{ id: string; data: Tally }>(
+        `SELECT id, data FROM "${store.schema}"."${TALLY_TABLE}" ORDER BY id`,
+      );
       const model = new Map(rows.map((row) => [row.id, row.data]));
       const sorted = (map: Map<string, Tally>) => [...map.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
       assert.deepEqual(sorted(model), sorted(rebuilt), 'the read model equals a rebuild from zero');
       // And against what was appended: every stream counted once per event.
       assert.equal(model.size, lastVersion.size);
       for (const [stream, version] of lastVersion) {
-        assert.deepEqual(model.get(stream), { count: version, sum: (version * (version + 1)) / 2, last: version, gaps: 0 }, stream);
+        assert.deepEqual(
+          model.get(stream),
+          { count: version, sum: (version * (version + 1)) / 2, last: version, gaps: 0 },
+          stream,
+        );
       }
     } finally {
       remaining = 0;
@@ -257,38 +276,56 @@ describe('an async projection process killed with SIGKILL (PostgreSQL)', () => {
     })();
     const workers = [new Worker('a', store.schema, TTL, 50), new Worker('b', store.schema, TTL, 50)];
     try {
-      for (const worker of workers) assert.ok(await worker.line('ready', 20_000), `worker did not start: ${worker.describe()}`);
+      for (const worker of workers)
+        assert.ok(await worker.line('ready', 20_000), `worker did not start: ${worker.describe()}`);
       const deadline = Date.now() + 20_000;
       while (!workers.some((worker) => worker.lines.includes('active'))) {
-        if (Date.now() > deadline) assert.fail(`no worker applied an event: ${workers.map((w) => w.describe()).join('; ')}`);
+        if (Date.now() > deadline)
+          assert.fail(`no worker applied an event: ${workers.map((w) => w.describe()).join('; ')}`);
         await sleep(20);
       }
       // Both run for a while: a single instance applies everything.
       await sleep(3000);
       const active = workers.find((worker) => worker.lines.includes('active'))!;
       const standby = workers.find((worker) => worker !== active)!;
-      const before = await store.sql.query<{ instance: string; events: number }>(`SELECT instance, count(*)::int AS events FROM ${s}.applied GROUP BY instance`);
+      const before = await store.sql.query<{ instance: string; events: number }>(
+        `SELECT instance, count(*)::int AS events FROM ${s}.applied GROUP BY instance`,
+      );
       assert.equal(before.length, 1, `one instance applies events while both run: ${JSON.stringify(before)}`);
       assert.equal(before[0]!.instance, active.instance);
       assert.ok(!standby.lines.includes('active'), 'the standby applied nothing');
 
       // The lease as the active instance last renewed it: nobody may take over before it expires.
-      const [lease] = await store.sql.query<{ expires_at: Date }>(`SELECT expires_at FROM ${s}.leases WHERE name = $1`, [SUBSCRIPTION]);
+      const [lease] = await store.sql.query<{ expires_at: Date }>(
+        `SELECT expires_at FROM ${s}.leases WHERE name = $1`,
+        [SUBSCRIPTION],
+      );
       assert.ok(lease, 'the active instance holds a lease');
-      const [{ now: killedAt } = { now: new Date() }] = await store.sql.query<{ now: Date }>('SELECT clock_timestamp() AS now');
+      const [{ now: killedAt } = { now: new Date() }] = await store.sql.query<{ now: Date }>(
+        'SELECT clock_timestamp() AS now',
+      );
       await active.kill();
       let takenOverAt: Date | null = null;
       const waitUntil = Date.now() + TTL + SLACK + 5000;
       while (!takenOverAt) {
-        const [row] = await store.sql.query<{ at: Date }>(`SELECT min(at) AS at FROM ${s}.applied WHERE instance = $1`, [standby.instance]);
+        const [row] = await store.sql.query<{ at: Date }>(
+          `SELECT min(at) AS at FROM ${s}.applied WHERE instance = $1`,
+          [standby.instance],
+        );
         if (row?.at) takenOverAt = row.at;
         else if (Date.now() > waitUntil) assert.fail(`the standby did not take over: ${standby.describe()}`);
         else await sleep(20);
       }
       const takeoverMs = takenOverAt.getTime() - killedAt.getTime();
       t.diagnostic(`takeover ${takeoverMs} ms after the kill (lease ${TTL} ms)`);
-      assert.ok(takeoverMs <= TTL + SLACK, `took over ${takeoverMs} ms after the kill; the lease is ${TTL} ms (+${SLACK} ms slack)`);
-      assert.ok(takenOverAt.getTime() >= lease.expires_at.getTime(), `took over at ${takenOverAt.toISOString()}, before the lease expired at ${lease.expires_at.toISOString()}`);
+      assert.ok(
+        takeoverMs <= TTL + SLACK,
+        `took over ${takeoverMs} ms after the kill; the lease is ${TTL} ms (+${SLACK} ms slack)`,
+      );
+      assert.ok(
+        takenOverAt.getTime() >= lease.expires_at.getTime(),
+        `took over at ${takenOverAt.toISOString()}, before the lease expired at ${lease.expires_at.toISOString()}`,
+      );
 
       // Let it run on with the writes, then stop the writes and let it catch up.
       await sleep(1000);
@@ -305,7 +342,11 @@ describe('an async projection process killed with SIGKILL (PostgreSQL)', () => {
       const killed = spans.find((span) => span.instance === active.instance)!;
       const survivor = spans.find((span) => span.instance === standby.instance)!;
       const [next] = await store.readAllPage({ after: killed.last as Position, limit: 1 }).then((page) => page.events);
-      assert.equal(survivor.first, next?.position, 'the survivor started at the event after the last one the killed instance committed');
+      assert.equal(
+        survivor.first,
+        next?.position,
+        'the survivor started at the event after the last one the killed instance committed',
+      );
       assert.ok(killed.to.getTime() < survivor.from.getTime(), 'the instances never applied events at the same time');
       const [switches] = await store.sql.query<{ switches: number }>(
         `SELECT count(*)::int AS switches FROM (SELECT instance, lag(instance) OVER (ORDER BY position) AS previous FROM ${s}.applied) changes WHERE instance <> previous`,

@@ -25,10 +25,19 @@ async function countedStore(options: { grouping?: number } = {}) {
   return { store, counts };
 }
 
-const events = (count: number, from = 0) => Array.from({ length: count }, (_, i) => ({ id: newId(), type: 'Deposited', data: { amount: from + i, note: 'é€😀' } }));
+const events = (count: number, from = 0) =>
+  Array.from({ length: count }, (_, i) => ({
+    id: newId(),
+    type: 'Deposited',
+    data: { amount: from + i, note: 'é€😀' },
+  }));
 
 /** A read's outcome: the events' ids and versions, or the error's name. */
-async function outcome(store: PostgresEventStore, streamId: string, options?: ReadStreamOptions): Promise<string[] | string> {
+async function outcome(
+  store: PostgresEventStore,
+  streamId: string,
+  options?: ReadStreamOptions,
+): Promise<string[] | string> {
   try {
     const read: RecordedEvent[] = [];
     for await (const event of store.readStream(streamId, options)) read.push(event);
@@ -87,13 +96,29 @@ describe('grouped stream reads', () => {
     // The outcomes are what the store promises, not only equal to each other.
     assert.deepEqual(together[0], []);
     assert.equal((together[4] as string[]).length, 12);
-    assert.deepEqual((together[5] as string[]).map((line) => Number(line.split(':')[0])), [3, 4, 5, 6, 7, 8]);
-    assert.deepEqual((together[6] as string[]).map((line) => Number(line.split(':')[0])), [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]);
+    assert.deepEqual(
+      (together[5] as string[]).map((line) => Number(line.split(':')[0])),
+      [3, 4, 5, 6, 7, 8],
+    );
+    assert.deepEqual(
+      (together[6] as string[]).map((line) => Number(line.split(':')[0])),
+      [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1],
+    );
     assert.deepEqual(together[7], []);
-    assert.deepEqual((together[8] as string[]).map((line) => Number(line.split(':')[0])), [3], 'numbering goes on after a soft delete');
+    assert.deepEqual(
+      (together[8] as string[]).map((line) => Number(line.split(':')[0])),
+      [3],
+      'numbering goes on after a soft delete',
+    );
     assert.equal(together[9], 'StreamDeletedError');
-    assert.deepEqual((together[10] as string[]).map((line) => Number(line.split(':')[0])), [5, 6]);
-    assert.deepEqual((together[11] as string[]).map((line) => Number(line.split(':')[0])), [4, 5, 6]);
+    assert.deepEqual(
+      (together[10] as string[]).map((line) => Number(line.split(':')[0])),
+      [5, 6],
+    );
+    assert.deepEqual(
+      (together[11] as string[]).map((line) => Number(line.split(':')[0])),
+      [4, 5, 6],
+    );
     assert.deepEqual(together[12], []);
   });
 
@@ -117,14 +142,21 @@ describe('grouped stream reads', () => {
     const together = await Promise.all(reads.map(([streamId, options]) => outcome(store, streamId, options)));
     assert.deepEqual(together, alone);
     assert.equal(counts.grouped - before.grouped, 1);
-    assert.equal(counts.alone - before.alone, reads.filter(([, options]) => options?.direction !== 'backwards').length, 'each forwards read again, alone');
+    assert.equal(
+      counts.alone - before.alone,
+      reads.filter(([, options]) => options?.direction !== 'backwards').length,
+      'each forwards read again, alone',
+    );
   });
 
   it('grouping: 0 sends every read alone', async () => {
     const { store, counts } = await countedStore({ grouping: 0 });
     await store.append('acct-one', events(2));
     const read = await Promise.all(['acct-one', 'acct-two', 'acct-one'].map((id) => outcome(store, id)));
-    assert.deepEqual(read.map((lines) => (lines as string[]).length), [2, 0, 2]);
+    assert.deepEqual(
+      read.map((lines) => (lines as string[]).length),
+      [2, 0, 2],
+    );
     assert.equal(counts.grouped, 0);
     assert.equal(counts.alone, 3);
   });

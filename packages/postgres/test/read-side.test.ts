@@ -76,12 +76,18 @@ const balances = (version: number, factor = 1) =>
     version,
     handlers: {
       Deposited: async (event, { documents }) => {
-        await documents<{ balance: number }>('balance').update(event.streamId, (current) => ({ balance: (current?.balance ?? 0) + (event.data as { amount: number }).amount * factor }));
+        await documents<{ balance: number }>('balance').update(event.streamId, (current) => ({
+          balance: (current?.balance ?? 0) + (event.data as { amount: number }).amount * factor,
+        }));
       },
     },
   });
 
-type Runner = { stop(): Promise<void>; waitFor(position: string, options?: { timeoutMs?: number }): Promise<void>; status?(): Promise<unknown> };
+type Runner = {
+  stop(): Promise<void>;
+  waitFor(position: string, options?: { timeoutMs?: number }): Promise<void>;
+  status?(): Promise<unknown>;
+};
 const running: Runner[] = [];
 
 /** Registers a runner to be stopped at the end of the file, whatever happens in its test (stop() is idempotent). */
@@ -94,24 +100,38 @@ function track<T extends Runner>(runner: T): T {
  * Waits until `runner` has processed `position`. The bound is a guard, not a speed check; a timeout says what the
  * runner and the server were doing (a transaction open anywhere on the server holds every reader of the log back).
  */
-async function caughtUp(runner: Runner & { subscription?: { status(): Promise<unknown> } }, position: string): Promise<void> {
+async function caughtUp(
+  runner: Runner & { subscription?: { status(): Promise<unknown> } },
+  position: string,
+): Promise<void> {
   try {
     await runner.waitFor(position, { timeoutMs: 30_000 });
   } catch (error) {
     const status = await (runner.subscription ?? runner).status?.().catch((e: unknown) => String(e));
     const open = await admin
-      .query(`SELECT pid, application_name, state, now() - xact_start AS open_for, wait_event, left(query, 120) AS query FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`)
-      .then((r) => r.rows, (e: unknown) => String(e));
-    throw new Error(`${(error as Error).message}\nstatus: ${JSON.stringify(status)}\nserver: ${JSON.stringify(open)}`, { cause: error });
+      .query(
+        `SELECT pid, application_name, state, now() - xact_start AS open_for, wait_event, left(query, 120) AS query FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`,
+      )
+      .then(
+        (r) => r.rows,
+        (e: unknown) => String(e),
+      );
+    throw new Error(`${(error as Error).message}\nstatus: ${JSON.stringify(status)}\nserver: ${JSON.stringify(open)}`, {
+      cause: error,
+    });
   }
 }
-
 
 for (const [name, create] of backends) {
   describe(`read side on ${name}`, () => {
     it('an async projection: documents and checkpoint commit together; read-your-writes with waitFor', async () => {
       const store = create();
-      const parts = { store, subscriptions: createSqlSubscriptionStore(store), documents: createSqlDocumentStore(store), catalog: createSqlProjectionCatalog(store) };
+      const parts = {
+        store,
+        subscriptions: createSqlSubscriptionStore(store),
+        documents: createSqlDocumentStore(store),
+        catalog: createSqlProjectionCatalog(store),
+      };
       const projection = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await projection.start();
       await store.append('account-1', [deposit(10), deposit(5)]);
@@ -120,14 +140,19 @@ for (const [name, create] of backends) {
       const collection = await projection.collection<{ balance: number }>('balance');
       assert.deepEqual(await collection.get('account-1'), { balance: 15 });
       assert.equal(await collection.count(), 2);
-      assert.deepEqual((await collection.list()).map((d) => d.id), ['account-1', 'account-2']);
+      assert.deepEqual(
+        (await collection.list()).map((d) => d.id),
+        ['account-1', 'account-2'],
+      );
       await projection.stop();
       // The checkpoint was stored with the documents: a restart applies nothing twice.
       const again = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await again.start();
       const next = await store.append('account-1', [deposit(1)]);
       await caughtUp(again, next.position);
-      assert.deepEqual(await (await again.collection<{ balance: number }>('balance')).get('account-1'), { balance: 16 });
+      assert.deepEqual(await (await again.collection<{ balance: number }>('balance')).get('account-1'), {
+        balance: 16,
+      });
       await again.stop();
     });
 
@@ -167,14 +192,22 @@ for (const [name, create] of backends) {
       assert.equal(await subscriptions.acquireLease('s', 'a', 60_000), true);
       assert.equal(await subscriptions.acquireLease('s', 'b', 60_000), false);
       assert.equal(await subscriptions.acquireLease('s', 'a', 60_000), true, 'the holder renews');
-      await assert.rejects(subscriptions.commit({ name: 's', owner: 'b', position: formatPosition(1n, 1n) }, async () => undefined), { code: 'LEASE_LOST' });
+      await assert.rejects(
+        subscriptions.commit({ name: 's', owner: 'b', position: formatPosition(1n, 1n) }, async () => undefined),
+        { code: 'LEASE_LOST' },
+      );
       assert.equal(await subscriptions.checkpoint('s'), null);
       assert.equal(await subscriptions.acquireLease('t', 'a', 1), true);
       await new Promise((resolve) => setTimeout(resolve, 20));
       assert.equal(await subscriptions.acquireLease('t', 'b', 60_000), true, 'an expired lease is taken over');
-      await assert.rejects(subscriptions.commit({ name: 't', owner: 'a', position: formatPosition(1n, 1n) }, async () => undefined), { code: 'LEASE_LOST' });
+      await assert.rejects(
+        subscriptions.commit({ name: 't', owner: 'a', position: formatPosition(1n, 1n) }, async () => undefined),
+        { code: 'LEASE_LOST' },
+      );
       // moveCheckpoint (the checkpoint alone, one statement) is fenced the same way.
-      await assert.rejects(subscriptions.moveCheckpoint!({ name: 't', owner: 'a', position: formatPosition(1n, 1n) }), { code: 'LEASE_LOST' });
+      await assert.rejects(subscriptions.moveCheckpoint!({ name: 't', owner: 'a', position: formatPosition(1n, 1n) }), {
+        code: 'LEASE_LOST',
+      });
       assert.equal(await subscriptions.checkpoint('t'), null);
       await subscriptions.moveCheckpoint!({ name: 't', owner: 'b', position: formatPosition(1n, 2n) });
       assert.equal(await subscriptions.checkpoint('t'), formatPosition(1n, 2n));
@@ -213,12 +246,22 @@ for (const [name, create] of backends) {
         const { position } = await store.append('account-2', [second]);
         assert.equal((await store.readAllHoldback()).heldBackEvents, 0);
         const page = await store.readAllPage();
-        assert.ok(page.events.some((event) => event.position === position), 'the new event is readable while the handler waits');
+        assert.ok(
+          page.events.some((event) => event.position === position),
+          'the new event is readable while the handler waits',
+        );
         release();
         await caughtUp(subscription, position);
         assert.deepEqual(handled, [first.id, second.id]);
-        assert.deepEqual(transactions, [undefined, undefined], 'no transaction is given to a non-transactional handler');
-        assert.equal(await createSqlSubscriptionStore(store).checkpoint('outside'), (await subscription.status()).checkpoint);
+        assert.deepEqual(
+          transactions,
+          [undefined, undefined],
+          'no transaction is given to a non-transactional handler',
+        );
+        assert.equal(
+          await createSqlSubscriptionStore(store).checkpoint('outside'),
+          (await subscription.status()).checkpoint,
+        );
       } finally {
         release();
         await subscription.stop();
@@ -231,7 +274,11 @@ for (const [name, create] of backends) {
       assert.equal(await collection.put('a', { n: 2 }, formatPosition(1n, 2n)), true);
       assert.equal(await collection.put('a', { n: 1 }, formatPosition(1n, 1n)), false);
       assert.equal(await collection.put('a', { n: 3 }, formatPosition(1n, 2n)), false);
-      assert.equal(await collection.put('a', { n: 4 }, formatPosition(1n, 10n)), true, 'compared as positions, not as text in a locale');
+      assert.equal(
+        await collection.put('a', { n: 4 }, formatPosition(1n, 10n)),
+        true,
+        'compared as positions, not as text in a locale',
+      );
       assert.equal(await collection.delete('a', formatPosition(2n, 0n)), true);
       assert.equal(await collection.put('a', { n: 9 }, formatPosition(1n, 99n)), false);
       assert.equal(await collection.get('a'), null);
@@ -246,18 +293,30 @@ for (const [name, create] of backends) {
         await assert.rejects(collection.get(id), ValidationError, `get ${JSON.stringify(id)}`);
         await assert.rejects(collection.put(id, { n: 2 }, at), ValidationError, `put ${JSON.stringify(id)}`);
         await assert.rejects(collection.delete(id, at), ValidationError, `delete ${JSON.stringify(id)}`);
-        if (id !== '') await assert.rejects(collection.list({ after: id }), ValidationError, `list after ${JSON.stringify(id)}`);
+        if (id !== '')
+          await assert.rejects(collection.list({ after: id }), ValidationError, `list after ${JSON.stringify(id)}`);
       }
       await assert.rejects(collection.list({ limit: Number.NaN }), ValidationError);
-      assert.deepEqual((await collection.list({ after: '😀' })).map((d) => d.id), []);
-      assert.deepEqual((await collection.list({ after: ' ' })).map((d) => d.id), ['a']);
+      assert.deepEqual(
+        (await collection.list({ after: '😀' })).map((d) => d.id),
+        [],
+      );
+      assert.deepEqual(
+        (await collection.list({ after: ' ' })).map((d) => d.id),
+        ['a'],
+      );
     });
 
     it('reads never create a table; an unknown collection is an UnknownCollectionError', async () => {
       const store = create();
       const documents = createSqlDocumentStore(store);
       const tables = async () =>
-        (await store.sql.query<{ table_name: string }>(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name`, [store.schema])).map((r) => r.table_name);
+        (
+          await store.sql.query<{ table_name: string }>(
+            `SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name`,
+            [store.schema],
+          )
+        ).map((r) => r.table_name);
       await store.migrate();
       const before = await tables();
       const ghost = documents.collection('ghost');
@@ -267,21 +326,44 @@ for (const [name, create] of backends) {
       assert.equal(await documents.has('ghost'), false);
       assert.deepEqual(await tables(), before, 'reads created no table');
 
-      const parts = { store, subscriptions: createSqlSubscriptionStore(store), documents, catalog: createSqlProjectionCatalog(store) };
+      const parts = {
+        store,
+        subscriptions: createSqlSubscriptionStore(store),
+        documents,
+        catalog: createSqlProjectionCatalog(store),
+      };
       const undeclared = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await undeclared.start();
       const { position } = await store.append('account-1', [deposit(3)]);
       await caughtUp(undeclared, position);
       const withBalance = await tables();
       for (const name of ['nope', 'constructor', 'to_string', 'balance_x']) {
-        await assert.rejects(undeclared.collection(name), (error: unknown) => error instanceof UnknownCollectionError && error.known.join() === 'balance', name);
+        await assert.rejects(
+          undeclared.collection(name),
+          (error: unknown) => error instanceof UnknownCollectionError && error.known.join() === 'balance',
+          name,
+        );
       }
       assert.equal(await (await undeclared.collection<{ balance: number }>('balance')).count(), 1);
       assert.deepEqual(await documents.collections('balances_v1_'), ['balances_v1_balance']);
       await undeclared.stop();
 
-      const declared = track(createAsyncProjection({ ...parts, projection: defineProjection<SqlClient>({ ...balances(1), name: 'declared', collections: ['balance', 'later'] }), pollIntervalMs: 50 }));
-      assert.equal(await (await declared.collection('later')).get('x'), null, 'declared, never written: reads as empty');
+      const declared = track(
+        createAsyncProjection({
+          ...parts,
+          projection: defineProjection<SqlClient>({
+            ...balances(1),
+            name: 'declared',
+            collections: ['balance', 'later'],
+          }),
+          pollIntervalMs: 50,
+        }),
+      );
+      assert.equal(
+        await (await declared.collection('later')).get('x'),
+        null,
+        'declared, never written: reads as empty',
+      );
       assert.equal(await (await declared.collection('later')).count(), 0);
       await assert.rejects(declared.collection('ghost'), UnknownCollectionError);
       assert.deepEqual(await tables(), withBalance, 'reads of unknown and unwritten collections created no table');
@@ -289,20 +371,30 @@ for (const [name, create] of backends) {
 
     it('blue/green rebuild into new tables, then the switch; old tables dropped', async () => {
       const store = create();
-      const parts = { store, subscriptions: createSqlSubscriptionStore(store), documents: createSqlDocumentStore(store), catalog: createSqlProjectionCatalog(store) };
+      const parts = {
+        store,
+        subscriptions: createSqlSubscriptionStore(store),
+        documents: createSqlDocumentStore(store),
+        catalog: createSqlProjectionCatalog(store),
+      };
       const v1 = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await v1.start();
       for (let i = 0; i < 30; i++) await store.append(`account-${i % 3}`, [deposit(1)]);
       const head = await store.append('account-0', [deposit(1)]);
       await caughtUp(v1, head.position);
       await v1.stop();
-      const v2 = track(createAsyncProjection({ ...parts, projection: balances(2, 10), pollIntervalMs: 50, batchSize: 7 }));
+      const v2 = track(
+        createAsyncProjection({ ...parts, projection: balances(2, 10), pollIntervalMs: 50, batchSize: 7 }),
+      );
       await v2.start();
       const last = await store.append('account-0', [deposit(1)]);
       await caughtUp(v2, last.position);
       assert.deepEqual(await (await v1.collection<{ balance: number }>('balance')).get('account-0'), { balance: 120 });
       assert.equal(await parts.catalog.active('balances'), 2);
-      const tables = await store.sql.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = $1 AND tablename LIKE 'rm_balances_v1%'`, [store.schema]);
+      const tables = await store.sql.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = $1 AND tablename LIKE 'rm_balances_v1%'`,
+        [store.schema],
+      );
       assert.equal(tables[0]!.n, 0);
       await v2.stop();
     });
@@ -318,7 +410,10 @@ for (const [name, create] of backends) {
         evolve: (state, event) => ({ n: state.n + event.data.amount }),
       });
       const repository = createRepository(store, counter, { snapshots });
-      await store.append('account-9', Array.from({ length: 25 }, () => deposit(2)));
+      await store.append(
+        'account-9',
+        Array.from({ length: 25 }, () => deposit(2)),
+      );
       await repository.snapshot('9');
       await store.append('account-9', [deposit(1)]);
       const loaded = await repository.load('9');
@@ -333,11 +428,17 @@ for (const [name, create] of backends) {
       const store = create();
       const inbox = createSqlInbox(store);
       let effects = 0;
-      const results = await Promise.all(Array.from({ length: 4 }, () => inbox.process('g', 'm1', async () => void effects++)));
+      const results = await Promise.all(
+        Array.from({ length: 4 }, () => inbox.process('g', 'm1', async () => void effects++)),
+      );
       assert.equal(results.filter(Boolean).length, 1);
       assert.equal(effects, 1);
       assert.equal(await inbox.process('other', 'm1', async () => void effects++), true, 'groups are independent');
-      await assert.rejects(inbox.process('g', 'm2', async () => { throw new Error('effect failed'); }));
+      await assert.rejects(
+        inbox.process('g', 'm2', async () => {
+          throw new Error('effect failed');
+        }),
+      );
       assert.equal(await inbox.process('g', 'm2', async () => void effects++), true, 'a failed effect records nothing');
     });
 
@@ -379,9 +480,15 @@ describe('wake-ups across processes (PostgreSQL LISTEN/NOTIFY)', () => {
     await new Promise((resolve) => setTimeout(resolve, 10));
     again();
     await store.close();
-    await until(async () => {
-      const { rows } = await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1`, [`LISTEN "${schema}_appended"`]);
-      return rows[0].n === 0;
-    }, 'the LISTEN connection to close', 5000);
+    await until(
+      async () => {
+        const { rows } = await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1`, [
+          `LISTEN "${schema}_appended"`,
+        ]);
+        return rows[0].n === 0;
+      },
+      'the LISTEN connection to close',
+      5000,
+    );
   });
 });

@@ -11,7 +11,12 @@ import { randomInt } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { createSubscription, formatPosition, newId, type EventInput, type Position } from '@eventline/core';
-import { createPostgresStore, createSqlDocumentStore, createSqlSubscriptionStore, type PostgresEventStore } from '@eventline/postgres';
+import {
+  createPostgresStore,
+  createSqlDocumentStore,
+  createSqlSubscriptionStore,
+  type PostgresEventStore,
+} from '@eventline/postgres';
 import { DATABASE_URL, cleanUp, connectForTests, uniqueSchema } from './helpers.js';
 
 let admin: pg.Client;
@@ -49,7 +54,11 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
     let transactions = 0;
     let rollbacks = 0;
 
-    const event = (w: number): EventInput & { id: string } => ({ id: newId(), type: 'Written', data: { w, note: 'x'.repeat(40) } });
+    const event = (w: number): EventInput & { id: string } => ({
+      id: newId(),
+      type: 'Written',
+      data: { w, note: 'x'.repeat(40) },
+    });
     const writer = async (w: number) => {
       const store = writers[w]!;
       while (remaining > 0) {
@@ -57,7 +66,9 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
         if (roll < 0.3) {
           // Several appends in one transaction, held open a few ms: other writers' later positions commit first.
           const appends = randomInt(2, 5);
-          const batches = Array.from({ length: appends }, () => Array.from({ length: Math.min(Math.max(remaining, 1), randomInt(1, 20)) }, () => event(w)));
+          const batches = Array.from({ length: appends }, () =>
+            Array.from({ length: Math.min(Math.max(remaining, 1), randomInt(1, 20)) }, () => event(w)),
+          );
           const failing = Math.random() < 0.25;
           if (!failing) remaining -= batches.reduce((n, b) => n + b.length, 0);
           transactions++;
@@ -136,7 +147,10 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
     assert.ok(committed.size >= total, `committed ${committed.size}`);
     // Under this load the database's CPU goes to the writers: the subscription (a round trip per event's document)
     // mostly catches up after them, but it must have read and handled pages while their transactions were in flight.
-    assert.ok(handledWhileWriting !== undefined && handledWhileWriting > 0 && pagesWhileWriting >= 3, `the subscription followed the writers (${pagesWhileWriting} pages, ${handledWhileWriting} events while they wrote)`);
+    assert.ok(
+      handledWhileWriting !== undefined && handledWhileWriting > 0 && pagesWhileWriting >= 3,
+      `the subscription followed the writers (${pagesWhileWriting} pages, ${handledWhileWriting} events while they wrote)`,
+    );
     assert.ok(rollbacks > 0 && transactions > 20, `transactions ${transactions}, rolled back ${rollbacks}`);
     const seen = new Set<string>();
     let last: Position | null = null;
@@ -151,11 +165,15 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
     if (seen.size !== committed.size) {
       // Say which: their positions against the subscription's checkpoint and the last event it handled.
       const missing = [...committed].filter((id) => !seen.has(id));
-      const rows = await reader.sql.query<{ id: string; stream_id: string; version: number; tx: string; position: string }>(
-        `SELECT event_id::text AS id, stream_id, version, transaction_id::text AS tx, position::text FROM "${reader.schema}".events WHERE event_id::text = ANY($1) ORDER BY transaction_id, position LIMIT 30`,
-        [missing],
-      ).catch((error: unknown) => [{ error: String(error) }]);
-      assert.fail(`${missing.length} committed events were not handled; checkpoint ${(await subscription.status()).checkpoint}, last handled ${last}: ${JSON.stringify(rows)}`);
+      const rows = await reader.sql
+        .query<{ id: string; stream_id: string; version: number; tx: string; position: string }>(
+          `SELECT event_id::text AS id, stream_id, version, transaction_id::text AS tx, position::text FROM "${reader.schema}".events WHERE event_id::text = ANY($1) ORDER BY transaction_id, position LIMIT 30`,
+          [missing],
+        )
+        .catch((error: unknown) => [{ error: String(error) }]);
+      assert.fail(
+        `${missing.length} committed events were not handled; checkpoint ${(await subscription.status()).checkpoint}, last handled ${last}: ${JSON.stringify(rows)}`,
+      );
     }
     // The documents written in the subscription's transactions agree: one per committed event, no more.
     assert.equal(await documents.collection('seen').count(), committed.size);
@@ -194,7 +212,10 @@ describe('subscriptions under concurrent writers (PostgreSQL)', () => {
       await holder.query('COMMIT');
       const released = Date.now();
       await subscription.waitFor(position, { timeoutMs: 5000 });
-      assert.ok(Date.now() - released < 1000, `handled ${Date.now() - released} ms after the transaction ended (the poll is 20 s)`);
+      assert.ok(
+        Date.now() - released < 1000,
+        `handled ${Date.now() - released} ms after the transaction ended (the poll is 20 s)`,
+      );
       assert.equal(handled.length, 2);
     } finally {
       await holder.end();

@@ -61,7 +61,12 @@ function parseToken(content: Buffer): Token | null {
   try {
     const token = JSON.parse(content.toString('utf8')) as Partial<Token>;
     if (token.v !== 1 || typeof token.id !== 'string' || typeof token.group !== 'string') return null;
-    if (typeof token.partition !== 'number' || typeof token.partitions !== 'number' || typeof token.deliveries !== 'number') return null;
+    if (
+      typeof token.partition !== 'number' ||
+      typeof token.partitions !== 'number' ||
+      typeof token.deliveries !== 'number'
+    )
+      return null;
     if (typeof token.seq !== 'number') return null;
     if (token.offset !== 'first' && typeof token.offset !== 'number') return null;
     return token as Token;
@@ -79,7 +84,8 @@ function headerString(value: unknown): string | undefined {
 
 function offsetOf(message: ConsumeMessage): number {
   const offset = Number(message.properties.headers?.[PRIVATE_HEADERS.offset]);
-  if (!Number.isSafeInteger(offset)) throw new Error('a message read from the RabbitMQ stream has no x-stream-offset header');
+  if (!Number.isSafeInteger(offset))
+    throw new Error('a message read from the RabbitMQ stream has no x-stream-offset header');
   return offset;
 }
 
@@ -195,13 +201,36 @@ export class GroupMember implements Consumer {
     this.settings.report(error);
   }
 
-  async publishToken(session: Session, partition: number, id: string, seq: number, cursor: Cursor, released = false): Promise<void> {
-    const token: Token = { v: 1, id, seq, group: this.group, partition, partitions: this.settings.partitions, ...cursor, holder: this.id, released };
-    await session.publishConfirmed(session.tokenChannel, '', this.cursorQueue(partition), Buffer.from(JSON.stringify(token)), {
-      persistent: true,
-      messageId: id,
-      contentType: 'application/json',
-    });
+  async publishToken(
+    session: Session,
+    partition: number,
+    id: string,
+    seq: number,
+    cursor: Cursor,
+    released = false,
+  ): Promise<void> {
+    const token: Token = {
+      v: 1,
+      id,
+      seq,
+      group: this.group,
+      partition,
+      partitions: this.settings.partitions,
+      ...cursor,
+      holder: this.id,
+      released,
+    };
+    await session.publishConfirmed(
+      session.tokenChannel,
+      '',
+      this.cursorQueue(partition),
+      Buffer.from(JSON.stringify(token)),
+      {
+        persistent: true,
+        messageId: id,
+        contentType: 'application/json',
+      },
+    );
   }
 
   /**
@@ -231,7 +260,13 @@ export class GroupMember implements Consumer {
       });
     }
     for (const partition of missing) {
-      await this.publishToken(session, partition, randomUUID(), 0, marker ? { offset: 'first', deliveries: 0, marker } : { offset: 'first', deliveries: 0 });
+      await this.publishToken(
+        session,
+        partition,
+        randomUUID(),
+        0,
+        marker ? { offset: 'first', deliveries: 0, marker } : { offset: 'first', deliveries: 0 },
+      );
     }
   }
 
@@ -248,7 +283,9 @@ export class GroupMember implements Consumer {
     if (!channel) return;
     const message: PeerMessage = { kind, member };
     try {
-      channel.publish(this.settings.names.members, this.group, Buffer.from(JSON.stringify(message)), { contentType: 'application/json' });
+      channel.publish(this.settings.names.members, this.group, Buffer.from(JSON.stringify(message)), {
+        contentType: 'application/json',
+      });
     } catch {
       // the channel is closing: the connection is being lost, and the announcement is repeated after reconnecting
     }
@@ -391,7 +428,11 @@ class PartitionWorker {
 
   private adopt(session: Session, channel: Channel, message: ConsumeMessage, token: Token): void {
     const settings = this.member.settings;
-    if (token.partitions !== settings.partitions || token.partition !== this.partition || token.group !== this.member.group) {
+    if (
+      token.partitions !== settings.partitions ||
+      token.partition !== this.partition ||
+      token.group !== this.member.group
+    ) {
       this.disabled = true;
       this.lockChannel = null;
       void closeQuietly(channel);
@@ -403,7 +444,8 @@ class PartitionWorker {
       );
       return;
     }
-    if (message.fields.redelivered && !token.released && token.holder && token.holder !== this.member.id) this.member.peerGone(token.holder);
+    if (message.fields.redelivered && !token.released && token.holder && token.holder !== this.member.id)
+      this.member.peerGone(token.holder);
     const next = new Lease(this, session, channel, message, token);
     this.lease = next;
     next.start(this.previous);
@@ -487,7 +529,10 @@ class Lease {
     token: Token,
   ) {
     this.held = held;
-    this.cursor = token.marker === undefined ? { offset: token.offset, deliveries: token.deliveries } : { offset: token.offset, deliveries: token.deliveries, marker: token.marker };
+    this.cursor =
+      token.marker === undefined
+        ? { offset: token.offset, deliveries: token.deliveries }
+        : { offset: token.offset, deliveries: token.deliveries, marker: token.marker };
     this.seq = token.seq;
     this.marker = token.marker;
     this.seeking = token.marker !== undefined;
@@ -556,13 +601,15 @@ class Lease {
           await this.handle(message, offset);
         } else {
           this.skip(message, offset);
-          if (this.skippedSinceCommit >= COMMIT_SKIPPED_EVERY && this.progress !== null) await this.commit({ offset: this.progress, deliveries: 0 });
+          if (this.skippedSinceCommit >= COMMIT_SKIPPED_EVERY && this.progress !== null)
+            await this.commit({ offset: this.progress, deliveries: 0 });
         }
       }
       if (this.ended) return;
       // Stopping or handing over: store how far this lease got, marked as released (its holder did not die).
       if (this.prepared !== null) await this.commit({ offset: this.prepared, deliveries: 0 }, true);
-      else if (this.progress !== null && this.progress !== this.cursor.offset) await this.commit({ offset: this.progress, deliveries: 0 }, true);
+      else if (this.progress !== null && this.progress !== this.cursor.offset)
+        await this.commit({ offset: this.progress, deliveries: 0 }, true);
       else await this.commit(this.cursor, true);
     } catch (error) {
       if (this.ended || error instanceof LeaseEnded) return;
@@ -574,7 +621,9 @@ class Lease {
   private onStreamMessage(channel: Channel, message: ConsumeMessage | null): void {
     if (channel !== this.readChannel) return;
     if (!message) {
-      this.session.lose(new Error(`RabbitMQ cancelled the consumer of stream ${this.member.settings.names.stream} (was it deleted?)`));
+      this.session.lose(
+        new Error(`RabbitMQ cancelled the consumer of stream ${this.member.settings.names.stream} (was it deleted?)`),
+      );
       return;
     }
     this.buffer.push(message);
@@ -717,7 +766,8 @@ class Lease {
     const raw = message.properties.headers ?? {};
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(raw)) {
-      if (name === PRIVATE_HEADERS.offset || name === PRIVATE_HEADERS.streamId || name === PRIVATE_HEADERS.marker) continue;
+      if (name === PRIVATE_HEADERS.offset || name === PRIVATE_HEADERS.streamId || name === PRIVATE_HEADERS.marker)
+        continue;
       const text = headerString(value);
       if (text !== undefined) headers[name] = text;
     }

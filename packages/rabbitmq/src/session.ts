@@ -53,7 +53,12 @@ export class Session {
     private readonly onLost: (session: Session, error: Error) => void,
   ) {}
 
-  static async open(model: ChannelModel, generation: number, owned: boolean, onLost: (session: Session, error: Error) => void): Promise<Session> {
+  static async open(
+    model: ChannelModel,
+    generation: number,
+    owned: boolean,
+    onLost: (session: Session, error: Error) => void,
+  ): Promise<Session> {
     const session = new Session(model, generation, owned, onLost);
     model.on('error', (error: Error) => {
       session.lastError = error;
@@ -116,7 +121,13 @@ export class Session {
    * on a closed channel, or when the message could not be routed to any queue; `writable` is false when the caller
    * should wait for {@link drained} before sending more.
    */
-  send(channel: ConfirmChannel, exchange: string, routingKey: string, content: Buffer, options: Options.Publish): { confirmed: Promise<void>; writable: boolean } {
+  send(
+    channel: ConfirmChannel,
+    exchange: string,
+    routingKey: string,
+    content: Buffer,
+    options: Options.Publish,
+  ): { confirmed: Promise<void>; writable: boolean } {
     const id = String(options.messageId ?? '');
     let writable = true;
     const confirmed = new Promise<void>((resolve, reject) => {
@@ -139,7 +150,12 @@ export class Session {
    * message and routed each to a queue, rejects with the first refusal otherwise. Waits for the channel to drain when
    * its buffer is full; stops sending (and rejects) when the session is lost meanwhile.
    */
-  async sendBatch(channel: ConfirmChannel, exchange: string, messages: readonly TransportMessage[], headerOf: (message: TransportMessage) => Record<string, unknown>): Promise<void> {
+  async sendBatch(
+    channel: ConfirmChannel,
+    exchange: string,
+    messages: readonly TransportMessage[],
+    headerOf: (message: TransportMessage) => Record<string, unknown>,
+  ): Promise<void> {
     let open = messages.length;
     let failure: Error | undefined;
     let settle!: () => void;
@@ -155,7 +171,14 @@ export class Session {
           exchange,
           routingKey,
           Buffer.from(message.body, 'utf8'),
-          { persistent: true, mandatory: true, messageId: id, contentType: 'application/json', timestamp, headers: headerOf(message) },
+          {
+            persistent: true,
+            mandatory: true,
+            messageId: id,
+            contentType: 'application/json',
+            timestamp,
+            headers: headerOf(message),
+          },
           (error: unknown) => {
             failure ??= this.refusal(channel, exchange, routingKey, id, error);
             if (--open === 0) settle();
@@ -178,14 +201,33 @@ export class Session {
   }
 
   /** Why the broker refused a published message, from its confirm callback: a nack or closed channel, or no queue took it. */
-  private refusal(channel: Channel, exchange: string, routingKey: string, id: string, error: unknown): Error | undefined {
-    if (error) return new Error(`RabbitMQ did not confirm message ${id} (${error instanceof Error ? error.message : String(error)})`, { cause: error });
-    if (this.takeReturned(channel, id)) return new Error(`RabbitMQ could not route message ${id} to any queue (exchange ${exchange || '(default)'}, routing key ${routingKey})`);
+  private refusal(
+    channel: Channel,
+    exchange: string,
+    routingKey: string,
+    id: string,
+    error: unknown,
+  ): Error | undefined {
+    if (error)
+      return new Error(
+        `RabbitMQ did not confirm message ${id} (${error instanceof Error ? error.message : String(error)})`,
+        { cause: error },
+      );
+    if (this.takeReturned(channel, id))
+      return new Error(
+        `RabbitMQ could not route message ${id} to any queue (exchange ${exchange || '(default)'}, routing key ${routingKey})`,
+      );
     return undefined;
   }
 
   /** Publishes one message and waits for the broker's confirm (see {@link send}). */
-  async publishConfirmed(channel: ConfirmChannel, exchange: string, routingKey: string, content: Buffer, options: Options.Publish): Promise<void> {
+  async publishConfirmed(
+    channel: ConfirmChannel,
+    exchange: string,
+    routingKey: string,
+    content: Buffer,
+    options: Options.Publish,
+  ): Promise<void> {
     const { confirmed, writable } = this.send(channel, exchange, routingKey, content, options);
     if (!writable) await this.drained(channel);
     await confirmed;
@@ -252,7 +294,11 @@ export class Session {
     channel.on('close', () => {
       this.channels.delete(channel);
       if (closingOnPurpose.has(channel)) return;
-      this.lose(new Error(`RabbitMQ channel closed unexpectedly${lastError ? `: ${lastError.message}` : ''}`, { cause: lastError ?? undefined }));
+      this.lose(
+        new Error(`RabbitMQ channel closed unexpectedly${lastError ? `: ${lastError.message}` : ''}`, {
+          cause: lastError ?? undefined,
+        }),
+      );
     });
   }
 

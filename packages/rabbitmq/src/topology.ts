@@ -52,15 +52,21 @@ export interface RetentionOptions {
 
 export function streamArguments(retention: RetentionOptions = {}): Record<string, unknown> {
   const args: Record<string, unknown> = { 'x-queue-type': 'stream', 'x-max-age': retention.maxAge ?? '7D' };
-  if (retention.maxLengthBytes !== undefined) args['x-max-length-bytes'] = { '!': 'long', value: retention.maxLengthBytes };
-  if (retention.maxSegmentSizeBytes !== undefined) args['x-stream-max-segment-size-bytes'] = { '!': 'long', value: retention.maxSegmentSizeBytes };
+  if (retention.maxLengthBytes !== undefined)
+    args['x-max-length-bytes'] = { '!': 'long', value: retention.maxLengthBytes };
+  if (retention.maxSegmentSizeBytes !== undefined)
+    args['x-stream-max-segment-size-bytes'] = { '!': 'long', value: retention.maxSegmentSizeBytes };
   return args;
 }
 
 export const CURSOR_QUEUE_ARGUMENTS = { 'x-queue-type': 'quorum', 'x-single-active-consumer': true } as const;
 
 /** Declares the exchange, the stream bound to it with `#`, and the members exchange (idempotent). */
-export async function declareNamespace(channel: Channel, names: RabbitMqNames, retention?: RetentionOptions): Promise<void> {
+export async function declareNamespace(
+  channel: Channel,
+  names: RabbitMqNames,
+  retention?: RetentionOptions,
+): Promise<void> {
   await channel.assertExchange(names.exchange, 'topic', { durable: true });
   try {
     await channel.assertQueue(names.stream, { durable: true, arguments: streamArguments(retention) });

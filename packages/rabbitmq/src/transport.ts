@@ -73,7 +73,8 @@ function toError(value: unknown): Error {
 }
 
 function positiveInteger(value: number, what: string): number {
-  if (!Number.isInteger(value) || value < 1) throw new Error(`createRabbitMqTransport: ${what} must be a positive integer`);
+  if (!Number.isInteger(value) || value < 1)
+    throw new Error(`createRabbitMqTransport: ${what} must be a positive integer`);
   return value;
 }
 
@@ -94,7 +95,8 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
   const initialDelayMs = options.reconnect?.initialDelayMs ?? 200;
   const maxDelayMs = options.reconnect?.maxDelayMs ?? 5000;
   const rejoinTimeoutMs = options.reconnect?.rejoinTimeoutMs ?? 30_000;
-  const onError = options.onError ?? ((error: Error) => console.error(`[eventline/rabbitmq ${exchange}] ${error.message}`));
+  const onError =
+    options.onError ?? ((error: Error) => console.error(`[eventline/rabbitmq ${exchange}] ${error.message}`));
   const report = (error: Error): void => {
     try {
       onError(error);
@@ -104,7 +106,14 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
   };
   const declaredQueues = new Set<string>();
   const members = new Set<GroupMember>();
-  const settings: GroupSettings = { names, partitions, heartbeatMs, readAhead, report, declared: (queue) => declaredQueues.add(queue) };
+  const settings: GroupSettings = {
+    names,
+    partitions,
+    heartbeatMs,
+    readAhead,
+    report,
+    declared: (queue) => declaredQueues.add(queue),
+  };
 
   let state: State = 'idle';
   let session: Session | null = null;
@@ -130,7 +139,9 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
       case 'failed':
         return failure ?? new Error(`RabbitMQ transport ${exchange} failed`);
       default:
-        return new Error(`RabbitMQ transport ${exchange} is disconnected from ${redact(url)} and reconnecting; publish again once it is back`);
+        return new Error(
+          `RabbitMQ transport ${exchange} is disconnected from ${redact(url)} and reconnecting; publish again once it is back`,
+        );
     }
   };
 
@@ -140,7 +151,14 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
       if (externalClosed) throw new Error('the RabbitMQ connection given to the transport is closed');
       return { model: external, owned: false };
     }
-    return { model: await amqp.connect(withHeartbeat(url), { noDelay: true, timeout: 10_000, clientProperties: { connection_name: `eventline ${exchange}` } }), owned: true };
+    return {
+      model: await amqp.connect(withHeartbeat(url), {
+        noDelay: true,
+        timeout: 10_000,
+        clientProperties: { connection_name: `eventline ${exchange}` },
+      }),
+      owned: true,
+    };
   };
 
   const onLost = (lost: Session, error: Error): void => {
@@ -153,7 +171,12 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
       state = 'reconnecting';
       void reconnectLoop(error);
     } else if (externalClosed) {
-      fail(new Error(`the RabbitMQ connection given to transport ${exchange} closed (${error.message}); it cannot reconnect`, { cause: error }));
+      fail(
+        new Error(
+          `the RabbitMQ connection given to transport ${exchange} closed (${error.message}); it cannot reconnect`,
+          { cause: error },
+        ),
+      );
     } else {
       // A channel failed on a connection that is still open: start again on it.
       report(new Error(`RabbitMQ channel failed (${error.message}); starting again`, { cause: error }));
@@ -262,7 +285,12 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
         }
       }
     }
-    fail(new Error(`RabbitMQ transport ${exchange} gave up reconnecting to ${redact(url)} after ${maxAttempts} attempts: ${last.message}`, { cause: last }));
+    fail(
+      new Error(
+        `RabbitMQ transport ${exchange} gave up reconnecting to ${redact(url)} after ${maxAttempts} attempts: ${last.message}`,
+        { cause: last },
+      ),
+    );
   };
 
   const fail = (error: Error): void => {
@@ -285,9 +313,16 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
       const current = await ensureSession();
       if (messages.length === 0) return;
       try {
-        await current.sendBatch(current.publishChannel, exchange, messages, (message) => ({ ...message.headers, [PRIVATE_HEADERS.streamId]: message.streamId }));
+        await current.sendBatch(current.publishChannel, exchange, messages, (message) => ({
+          ...message.headers,
+          [PRIVATE_HEADERS.streamId]: message.streamId,
+        }));
       } catch (error) {
-        if (!current.alive) throw new Error(`RabbitMQ connection lost before the broker confirmed every message; publish them again (${toError(error).message})`, { cause: error });
+        if (!current.alive)
+          throw new Error(
+            `RabbitMQ connection lost before the broker confirmed every message; publish them again (${toError(error).message})`,
+            { cause: error },
+          );
         throw error;
       }
     },
@@ -347,7 +382,10 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
  * namespace that is no longer used, such as a test's or a benchmark's. Connects to `url` (default: `AMQP_URL`, else
  * `amqp://guest:guest@127.0.0.1:5672`). Names already gone are skipped.
  */
-export async function deleteRabbitMqTopology(transports: readonly RabbitMqTransport[], url = process.env.AMQP_URL ?? DEFAULT_AMQP_URL): Promise<void> {
+export async function deleteRabbitMqTopology(
+  transports: readonly RabbitMqTransport[],
+  url = process.env.AMQP_URL ?? DEFAULT_AMQP_URL,
+): Promise<void> {
   const queues = new Set<string>();
   const exchanges = new Set<string>();
   for (const transport of transports) {

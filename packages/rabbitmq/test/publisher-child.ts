@@ -3,4 +3,11 @@ import { runPublisherChild } from '@eventline/bus-testing';
 import { createRabbitMqTransport } from '../src/index.js';
 import { url } from './helpers.js';
 
-await runPublisherChild((prefix) => createRabbitMqTransport({ url, prefix, reconnect: { maxAttempts: 1_000, maxDelayMs: 500 }, onError: () => undefined }));
+await runPublisherChild((prefix) =>
+  createRabbitMqTransport({
+    url,
+    prefix,
+    reconnect: { maxAttempts: 1_000, maxDelayMs: 500 },
+    onError: () => undefined,
+  }),
+);

@@ -12,14 +12,22 @@ import { createRabbitMqTransport, type RabbitMqTransport, type RabbitMqTransport
 import { delay, deleteTopology, host, port, portOpen, rabbitmqctl, startRabbitMq, url } from './helpers.js';
 
 const reachable = await portOpen();
-const skip = !reachable && process.env.CI !== 'true' ? `RabbitMQ is not reachable at ${host}:${port} (under CI=true this fails instead)` : false;
+const skip =
+  !reachable && process.env.CI !== 'true'
+    ? `RabbitMQ is not reachable at ${host}:${port} (under CI=true this fails instead)`
+    : false;
 
 /** Every client a test made, by namespace, so that the namespace's exchanges and queues can be deleted. */
 const clients = new Map<string, RabbitMqTransport[]>();
 const errors: Error[] = [];
 
 function client(namespace: string, options: RabbitMqTransportOptions = {}): RabbitMqTransport {
-  const transport = createRabbitMqTransport({ url, prefix: namespace, onError: (error) => void errors.push(error), ...options });
+  const transport = createRabbitMqTransport({
+    url,
+    prefix: namespace,
+    onError: (error) => void errors.push(error),
+    ...options,
+  });
   clients.set(namespace, [...(clients.get(namespace) ?? []), transport]);
   return transport;
 }
@@ -40,7 +48,16 @@ function messagesOf(streams: string[], perStream: number, firstVersion = 1): Tra
     for (const streamId of streams) {
       const id = newId();
       const category = streamId.slice(0, streamId.indexOf('-'));
-      const event = { id, type: 'Happened', streamId, version, position: '', recordedAt: new Date().toISOString(), data: { version }, metadata: {} };
+      const event = {
+        id,
+        type: 'Happened',
+        streamId,
+        version,
+        position: '',
+        recordedAt: new Date().toISOString(),
+        data: { version },
+        metadata: {},
+      };
       messages.push({
         id,
         subject: `${category}.Happened`,
@@ -53,14 +70,15 @@ function messagesOf(streams: string[], perStream: number, firstVersion = 1): Tra
   return messages;
 }
 
-
-
 /** Versions of each stream never go back (a redelivered message may repeat in place, nothing overtakes). */
 function assertNonDecreasingPerStream(messages: readonly ReceivedMessage[]): void {
   const last = new Map<string, number>();
   for (const message of messages) {
     const version = Number(message.headers['eventline-version']);
-    assert.ok(version >= (last.get(message.streamId) ?? 0), `stream ${message.streamId}: version ${version} after ${last.get(message.streamId)}`);
+    assert.ok(
+      version >= (last.get(message.streamId) ?? 0),
+      `stream ${message.streamId}: version ${version} after ${last.get(message.streamId)}`,
+    );
     last.set(message.streamId, version);
   }
 }
@@ -79,132 +97,159 @@ describe('RabbitMQ transport', { skip }, () => {
   });
 
   describe('RabbitMQ specifics', () => {
-    it('publishes to a durable topic exchange: routing key <category>.<type>, persistent, message id and headers', { timeout: 30_000 }, async () => {
-      const name = namespace();
-      const transport = client(name);
-      const [message] = messagesOf(['account-7'], 1);
-      await transport.publish([]); // declares the exchange and the stream
-      const connection = await amqp.connect(url);
-      try {
-        const channel = await connection.createChannel();
-        await channel.checkExchange(transport.exchange);
-        const { queue } = await channel.assertQueue('', { exclusive: true });
-        await channel.bindQueue(queue, transport.exchange, 'account.*');
-        await transport.publish([message!]);
-        let got: GetMessage | false = false;
-        for (let i = 0; i < 100 && got === false; i++) {
-          got = await channel.get(queue, { noAck: true });
-          if (got === false) await delay(50);
-        }
-        assert.ok(got, 'the message reached a queue bound with account.*');
-        assert.equal(got.fields.exchange, transport.exchange);
-        assert.equal(got.fields.routingKey, 'account.Happened');
-        assert.equal(got.properties.deliveryMode, 2, 'persistent');
-        assert.equal(got.properties.messageId, message!.id);
-        assert.equal(got.properties.headers?.['eventline-stream'], 'account-7');
-        assert.equal(got.properties.headers?.['eventline-version'], '1');
-        assert.equal(got.content.toString(), message!.body);
-        await channel.close();
-      } finally {
-        await connection.close();
-      }
-    });
-
-    it("from: 'new' starts after what was published before the group existed; 'oldest' gets everything retained", { timeout: 30_000 }, async () => {
-      const name = namespace();
-      const [publisher, consumer] = [client(name), client(name)];
-      const early = messagesOf(['account-1', 'payment-1'], 3);
-      await publisher.publish(early);
-      const fresh: ReceivedMessage[] = [];
-      const all: ReceivedMessage[] = [];
-      const consumers = [
-        await consumer.consume({ group: 'fresh', from: 'new', handler: async (m) => void fresh.push(m) }),
-        await consumer.consume({ group: 'all', handler: async (m) => void all.push(m) }),
-      ];
-      const late = messagesOf(['account-1', 'payment-1'], 2, 4);
-      await publisher.publish(late);
-      await until(() => fresh.length >= late.length && all.length >= early.length + late.length, 'both groups', 15_000);
-      await delay(200);
-      for (const c of consumers) await c.stop();
-      assert.deepEqual(fresh.map((m) => m.id).sort(), late.map((m) => m.id).sort());
-      assert.deepEqual(all.map((m) => m.id).sort(), [...early, ...late].map((m) => m.id).sort());
-    });
-
-    it('stop() finishes the message in progress and stores the cursor: the next member continues after it', { timeout: 30_000 }, async () => {
-      const name = namespace();
-      const [publisher, first, second] = [client(name), client(name), client(name)];
-      const messages = messagesOf(['account-1'], 5);
-      let release!: () => void;
-      const released = new Promise<void>((resolve) => (release = resolve));
-      let started!: () => void;
-      const inProgress = new Promise<void>((resolve) => (started = resolve));
-      const handledByFirst: string[] = [];
-      const c1 = await first.consume({
-        group: 'g',
-        handler: async (m) => {
-          started();
-          await released;
-          handledByFirst.push(m.id);
-        },
-      });
-      await publisher.publish(messages);
-      await inProgress;
-      let stopped = false;
-      const stopping = c1.stop().then(() => (stopped = true));
-      await delay(300);
-      assert.equal(stopped, false, 'stop() waits for the message in progress');
-      release();
-      await stopping;
-      assert.deepEqual(handledByFirst, [messages[0]!.id]);
-      const received: ReceivedMessage[] = [];
-      const c2 = await second.consume({ group: 'g', handler: async (m) => void received.push(m) });
-      await until(() => received.length >= 4, 'the rest of the stream', 15_000);
-      await delay(200);
-      await c2.stop();
-      assert.deepEqual(received.map((m) => m.id), messages.slice(1).map((m) => m.id), 'no redelivery of the acknowledged message');
-      assert.ok(received.every((m) => m.deliveryCount === 1));
-    });
-
-    it('members joining, crashing and leaving mid-stream: nothing lost, each stream in order, the work shared', { timeout: 90_000 }, async () => {
-      const name = namespace();
-      const publisher = client(name);
-      const handled: Array<ReceivedMessage & { by: string }> = [];
-      const dead = new Set<string>();
-      const member = async (by: string) => {
+    it(
+      'publishes to a durable topic exchange: routing key <category>.<type>, persistent, message id and headers',
+      { timeout: 30_000 },
+      async () => {
+        const name = namespace();
         const transport = client(name);
-        const consumer = await transport.consume({
+        const [message] = messagesOf(['account-7'], 1);
+        await transport.publish([]); // declares the exchange and the stream
+        const connection = await amqp.connect(url);
+        try {
+          const channel = await connection.createChannel();
+          await channel.checkExchange(transport.exchange);
+          const { queue } = await channel.assertQueue('', { exclusive: true });
+          await channel.bindQueue(queue, transport.exchange, 'account.*');
+          await transport.publish([message!]);
+          let got: GetMessage | false = false;
+          for (let i = 0; i < 100 && got === false; i++) {
+            got = await channel.get(queue, { noAck: true });
+            if (got === false) await delay(50);
+          }
+          assert.ok(got, 'the message reached a queue bound with account.*');
+          assert.equal(got.fields.exchange, transport.exchange);
+          assert.equal(got.fields.routingKey, 'account.Happened');
+          assert.equal(got.properties.deliveryMode, 2, 'persistent');
+          assert.equal(got.properties.messageId, message!.id);
+          assert.equal(got.properties.headers?.['eventline-stream'], 'account-7');
+          assert.equal(got.properties.headers?.['eventline-version'], '1');
+          assert.equal(got.content.toString(), message!.body);
+          await channel.close();
+        } finally {
+          await connection.close();
+        }
+      },
+    );
+
+    it(
+      "from: 'new' starts after what was published before the group existed; 'oldest' gets everything retained",
+      { timeout: 30_000 },
+      async () => {
+        const name = namespace();
+        const [publisher, consumer] = [client(name), client(name)];
+        const early = messagesOf(['account-1', 'payment-1'], 3);
+        await publisher.publish(early);
+        const fresh: ReceivedMessage[] = [];
+        const all: ReceivedMessage[] = [];
+        const consumers = [
+          await consumer.consume({ group: 'fresh', from: 'new', handler: async (m) => void fresh.push(m) }),
+          await consumer.consume({ group: 'all', handler: async (m) => void all.push(m) }),
+        ];
+        const late = messagesOf(['account-1', 'payment-1'], 2, 4);
+        await publisher.publish(late);
+        await until(
+          () => fresh.length >= late.length && all.length >= early.length + late.length,
+          'both groups',
+          15_000,
+        );
+        await delay(200);
+        for (const c of consumers) await c.stop();
+        assert.deepEqual(fresh.map((m) => m.id).sort(), late.map((m) => m.id).sort());
+        assert.deepEqual(all.map((m) => m.id).sort(), [...early, ...late].map((m) => m.id).sort());
+      },
+    );
+
+    it(
+      'stop() finishes the message in progress and stores the cursor: the next member continues after it',
+      { timeout: 30_000 },
+      async () => {
+        const name = namespace();
+        const [publisher, first, second] = [client(name), client(name), client(name)];
+        const messages = messagesOf(['account-1'], 5);
+        let release!: () => void;
+        const released = new Promise<void>((resolve) => (release = resolve));
+        let started!: () => void;
+        const inProgress = new Promise<void>((resolve) => (started = resolve));
+        const handledByFirst: string[] = [];
+        const c1 = await first.consume({
           group: 'g',
           handler: async (m) => {
-            await delay(Math.random() * 2);
-            if (!dead.has(by)) handled.push({ ...m, by }); // a crashed process has no effects after it died
+            started();
+            await released;
+            handledByFirst.push(m.id);
           },
         });
-        return { transport, consumer };
-      };
-      const messages = messagesOf(Array.from({ length: 12 }, (_, i) => `account-${i}`), 60);
-      const a = await member('a');
-      const b = await member('b');
-      await publisher.publish(messages.slice(0, 200));
-      await until(() => handled.length >= 60, 'a first part', 30_000);
-      const c = await member('c'); // joins: takes partitions over
-      await publisher.publish(messages.slice(200, 400));
-      await until(() => handled.length >= 200, 'a second part', 30_000);
-      dead.add('a');
-      a.transport.destroy(); // crashes: its partitions fail over to the next member in line
-      await until(() => handled.length >= 300, 'a third part', 30_000);
-      await b.consumer.stop(); // leaves gracefully
-      const d = await member('d'); // joins: takes partitions over
-      await publisher.publish(messages.slice(400));
-      const ids = () => new Set(handled.map((m) => m.id));
-      await until(() => messages.every((m) => ids().has(m.id)), 'every message', 60_000);
-      await delay(300);
-      await Promise.all([c.consumer.stop(), d.consumer.stop()]);
-      assertNonDecreasingPerStream(handled);
-      const repeats = handled.length - ids().size;
-      assert.ok(repeats <= 4, `only messages in progress at the crash are handled again (${repeats})`);
-      const by = new Set(handled.map((m) => m.by));
-      for (const name of ['a', 'b', 'c', 'd']) assert.ok(by.has(name), `member ${name} took part`);
-    });
+        await publisher.publish(messages);
+        await inProgress;
+        let stopped = false;
+        const stopping = c1.stop().then(() => (stopped = true));
+        await delay(300);
+        assert.equal(stopped, false, 'stop() waits for the message in progress');
+        release();
+        await stopping;
+        assert.deepEqual(handledByFirst, [messages[0]!.id]);
+        const received: ReceivedMessage[] = [];
+        const c2 = await second.consume({ group: 'g', handler: async (m) => void received.push(m) });
+        await until(() => received.length >= 4, 'the rest of the stream', 15_000);
+        await delay(200);
+        await c2.stop();
+        assert.deepEqual(
+          received.map((m) => m.id),
+          messages.slice(1).map((m) => m.id),
+          'no redelivery of the acknowledged message',
+        );
+        assert.ok(received.every((m) => m.deliveryCount === 1));
+      },
+    );
+
+    it(
+      'members joining, crashing and leaving mid-stream: nothing lost, each stream in order, the work shared',
+      { timeout: 90_000 },
+      async () => {
+        const name = namespace();
+        const publisher = client(name);
+        const handled: Array<ReceivedMessage & { by: string }> = [];
+        const dead = new Set<string>();
+        const member = async (by: string) => {
+          const transport = client(name);
+          const consumer = await transport.consume({
+            group: 'g',
+            handler: async (m) => {
+              await delay(Math.random() * 2);
+              if (!dead.has(by)) handled.push({ ...m, by }); // a crashed process has no effects after it died
+            },
+          });
+          return { transport, consumer };
+        };
+        const messages = messagesOf(
+          Array.from({ length: 12 }, (_, i) => `account-${i}`),
+          60,
+        );
+        const a = await member('a');
+        const b = await member('b');
+        await publisher.publish(messages.slice(0, 200));
+        await until(() => handled.length >= 60, 'a first part', 30_000);
+        const c = await member('c'); // joins: takes partitions over
+        await publisher.publish(messages.slice(200, 400));
+        await until(() => handled.length >= 200, 'a second part', 30_000);
+        dead.add('a');
+        a.transport.destroy(); // crashes: its partitions fail over to the next member in line
+        await until(() => handled.length >= 300, 'a third part', 30_000);
+        await b.consumer.stop(); // leaves gracefully
+        const d = await member('d'); // joins: takes partitions over
+        await publisher.publish(messages.slice(400));
+        const ids = () => new Set(handled.map((m) => m.id));
+        await until(() => messages.every((m) => ids().has(m.id)), 'every message', 60_000);
+        await delay(300);
+        await Promise.all([c.consumer.stop(), d.consumer.stop()]);
+        assertNonDecreasingPerStream(handled);
+        const repeats = handled.length - ids().size;
+        assert.ok(repeats <= 4, `only messages in progress at the crash are handled again (${repeats})`);
+        const by = new Set(handled.map((m) => m.by));
+        for (const name of ['a', 'b', 'c', 'd']) assert.ok(by.has(name), `member ${name} took part`);
+      },
+    );
 
     it('a member with another partition count is refused with a clear error', { timeout: 30_000 }, async () => {
       const name = namespace();
@@ -218,11 +263,15 @@ describe('RabbitMQ transport', { skip }, () => {
       await c2.stop();
     });
 
-    it('a stream with other retention arguments is a clear error, not a silent mismatch', { timeout: 30_000 }, async () => {
-      const name = namespace();
-      await client(name, { retention: { maxAge: '1D' } }).publish([]);
-      await assert.rejects(client(name, { retention: { maxAge: '2D' } }).publish([]), /other retention arguments/);
-    });
+    it(
+      'a stream with other retention arguments is a clear error, not a silent mismatch',
+      { timeout: 30_000 },
+      async () => {
+        const name = namespace();
+        await client(name, { retention: { maxAge: '1D' } }).publish([]);
+        await assert.rejects(client(name, { retention: { maxAge: '2D' } }).publish([]), /other retention arguments/);
+      },
+    );
 
     it('publish fails clearly when RabbitMQ is not reachable, and after close()', { timeout: 30_000 }, async () => {
       const nowhere = createRabbitMqTransport({ url: 'amqp://guest:guest@127.0.0.1:1', prefix: namespace() });
@@ -236,42 +285,56 @@ describe('RabbitMQ transport', { skip }, () => {
     });
 
     // Last: it restarts the machine's RabbitMQ.
-    it('a consumer keeps receiving after RabbitMQ is restarted; publishing while it is down fails clearly', { timeout: 240_000 }, async () => {
-      const name = namespace();
-      const reconnect = { maxAttempts: 200, maxDelayMs: 1000 };
-      const reports: Error[] = [];
-      const publisher = client(name, { reconnect });
-      const consumer = client(name, { reconnect, onError: (error) => void reports.push(error) });
-      const received: ReceivedMessage[] = [];
-      const c = await consumer.consume({ group: 'survivor', retryDelayMs: 100, handler: async (m) => void received.push(m) });
-      const before = messagesOf(['account-1', 'account-2', 'payment-1'], 4);
-      await publisher.publish(before);
-      const seen = () => new Set(received.map((m) => m.id));
-      await until(() => before.every((m) => seen().has(m.id)), 'the messages before the restart', 15_000);
-      try {
-        await rabbitmqctl('stop_app');
-        await until(() => !publisher.connected && !consumer.connected, 'both clients to notice', 30_000);
-        await assert.rejects(publisher.publish(messagesOf(['account-1'], 1)), /disconnected|not reachable|connection lost/);
-      } finally {
-        await startRabbitMq();
-      }
-      const afterRestart = messagesOf(['account-1', 'account-2', 'payment-1'], 4, 5);
-      const deadline = Date.now() + 90_000;
-      for (;;) {
+    it(
+      'a consumer keeps receiving after RabbitMQ is restarted; publishing while it is down fails clearly',
+      { timeout: 240_000 },
+      async () => {
+        const name = namespace();
+        const reconnect = { maxAttempts: 200, maxDelayMs: 1000 };
+        const reports: Error[] = [];
+        const publisher = client(name, { reconnect });
+        const consumer = client(name, { reconnect, onError: (error) => void reports.push(error) });
+        const received: ReceivedMessage[] = [];
+        const c = await consumer.consume({
+          group: 'survivor',
+          retryDelayMs: 100,
+          handler: async (m) => void received.push(m),
+        });
+        const before = messagesOf(['account-1', 'account-2', 'payment-1'], 4);
+        await publisher.publish(before);
+        const seen = () => new Set(received.map((m) => m.id));
+        await until(() => before.every((m) => seen().has(m.id)), 'the messages before the restart', 15_000);
         try {
-          await publisher.publish(afterRestart);
-          break;
-        } catch (error) {
-          if (Date.now() > deadline) throw error;
-          await delay(500);
+          await rabbitmqctl('stop_app');
+          await until(() => !publisher.connected && !consumer.connected, 'both clients to notice', 30_000);
+          await assert.rejects(
+            publisher.publish(messagesOf(['account-1'], 1)),
+            /disconnected|not reachable|connection lost/,
+          );
+        } finally {
+          await startRabbitMq();
         }
-      }
-      await until(() => afterRestart.every((m) => seen().has(m.id)), 'the messages after the restart', 90_000);
-      await delay(300);
-      await c.stop();
-      assert.ok(reports.some((error) => /connection lost/.test(error.message)), 'the consumer reported the lost connection');
-      assertNonDecreasingPerStream(received);
-      assert.deepEqual([...seen()].sort(), [...before, ...afterRestart].map((m) => m.id).sort());
-    });
+        const afterRestart = messagesOf(['account-1', 'account-2', 'payment-1'], 4, 5);
+        const deadline = Date.now() + 90_000;
+        for (;;) {
+          try {
+            await publisher.publish(afterRestart);
+            break;
+          } catch (error) {
+            if (Date.now() > deadline) throw error;
+            await delay(500);
+          }
+        }
+        await until(() => afterRestart.every((m) => seen().has(m.id)), 'the messages after the restart', 90_000);
+        await delay(300);
+        await c.stop();
+        assert.ok(
+          reports.some((error) => /connection lost/.test(error.message)),
+          'the consumer reported the lost connection',
+        );
+        assertNonDecreasingPerStream(received);
+        assert.deepEqual([...seen()].sort(), [...before, ...afterRestart].map((m) => m.id).sort());
+      },
+    );
   });
 });

@@ -357,7 +357,12 @@ export const SCRIPTS = {
 const isNoScript = (error: unknown) => error instanceof Error && error.message.startsWith('NOSCRIPT');
 
 /** Runs a script by its hash, sending its text when Redis does not have it (first use, or after a restart). */
-export async function run(redis: Redis, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>): Promise<unknown> {
+export async function run(
+  redis: Redis,
+  s: Script,
+  keys: readonly string[],
+  args: ReadonlyArray<string | number | Buffer>,
+): Promise<unknown> {
   try {
     return await redis.evalsha(s.sha, s.keys, ...keys, ...args);
   } catch (error) {

@@ -47,7 +47,14 @@ export interface RedisTransport extends Transport {
   destroy(): void;
 }
 
-const DEFAULTS = { prefix: 'eventline', claimIdleMs: 30_000, dedupeWindowMs: 3_600_000, batchSize: 10, blockMs: 5_000, pollMs: 500 };
+const DEFAULTS = {
+  prefix: 'eventline',
+  claimIdleMs: 30_000,
+  dedupeWindowMs: 3_600_000,
+  batchSize: 10,
+  blockMs: 5_000,
+  pollMs: 500,
+};
 /** Most messages one publish script call carries; a larger batch is sent as a chain of calls (see PUBLISH in scripts.ts). */
 const PUBLISH_CHUNK = 100;
 const PUBLISH_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -95,12 +102,20 @@ export function createRedisTransport(options: RedisTransportOptions = {}): Redis
       // completed (see PUBLISH in scripts.ts): Redis runs a call while the next one is still being sent.
       const chain = [streamKey, `${prefix}:chain:${randomUUID()}`];
       const calls: Array<Array<string | number | Buffer>> = [];
-      const chunk = (fields: string[], last: boolean) => [`${prefix}:dedupe:`, dedupeWindowMs, options.maxLength ?? '', calls.length, last ? 1 : 0, packStrings(fields)];
+      const chunk = (fields: string[], last: boolean) => [
+        `${prefix}:dedupe:`,
+        dedupeWindowMs,
+        options.maxLength ?? '',
+        calls.length,
+        last ? 1 : 0,
+        packStrings(fields),
+      ];
       let fields: string[] = [];
       let bytes = 0;
       for (const message of messages) {
         const headers = JSON.stringify(message.headers);
-        const size = message.id.length + message.subject.length + message.streamId.length + message.body.length + headers.length;
+        const size =
+          message.id.length + message.subject.length + message.streamId.length + message.body.length + headers.length;
         if (fields.length > 0 && (fields.length / 5 >= PUBLISH_CHUNK || bytes + size > PUBLISH_CHUNK_BYTES)) {
           calls.push(chunk(fields, false));
           fields = [];
@@ -115,7 +130,9 @@ export function createRedisTransport(options: RedisTransportOptions = {}): Redis
       const failed = results.find((result) => result.status === 'rejected');
       if (failed) throw failed.reason;
       if (results.some((result) => result.status === 'fulfilled' && result.value === -1)) {
-        throw new Error('Redis publish: a part of the batch did not run because the part before it did not complete; publish the batch again');
+        throw new Error(
+          'Redis publish: a part of the batch did not run because the part before it did not complete; publish the batch again',
+        );
       }
     },
 
@@ -155,7 +172,8 @@ export function createRedisTransport(options: RedisTransportOptions = {}): Redis
 }
 
 function positive(name: string, value: number): number {
-  if (!(Number.isFinite(value) && value > 0)) throw new RangeError(`createRedisTransport: ${name} must be a positive number, got ${value}`);
+  if (!(Number.isFinite(value) && value > 0))
+    throw new RangeError(`createRedisTransport: ${name} must be a positive number, got ${value}`);
   return value;
 }
 
@@ -239,7 +257,13 @@ class RedisConsumer implements Consumer {
 
   async start(): Promise<void> {
     try {
-      await this.redis.xgroup('CREATE', this.settings.streamKey, this.options.group, this.options.from === 'new' ? '$' : '0', 'MKSTREAM');
+      await this.redis.xgroup(
+        'CREATE',
+        this.settings.streamKey,
+        this.options.group,
+        this.options.from === 'new' ? '$' : '0',
+        'MKSTREAM',
+      );
     } catch (error) {
       if (!(error instanceof Error && error.message.startsWith('BUSYGROUP'))) {
         this.blocking.disconnect();
@@ -247,7 +271,12 @@ class RedisConsumer implements Consumer {
       }
     }
     // Consumers of crashed processes that hold nothing are removed from the group.
-    await run(this.redis, SCRIPTS.prune, [this.settings.streamKey], [this.options.group, this.name, Math.max(60_000, this.settings.claimIdleMs * 10)]).catch(this.settings.onError);
+    await run(
+      this.redis,
+      SCRIPTS.prune,
+      [this.settings.streamKey],
+      [this.options.group, this.name, Math.max(60_000, this.settings.claimIdleMs * 10)],
+    ).catch(this.settings.onError);
     if (this.stopping) return; // stopped (or the transport closed) while starting
     const touchEvery = Math.max(10, Math.floor(this.settings.claimIdleMs / 3));
     this.touchTimer = setInterval(() => void this.touch(), touchEvery);
@@ -295,7 +324,12 @@ class RedisConsumer implements Consumer {
     for (const held of this.held.filter((h) => h.handled)) await this.ack(held);
     // What it holds and did not process is marked idle, so another member takes it over at once.
     const unstarted = this.held.filter((h) => !h.started).flatMap((h) => [h.entryId, Math.max(0, h.deliveries - 1)]);
-    await run(this.redis, SCRIPTS.release, [this.settings.streamKey], [this.options.group, this.name, Math.max(this.settings.claimIdleMs, RELEASED_IDLE_MS), ...unstarted]);
+    await run(
+      this.redis,
+      SCRIPTS.release,
+      [this.settings.streamKey],
+      [this.options.group, this.name, Math.max(this.settings.claimIdleMs, RELEASED_IDLE_MS), ...unstarted],
+    );
     this.held = [];
     await this.redis.del(this.wakeKey);
   }
@@ -351,13 +385,19 @@ class RedisConsumer implements Consumer {
   private async process(held: Held): Promise<void> {
     if (held.handled) return this.ack(held);
     if (held.retryAt > 0) {
-      const deliveries = Number(await run(this.redis, SCRIPTS.retry, [this.settings.streamKey], [this.options.group, this.name, held.entryId]));
+      const deliveries = Number(
+        await run(this.redis, SCRIPTS.retry, [this.settings.streamKey], [this.options.group, this.name, held.entryId]),
+      );
       if (!(deliveries > 0)) return this.drop(held.entryId); // taken over by another member meanwhile
       held.deliveries = deliveries;
       held.retryAt = 0;
     }
     held.started = true;
-    const received: ReceivedMessage = { ...held.message, headers: { ...held.message.headers }, deliveryCount: held.deliveries };
+    const received: ReceivedMessage = {
+      ...held.message,
+      headers: { ...held.message.headers },
+      deliveryCount: held.deliveries,
+    };
     const handling = Promise.resolve()
       .then(() => this.options.handler(received))
       .then(
@@ -378,7 +418,19 @@ class RedisConsumer implements Consumer {
 
   private async ack(held: Held): Promise<void> {
     const reply = asArray(
-      await run(this.redis, SCRIPTS.ack, [this.settings.streamKey], [this.options.group, this.name, held.entryId, held.orderKey, this.wakePrefix, Math.max(60_000, this.settings.claimIdleMs * 10)]),
+      await run(
+        this.redis,
+        SCRIPTS.ack,
+        [this.settings.streamKey],
+        [
+          this.options.group,
+          this.name,
+          held.entryId,
+          held.orderKey,
+          this.wakePrefix,
+          Math.max(60_000, this.settings.claimIdleMs * 10),
+        ],
+      ),
     );
     this.drop(held.entryId);
     this.headIs(String(reply[1] ?? ''));
@@ -393,7 +445,19 @@ class RedisConsumer implements Consumer {
   /** Reads new entries for this consumer; `lastId` (what to wait after) when there were none. */
   private async read(): Promise<{ lastId?: string }> {
     const reply = asArray(
-      await run(this.redis, SCRIPTS.read, [this.settings.streamKey], [this.options.group, this.name, this.settings.batchSize, this.orderPrefix, this.filters.length, ...this.filters]),
+      await run(
+        this.redis,
+        SCRIPTS.read,
+        [this.settings.streamKey],
+        [
+          this.options.group,
+          this.name,
+          this.settings.batchSize,
+          this.orderPrefix,
+          this.filters.length,
+          ...this.filters,
+        ],
+      ),
     );
     if (Number(reply[0]) === 0) return { lastId: String(reply[1]) };
     for (const entry of asArray(reply[1])) {
@@ -408,7 +472,21 @@ class RedisConsumer implements Consumer {
     let start = '0-0';
     for (let page = 0; page < RECLAIM_PAGES; page++) {
       const reply = asArray(
-        await run(this.redis, SCRIPTS.reclaim, [this.settings.streamKey], [this.options.group, this.name, this.settings.claimIdleMs, start, RECLAIM_COUNT, this.orderPrefix, this.filters.length, ...this.filters]),
+        await run(
+          this.redis,
+          SCRIPTS.reclaim,
+          [this.settings.streamKey],
+          [
+            this.options.group,
+            this.name,
+            this.settings.claimIdleMs,
+            start,
+            RECLAIM_COUNT,
+            this.orderPrefix,
+            this.filters.length,
+            ...this.filters,
+          ],
+        ),
       );
       for (const entry of asArray(reply[1])) {
         const [entryId, fields, head, deliveries] = asArray(entry);
@@ -427,7 +505,16 @@ class RedisConsumer implements Consumer {
       return;
     }
     const message = toMessage(fields);
-    const held: Held = { entryId, message, orderKey: this.orderPrefix + message.streamId, head, deliveries, retryAt: 0, handled: false, started: false };
+    const held: Held = {
+      entryId,
+      message,
+      orderKey: this.orderPrefix + message.streamId,
+      head,
+      deliveries,
+      retryAt: 0,
+      handled: false,
+      started: false,
+    };
     const at = this.held.findIndex((h) => compareEntryIds(h.entryId, entryId) > 0);
     if (at < 0) this.held.push(held);
     else this.held.splice(at, 0, held);
@@ -442,7 +529,14 @@ class RedisConsumer implements Consumer {
     this.nextHeadCheckAt = Date.now() + this.settings.pollMs;
     const waiting = this.waiting();
     const pairs = waiting.flatMap((h) => [h.entryId, h.message.streamId]);
-    const reply = asArray(await run(this.redis, SCRIPTS.heads, [this.settings.streamKey], [this.options.group, this.name, this.orderPrefix, ...pairs]));
+    const reply = asArray(
+      await run(
+        this.redis,
+        SCRIPTS.heads,
+        [this.settings.streamKey],
+        [this.options.group, this.name, this.orderPrefix, ...pairs],
+      ),
+    );
     let changed = false;
     waiting.forEach((h, i) => {
       const status = Number(reply[i]);
@@ -463,7 +557,9 @@ class RedisConsumer implements Consumer {
     this.touching = true;
     try {
       const ids = this.held.map((h) => h.entryId);
-      const lost = asArray(await run(this.redis, SCRIPTS.touch, [this.settings.streamKey], [this.options.group, this.name, ...ids]));
+      const lost = asArray(
+        await run(this.redis, SCRIPTS.touch, [this.settings.streamKey], [this.options.group, this.name, ...ids]),
+      );
       for (const id of lost) {
         const held = this.held.find((h) => h.entryId === String(id));
         if (held && !held.handled) this.drop(held.entryId);
@@ -485,7 +581,17 @@ class RedisConsumer implements Consumer {
     if (ms <= 0 || this.stopping) return;
     if (lastId === undefined) return this.sleep(ms);
     // Wakes up for a new entry of the group's stream, or for an entry of this consumer's that became a head.
-    const reply = await this.blocking.xread('COUNT', 10, 'BLOCK', ms, 'STREAMS', this.settings.streamKey, this.wakeKey, lastId, this.lastWakeId);
+    const reply = await this.blocking.xread(
+      'COUNT',
+      10,
+      'BLOCK',
+      ms,
+      'STREAMS',
+      this.settings.streamKey,
+      this.wakeKey,
+      lastId,
+      this.lastWakeId,
+    );
     for (const [key, entries] of asArray(reply).map(asArray)) {
       if (key !== this.wakeKey) continue;
       for (const [wakeId, fields] of asArray(entries).map(asArray)) {
@@ -539,5 +645,11 @@ function toMessage(fields: unknown): TransportMessage {
   } catch {
     headers = {};
   }
-  return { id: map.get('id') ?? '', subject: map.get('subject') ?? '', streamId: map.get('streamId') ?? '', body: map.get('body') ?? '', headers };
+  return {
+    id: map.get('id') ?? '',
+    subject: map.get('subject') ?? '',
+    streamId: map.get('streamId') ?? '',
+    body: map.get('body') ?? '',
+    headers,
+  };
 }

@@ -50,7 +50,12 @@ export class HttpProblem extends Error {
 }
 
 /** Where a schema-checked value came from, as a client would name it. */
-const PLACE: Record<string, string> = { querystring: 'Query parameter', params: 'Path segment', headers: 'Header', body: 'Body' };
+const PLACE: Record<string, string> = {
+  querystring: 'Query parameter',
+  params: 'Path segment',
+  headers: 'Header',
+  body: 'Body',
+};
 
 interface AjvIssue {
   instancePath: string;
@@ -77,7 +82,11 @@ function validationProblem(issues: readonly AjvIssue[], context: string, request
   } else {
     const expected = schemaOf(request, context)?.properties?.[name]?.description;
     const given = (valuesOf(request, context) as Record<string, unknown> | undefined)?.[name];
-    const what = Array.isArray(given) ? 'is given more than once; give it once' : issue.keyword === 'pattern' ? 'is not valid' : (issue.message ?? 'is not valid');
+    const what = Array.isArray(given)
+      ? 'is given more than once; give it once'
+      : issue.keyword === 'pattern'
+        ? 'is not valid'
+        : (issue.message ?? 'is not valid');
     detail = `${place} ${quoteName(name)} ${what}${expected ? `: expected ${expected}` : ''}`;
   }
   return {
@@ -90,14 +99,23 @@ function validationProblem(issues: readonly AjvIssue[], context: string, request
   };
 }
 
-function schemaOf(request: FastifyRequest | undefined, context: string): { properties?: Record<string, { description?: string }> } | undefined {
+function schemaOf(
+  request: FastifyRequest | undefined,
+  context: string,
+): { properties?: Record<string, { description?: string }> } | undefined {
   const schema = request?.routeOptions.schema as Record<string, unknown> | undefined;
   return schema?.[context] as { properties?: Record<string, { description?: string }> } | undefined;
 }
 
 function valuesOf(request: FastifyRequest | undefined, context: string): unknown {
   if (!request) return undefined;
-  return context === 'querystring' ? request.query : context === 'params' ? request.params : context === 'headers' ? request.headers : undefined;
+  return context === 'querystring'
+    ? request.query
+    : context === 'params'
+      ? request.params
+      : context === 'headers'
+        ? request.headers
+        : undefined;
 }
 
 function quoteName(name: string): string {
@@ -106,14 +124,46 @@ function quoteName(name: string): string {
 
 /** What fastify's own errors mean to a client, by fastify's error code. */
 const FASTIFY: Record<string, { status?: number; code: string; detail?: (message: string) => string }> = {
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: { status: 415, code: 'UNSUPPORTED_MEDIA_TYPE', detail: () => "Send the body as JSON, with the header 'content-type: application/json'" },
-  FST_ERR_CTP_INVALID_TYPE: { status: 415, code: 'UNSUPPORTED_MEDIA_TYPE', detail: () => "Send the body as JSON, with the header 'content-type: application/json'" },
-  FST_ERR_CTP_BODY_TOO_LARGE: { status: 413, code: 'PAYLOAD_TOO_LARGE', detail: () => 'The body is larger than this server accepts; send a smaller one (store large payloads elsewhere and send a reference)' },
-  FST_ERR_CTP_EMPTY_JSON_BODY: { status: 400, code: 'MALFORMED_REQUEST', detail: () => "The body is empty but its content-type is 'application/json': send a JSON value (for a command with no data, 'null' or '{}')" },
-  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { status: 400, code: 'MALFORMED_REQUEST', detail: () => 'The body is not as long as its Content-Length header says' },
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: {
+    status: 415,
+    code: 'UNSUPPORTED_MEDIA_TYPE',
+    detail: () => "Send the body as JSON, with the header 'content-type: application/json'",
+  },
+  FST_ERR_CTP_INVALID_TYPE: {
+    status: 415,
+    code: 'UNSUPPORTED_MEDIA_TYPE',
+    detail: () => "Send the body as JSON, with the header 'content-type: application/json'",
+  },
+  FST_ERR_CTP_BODY_TOO_LARGE: {
+    status: 413,
+    code: 'PAYLOAD_TOO_LARGE',
+    detail: () =>
+      'The body is larger than this server accepts; send a smaller one (store large payloads elsewhere and send a reference)',
+  },
+  FST_ERR_CTP_EMPTY_JSON_BODY: {
+    status: 400,
+    code: 'MALFORMED_REQUEST',
+    detail: () =>
+      "The body is empty but its content-type is 'application/json': send a JSON value (for a command with no data, 'null' or '{}')",
+  },
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: {
+    status: 400,
+    code: 'MALFORMED_REQUEST',
+    detail: () => 'The body is not as long as its Content-Length header says',
+  },
   FST_ERR_CTP_INVALID_JSON_BODY: { status: 400, code: 'MALFORMED_REQUEST', detail: () => 'The body is not valid JSON' },
-  FST_ERR_BAD_URL: { status: 400, code: 'MALFORMED_REQUEST', detail: () => "The URL is not valid: a '%' must be followed by two hex digits, and percent-encoded bytes must be UTF-8" },
-  FST_ERR_MAX_PARAM_LENGTH: { status: 414, code: 'URI_TOO_LONG', detail: () => 'A path segment of the URL is too long; stream ids are at most 255 characters and document ids at most 500' },
+  FST_ERR_BAD_URL: {
+    status: 400,
+    code: 'MALFORMED_REQUEST',
+    detail: () =>
+      "The URL is not valid: a '%' must be followed by two hex digits, and percent-encoded bytes must be UTF-8",
+  },
+  FST_ERR_MAX_PARAM_LENGTH: {
+    status: 414,
+    code: 'URI_TOO_LONG',
+    detail: () =>
+      'A path segment of the URL is too long; stream ids are at most 255 characters and document ids at most 500',
+  },
   FST_ERR_ASYNC_CONSTRAINT: { status: 400, code: 'MALFORMED_REQUEST', detail: () => 'The request could not be routed' },
 };
 
@@ -123,45 +173,110 @@ const FASTIFY: Record<string, { status?: number; code: string; detail?: (message
  */
 export function problemOf(error: unknown, request?: FastifyRequest): Problem {
   if (error instanceof EventlineError) {
-    const { name: _name, message, code, ...details } = error.toJSON() as { name: string; message: string; code: string };
+    const {
+      name: _name,
+      message,
+      code,
+      ...details
+    } = error.toJSON() as { name: string; message: string; code: string };
     const status = (STATUS_OF_CODE as Readonly<Record<string, number | undefined>>)[code] ?? 500;
     if (status === 500) return internal();
-    return { type: `https://eventline.dev/problems/${code.toLowerCase().replace(/_/g, '-')}`, title: titleOf(code), status, detail: message, code, ...details };
+    return {
+      type: `https://eventline.dev/problems/${code.toLowerCase().replace(/_/g, '-')}`,
+      title: titleOf(code),
+      status,
+      detail: message,
+      code,
+      ...details,
+    };
   }
   if (error instanceof HttpProblem) {
-    return { type: 'about:blank', title: titleOf(error.code), status: error.statusCode, detail: error.message, code: error.code };
+    return {
+      type: 'about:blank',
+      title: titleOf(error.code),
+      status: error.statusCode,
+      detail: error.message,
+      code: error.code,
+    };
   }
-  const fastifyError = error as { statusCode?: number; code?: string; message?: string; validation?: AjvIssue[]; validationContext?: string };
+  const fastifyError = error as {
+    statusCode?: number;
+    code?: string;
+    message?: string;
+    validation?: AjvIssue[];
+    validationContext?: string;
+  };
   if (Array.isArray(fastifyError?.validation) && fastifyError.validation.length > 0) {
     return validationProblem(fastifyError.validation, fastifyError.validationContext ?? 'request', request);
   }
   const known = fastifyError?.code ? FASTIFY[fastifyError.code] : undefined;
   if (known) {
     const status = known.status ?? fastifyError.statusCode ?? 400;
-    return { type: 'about:blank', title: titleOf(known.code), status, detail: known.detail?.(fastifyError.message ?? '') ?? fastifyError.message ?? 'The request could not be read', code: known.code };
+    return {
+      type: 'about:blank',
+      title: titleOf(known.code),
+      status,
+      detail: known.detail?.(fastifyError.message ?? '') ?? fastifyError.message ?? 'The request could not be read',
+      code: known.code,
+    };
   }
   if (fastifyError?.statusCode && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
-    const code = fastifyError.statusCode === 413 ? 'PAYLOAD_TOO_LARGE' : fastifyError.statusCode === 415 ? 'UNSUPPORTED_MEDIA_TYPE' : 'MALFORMED_REQUEST';
-    return { type: 'about:blank', title: titleOf(code), status: fastifyError.statusCode, detail: fastifyError.message || 'The request could not be read', code };
+    const code =
+      fastifyError.statusCode === 413
+        ? 'PAYLOAD_TOO_LARGE'
+        : fastifyError.statusCode === 415
+          ? 'UNSUPPORTED_MEDIA_TYPE'
+          : 'MALFORMED_REQUEST';
+    return {
+      type: 'about:blank',
+      title: titleOf(code),
+      status: fastifyError.statusCode,
+      detail: fastifyError.message || 'The request could not be read',
+      code,
+    };
   }
   return internal();
 }
 
 function internal(): Problem {
-  return { type: 'about:blank', title: 'Internal error', status: 500, detail: 'An unexpected error occurred; it was logged with the request id.', code: 'INTERNAL' };
+  return {
+    type: 'about:blank',
+    title: 'Internal error',
+    status: 500,
+    detail: 'An unexpected error occurred; it was logged with the request id.',
+    code: 'INTERNAL',
+  };
 }
 
 /** The problem for a request Node's HTTP parser refused before any route saw it (see fastify's clientErrorHandler). */
 export function clientErrorProblem(error: Error & { code?: string }): Problem {
   const code = error.code ?? '';
-  const problem = (status: number, problemCode: string, detail: string): Problem => ({ type: 'about:blank', title: titleOf(problemCode), status, detail, code: problemCode });
-  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return problem(408, 'REQUEST_TIMEOUT', 'The request was not received in time; send it again, whole');
-  if (code === 'HPE_HEADER_OVERFLOW') return problem(431, 'HEADERS_TOO_LARGE', 'The request line and headers are larger than this server accepts (16 KiB); send shorter headers or URL');
+  const problem = (status: number, problemCode: string, detail: string): Problem => ({
+    type: 'about:blank',
+    title: titleOf(problemCode),
+    status,
+    detail,
+    code: problemCode,
+  });
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT')
+    return problem(408, 'REQUEST_TIMEOUT', 'The request was not received in time; send it again, whole');
+  if (code === 'HPE_HEADER_OVERFLOW')
+    return problem(
+      431,
+      'HEADERS_TOO_LARGE',
+      'The request line and headers are larger than this server accepts (16 KiB); send shorter headers or URL',
+    );
   if (code === 'HPE_INVALID_HEADER_TOKEN' || code === 'HPE_INVALID_CONSTANT') {
-    return problem(400, 'MALFORMED_REQUEST', 'A header holds a character HTTP does not allow (a control character such as NUL, or a space in a name)');
+    return problem(
+      400,
+      'MALFORMED_REQUEST',
+      'A header holds a character HTTP does not allow (a control character such as NUL, or a space in a name)',
+    );
   }
-  if (code === 'HPE_INVALID_METHOD') return problem(400, 'MALFORMED_REQUEST', 'The request method is not one HTTP knows; use GET or POST');
-  if (code === 'HPE_INVALID_URL') return problem(400, 'MALFORMED_REQUEST', 'The request target is not a valid URL path');
+  if (code === 'HPE_INVALID_METHOD')
+    return problem(400, 'MALFORMED_REQUEST', 'The request method is not one HTTP knows; use GET or POST');
+  if (code === 'HPE_INVALID_URL')
+    return problem(400, 'MALFORMED_REQUEST', 'The request target is not a valid URL path');
   return problem(400, 'MALFORMED_REQUEST', `The request is not valid HTTP/1.1 (${code || error.message})`);
 }
 

@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DuplicateHandlerError, LeaseLostError, TransactionConflictError, UpcasterConfigurationError, WaitTimeoutError } from '@eventline/core';
+import {
+  DuplicateHandlerError,
+  LeaseLostError,
+  TransactionConflictError,
+  UpcasterConfigurationError,
+  WaitTimeoutError,
+} from '@eventline/core';
 import { problemOf, STATUS_OF_CODE } from '@eventline/server';
 
 describe('problems of eventline errors', () => {
@@ -10,7 +16,8 @@ describe('problems of eventline errors', () => {
       .map(([code]) => code)
       .sort();
     assert.deepEqual(internal, ['DUPLICATE_HANDLER', 'UPCASTER_CONFIGURATION']);
-    for (const status of Object.values(STATUS_OF_CODE)) assert.ok([400, 404, 409, 410, 413, 422, 500, 503, 504].includes(status));
+    for (const status of Object.values(STATUS_OF_CODE))
+      assert.ok([400, 404, 409, 410, 413, 422, 500, 503, 504].includes(status));
   });
 
   it('a lost lease is a 503 a client may retry; a conflict a 409; a wait timeout a 504, each with its detail', () => {

@@ -42,7 +42,10 @@ export interface DocumentStore<Tx = unknown> {
 }
 
 export function assertCollectionName(name: string): string {
-  if (!/^[a-z][a-z0-9_]{0,50}$/.test(name)) throw new ValidationError(`Collection name '${name}' must be a lowercase letter followed by up to 50 lowercase letters, digits or '_'`);
+  if (!/^[a-z][a-z0-9_]{0,50}$/.test(name))
+    throw new ValidationError(
+      `Collection name '${name}' must be a lowercase letter followed by up to 50 lowercase letters, digits or '_'`,
+    );
   return name;
 }
 
@@ -52,7 +55,8 @@ export const MAX_DOCUMENT_ID_LENGTH = 500;
 /** Why a string cannot be a document id (or an `after` bound), or undefined. */
 function idIssue(id: unknown): string | undefined {
   if (typeof id !== 'string') return `must be a string, got ${safeQuote(id)}`;
-  if (id.length === 0 || id.length > MAX_DOCUMENT_ID_LENGTH) return `must be 1 to ${MAX_DOCUMENT_ID_LENGTH} characters long, got ${id.length}`;
+  if (id.length === 0 || id.length > MAX_DOCUMENT_ID_LENGTH)
+    return `must be 1 to ${MAX_DOCUMENT_ID_LENGTH} characters long, got ${id.length}`;
   const text = stringIssue(id, 'strings');
   return text === undefined ? undefined : `is refused: ${text}`;
 }
@@ -65,13 +69,19 @@ export function assertDocumentId(collection: string, id: unknown): string {
 }
 
 /** Checks the options of `list`: `after` like an id, `limit` a whole number of 1 or more. @throws {ValidationError} */
-export function assertListOptions(collection: string, options: { after?: unknown; limit?: unknown }): { after: string | undefined; limit: number } {
+export function assertListOptions(
+  collection: string,
+  options: { after?: unknown; limit?: unknown },
+): { after: string | undefined; limit: number } {
   const { after, limit = 100 } = options;
   if (after !== undefined) {
     const issue = idIssue(after);
     if (issue !== undefined) throw new ValidationError(`List of '${collection}': after ${safeQuote(after)} ${issue}`);
   }
-  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1) throw new ValidationError(`List of '${collection}': limit must be a whole number of 1 or more, got ${safeQuote(limit)}`);
+  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1)
+    throw new ValidationError(
+      `List of '${collection}': limit must be a whole number of 1 or more, got ${safeQuote(limit)}`,
+    );
   return { after: after as string | undefined, limit };
 }
 
@@ -94,7 +104,10 @@ export function createInMemoryDocumentStore(): DocumentStore {
         return found;
       };
       const existing = () => collections.get(name) ?? new Map<string, { data: string | null; version: Position }>();
-      const live = () => [...existing().entries()].filter(([, row]) => row.data !== null).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+      const live = () =>
+        [...existing().entries()]
+          .filter(([, row]) => row.data !== null)
+          .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
       return {
         async get(id) {
           assertDocumentId(name, id);

@@ -3,9 +3,20 @@ import type { RecordedEvent } from '../event.js';
 import type { Position } from '../position.js';
 import type { AppendOptions, EventStore, EventStoreSession, ReadAllFilter } from '../store/contract.js';
 import type { EventInput } from '../event.js';
-import { createSubscription, type Subscription, type SubscriptionOptions, type WaitForOptions } from '../subscriptions/engine.js';
+import {
+  createSubscription,
+  type Subscription,
+  type SubscriptionOptions,
+  type WaitForOptions,
+} from '../subscriptions/engine.js';
 import type { SubscriptionStore } from '../subscriptions/contract.js';
-import { assertCollectionName, createInMemoryDocumentStore, type DocumentCollection, type DocumentStore, type StoredDocument } from './documents.js';
+import {
+  assertCollectionName,
+  createInMemoryDocumentStore,
+  type DocumentCollection,
+  type DocumentStore,
+  type StoredDocument,
+} from './documents.js';
 
 /** A projection's view of one collection while it handles an event: every write is versioned by that event's position. */
 export interface ProjectionDocuments<T> {
@@ -44,13 +55,22 @@ export interface ProjectionDefinition<Tx = unknown> {
 }
 
 export function defineProjection<Tx = unknown>(projection: ProjectionDefinition<Tx>): ProjectionDefinition<Tx> {
-  if (!/^[a-z][a-z0-9_]{0,30}$/.test(projection.name)) throw new ValidationError(`Projection name '${projection.name}' must be a lowercase letter followed by up to 30 lowercase letters, digits or '_'`);
-  if (!Number.isInteger(projection.version) || projection.version < 1) throw new ValidationError(`Projection '${projection.name}': version must be a whole number of 1 or more`);
-  if (Object.keys(projection.handlers).length === 0) throw new ValidationError(`Projection '${projection.name}' has no handlers`);
+  if (!/^[a-z][a-z0-9_]{0,30}$/.test(projection.name))
+    throw new ValidationError(
+      `Projection name '${projection.name}' must be a lowercase letter followed by up to 30 lowercase letters, digits or '_'`,
+    );
+  if (!Number.isInteger(projection.version) || projection.version < 1)
+    throw new ValidationError(`Projection '${projection.name}': version must be a whole number of 1 or more`);
+  if (Object.keys(projection.handlers).length === 0)
+    throw new ValidationError(`Projection '${projection.name}' has no handlers`);
   if (projection.collections !== undefined) {
-    if (!Array.isArray(projection.collections) || projection.collections.length === 0) throw new ValidationError(`Projection '${projection.name}': collections must be a list of one or more collection names`);
+    if (!Array.isArray(projection.collections) || projection.collections.length === 0)
+      throw new ValidationError(
+        `Projection '${projection.name}': collections must be a list of one or more collection names`,
+      );
     for (const name of projection.collections) assertCollectionName(name);
-    if (new Set(projection.collections).size !== projection.collections.length) throw new ValidationError(`Projection '${projection.name}': collections names one collection twice`);
+    if (new Set(projection.collections).size !== projection.collections.length)
+      throw new ValidationError(`Projection '${projection.name}': collections names one collection twice`);
   }
   return projection;
 }
@@ -62,14 +82,24 @@ export function collectionOf(projection: { name: string }, version: number, coll
 
 /** The read filter of a projection: its handlers' event types, and its categories. */
 export function filterOf(projection: ProjectionDefinition<never> | ProjectionDefinition): ReadAllFilter {
-  return { types: Object.keys(projection.handlers), ...(projection.categories ? { categories: projection.categories } : {}) };
+  return {
+    types: Object.keys(projection.handlers),
+    ...(projection.categories ? { categories: projection.categories } : {}),
+  };
 }
 
 /** Applies one event to a projection version, writing through `tx`. */
-export async function applyProjection<Tx>(projection: ProjectionDefinition<Tx>, version: number, documents: DocumentStore<Tx>, event: RecordedEvent, tx: Tx): Promise<void> {
+export async function applyProjection<Tx>(
+  projection: ProjectionDefinition<Tx>,
+  version: number,
+  documents: DocumentStore<Tx>,
+  event: RecordedEvent,
+  tx: Tx,
+): Promise<void> {
   const handler = projection.handlers[event.type];
   if (!handler) return;
-  if (projection.categories && !projection.categories.some((category) => event.streamId.startsWith(`${category}-`))) return;
+  if (projection.categories && !projection.categories.some((category) => event.streamId.startsWith(`${category}-`)))
+    return;
   await handler(event, {
     tx,
     documents<T>(name: string): ProjectionDocuments<T> {
@@ -94,7 +124,8 @@ export async function applyProjection<Tx>(projection: ProjectionDefinition<Tx>, 
 /** A projection that declares its collections serves (and writes) those only. @throws {UnknownCollectionError} */
 function assertDeclared(projection: Pick<ProjectionDefinition<never>, 'name' | 'collections'>, name: string): void {
   assertCollectionName(name);
-  if (projection.collections && !projection.collections.includes(name)) throw new UnknownCollectionError(projection.name, name, projection.collections);
+  if (projection.collections && !projection.collections.includes(name))
+    throw new UnknownCollectionError(projection.name, name, projection.collections);
 }
 
 /** Which version of each projection serves reads. In memory: {@link createInMemoryProjectionCatalog}. */
@@ -122,7 +153,10 @@ export interface RebuildProgress {
   readonly etaSeconds: number | null;
 }
 
-export interface AsyncProjectionOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'filter' | 'subscriptions'> {
+export interface AsyncProjectionOptions<Tx> extends Omit<
+  SubscriptionOptions<Tx>,
+  'name' | 'handle' | 'filter' | 'subscriptions'
+> {
   projection: ProjectionDefinition<Tx>;
   subscriptions: SubscriptionStore<Tx>;
   documents: DocumentStore<Tx>;
@@ -176,12 +210,15 @@ export function createAsyncProjection<Tx>(options: AsyncProjectionOptions<Tx>): 
     async start() {
       const active = await catalog.active(projection.name);
       if (active !== null && active > projection.version) {
-        throw new ValidationError(`Projection '${projection.name}' v${projection.version} is older than the serving v${active}; deploy v${active} or newer`);
+        throw new ValidationError(
+          `Projection '${projection.name}' v${projection.version} is older than the serving v${active}; deploy v${active} or newer`,
+        );
       }
       if (active !== null && active < projection.version) {
         await rebuild(subscription, options);
         await catalog.activate(projection.name, projection.version);
-        for (let old = active; old < projection.version; old++) await documents.dropCollections(`${projection.name}_v${old}_`);
+        for (let old = active; old < projection.version; old++)
+          await documents.dropCollections(`${projection.name}_v${old}_`);
       } else if (active === null) {
         await catalog.activate(projection.name, projection.version);
       }
@@ -247,11 +284,17 @@ export function withInlineProjections<Tx>(
   documents: DocumentStore<Tx>,
   transactionOf: (session: EventStoreSession) => Tx,
 ): EventStore {
-  const project = async (session: EventStoreSession, streamId: string, events: readonly EventInput[], appendOptions?: AppendOptions) => {
+  const project = async (
+    session: EventStoreSession,
+    streamId: string,
+    events: readonly EventInput[],
+    appendOptions?: AppendOptions,
+  ) => {
     const result = await session.append(streamId, events, appendOptions);
     if (result.duplicate) return result;
     for await (const event of session.readStream(streamId, { from: result.firstVersion })) {
-      for (const projection of projections) await applyProjection(projection, projection.version, documents, event, transactionOf(session));
+      for (const projection of projections)
+        await applyProjection(projection, projection.version, documents, event, transactionOf(session));
     }
     return result;
   };
@@ -261,15 +304,23 @@ export function withInlineProjections<Tx>(
   });
   return {
     ...bindAll(store),
-    append: (streamId, events, appendOptions) => store.transaction((session) => project(session, streamId, events, appendOptions)),
+    append: (streamId, events, appendOptions) =>
+      store.transaction((session) => project(session, streamId, events, appendOptions)),
     transaction: (fn) => store.transaction((session) => fn(wrapSession(session))),
   };
 }
 
 /** Live projection: folds the events matching the projection into fresh in-memory documents now, on read. */
-export async function projectLive(store: EventStore, projection: ProjectionDefinition<unknown>, options: { after?: Position } = {}) {
+export async function projectLive(
+  store: EventStore,
+  projection: ProjectionDefinition<unknown>,
+  options: { after?: Position } = {},
+) {
   const documents = createInMemoryDocumentStore();
-  for await (const event of store.readAll({ filter: filterOf(projection), ...(options.after ? { after: options.after } : {}) })) {
+  for await (const event of store.readAll({
+    filter: filterOf(projection),
+    ...(options.after ? { after: options.after } : {}),
+  })) {
     await applyProjection(projection, projection.version, documents, event, undefined);
   }
   return {
@@ -281,7 +332,11 @@ export async function projectLive(store: EventStore, projection: ProjectionDefin
 }
 
 function readCollection<T>(collection: DocumentCollection<T>): ReadCollection<T> {
-  return { get: async (id) => (await collection.get(id))?.data ?? null, list: (o) => collection.list(o), count: () => collection.count() };
+  return {
+    get: async (id) => (await collection.get(id))?.data ?? null,
+    list: (o) => collection.list(o),
+    count: () => collection.count(),
+  };
 }
 
 function bindAll<T extends object>(target: T): T {
@@ -290,7 +345,8 @@ function bindAll<T extends object>(target: T): T {
   while (proto && proto !== Object.prototype) {
     for (const key of Object.getOwnPropertyNames(proto)) {
       const value = (target as Record<string, unknown>)[key];
-      if (key !== 'constructor' && typeof value === 'function' && !(key in bound)) bound[key] = (value as (...args: unknown[]) => unknown).bind(target);
+      if (key !== 'constructor' && typeof value === 'function' && !(key in bound))
+        bound[key] = (value as (...args: unknown[]) => unknown).bind(target);
     }
     proto = Object.getPrototypeOf(proto) as object | null;
   }

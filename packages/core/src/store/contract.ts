@@ -92,7 +92,11 @@ export interface EventStoreSession {
   streamInfo(streamId: string): Promise<StreamInfo>;
 
   /** Replaces the stream's metadata (retention rules and custom fields). Allowed before the stream exists. */
-  setStreamMetadata(streamId: string, metadata: StreamMetadata, options?: { expectedVersion?: ExpectedVersion }): Promise<void>;
+  setStreamMetadata(
+    streamId: string,
+    metadata: StreamMetadata,
+    options?: { expectedVersion?: ExpectedVersion },
+  ): Promise<void>;
 
   /** The stream's metadata, `{}` when none was set. */
   getStreamMetadata(streamId: string): Promise<StreamMetadata>;

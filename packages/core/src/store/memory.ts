@@ -135,7 +135,9 @@ class PendingState implements State {
   commit() {
     for (const id of this.removed) this.base.removeStreamEvents(id);
     for (const [id, state] of this.streams) this.base.setStream(id, state);
-    const added = [...this.added.entries()].flatMap(([streamId, events]) => events.map((event) => ({ streamId, event })));
+    const added = [...this.added.entries()].flatMap(([streamId, events]) =>
+      events.map((event) => ({ streamId, event })),
+    );
     added.sort((a, b) => (a.event.position < b.event.position ? -1 : 1));
     for (const { streamId, event } of added) this.base.addEvents(streamId, [event]);
   }
@@ -185,7 +187,11 @@ class MemoryStore implements InMemoryEventStore {
     return infoOf(this.committed, assertStreamId(streamId));
   }
 
-  async setStreamMetadata(streamId: string, metadata: StreamMetadata, options?: { expectedVersion?: ExpectedVersion }): Promise<void> {
+  async setStreamMetadata(
+    streamId: string,
+    metadata: StreamMetadata,
+    options?: { expectedVersion?: ExpectedVersion },
+  ): Promise<void> {
     this.assertOpen('set stream metadata');
     const id = assertStreamId(streamId);
     const checked = assertStreamMetadata(metadata);
@@ -260,7 +266,10 @@ class MemoryStore implements InMemoryEventStore {
   async readAllHoldback() {
     this.assertOpen('read the holdback');
     // Pending transactions are invisible until they commit whole, so nothing committed is ever held back here.
-    return { heldBackEvents: 0, oldestOpenTransactionMs: this.openTransaction ? Date.now() - this.openTransaction.startedAt : null };
+    return {
+      heldBackEvents: 0,
+      oldestOpenTransactionMs: this.openTransaction ? Date.now() - this.openTransaction.startedAt : null,
+    };
   }
 
   async transaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
@@ -282,12 +291,23 @@ class MemoryStore implements InMemoryEventStore {
         streamInfo: async (streamId) => infoOf(pending, assertStreamId(streamId)),
         setStreamMetadata: async (streamId, metadata, options) => {
           guard('set stream metadata');
-          setMetadataIn(pending, assertStreamId(streamId), assertStreamMetadata(metadata), assertExpectedVersion(options?.expectedVersion));
+          setMetadataIn(
+            pending,
+            assertStreamId(streamId),
+            assertStreamMetadata(metadata),
+            assertExpectedVersion(options?.expectedVersion),
+          );
         },
-        getStreamMetadata: async (streamId) => structuredClone(pending.stream(assertStreamId(streamId))?.metadata ?? {}),
+        getStreamMetadata: async (streamId) =>
+          structuredClone(pending.stream(assertStreamId(streamId))?.metadata ?? {}),
         deleteStream: async (streamId, options) => {
           guard('delete a stream');
-          deleteIn(pending, assertStreamId(streamId), assertExpectedVersion(options?.expectedVersion), options?.hard === true);
+          deleteIn(
+            pending,
+            assertStreamId(streamId),
+            assertExpectedVersion(options?.expectedVersion),
+            options?.hard === true,
+          );
         },
         lockStreams: async (streamIds) => {
           guard('lock streams');
@@ -331,7 +351,10 @@ class MemoryStore implements InMemoryEventStore {
   }
 
   private prepare(streamId: string, events: readonly EventInput[], options?: AppendOptions) {
-    return prepareAppend(streamId, events, options, { registry: this.options.events, maxEventBytes: this.options.maxEventBytes });
+    return prepareAppend(streamId, events, options, {
+      registry: this.options.events,
+      maxEventBytes: this.options.maxEventBytes,
+    });
   }
 
   /** Runs a write alone: one writer at a time, each with its own transaction number, so positions follow commit order. */
@@ -357,7 +380,11 @@ class MemoryStore implements InMemoryEventStore {
     return positionBeforeTransaction(this.openTransaction?.id ?? this.nextTransaction);
   }
 
-  private appendTo(state: State, transaction: bigint, prepared: Awaited<ReturnType<typeof prepareAppend>>): AppendResult {
+  private appendTo(
+    state: State,
+    transaction: bigint,
+    prepared: Awaited<ReturnType<typeof prepareAppend>>,
+  ): AppendResult {
     const { streamId, expectedVersion, events } = prepared;
     const stream = state.stream(streamId) ?? { version: 0, hiddenBefore: 0, deleted: null, metadata: {} };
     if (stream.deleted === 'hard') throw new StreamDeletedError(streamId);
@@ -379,10 +406,20 @@ class MemoryStore implements InMemoryEventStore {
     state.addEvents(streamId, stored);
     state.setStream(streamId, { ...stream, version: stream.version + events.length, deleted: null });
     const last = stored[stored.length - 1]!;
-    return { streamId, version: last.version, firstVersion: stored[0]!.version, position: last.position, duplicate: false };
+    return {
+      streamId,
+      version: last.version,
+      firstVersion: stored[0]!.version,
+      position: last.position,
+      duplicate: false,
+    };
   }
 
-  private async *readStreamFrom(state: () => State, streamId: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent> {
+  private async *readStreamFrom(
+    state: () => State,
+    streamId: string,
+    options?: ReadStreamOptions,
+  ): AsyncIterable<RecordedEvent> {
     this.assertOpen('read a stream');
     const id = assertStreamId(streamId);
     const { direction, from, limit } = normaliseReadStreamOptions(options);
@@ -392,8 +429,10 @@ class MemoryStore implements InMemoryEventStore {
     if (!stream || stream.version === 0) return;
     const events = current.streamEvents(id);
     const first = firstVisibleVersion(stream, stream.metadata);
-    const minRecordedAt = stream.metadata.maxAge === undefined ? null : this.now().getTime() - stream.metadata.maxAge * 1000;
-    const visible = (event: StoredEvent) => event.version >= first && (minRecordedAt === null || event.recordedAt.getTime() >= minRecordedAt);
+    const minRecordedAt =
+      stream.metadata.maxAge === undefined ? null : this.now().getTime() - stream.metadata.maxAge * 1000;
+    const visible = (event: StoredEvent) =>
+      event.version >= first && (minRecordedAt === null || event.recordedAt.getTime() >= minRecordedAt);
     let yielded = 0;
     if (direction === 'forwards') {
       for (let version = Math.max(from ?? 1, first); version <= events.length && yielded < limit; version++) {
@@ -403,7 +442,11 @@ class MemoryStore implements InMemoryEventStore {
         yield this.toRecorded(event);
       }
     } else {
-      for (let version = Math.min(from ?? stream.version, events.length); version >= first && yielded < limit; version--) {
+      for (
+        let version = Math.min(from ?? stream.version, events.length);
+        version >= first && yielded < limit;
+        version--
+      ) {
         const event = events[version - 1]!;
         if (!visible(event)) continue;
         yielded++;
@@ -450,8 +493,14 @@ function findDuplicate(state: State, streamId: string, events: readonly Prepared
   const first = found[0];
   const sameBatch =
     first !== undefined &&
-    found.every((event, index) => event !== undefined && event.streamId === streamId && event.version === first.version + index);
-  if (!sameBatch) throw new EventIdConflictError(streamId, found.flatMap((event, index) => (event ? [events[index]!.id] : [])));
+    found.every(
+      (event, index) => event !== undefined && event.streamId === streamId && event.version === first.version + index,
+    );
+  if (!sameBatch)
+    throw new EventIdConflictError(
+      streamId,
+      found.flatMap((event, index) => (event ? [events[index]!.id] : [])),
+    );
   const last = found[found.length - 1]!;
   return { streamId, version: last.version, firstVersion: first.version, position: last.position, duplicate: true };
 }

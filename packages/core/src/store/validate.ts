@@ -27,25 +27,32 @@ export async function prepareAppend(
 ): Promise<{ streamId: string; expectedVersion: ExpectedVersion; events: PreparedEvent[] }> {
   const id = assertStreamId(streamId);
   const expectedVersion = assertExpectedVersion(options?.expectedVersion);
-  if (!Array.isArray(events)) throw new ValidationError(`Append to '${id}': events must be an array, got ${typeof events}`);
+  if (!Array.isArray(events))
+    throw new ValidationError(`Append to '${id}': events must be an array, got ${typeof events}`);
   if (events.length === 0) throw new ValidationError(`Append to '${id}': the batch is empty; pass at least one event`);
   const limit = config.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
   const seen = new Set<string>();
   const prepared: PreparedEvent[] = [];
   for (let index = 0; index < events.length; index++) {
     const raw = (events as unknown[])[index];
-    if (typeof raw !== 'object' || raw === null) throw new ValidationError(`${where(id, index)}: expected an object { type, data, metadata?, id? }`);
+    if (typeof raw !== 'object' || raw === null)
+      throw new ValidationError(`${where(id, index)}: expected an object { type, data, metadata?, id? }`);
     const input = raw as EventInput<string, unknown>;
     if (!isValidEventType(input.type)) {
-      throw new ValidationError(`${where(id, index)}: invalid event type ${safeQuote((raw as { type?: unknown }).type)}; use a letter followed by letters, digits or '_'`);
+      throw new ValidationError(
+        `${where(id, index)}: invalid event type ${safeQuote((raw as { type?: unknown }).type)}; use a letter followed by letters, digits or '_'`,
+      );
     }
     const eventId = input.id ?? newId();
-    if (!isUuid(eventId)) throw new ValidationError(`${where(id, index)} (${input.type}): event id ${safeQuote(eventId)} is not a UUID`);
+    if (!isUuid(eventId))
+      throw new ValidationError(`${where(id, index)} (${input.type}): event id ${safeQuote(eventId)} is not a UUID`);
     const normalisedId = eventId.toLowerCase();
-    if (seen.has(normalisedId)) throw new ValidationError(`${where(id, index)} (${input.type}): event id ${eventId} appears twice in the batch`);
+    if (seen.has(normalisedId))
+      throw new ValidationError(`${where(id, index)} (${input.type}): event id ${eventId} appears twice in the batch`);
     seen.add(normalisedId);
     const type = input.type;
-    if (!('data' in input)) throw new ValidationError(`${where(id, index)} (${type}): missing 'data' (use null for an event without data)`);
+    if (!('data' in input))
+      throw new ValidationError(`${where(id, index)} (${type}): missing 'data' (use null for an event without data)`);
     // Only a registry's schema can be asynchronous; without one, no await (a microtask per event adds up on big batches).
     let data: unknown = input.data;
     let schemaVersion: number | undefined;
@@ -66,7 +73,9 @@ export async function prepareAppend(
       throw new ValidationError(`${where(id, index)} (${input.type}) is not JSON`, [...dataIssues, ...metadataIssues]);
     }
     if (!Number.isInteger(version) || version < 1) {
-      throw new ValidationError(`${where(id, index)} (${input.type}): metadata.schemaVersion must be a whole number of 1 or more`);
+      throw new ValidationError(
+        `${where(id, index)} (${input.type}): metadata.schemaVersion must be a whole number of 1 or more`,
+      );
     }
     const dataJson = JSON.stringify(data);
     const metadataJson = metadataWithVersion(metadataInput, version);
@@ -87,7 +96,9 @@ export async function prepareAppend(
  */
 function metadataWithVersion(metadata: EventInput['metadata'] & object, version: number): string {
   if (Object.hasOwn(metadata, 'schemaVersion')) {
-    return metadata.schemaVersion === version ? JSON.stringify(metadata) : JSON.stringify({ ...metadata, schemaVersion: version });
+    return metadata.schemaVersion === version
+      ? JSON.stringify(metadata)
+      : JSON.stringify({ ...metadata, schemaVersion: version });
   }
   const json = JSON.stringify(metadata);
   // A plain object (checked above) serialises to '{...}'; '{}' when it has no key with a value.
@@ -104,8 +115,12 @@ export const MAX_LOCKED_STREAMS = 1000;
 
 /** Checks the ids given to `lockStreams` and returns them without repeats, sorted (the order locks are taken in). */
 export function assertStreamIds(streamIds: unknown): string[] {
-  if (!Array.isArray(streamIds)) throw new ValidationError(`lockStreams expects an array of stream ids, got ${safeQuote(streamIds)}`);
-  if (streamIds.length > MAX_LOCKED_STREAMS) throw new ValidationError(`lockStreams takes at most ${MAX_LOCKED_STREAMS} streams at once, got ${streamIds.length}`);
+  if (!Array.isArray(streamIds))
+    throw new ValidationError(`lockStreams expects an array of stream ids, got ${safeQuote(streamIds)}`);
+  if (streamIds.length > MAX_LOCKED_STREAMS)
+    throw new ValidationError(
+      `lockStreams takes at most ${MAX_LOCKED_STREAMS} streams at once, got ${streamIds.length}`,
+    );
   const ids = new Set<string>();
   for (const id of streamIds) ids.add(assertStreamId(id));
   return [...ids].sort();
@@ -125,7 +140,11 @@ export function assertExpectedVersion(value: unknown): ExpectedVersion {
  * The expected-version rule, for backends that check it in JavaScript (the SQL backends check the same rule in SQL).
  * `version` is the stream's last version (0 when never written); `exists` is false when missing or soft-deleted.
  */
-export function checkExpectedVersion(streamId: string, expected: ExpectedVersion, stream: { version: number; exists: boolean }): void {
+export function checkExpectedVersion(
+  streamId: string,
+  expected: ExpectedVersion,
+  stream: { version: number; exists: boolean },
+): void {
   const ok =
     expected === 'any' ||
     (expected === 'no_stream' && !stream.exists) ||
@@ -134,11 +153,16 @@ export function checkExpectedVersion(streamId: string, expected: ExpectedVersion
   if (!ok) throw new ConcurrencyError(streamId, expected, stream.exists ? stream.version : 'no_stream', stream.version);
 }
 
-export function normaliseReadStreamOptions(options: ReadStreamOptions = {}): Required<Omit<ReadStreamOptions, 'from' | 'limit'>> & { from: number | undefined; limit: number } {
+export function normaliseReadStreamOptions(
+  options: ReadStreamOptions = {},
+): Required<Omit<ReadStreamOptions, 'from' | 'limit'>> & { from: number | undefined; limit: number } {
   const direction = options.direction ?? 'forwards';
-  if (direction !== 'forwards' && direction !== 'backwards') throw new ValidationError(`readStream: direction must be 'forwards' or 'backwards', got ${safeQuote(direction)}`);
+  if (direction !== 'forwards' && direction !== 'backwards')
+    throw new ValidationError(`readStream: direction must be 'forwards' or 'backwards', got ${safeQuote(direction)}`);
   if (options.from !== undefined && !(Number.isSafeInteger(options.from) && options.from >= 0)) {
-    throw new ValidationError(`readStream: from must be a version (a whole number of 0 or more), got ${safeQuote(options.from)}`);
+    throw new ValidationError(
+      `readStream: from must be a version (a whole number of 0 or more), got ${safeQuote(options.from)}`,
+    );
   }
   return {
     direction,
@@ -148,7 +172,10 @@ export function normaliseReadStreamOptions(options: ReadStreamOptions = {}): Req
   };
 }
 
-export function normaliseReadAllOptions(options: ReadAllOptions = {}, defaultLimit = Number.MAX_SAFE_INTEGER): {
+export function normaliseReadAllOptions(
+  options: ReadAllOptions = {},
+  defaultLimit = Number.MAX_SAFE_INTEGER,
+): {
   after: Position;
   limit: number;
   pageSize: number;
@@ -156,7 +183,8 @@ export function normaliseReadAllOptions(options: ReadAllOptions = {}, defaultLim
   categories: string[] | null;
 } {
   const after = options.after ?? START;
-  if (!isPosition(after)) throw new ValidationError(`readAll: after must be a position returned by the store, got ${safeQuote(after)}`);
+  if (!isPosition(after))
+    throw new ValidationError(`readAll: after must be a position returned by the store, got ${safeQuote(after)}`);
   const filter = options.filter ?? {};
   return {
     after,
@@ -168,16 +196,22 @@ export function normaliseReadAllOptions(options: ReadAllOptions = {}, defaultLim
 }
 
 export function assertStreamMetadata(metadata: unknown): StreamMetadata {
-  if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) throw new ValidationError('Stream metadata must be an object');
+  if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata))
+    throw new ValidationError('Stream metadata must be an object');
   const { maxCount, maxAge, truncateBefore, custom, ...rest } = metadata as StreamMetadata & Record<string, unknown>;
   const unknownKeys = Object.keys(rest);
-  if (unknownKeys.length > 0) throw new ValidationError(`Unknown stream metadata field(s) ${unknownKeys.join(', ')}: use maxCount, maxAge, truncateBefore, or put your own fields under custom`);
+  if (unknownKeys.length > 0)
+    throw new ValidationError(
+      `Unknown stream metadata field(s) ${unknownKeys.join(', ')}: use maxCount, maxAge, truncateBefore, or put your own fields under custom`,
+    );
   const result: StreamMetadata = {};
   if (maxCount !== undefined) result.maxCount = positiveInteger(maxCount, 1, 'Stream metadata maxCount');
   if (maxAge !== undefined) result.maxAge = positiveInteger(maxAge, 1, 'Stream metadata maxAge (seconds)');
-  if (truncateBefore !== undefined) result.truncateBefore = positiveInteger(truncateBefore, 1, 'Stream metadata truncateBefore');
+  if (truncateBefore !== undefined)
+    result.truncateBefore = positiveInteger(truncateBefore, 1, 'Stream metadata truncateBefore');
   if (custom !== undefined) {
-    if (typeof custom !== 'object' || custom === null || Array.isArray(custom)) throw new ValidationError('Stream metadata custom must be an object');
+    if (typeof custom !== 'object' || custom === null || Array.isArray(custom))
+      throw new ValidationError('Stream metadata custom must be an object');
     const issues = jsonIssues(custom, ['custom']);
     if (issues.length > 0) throw new ValidationError('Stream metadata is not JSON', issues);
     result.custom = JSON.parse(JSON.stringify(custom));
@@ -193,12 +227,16 @@ function positiveInteger(value: unknown, fallback: number, what: string): number
 
 function stringList(value: unknown, what: string): string[] | null {
   if (value === undefined) return null;
-  if (!Array.isArray(value) || value.some((item) => typeof item !== 'string')) throw new ValidationError(`${what} must be an array of strings`);
+  if (!Array.isArray(value) || value.some((item) => typeof item !== 'string'))
+    throw new ValidationError(`${what} must be an array of strings`);
   return [...(value as string[])];
 }
 
 /** The first version a stream read may show, given the retention rules: max of truncateBefore, the soft-delete point and maxCount. */
-export function firstVisibleVersion(stream: { version: number; hiddenBefore: number }, metadata: StreamMetadata): number {
+export function firstVisibleVersion(
+  stream: { version: number; hiddenBefore: number },
+  metadata: StreamMetadata,
+): number {
   let first = Math.max(1, stream.hiddenBefore, metadata.truncateBefore ?? 1);
   if (metadata.maxCount !== undefined) first = Math.max(first, stream.version - metadata.maxCount + 1);
   return first;

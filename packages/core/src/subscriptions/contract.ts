@@ -28,7 +28,10 @@ export interface SubscriptionStore<Tx = unknown> {
    * Runs `work` and then moves the checkpoint to `position` (when given) and records `park` (when given), all in one
    * transaction. Fenced: when `owner` no longer holds the lease, nothing commits and {@link LeaseLostError} is thrown.
    */
-  commit<T>(args: { name: string; owner: string; position?: Position; park?: ParkedEvent; unpark?: string }, work: (tx: Tx) => Promise<T>): Promise<T>;
+  commit<T>(
+    args: { name: string; owner: string; position?: Position; park?: ParkedEvent; unpark?: string },
+    work: (tx: Tx) => Promise<T>,
+  ): Promise<T>;
   /**
    * Optional: moves the checkpoint with no work to commit, fenced like {@link commit} (throws {@link LeaseLostError}
    * when `owner` no longer holds the lease), in one statement where the store can. Subscriptions whose handlers write
@@ -55,6 +58,8 @@ export class LeaseLostError extends EventlineError {
     readonly subscription: string,
     readonly owner: string,
   ) {
-    super(`Subscription '${subscription}': instance ${owner} lost its lease to another instance; its last batch was not committed and will be processed by the new holder`);
+    super(
+      `Subscription '${subscription}': instance ${owner} lost its lease to another instance; its last batch was not committed and will be processed by the new holder`,
+    );
   }
 }

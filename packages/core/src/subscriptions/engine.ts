@@ -104,7 +104,9 @@ export class WaitTimeoutError extends EventlineError {
     readonly position: Position,
     readonly timeoutMs: number,
   ) {
-    super(`Subscription '${subscription}' did not reach position ${position} within ${timeoutMs} ms; it may be lagging, paused or stopped (see its status)`);
+    super(
+      `Subscription '${subscription}' did not reach position ${position} within ${timeoutMs} ms; it may be lagging, paused or stopped (see its status)`,
+    );
   }
 }
 
@@ -153,14 +155,24 @@ export interface LogItem {
  * `readAllPage`): publishers read events already encoded as messages. Such a subscription
  * never parks (its `onFailure` must be 'stop'), since a parked event is a {@link RecordedEvent}.
  */
-export interface LogSubscriptionOptions<Tx, E extends LogItem> extends Omit<SubscriptionOptions<Tx>, 'handle' | 'handleBatch'> {
+export interface LogSubscriptionOptions<Tx, E extends LogItem> extends Omit<
+  SubscriptionOptions<Tx>,
+  'handle' | 'handleBatch'
+> {
   handle: (item: E, context: HandlerContext<Tx>) => Promise<void> | void;
   handleBatch?: (items: readonly E[], context: HandlerContext<Tx>) => Promise<void>;
-  read: (page: { after: Position; limit: number; filter?: ReadAllFilter }) => Promise<{ readonly events: E[]; readonly next: Position; readonly atEnd: boolean }>;
+  read: (page: {
+    after: Position;
+    limit: number;
+    filter?: ReadAllFilter;
+  }) => Promise<{ readonly events: E[]; readonly next: Position; readonly atEnd: boolean }>;
 }
 
 export function createLogSubscription<Tx, E extends LogItem>(options: LogSubscriptionOptions<Tx, E>): Subscription {
-  if (options.onFailure !== 'stop') throw new ValidationError(`Subscription '${options.name}': a subscription over encoded items must use onFailure 'stop'`);
+  if (options.onFailure !== 'stop')
+    throw new ValidationError(
+      `Subscription '${options.name}': a subscription over encoded items must use onFailure 'stop'`,
+    );
   return new SubscriptionRunner<Tx, E>(options);
 }
 
@@ -207,12 +219,29 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   private prefetched: { after: Position; page: Promise<LogPage<E>> } | null = null;
 
   constructor(private readonly options: LogSubscriptionOptions<Tx, E>) {
-    if (!/^[A-Za-z0-9_.:-]{1,150}$/.test(options.name)) throw new ValidationError(`Subscription name '${options.name}' must be 1-150 letters, digits, '_', '.', ':' or '-'`);
+    if (!/^[A-Za-z0-9_.:-]{1,150}$/.test(options.name))
+      throw new ValidationError(
+        `Subscription name '${options.name}' must be 1-150 letters, digits, '_', '.', ':' or '-'`,
+      );
     const partition = options.partition;
-    if (partition && !(Number.isInteger(partition.count) && partition.count >= 1 && Number.isInteger(partition.index) && partition.index >= 0 && partition.index < partition.count)) {
+    if (
+      partition &&
+      !(
+        Number.isInteger(partition.count) &&
+        partition.count >= 1 &&
+        Number.isInteger(partition.index) &&
+        partition.index >= 0 &&
+        partition.index < partition.count
+      )
+    ) {
       throw new ValidationError(`Subscription '${options.name}': partition must be { count ≥ 1, 0 ≤ index < count }`);
     }
-    if (options.from !== undefined && options.from !== 'beginning' && options.from !== 'end' && !isPosition(options.from)) {
+    if (
+      options.from !== undefined &&
+      options.from !== 'beginning' &&
+      options.from !== 'end' &&
+      !isPosition(options.from)
+    ) {
       throw new ValidationError(`Subscription '${options.name}': from must be 'beginning', 'end' or a position`);
     }
     this.name = options.name;
@@ -226,9 +255,14 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     this.maxDelay = options.retry?.maxDelayMs ?? 5000;
     this.sleep = options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
     const interval = options.checkpointIntervalMs ?? 0;
-    if (!(Number.isFinite(interval) && interval >= 0)) throw new ValidationError(`Subscription '${options.name}': checkpointIntervalMs must be a number of ms, 0 or more`);
+    if (!(Number.isFinite(interval) && interval >= 0))
+      throw new ValidationError(
+        `Subscription '${options.name}': checkpointIntervalMs must be a number of ms, 0 or more`,
+      );
     if (interval > 0 && options.transactional !== false) {
-      throw new ValidationError(`Subscription '${options.name}': checkpointIntervalMs needs transactional: false (a transactional checkpoint commits with the handler's writes)`);
+      throw new ValidationError(
+        `Subscription '${options.name}': checkpointIntervalMs needs transactional: false (a transactional checkpoint commits with the handler's writes)`,
+      );
     }
     this.checkpointInterval = interval;
   }
@@ -274,7 +308,8 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
 
   async reset(to: 'beginning' | 'end' | Position): Promise<void> {
     const position = to === 'beginning' ? START : to === 'end' ? await this.options.store.headPosition() : to;
-    if (!isPosition(position)) throw new ValidationError(`Subscription '${this.name}': reset takes 'beginning', 'end' or a position`);
+    if (!isPosition(position))
+      throw new ValidationError(`Subscription '${this.name}': reset takes 'beginning', 'end' or a position`);
     if (this.loop && this.state !== 'failed' && this.state !== 'stopped') {
       this.pendingReset = position;
       this.prefetched = null;
@@ -286,12 +321,17 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   }
 
   async status(): Promise<SubscriptionStatus> {
-    const checkpoint = this.checkpoint === undefined ? await this.options.subscriptions.checkpoint(this.key) : this.checkpoint;
+    const checkpoint =
+      this.checkpoint === undefined ? await this.options.subscriptions.checkpoint(this.key) : this.checkpoint;
     let events = 0;
     let seconds = 0;
     let after = checkpoint ?? START;
     for (;;) {
-      const page = await this.options.store.readAllPage({ after, limit: 1000, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+      const page = await this.options.store.readAllPage({
+        after,
+        limit: 1000,
+        ...(this.options.filter ? { filter: this.options.filter } : {}),
+      });
       const mine = page.events.filter((event) => this.inPartition(event));
       if (events === 0 && mine[0]) seconds = Math.max(0, (Date.now() - mine[0].recordedAt.getTime()) / 1000);
       events += mine.length;
@@ -311,11 +351,14 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   }
 
   async waitFor(position: Position, options: WaitForOptions = {}): Promise<void> {
-    if (!isPosition(position)) throw new ValidationError(`Subscription '${this.name}': waitFor takes a position, got ${safeQuote(position)}`);
+    if (!isPosition(position))
+      throw new ValidationError(`Subscription '${this.name}': waitFor takes a position, got ${safeQuote(position)}`);
     const timeoutMs = options.timeoutMs ?? 5000;
     // NaN would never time out and poll without pause; a negative wait is a caller's mistake, not a timeout.
     if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || timeoutMs < 0) {
-      throw new ValidationError(`Subscription '${this.name}': waitFor's timeoutMs must be a number of ms, 0 or more (or Infinity), got ${safeQuote(timeoutMs)}`);
+      throw new ValidationError(
+        `Subscription '${this.name}': waitFor's timeoutMs must be a number of ms, 0 or more (or Infinity), got ${safeQuote(timeoutMs)}`,
+      );
     }
     const signal = options.signal;
     signal?.throwIfAborted();
@@ -324,7 +367,10 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     try {
       for (;;) {
         // Another instance may hold the lease: then the stored checkpoint is the truth.
-        const checkpoint = this.loop && this.state === 'running' ? (this.checkpoint ?? null) : await this.options.subscriptions.checkpoint(this.key);
+        const checkpoint =
+          this.loop && this.state === 'running'
+            ? (this.checkpoint ?? null)
+            : await this.options.subscriptions.checkpoint(this.key);
         signal?.throwIfAborted();
         if (checkpoint !== null && checkpoint >= position) return;
         const left = deadline - Date.now();
@@ -373,10 +419,15 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
   async retryParked(eventId: string): Promise<void> {
     const parked = (await this.options.subscriptions.parked(this.key)).find((entry) => entry.event.id === eventId);
     if (!parked) throw new ValidationError(`Subscription '${this.name}' has no parked event ${eventId}`);
-    if (!(await this.options.subscriptions.acquireLease(this.key, this.owner, this.ttl))) throw new LeaseLostError(this.key, this.owner);
+    if (!(await this.options.subscriptions.acquireLease(this.key, this.owner, this.ttl)))
+      throw new LeaseLostError(this.key, this.owner);
     await this.commit({ unpark: eventId }, async (tx) => {
       // Parked events exist only for subscriptions over RecordedEvents (createLogSubscription refuses to park).
-      await this.options.handle(parked.event as unknown as E, { tx, subscription: this.name, attempt: parked.attempts + 1 });
+      await this.options.handle(parked.event as unknown as E, {
+        tx,
+        subscription: this.name,
+        attempt: parked.attempts + 1,
+      });
     });
   }
 
@@ -466,7 +517,10 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     if ((await this.options.store.readAllHoldback()).heldBackEvents > 0) {
       const n = chase.retries++;
       chase.rechecked = false;
-      const delay = n < HOLDBACK_FAST_RETRIES ? Math.min(HOLDBACK_FAST_MS, 2 * 2 ** n) : HOLDBACK_FAST_MS * 2 ** Math.min(n - HOLDBACK_FAST_RETRIES + 1, 10);
+      const delay =
+        n < HOLDBACK_FAST_RETRIES
+          ? Math.min(HOLDBACK_FAST_MS, 2 * 2 ** n)
+          : HOLDBACK_FAST_MS * 2 ** Math.min(n - HOLDBACK_FAST_RETRIES + 1, 10);
       return Math.min(this.poll, delay);
     }
     if (!chase.rechecked) {
@@ -511,7 +565,8 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     if (events.length > 0) await this.handleBatch(events, page.next);
     else if (page.next > after) await this.advance(page.next, !page.atEnd);
     // Caught up: store what was handled since the last stored checkpoint (see checkpointIntervalMs).
-    if (page.atEnd && this.unsaved && this.checkpoint) await this.commit({ position: this.checkpoint }, async () => undefined);
+    if (page.atEnd && this.unsaved && this.checkpoint)
+      await this.commit({ position: this.checkpoint }, async () => undefined);
     // A batch cut short by a failing event is not the end: the rest is read again from the checkpoint.
     const reached = this.checkpoint ?? after;
     return { atEnd: page.atEnd && reached >= page.next, next: reached, handled: events.length };
@@ -521,11 +576,19 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     const prefetched = this.prefetched;
     this.prefetched = null;
     if (prefetched && prefetched.after === after) return prefetched.page;
-    return this.options.read({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+    return this.options.read({
+      after,
+      limit: this.batchSize,
+      ...(this.options.filter ? { filter: this.options.filter } : {}),
+    });
   }
 
   private prefetch(after: Position): void {
-    const page = this.options.read({ after, limit: this.batchSize, ...(this.options.filter ? { filter: this.options.filter } : {}) });
+    const page = this.options.read({
+      after,
+      limit: this.batchSize,
+      ...(this.options.filter ? { filter: this.options.filter } : {}),
+    });
     page.catch(() => undefined); // a failed read ahead is read again when its turn comes
     this.prefetched = { after, page };
   }
@@ -556,7 +619,8 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     if (before.length > 0) {
       const position = before[before.length - 1]!.position;
       await this.commit({ position }, async (tx) => {
-        if (this.options.subscriptions.atomic && this.options.transactional !== false) for (const event of before) await this.options.handle(event, { tx, subscription: this.name, attempt: 1 });
+        if (this.options.subscriptions.atomic && this.options.transactional !== false)
+          for (const event of before) await this.options.handle(event, { tx, subscription: this.name, attempt: 1 });
       });
     }
     await this.handleOne(events[failedAt]!);
@@ -607,10 +671,16 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
     work: (tx: Tx) => Promise<void>,
   ): Promise<void> {
     const subscriptions = this.options.subscriptions;
-    if (this.options.transactional !== false) await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, work);
+    if (this.options.transactional !== false)
+      await subscriptions.commit({ name: this.key, owner: this.owner, ...args }, work);
     else {
       await work(undefined as Tx);
-      if (deferrable && args.position !== undefined && this.checkpointInterval > 0 && Date.now() - this.persistedAt < this.checkpointInterval) {
+      if (
+        deferrable &&
+        args.position !== undefined &&
+        this.checkpointInterval > 0 &&
+        Date.now() - this.persistedAt < this.checkpointInterval
+      ) {
         // Handled: moves on in memory now, stored with a later batch, when caught up, or at stop.
         this.unsaved = true;
         this.moveTo(args.position);

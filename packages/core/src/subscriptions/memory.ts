@@ -12,7 +12,10 @@ export interface InMemoryTransaction {
  * (as with several instances in a test). Commits cannot roll back a handler's in-memory effects, so handlers should
  * be idempotent, as the in-memory document store is (last write wins by version).
  */
-export function createInMemorySubscriptionStore(store: InMemoryEventStore, options: { now?: () => number } = {}): SubscriptionStore<InMemoryTransaction> {
+export function createInMemorySubscriptionStore(
+  store: InMemoryEventStore,
+  options: { now?: () => number } = {},
+): SubscriptionStore<InMemoryTransaction> {
   const now = options.now ?? Date.now;
   const checkpoints = new Map<string, Position>();
   const leases = new Map<string, { owner: string; expiresAt: number }>();
@@ -33,7 +36,11 @@ export function createInMemorySubscriptionStore(store: InMemoryEventStore, optio
       if (!holds(args.name, args.owner)) throw new LeaseLostError(args.name, args.owner);
       if (args.position !== undefined) checkpoints.set(args.name, args.position);
       if (args.park) parked.set(args.name, [...(parked.get(args.name) ?? []), structuredClone(args.park)]);
-      if (args.unpark !== undefined) parked.set(args.name, (parked.get(args.name) ?? []).filter((p) => p.event.id !== args.unpark));
+      if (args.unpark !== undefined)
+        parked.set(
+          args.name,
+          (parked.get(args.name) ?? []).filter((p) => p.event.id !== args.unpark),
+        );
       return result;
     },
     async moveCheckpoint(args) {

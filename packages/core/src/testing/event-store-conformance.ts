@@ -104,20 +104,34 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
 
       it('appends a batch atomically with contiguous versions and increasing positions', async () => {
         const s = await store();
-        const first = await s.append('acct-1', [ev('Opened'), ev('Deposited', { amount: 1 }), ev('Deposited', { amount: 2 })]);
+        const first = await s.append('acct-1', [
+          ev('Opened'),
+          ev('Deposited', { amount: 1 }),
+          ev('Deposited', { amount: 2 }),
+        ]);
         assert.deepEqual([first.firstVersion, first.version], [1, 3]);
         const second = await s.append('acct-1', [ev('Withdrawn', { amount: 1 })], { expectedVersion: 3 });
         assert.deepEqual([second.firstVersion, second.version], [4, 4]);
         assert.ok(second.position > first.position);
         const events = await collect(s.readStream('acct-1'));
-        assert.deepEqual(events.map((e) => e.version), [1, 2, 3, 4]);
-        assert.deepEqual(events.map((e) => e.type), ['Opened', 'Deposited', 'Deposited', 'Withdrawn']);
+        assert.deepEqual(
+          events.map((e) => e.version),
+          [1, 2, 3, 4],
+        );
+        assert.deepEqual(
+          events.map((e) => e.type),
+          ['Opened', 'Deposited', 'Deposited', 'Withdrawn'],
+        );
         assert.equal(events[2]!.position < events[3]!.position, true);
         assert.equal(events[3]!.position, second.position);
         for (const event of events) {
           assert.equal(event.streamId, 'acct-1');
           assert.ok(event.recordedAt instanceof Date && !Number.isNaN(event.recordedAt.getTime()));
-          assert.match(event.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'generated ids are UUIDv7');
+          assert.match(
+            event.id,
+            /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/,
+            'generated ids are UUIDv7',
+          );
           assert.equal(event.metadata.schemaVersion, 1);
         }
       });
@@ -134,7 +148,9 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         const s = await store();
         await s.append('acct-race', [ev('Opened')]);
         const results = await Promise.allSettled(
-          Array.from({ length: 16 }, (_, i) => s.append('acct-race', [ev('Deposited', { i }), ev('Deposited', { i })], { expectedVersion: 1 })),
+          Array.from({ length: 16 }, (_, i) =>
+            s.append('acct-race', [ev('Deposited', { i }), ev('Deposited', { i })], { expectedVersion: 1 }),
+          ),
         );
         const won = results.filter((r) => r.status === 'fulfilled');
         const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -145,14 +161,19 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
           assert.equal(failure.reason.actual, 3);
         }
         const events = await collect(s.readStream('acct-race'));
-        assert.deepEqual(events.map((e) => e.version), [1, 2, 3]);
+        assert.deepEqual(
+          events.map((e) => e.version),
+          [1, 2, 3],
+        );
         assert.equal((await s.streamInfo('acct-race')).version, 3);
       });
 
       it('16 concurrent appenders creating the same stream with no_stream: exactly one wins', async () => {
         const s = await store();
         const results = await Promise.allSettled(
-          Array.from({ length: 16 }, (_, i) => s.append('acct-new', [ev('Opened', { i })], { expectedVersion: 'no_stream' })),
+          Array.from({ length: 16 }, (_, i) =>
+            s.append('acct-new', [ev('Opened', { i })], { expectedVersion: 'no_stream' }),
+          ),
         );
         assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
         for (const r of results) if (r.status === 'rejected') assert.ok(r.reason instanceof ConcurrencyError);
@@ -163,7 +184,10 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         const s = await store();
         await Promise.all(Array.from({ length: 16 }, (_, i) => s.append('acct-any', [ev('Deposited', { i })])));
         const events = await collect(s.readStream('acct-any'));
-        assert.deepEqual(events.map((e) => e.version), Array.from({ length: 16 }, (_, i) => i + 1));
+        assert.deepEqual(
+          events.map((e) => e.version),
+          Array.from({ length: 16 }, (_, i) => i + 1),
+        );
       });
     });
 
@@ -185,7 +209,9 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
       it('concurrent retries of one batch store it once', async () => {
         const s = await store();
         const batch = [ev('Opened'), ev('Deposited')];
-        const results = await Promise.all(Array.from({ length: 8 }, () => s.append('acct-1', batch, { expectedVersion: 'no_stream' })));
+        const results = await Promise.all(
+          Array.from({ length: 8 }, () => s.append('acct-1', batch, { expectedVersion: 'no_stream' })),
+        );
         assert.equal(results.filter((r) => !r.duplicate).length, 1);
         assert.ok(results.every((r) => r.version === 2 && r.position === results[0]!.position));
         assert.equal((await collect(s.readAll())).length, 2);
@@ -207,7 +233,11 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         const a = ev('Opened');
         const b = ev('Deposited');
         await s.append('acct-1', [a, b]);
-        for (const batch of [[a, ev('Deposited')], [b, a], [ev('Deposited'), b]]) {
+        for (const batch of [
+          [a, ev('Deposited')],
+          [b, a],
+          [ev('Deposited'), b],
+        ]) {
           const error = await rejection(s.append('acct-1', batch));
           assert.ok(error instanceof EventIdConflictError, String(error));
         }
@@ -236,8 +266,20 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
           flags: [true, false],
           emptyString: '',
         };
-        const metadata = { correlationId: newId(), causationId: newId(), traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', tenant: 'acme', actor: 'ada', custom: { n: 1, list: ['x'] } };
-        await s.append('acct-1', [ev('Opened', data, metadata), { type: 'Noted', data: null }, { type: 'Counted', data: 42 }, { type: 'Named', data: 'plain string' }]);
+        const metadata = {
+          correlationId: newId(),
+          causationId: newId(),
+          traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+          tenant: 'acme',
+          actor: 'ada',
+          custom: { n: 1, list: ['x'] },
+        };
+        await s.append('acct-1', [
+          ev('Opened', data, metadata),
+          { type: 'Noted', data: null },
+          { type: 'Counted', data: 42 },
+          { type: 'Named', data: 'plain string' },
+        ]);
         const events = await collect(s.readStream('acct-1'));
         assert.deepEqual(events[0]!.data, data);
         assert.deepEqual(events[0]!.metadata, { ...metadata, schemaVersion: 1 });
@@ -245,13 +287,21 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         assert.equal(events[2]!.data, 42);
         assert.equal(events[3]!.data, 'plain string');
         const fromAll = await collect(s.readAll());
-        assert.deepEqual(fromAll.map((e) => e.data), events.map((e) => e.data));
-        assert.deepEqual(fromAll.map((e) => e.metadata), events.map((e) => e.metadata));
+        assert.deepEqual(
+          fromAll.map((e) => e.data),
+          events.map((e) => e.data),
+        );
+        assert.deepEqual(
+          fromAll.map((e) => e.metadata),
+          events.map((e) => e.metadata),
+        );
       });
 
       it('prototype keys (__proto__, constructor, prototype) are data like any other key, and pollute nothing', async () => {
         const s = await store();
-        const data = JSON.parse('{"__proto__":{"polluted":true},"constructor":{"prototype":{"polluted":true}},"prototype":1,"toString":"x"}') as Record<string, unknown>;
+        const data = JSON.parse(
+          '{"__proto__":{"polluted":true},"constructor":{"prototype":{"polluted":true}},"prototype":1,"toString":"x"}',
+        ) as Record<string, unknown>;
         const metadata = JSON.parse('{"__proto__":{"polluted":true},"hasOwnProperty":"y"}') as Record<string, unknown>;
         await s.append('acct-1', [{ type: 'Opened', data, metadata: metadata as never }]);
         for (const event of [...(await collect(s.readStream('acct-1'))), ...(await collect(s.readAll()))]) {
@@ -267,7 +317,18 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
 
       it('numbers at the edges of what JSON holds come back equal', async () => {
         const s = await store();
-        const numbers = [Number.MAX_VALUE, Number.MIN_VALUE, -Number.MAX_VALUE, Number.MAX_SAFE_INTEGER, -Number.MAX_SAFE_INTEGER, 2 ** 53 + 2, 1e21, 1e-7, 0.1 + 0.2, 123456.789e-300];
+        const numbers = [
+          Number.MAX_VALUE,
+          Number.MIN_VALUE,
+          -Number.MAX_VALUE,
+          Number.MAX_SAFE_INTEGER,
+          -Number.MAX_SAFE_INTEGER,
+          2 ** 53 + 2,
+          1e21,
+          1e-7,
+          0.1 + 0.2,
+          123456.789e-300,
+        ];
         await s.append('acct-1', [{ type: 'Measured', data: { numbers } }]);
         const [event] = await collect(s.readStream('acct-1'));
         assert.deepEqual((event!.data as { numbers: number[] }).numbers, numbers);
@@ -295,14 +356,37 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         const s = await store();
         await appendMany(s, 'acct-1', 23);
         const all = await collect(s.readStream('acct-1', { pageSize: 5 }));
-        assert.deepEqual(all.map((e) => e.version), range(1, 23));
-        assert.deepEqual((await collect(s.readStream('acct-1', { from: 20, pageSize: 2 }))).map((e) => e.version), [20, 21, 22, 23]);
-        assert.deepEqual((await collect(s.readStream('acct-1', { from: 5, limit: 3 }))).map((e) => e.version), [5, 6, 7]);
-        assert.deepEqual((await collect(s.readStream('acct-1', { direction: 'backwards', pageSize: 4 }))).map((e) => e.version), range(1, 23).reverse());
-        assert.deepEqual((await collect(s.readStream('acct-1', { direction: 'backwards', from: 3 }))).map((e) => e.version), [3, 2, 1]);
-        assert.deepEqual((await collect(s.readStream('acct-1', { direction: 'backwards', limit: 2 }))).map((e) => e.version), [23, 22]);
+        assert.deepEqual(
+          all.map((e) => e.version),
+          range(1, 23),
+        );
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { from: 20, pageSize: 2 }))).map((e) => e.version),
+          [20, 21, 22, 23],
+        );
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { from: 5, limit: 3 }))).map((e) => e.version),
+          [5, 6, 7],
+        );
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { direction: 'backwards', pageSize: 4 }))).map((e) => e.version),
+          range(1, 23).reverse(),
+        );
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { direction: 'backwards', from: 3 }))).map((e) => e.version),
+          [3, 2, 1],
+        );
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { direction: 'backwards', limit: 2 }))).map((e) => e.version),
+          [23, 22],
+        );
         assert.deepEqual((await collect(s.readStream('acct-1', { from: 24 }))).length, 0);
-        assert.deepEqual((await collect(s.readStream('acct-1', { direction: 'backwards', from: 100, limit: 1 }))).map((e) => e.version), [23]);
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { direction: 'backwards', from: 100, limit: 1 }))).map(
+            (e) => e.version,
+          ),
+          [23],
+        );
         assert.deepEqual((await collect(s.readStream('acct-1', { pageSize: 23 }))).length, 23);
         assert.deepEqual((await collect(s.readStream('acct-1', { pageSize: 1, limit: 23 }))).length, 23);
       });
@@ -319,7 +403,12 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
       it('a missing stream reads as empty and has version 0', async () => {
         const s = await store();
         assert.deepEqual(await collect(s.readStream('acct-none')), []);
-        assert.deepEqual(await s.streamInfo('acct-none'), { streamId: 'acct-none', exists: false, version: 0, deleted: null });
+        assert.deepEqual(await s.streamInfo('acct-none'), {
+          streamId: 'acct-none',
+          exists: false,
+          version: 0,
+          deleted: null,
+        });
       });
 
       it('a stream read pages from storage: a reader can stop early', async () => {
@@ -344,11 +433,20 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
           appended.push(...batch.map((e) => e.id!));
         }
         const all = await collect(s.readAll({ pageSize: 5 }));
-        assert.deepEqual(all.map((e) => e.id), appended);
+        assert.deepEqual(
+          all.map((e) => e.id),
+          appended,
+        );
         assertIncreasing(all);
         const after = all[9]!.position;
-        assert.deepEqual((await collect(s.readAll({ after, pageSize: 4 }))).map((e) => e.id), appended.slice(10));
-        assert.deepEqual((await collect(s.readAll({ after: START, limit: 3 }))).map((e) => e.id), appended.slice(0, 3));
+        assert.deepEqual(
+          (await collect(s.readAll({ after, pageSize: 4 }))).map((e) => e.id),
+          appended.slice(10),
+        );
+        assert.deepEqual(
+          (await collect(s.readAll({ after: START, limit: 3 }))).map((e) => e.id),
+          appended.slice(0, 3),
+        );
         assert.deepEqual(await collect(s.readAll({ after: all[all.length - 1]!.position })), []);
       });
 
@@ -359,13 +457,28 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         await s.append('acct-2', [ev('Opened'), ev('Withdrawn')]);
         await s.append('accounting-1', [ev('Opened')]);
         const types = (events: RecordedEvent[]) => events.map((e) => `${e.streamId}:${e.type}`);
-        assert.deepEqual(types(await collect(s.readAll({ filter: { types: ['Opened'] } }))), ['acct-1:Opened', 'acct-2:Opened', 'accounting-1:Opened']);
-        assert.deepEqual(types(await collect(s.readAll({ filter: { categories: ['acct'] } }))), ['acct-1:Opened', 'acct-1:Deposited', 'acct-2:Opened', 'acct-2:Withdrawn']);
-        assert.deepEqual(types(await collect(s.readAll({ filter: { categories: ['acct', 'payment'], types: ['Opened', 'PaymentConfirmed'] }, pageSize: 1 }))), [
+        assert.deepEqual(types(await collect(s.readAll({ filter: { types: ['Opened'] } }))), [
           'acct-1:Opened',
-          'payment-1:PaymentConfirmed',
           'acct-2:Opened',
+          'accounting-1:Opened',
         ]);
+        assert.deepEqual(types(await collect(s.readAll({ filter: { categories: ['acct'] } }))), [
+          'acct-1:Opened',
+          'acct-1:Deposited',
+          'acct-2:Opened',
+          'acct-2:Withdrawn',
+        ]);
+        assert.deepEqual(
+          types(
+            await collect(
+              s.readAll({
+                filter: { categories: ['acct', 'payment'], types: ['Opened', 'PaymentConfirmed'] },
+                pageSize: 1,
+              }),
+            ),
+          ),
+          ['acct-1:Opened', 'payment-1:PaymentConfirmed', 'acct-2:Opened'],
+        );
         assert.deepEqual(await collect(s.readAll({ filter: { types: [] } })), []);
       });
 
@@ -386,7 +499,10 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         assert.ok(filtered.next >= second.events[1]!.position, 'a filtered reader moves past the events it skipped');
         await s.append('acct-2', [ev('Nothing')]);
         const later = await s.readAllPage({ after: filtered.next, filter: { types: ['Nothing'] } });
-        assert.deepEqual(later.events.map((e) => e.type), ['Nothing']);
+        assert.deepEqual(
+          later.events.map((e) => e.type),
+          ['Nothing'],
+        );
         const empty = await s.readAllPage({ after: later.next });
         assert.deepEqual(empty.events, []);
         assert.ok(empty.next >= later.next, 'next never goes backwards');
@@ -400,7 +516,10 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         assert.deepEqual(await collect(s.readAll({ after: head })), []);
         const appended = await s.append('acct-1', [ev('Deposited')]);
         const after = await collect(s.readAll({ after: head }));
-        assert.deepEqual(after.map((e) => e.position), [appended.position]);
+        assert.deepEqual(
+          after.map((e) => e.position),
+          [appended.position],
+        );
       });
 
       it('readAllHoldback reports nothing held back when no transaction is open', async () => {
@@ -424,7 +543,10 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         const s = await store();
         assert.deepEqual(await s.getStreamMetadata('acct-1'), {});
         await s.setStreamMetadata('acct-1', { maxCount: 10, custom: { owner: 'Ada', tags: ['x', 'ü'] } });
-        assert.deepEqual(await s.getStreamMetadata('acct-1'), { maxCount: 10, custom: { owner: 'Ada', tags: ['x', 'ü'] } });
+        assert.deepEqual(await s.getStreamMetadata('acct-1'), {
+          maxCount: 10,
+          custom: { owner: 'Ada', tags: ['x', 'ü'] },
+        });
         assert.equal((await s.streamInfo('acct-1')).exists, false, 'metadata alone does not create the stream');
         await s.append('acct-1', [ev('Opened')], { expectedVersion: 'no_stream' });
         await s.setStreamMetadata('acct-1', { truncateBefore: 1 });
@@ -441,7 +563,14 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
 
       it('rejects invalid metadata', async () => {
         const s = await store();
-        for (const bad of [{ maxCount: 0 }, { maxAge: -1 }, { truncateBefore: 1.5 }, { colour: 'red' }, { custom: [] }, { custom: { d: new Date() } }]) {
+        for (const bad of [
+          { maxCount: 0 },
+          { maxAge: -1 },
+          { truncateBefore: 1.5 },
+          { colour: 'red' },
+          { custom: [] },
+          { custom: { d: new Date() } },
+        ]) {
           await assert.rejects(s.setStreamMetadata('acct-1', bad as never), ValidationError, JSON.stringify(bad));
         }
       });
@@ -450,9 +579,18 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         const s = await store();
         await appendMany(s, 'acct-1', 5);
         await s.setStreamMetadata('acct-1', { truncateBefore: 4 });
-        assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => e.version), [4, 5]);
-        assert.deepEqual((await collect(s.readStream('acct-1', { direction: 'backwards' }))).map((e) => e.version), [5, 4]);
-        assert.deepEqual((await collect(s.readStream('acct-1', { from: 2, limit: 1 }))).map((e) => e.version), [4]);
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1'))).map((e) => e.version),
+          [4, 5],
+        );
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { direction: 'backwards' }))).map((e) => e.version),
+          [5, 4],
+        );
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1', { from: 2, limit: 1 }))).map((e) => e.version),
+          [4],
+        );
         assert.equal((await collect(s.readAll())).length, 5);
         assert.equal((await s.streamInfo('acct-1')).version, 5);
       });
@@ -461,9 +599,15 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         const s = await store();
         await s.setStreamMetadata('acct-1', { maxCount: 3 });
         await appendMany(s, 'acct-1', 5);
-        assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => e.version), [3, 4, 5]);
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1'))).map((e) => e.version),
+          [3, 4, 5],
+        );
         await appendMany(s, 'acct-1', 1);
-        assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => e.version), [4, 5, 6]);
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1'))).map((e) => e.version),
+          [4, 5, 6],
+        );
       });
 
       it('maxAge hides events older than the limit', async () => {
@@ -472,21 +616,35 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         await sleep(1300);
         await appendMany(s, 'acct-1', 1);
         await s.setStreamMetadata('acct-1', { maxAge: 1 });
-        assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => e.version), [3]);
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1'))).map((e) => e.version),
+          [3],
+        );
         await s.setStreamMetadata('acct-1', {});
-        assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => e.version), [1, 2, 3]);
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1'))).map((e) => e.version),
+          [1, 2, 3],
+        );
       });
 
       it('soft delete hides the events; appending again continues the numbering', async () => {
         const s = await store();
         await appendMany(s, 'acct-1', 3);
         await s.deleteStream('acct-1', { expectedVersion: 3 });
-        assert.deepEqual(await s.streamInfo('acct-1'), { streamId: 'acct-1', exists: false, version: 3, deleted: 'soft' });
+        assert.deepEqual(await s.streamInfo('acct-1'), {
+          streamId: 'acct-1',
+          exists: false,
+          version: 3,
+          deleted: 'soft',
+        });
         assert.deepEqual(await collect(s.readStream('acct-1')), []);
         await s.deleteStream('acct-1');
         const result = await s.append('acct-1', [ev('Reopened')], { expectedVersion: 'no_stream' });
         assert.equal(result.version, 4);
-        assert.deepEqual((await collect(s.readStream('acct-1'))).map((e) => [e.version, e.type]), [[4, 'Reopened']]);
+        assert.deepEqual(
+          (await collect(s.readStream('acct-1'))).map((e) => [e.version, e.type]),
+          [[4, 'Reopened']],
+        );
         assert.deepEqual(await s.streamInfo('acct-1'), { streamId: 'acct-1', exists: true, version: 4, deleted: null });
         assert.equal((await collect(s.readAll())).length, 4, 'soft-deleted events stay in the global log');
       });
@@ -494,7 +652,12 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
       it('soft-deleting a missing stream does nothing', async () => {
         const s = await store();
         await s.deleteStream('acct-none');
-        assert.deepEqual(await s.streamInfo('acct-none'), { streamId: 'acct-none', exists: false, version: 0, deleted: null });
+        assert.deepEqual(await s.streamInfo('acct-none'), {
+          streamId: 'acct-none',
+          exists: false,
+          version: 0,
+          deleted: null,
+        });
       });
 
       it('delete checks the expected version', async () => {
@@ -510,12 +673,20 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         await appendMany(s, 'acct-1', 3);
         await appendMany(s, 'acct-2', 2);
         await s.deleteStream('acct-1', { hard: true, expectedVersion: 'stream_exists' });
-        assert.deepEqual(await s.streamInfo('acct-1'), { streamId: 'acct-1', exists: false, version: 3, deleted: 'hard' });
+        assert.deepEqual(await s.streamInfo('acct-1'), {
+          streamId: 'acct-1',
+          exists: false,
+          version: 3,
+          deleted: 'hard',
+        });
         await assert.rejects(collect(s.readStream('acct-1')), StreamDeletedError);
         await assert.rejects(s.deleteStream('acct-1'), StreamDeletedError);
         await assert.rejects(s.deleteStream('acct-1', { hard: true }), StreamDeletedError);
         await assert.rejects(s.setStreamMetadata('acct-1', { maxCount: 1 }), StreamDeletedError);
-        assert.deepEqual((await collect(s.readAll())).map((e) => e.streamId), ['acct-2', 'acct-2']);
+        assert.deepEqual(
+          (await collect(s.readAll())).map((e) => e.streamId),
+          ['acct-2', 'acct-2'],
+        );
       });
 
       it('hard-deleting a missing stream reserves its id', async () => {
@@ -598,7 +769,20 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
 
       it('invalid stream ids', async () => {
         const s = await store();
-        for (const bad of ['', 'account', '-42', 'acct-', 'acc t-1', 'acct-1 2', '1acct-2', 'ac.ct-1', `acct-${'x'.repeat(300)}`, 'acct-a\nb', 42, null]) {
+        for (const bad of [
+          '',
+          'account',
+          '-42',
+          'acct-',
+          'acc t-1',
+          'acct-1 2',
+          '1acct-2',
+          'ac.ct-1',
+          `acct-${'x'.repeat(300)}`,
+          'acct-a\nb',
+          42,
+          null,
+        ]) {
           const error = await rejection(s.append(bad as string, [ev('Opened')]));
           assert.ok(error instanceof InvalidStreamIdError, `${JSON.stringify(bad)}: ${String(error)}`);
           assert.equal(error.code, 'INVALID_STREAM_ID');
@@ -608,7 +792,14 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         await assert.rejects(s.streamInfo('nope'), InvalidStreamIdError);
         assert.deepEqual(await collect(s.readAll()), []);
         // Ids may contain '-', unicode and punctuation after the category.
-        for (const good of ['acct-0193b7e2-aa7c-7c1e-9d3e-0e5a0c6d1f00', 'user_profile-ädå', 'x-1:2/3', 'acct-\u{1F600}', 'acct-\ufffd']) await s.append(good, [ev('Opened')]);
+        for (const good of [
+          'acct-0193b7e2-aa7c-7c1e-9d3e-0e5a0c6d1f00',
+          'user_profile-ädå',
+          'x-1:2/3',
+          'acct-\u{1F600}',
+          'acct-\ufffd',
+        ])
+          await s.append(good, [ev('Opened')]);
       });
 
       it('stream ids that are not well-formed Unicode, or hold NUL, on every operation; none aliases another stream', async () => {
@@ -630,7 +821,12 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
           );
         }
         await s.append('acct-s\ufffd', [ev('Opened')]);
-        assert.deepEqual(await s.streamInfo('acct-s\ufffd'), { streamId: 'acct-s\ufffd', exists: true, version: 1, deleted: null });
+        assert.deepEqual(await s.streamInfo('acct-s\ufffd'), {
+          streamId: 'acct-s\ufffd',
+          exists: true,
+          version: 1,
+          deleted: null,
+        });
         assert.equal((await collect(s.readAll())).length, 1, 'only the well-formed stream was written');
       });
 
@@ -639,21 +835,52 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         for (const type of ['Open\ud800', 'Open\u0000ed', 'Öpened']) {
           await expectNothingStored(s, s.append('acct-1', [{ type, data: null }]), ValidationError, /event type/);
         }
-        const metadata = [{ ['k\ud800']: 1 }, { ['k\u0000']: 1 }, { v: 'x\udfff' }, { v: 'x\u0000' }, { correlationId: '\ud800' }];
-        for (const m of metadata) await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: null, metadata: m as never }]), ValidationError);
+        const metadata = [
+          { ['k\ud800']: 1 },
+          { ['k\u0000']: 1 },
+          { v: 'x\udfff' },
+          { v: 'x\u0000' },
+          { correlationId: '\ud800' },
+        ];
+        for (const m of metadata)
+          await expectNothingStored(
+            s,
+            s.append('acct-1', [{ type: 'Opened', data: null, metadata: m as never }]),
+            ValidationError,
+          );
         const data = [{ ['k\udbff']: 1 }, { ['\u0000']: true }, ['\ud800x'], { nested: { deeper: ['ok', 'x\udc00'] } }];
-        for (const d of data) await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: d }]), ValidationError);
+        for (const d of data)
+          await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: d }]), ValidationError);
       });
 
       it('bigints, symbols and functions anywhere in the options are a ValidationError, not a TypeError', async () => {
         const s = await store();
         const odd: unknown[] = [10n, Symbol('x'), () => 1];
         for (const value of odd) {
-          await expectNothingStored(s, s.append('acct-1', [ev('Opened')], { expectedVersion: value as never }), ValidationError, /expectedVersion/);
+          await expectNothingStored(
+            s,
+            s.append('acct-1', [ev('Opened')], { expectedVersion: value as never }),
+            ValidationError,
+            /expectedVersion/,
+          );
           await expectNothingStored(s, s.append(value as string, [ev('Opened')]), InvalidStreamIdError);
-          await expectNothingStored(s, s.append('acct-1', [{ type: value as string, data: null }]), ValidationError, /event type/);
-          await expectNothingStored(s, s.append('acct-1', [{ id: value as string, type: 'Opened', data: null }]), ValidationError, /UUID/);
-          await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: null, metadata: { schemaVersion: value } as never }]), ValidationError);
+          await expectNothingStored(
+            s,
+            s.append('acct-1', [{ type: value as string, data: null }]),
+            ValidationError,
+            /event type/,
+          );
+          await expectNothingStored(
+            s,
+            s.append('acct-1', [{ id: value as string, type: 'Opened', data: null }]),
+            ValidationError,
+            /UUID/,
+          );
+          await expectNothingStored(
+            s,
+            s.append('acct-1', [{ type: 'Opened', data: null, metadata: { schemaVersion: value } as never }]),
+            ValidationError,
+          );
           await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: { value } }]), ValidationError);
           await assert.rejects(collect(s.readStream('acct-1', { limit: value as number })), ValidationError);
           await assert.rejects(collect(s.readStream('acct-1', { from: value as number })), ValidationError);
@@ -674,9 +901,19 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
           return value;
         };
         for (const levels of [MAX_JSON_DEPTH + 1, 5000, 200_000]) {
-          const error = await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: nest(levels) }]), ValidationError, /nested more than/);
+          const error = await expectNothingStored(
+            s,
+            s.append('acct-1', [{ type: 'Opened', data: nest(levels) }]),
+            ValidationError,
+            /nested more than/,
+          );
           assert.ok(error.message.length < 2000, 'the message stays short');
-          await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: null, metadata: { deep: nest(levels) } as never }]), ValidationError, /nested more than/);
+          await expectNothingStored(
+            s,
+            s.append('acct-1', [{ type: 'Opened', data: null, metadata: { deep: nest(levels) } as never }]),
+            ValidationError,
+            /nested more than/,
+          );
         }
         await s.append('acct-1', [{ type: 'Opened', data: nest(MAX_JSON_DEPTH) }]);
         const [event] = await collect(s.readStream('acct-1'));
@@ -686,7 +923,12 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
       it('event ids that are not UUIDs, and a batch that repeats an id', async () => {
         const s = await store();
         for (const id of ['42', 'not-a-uuid', '0193b7e2-aa7c-7c1e-9d3e-0e5a0c6d1f0', 42]) {
-          await expectNothingStored(s, s.append('acct-1', [ev('Opened'), { id: id as string, type: 'Opened', data: null }]), ValidationError, /UUID/);
+          await expectNothingStored(
+            s,
+            s.append('acct-1', [ev('Opened'), { id: id as string, type: 'Opened', data: null }]),
+            ValidationError,
+            /UUID/,
+          );
         }
         const event = ev('Opened');
         await expectNothingStored(s, s.append('acct-1', [event, event]), ValidationError, /twice/);
@@ -694,7 +936,14 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
 
       it('invalid event types and event shapes', async () => {
         const s = await store();
-        for (const batch of [[{ type: '', data: null }], [{ type: 'has space', data: null }], [{ data: 1 }], [null], ['Opened'], [{ type: 'Opened' }]]) {
+        for (const batch of [
+          [{ type: '', data: null }],
+          [{ type: 'has space', data: null }],
+          [{ data: 1 }],
+          [null],
+          ['Opened'],
+          [{ type: 'Opened' }],
+        ]) {
           await expectNothingStored(s, s.append('acct-1', batch as EventInput[]), ValidationError);
         }
       });
@@ -703,30 +952,61 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         const s = await store();
         const circular: Record<string, unknown> = {};
         circular.self = circular;
-        const bad: unknown[] = [{ n: NaN }, { n: Infinity }, { b: 10n }, { f: () => 1 }, { d: new Date() }, { m: new Map() }, circular, [undefined], { s: 'nul\u0000' }, undefined];
+        const bad: unknown[] = [
+          { n: NaN },
+          { n: Infinity },
+          { b: 10n },
+          { f: () => 1 },
+          { d: new Date() },
+          { m: new Map() },
+          circular,
+          [undefined],
+          { s: 'nul\u0000' },
+          undefined,
+        ];
         for (const data of bad) {
           await expectNothingStored(s, s.append('acct-1', [ev('Opened'), { type: 'Opened', data }]), ValidationError);
         }
-        await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: null, metadata: { when: new Date() } as never }]), ValidationError);
-        await expectNothingStored(s, s.append('acct-1', [{ type: 'Opened', data: null, metadata: 'x' as never }]), ValidationError);
+        await expectNothingStored(
+          s,
+          s.append('acct-1', [{ type: 'Opened', data: null, metadata: { when: new Date() } as never }]),
+          ValidationError,
+        );
+        await expectNothingStored(
+          s,
+          s.append('acct-1', [{ type: 'Opened', data: null, metadata: 'x' as never }]),
+          ValidationError,
+        );
       });
 
       it('a payload over the size limit (1 MiB by default, configurable)', async () => {
         const s = await store();
         const big = 'x'.repeat(1024 * 1024);
-        const error = await expectNothingStored(s, s.append('acct-1', [ev('Opened'), ev('Uploaded', { big })]), PayloadTooLargeError);
+        const error = await expectNothingStored(
+          s,
+          s.append('acct-1', [ev('Opened'), ev('Uploaded', { big })]),
+          PayloadTooLargeError,
+        );
         assert.equal(error.code, 'PAYLOAD_TOO_LARGE');
         assert.equal(error.limit, 1024 * 1024);
         await s.append('acct-1', [ev('Uploaded', { almost: 'x'.repeat(1000 * 1000) })]);
         const small = await store({ maxEventBytes: 100 });
-        await expectNothingStored(small, small.append('acct-1', [ev('Uploaded', { text: 'y'.repeat(100) })]), PayloadTooLargeError);
+        await expectNothingStored(
+          small,
+          small.append('acct-1', [ev('Uploaded', { text: 'y'.repeat(100) })]),
+          PayloadTooLargeError,
+        );
         await small.append('acct-1', [ev('Uploaded', { text: 'y' })]);
       });
 
       it('invalid expected versions and read options', async () => {
         const s = await store();
         for (const expectedVersion of [-1, 1.5, 'latest', null]) {
-          await expectNothingStored(s, s.append('acct-1', [ev('Opened')], { expectedVersion: expectedVersion as ExpectedVersion }), ValidationError);
+          await expectNothingStored(
+            s,
+            s.append('acct-1', [ev('Opened')], { expectedVersion: expectedVersion as ExpectedVersion }),
+            ValidationError,
+          );
         }
         await assert.rejects(collect(s.readStream('acct-1', { from: -1 })), ValidationError);
         await assert.rejects(collect(s.readStream('acct-1', { direction: 'sideways' as 'forwards' })), ValidationError);
@@ -737,9 +1017,16 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
       it('schema validation failures and unknown types, with an event registry', async () => {
         const Opened = defineEvent('Opened', openedSchema, { schemaVersion: 2 });
         const s = await store({ events: eventRegistry([Opened]) });
-        const error = await expectNothingStored(s, s.append('acct-1', [Opened.create({ owner: '' } as never)]), ValidationError);
+        const error = await expectNothingStored(
+          s,
+          s.append('acct-1', [Opened.create({ owner: '' } as never)]),
+          ValidationError,
+        );
         assert.match(error.message, /owner/);
-        assert.deepEqual(error.issues.map((issue) => issue.path), [['owner']]);
+        assert.deepEqual(
+          error.issues.map((issue) => issue.path),
+          [['owner']],
+        );
         const unknown = await expectNothingStored(s, s.append('acct-1', [ev('Closed')]), UnknownEventTypeError);
         assert.equal(unknown.code, 'UNKNOWN_EVENT_TYPE');
         assert.match(unknown.message, /Closed/);
@@ -769,10 +1056,17 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
             await t.append(first, [ev('Opened')], { expectedVersion: 'any' });
             await t.append(second, [ev('Opened')], { expectedVersion: 'any' });
           });
-        const runs = Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? transfer('acct-a', 'acct-b') : transfer('acct-b', 'acct-a')));
-        const creations = Array.from({ length: 8 }, (_, i) => (i % 2 === 0 ? create('acct-new1', 'acct-new2') : create('acct-new2', 'acct-new1')));
+        const runs = Array.from({ length: 20 }, (_, i) =>
+          i % 2 === 0 ? transfer('acct-a', 'acct-b') : transfer('acct-b', 'acct-a'),
+        );
+        const creations = Array.from({ length: 8 }, (_, i) =>
+          i % 2 === 0 ? create('acct-new1', 'acct-new2') : create('acct-new2', 'acct-new1'),
+        );
         const results = await Promise.allSettled([...runs, ...creations]);
-        assert.deepEqual(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), []);
+        assert.deepEqual(
+          results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)),
+          [],
+        );
         assert.equal((await s.streamInfo('acct-a')).version, 21);
         assert.equal((await s.streamInfo('acct-b')).version, 21);
         assert.equal((await s.streamInfo('acct-new1')).version, 8);
@@ -785,14 +1079,24 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
         await assert.rejects(s.lockStreams('acct-1' as never), ValidationError);
         await assert.rejects(s.lockStreams(['nope']), InvalidStreamIdError);
         await assert.rejects(s.lockStreams(Array.from({ length: 1001 }, (_, i) => `acct-${i}`)), ValidationError);
-        assert.deepEqual(await s.streamInfo('acct-1'), { streamId: 'acct-1', exists: false, version: 0, deleted: null });
+        assert.deepEqual(await s.streamInfo('acct-1'), {
+          streamId: 'acct-1',
+          exists: false,
+          version: 0,
+          deleted: null,
+        });
         assert.deepEqual(await collect(s.readAll()), []);
       });
 
       it('a transaction that only locks leaves no trace', async () => {
         const s = await store();
         await s.transaction((t) => t.lockStreams(['acct-ghost']));
-        assert.deepEqual(await s.streamInfo('acct-ghost'), { streamId: 'acct-ghost', exists: false, version: 0, deleted: null });
+        assert.deepEqual(await s.streamInfo('acct-ghost'), {
+          streamId: 'acct-ghost',
+          exists: false,
+          version: 0,
+          deleted: null,
+        });
         await s.append('acct-ghost', [ev('Opened')], { expectedVersion: 'no_stream' });
       });
 
@@ -830,12 +1134,20 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
           { type: 'AccountOpened', data: { owner: 'Ada', currency: 'EUR' }, schemaVersion: 3 },
           { type: 'AccountOpened', data: { owner: 'Bob', currency: 'USD' }, schemaVersion: 3 },
         ];
-        const shape = (events: RecordedEvent[]) => events.map((e) => ({ type: e.type, data: e.data, schemaVersion: e.metadata.schemaVersion }));
+        const shape = (events: RecordedEvent[]) =>
+          events.map((e) => ({ type: e.type, data: e.data, schemaVersion: e.metadata.schemaVersion }));
         assert.deepEqual(shape(await collect(s.readStream('acct-1'))), expected);
-        assert.deepEqual(shape(await collect(s.readStream('acct-1', { direction: 'backwards' }))), [...expected].reverse());
+        assert.deepEqual(
+          shape(await collect(s.readStream('acct-1', { direction: 'backwards' }))),
+          [...expected].reverse(),
+        );
         assert.deepEqual(shape(await collect(s.readAll())), expected);
         assert.deepEqual(shape((await s.readAllPage()).events), expected);
-        assert.deepEqual(shape(await collect(s.readAll({ filter: { types: ['AccountOpened'] } }))), expected, 'a type filter also finds events stored under earlier names');
+        assert.deepEqual(
+          shape(await collect(s.readAll({ filter: { types: ['AccountOpened'] } }))),
+          expected,
+          'a type filter also finds events stored under earlier names',
+        );
         await s.transaction(async (tx) => assert.deepEqual(shape(await collect(tx.readStream('acct-1'))), expected));
       });
     });
@@ -848,16 +1160,34 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
           upcasters: { 1: (data: { name: string }) => ({ owner: data.name }) },
         });
         const s = await store({ events: eventRegistry([AccountOpened], { strict: false }) });
-        const traced = { correlationId: newId(), causationId: newId(), traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' };
+        const traced = {
+          correlationId: newId(),
+          causationId: newId(),
+          traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+        };
         await s.append('acct-1', [
-          ev('Deposited', { amount: 1.5, nested: { list: [1, 'two', null, { deep: true }] }, text: 'Zoë — 支付 ✓ "quoted" \\ back' }, traced),
+          ev(
+            'Deposited',
+            { amount: 1.5, nested: { list: [1, 'two', null, { deep: true }] }, text: 'Zoë — 支付 ✓ "quoted" \\ back' },
+            traced,
+          ),
           ev('Noted', null),
           { type: 'OpenedAccount', data: { name: 'Ada' }, metadata: { schemaVersion: 1 } },
           AccountOpened.create({ owner: 'Bob' }),
         ]);
-        await s.append('acct-we"ird\\id', [ev('Deposited', { amount: -2, big: 12345678901234, tiny: 1e-7 }, { correlationId: traced.correlationId, custom: { x: [] } })]);
+        await s.append('acct-we"ird\\id', [
+          ev(
+            'Deposited',
+            { amount: -2, big: 12345678901234, tiny: 1e-7 },
+            { correlationId: traced.correlationId, custom: { x: [] } },
+          ),
+        ]);
         assert.ok(s.readAllPageEncoded, 'eventline backends have readAllPageEncoded');
-        for (const options of [{}, { limit: 2 }, { filter: { categories: ['acct'], types: ['Deposited', 'AccountOpened'] } }]) {
+        for (const options of [
+          {},
+          { limit: 2 },
+          { filter: { categories: ['acct'], types: ['Deposited', 'AccountOpened'] } },
+        ]) {
           const page = await s.readAllPage(options);
           const encoded = await s.readAllPageEncoded(options);
           assert.equal(encoded.atEnd, page.atEnd);
@@ -869,12 +1199,21 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
           page.events.forEach((event, i) => {
             const got = encoded.events[i]!;
             const expected = encodeEvent(event);
-            assert.deepEqual({ id: got.id, streamId: got.streamId, position: got.position }, { id: event.id, streamId: event.streamId, position: event.position });
-            assert.deepEqual({ ...got.message, body: undefined }, { ...expected, body: undefined }, 'id, subject, stream and headers as encodeEvent makes them');
+            assert.deepEqual(
+              { id: got.id, streamId: got.streamId, position: got.position },
+              { id: event.id, streamId: event.streamId, position: event.position },
+            );
+            assert.deepEqual(
+              { ...got.message, body: undefined },
+              { ...expected, body: undefined },
+              'id, subject, stream and headers as encodeEvent makes them',
+            );
             assert.deepEqual(decodeEvent(got.message), event, 'the body decodes to the event');
           });
         }
-        const opened = (await s.readAllPageEncoded({ filter: { types: ['AccountOpened'] } })).events.map((e) => decodeEvent(e.message));
+        const opened = (await s.readAllPageEncoded({ filter: { types: ['AccountOpened'] } })).events.map((e) =>
+          decodeEvent(e.message),
+        );
         assert.deepEqual(
           opened.map((e) => ({ type: e.type, data: e.data, schemaVersion: e.metadata.schemaVersion })),
           [
@@ -890,7 +1229,10 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
       it('a closed store refuses further work', async () => {
         const s = await factory.create();
         await s.close();
-        await assert.rejects(s.append('acct-1', [ev('Opened')]), (error: unknown) => (error as { code?: string }).code === 'STORE_CLOSED');
+        await assert.rejects(
+          s.append('acct-1', [ev('Opened')]),
+          (error: unknown) => (error as { code?: string }).code === 'STORE_CLOSED',
+        );
       });
     });
   });
@@ -903,23 +1245,33 @@ const openedSchema: StandardSchemaV1<{ owner: string; limit?: number }, { owner:
     vendor: 'eventline-conformance',
     validate(value) {
       const input = value as { owner?: unknown; limit?: unknown } | null;
-      if (typeof input?.owner !== 'string' || input.owner.length === 0) return { issues: [{ message: 'owner must be a non-empty string', path: ['owner'] }] };
-      if (input.limit !== undefined && !Number.isInteger(input.limit)) return { issues: [{ message: 'limit must be a whole number', path: ['limit'] }] };
+      if (typeof input?.owner !== 'string' || input.owner.length === 0)
+        return { issues: [{ message: 'owner must be a non-empty string', path: ['owner'] }] };
+      if (input.limit !== undefined && !Number.isInteger(input.limit))
+        return { issues: [{ message: 'limit must be a whole number', path: ['limit'] }] };
       return { value: { owner: input.owner, limit: (input.limit as number | undefined) ?? 0 } };
     },
   },
 };
 
-const passThrough: StandardSchemaV1<unknown, unknown> = { '~standard': { version: 1, vendor: 'eventline-conformance', validate: (value) => ({ value }) } };
+const passThrough: StandardSchemaV1<unknown, unknown> = {
+  '~standard': { version: 1, vendor: 'eventline-conformance', validate: (value) => ({ value }) },
+};
 
-function ev(type: string, data: unknown = { at: Math.random() }, metadata?: EventInput['metadata']): EventInput & { id: string } {
+function ev(
+  type: string,
+  data: unknown = { at: Math.random() },
+  metadata?: EventInput['metadata'],
+): EventInput & { id: string } {
   return { id: newId(), type, data, ...(metadata ? { metadata } : {}) };
 }
 
 async function appendMany(store: EventStore, streamId: string, count: number): Promise<void> {
-  await store.append(streamId, Array.from({ length: count }, (_, i) => ev('Deposited', { i })));
+  await store.append(
+    streamId,
+    Array.from({ length: count }, (_, i) => ev('Deposited', { i })),
+  );
 }
-
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
   try {
@@ -930,7 +1282,12 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
   assert.fail('expected the operation to fail, but it succeeded');
 }
 
-async function expectNothingStored<E extends Error>(store: EventStore, promise: Promise<unknown>, type: new (...args: never[]) => E, message?: RegExp): Promise<E> {
+async function expectNothingStored<E extends Error>(
+  store: EventStore,
+  promise: Promise<unknown>,
+  type: new (...args: never[]) => E,
+  message?: RegExp,
+): Promise<E> {
   // The rejection is checked below, after counting; a store that does I/O rejects bad input before the count returns,
   // so mark it handled now (otherwise Node reports an unhandled rejection and fails the test).
   promise.catch(() => undefined);
@@ -948,7 +1305,8 @@ function escape(text: string): string {
 }
 
 function assertIncreasing(events: RecordedEvent[]): void {
-  for (let i = 1; i < events.length; i++) assert.ok(events[i - 1]!.position < events[i]!.position, `positions increase at ${i}`);
+  for (let i = 1; i < events.length; i++)
+    assert.ok(events[i - 1]!.position < events[i]!.position, `positions increase at ${i}`);
 }
 
 function range(from: number, to: number): number[] {

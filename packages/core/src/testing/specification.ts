@@ -33,12 +33,21 @@ export const DeciderSpecification = {
                 try {
                   actual = await run();
                 } catch (error) {
-                  assert.fail(`expected events, but the command threw ${String(error)}${scenario()}\n  then:  ${show(expected)}`);
+                  assert.fail(
+                    `expected events, but the command threw ${String(error)}${scenario()}\n  then:  ${show(expected)}`,
+                  );
                 }
-                assert.deepStrictEqual(strip(actual), strip(expected), `the command recorded other events than expected${scenario()}`);
+                assert.deepStrictEqual(
+                  strip(actual),
+                  strip(expected),
+                  `the command recorded other events than expected${scenario()}`,
+                );
               },
               /** The command is refused with an error of this class (and, optionally, matching `check`). */
-              async thenThrows<X extends Error>(type: new (...args: never[]) => X, check?: (error: X) => boolean): Promise<void> {
+              async thenThrows<X extends Error>(
+                type: new (...args: never[]) => X,
+                check?: (error: X) => boolean,
+              ): Promise<void> {
                 let actual: readonly E[];
                 try {
                   actual = await run();

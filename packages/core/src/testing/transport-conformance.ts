@@ -65,16 +65,29 @@ export function describeTransportConformance(factory: TransportFactory): void {
 
     it('competing consumers: each message is handled by exactly one member of a group, streams stay in order', async () => {
       const [publisher, a, b] = await nodes(3);
-      const messages = streamMessages(Array.from({ length: 8 }, (_, i) => `account-${i}`), 25);
+      const messages = streamMessages(
+        Array.from({ length: 8 }, (_, i) => `account-${i}`),
+        25,
+      );
       const handled: Array<ReceivedMessage & { by: string }> = [];
       const slow = async () => new Promise((resolve) => setTimeout(resolve, Math.random() * 3));
-      const ca = await a!.consume({ group: 'g', handler: async (m) => void (await slow(), handled.push({ ...m, by: 'a' })) });
-      const cb = await b!.consume({ group: 'g', handler: async (m) => void (await slow(), handled.push({ ...m, by: 'b' })) });
+      const ca = await a!.consume({
+        group: 'g',
+        handler: async (m) => void (await slow(), handled.push({ ...m, by: 'a' })),
+      });
+      const cb = await b!.consume({
+        group: 'g',
+        handler: async (m) => void (await slow(), handled.push({ ...m, by: 'b' })),
+      });
       await publisher!.publish(messages);
       await until(() => handled.length >= messages.length, 'every message handled', 30_000);
       await settle();
       await Promise.all([ca.stop(), cb.stop()]);
-      assert.deepEqual(handled.map((m) => m.id).sort(), messages.map((m) => m.id).sort(), 'each message exactly once in the group');
+      assert.deepEqual(
+        handled.map((m) => m.id).sort(),
+        messages.map((m) => m.id).sort(),
+        'each message exactly once in the group',
+      );
       assertPerStreamOrder(handled);
       assert.ok(new Set(handled.map((m) => m.by)).size === 2, 'both members took part');
     });
@@ -88,7 +101,11 @@ export function describeTransportConformance(factory: TransportFactory): void {
       const consumers = [
         await a!.consume({ group: 'one', handler: async (m) => void one.push(m.id) }),
         await b!.consume({ group: 'two', handler: async (m) => void two.push(m.id) }),
-        await b!.consume({ group: 'payments', subjects: ['payment.*'], handler: async (m) => void payments.push(m.streamId) }),
+        await b!.consume({
+          group: 'payments',
+          subjects: ['payment.*'],
+          handler: async (m) => void payments.push(m.streamId),
+        }),
       ];
       await publisher!.publish(messages);
       await until(() => one.length >= 20 && two.length >= 20 && payments.length >= 10, 'both groups', 20_000);
@@ -119,9 +136,17 @@ export function describeTransportConformance(factory: TransportFactory): void {
       await until(() => seen.filter((s) => s.id === messages[4]!.id).length > 0, 'the last message', 20_000);
       await c.stop();
       const third = seen.filter((s) => s.id === messages[2]!.id);
-      assert.deepEqual(third.map((s) => s.delivery), [1, 2], 'delivered again, with its delivery count');
+      assert.deepEqual(
+        third.map((s) => s.delivery),
+        [1, 2],
+        'delivered again, with its delivery count',
+      );
       const succeeded = seen.filter((s) => !(s.id === messages[2]!.id && s.delivery === 1)).map((s) => s.id);
-      assert.deepEqual(succeeded, messages.map((m) => m.id), 'the stream stayed in order: message 4 only after 3 succeeded');
+      assert.deepEqual(
+        succeeded,
+        messages.map((m) => m.id),
+        'the stream stayed in order: message 4 only after 3 succeeded',
+      );
     });
 
     it('redelivers a message whose consumer was killed before acknowledging it', async () => {
@@ -148,7 +173,10 @@ export function describeTransportConformance(factory: TransportFactory): void {
       const c = await survivor!.consume({ group: 'g', handler: async (m) => void received.push(m) });
       await until(() => received.length >= 3, 'redelivery to the surviving member', redelivery + 20_000);
       await c.stop();
-      assert.deepEqual(received.map((m) => m.id), messages.map((m) => m.id));
+      assert.deepEqual(
+        received.map((m) => m.id),
+        messages.map((m) => m.id),
+      );
       assert.ok(received[0]!.deliveryCount >= 2, 'the first message was delivered before');
     });
 
@@ -182,11 +210,18 @@ export function describeTransportConformance(factory: TransportFactory): void {
       await publisher!.publish(messages);
       await publisher!.publish([messages[1]!]); // a retry after a lost confirm
       const effects: string[] = [];
-      const c = await consumeEvents(consumer!, { group: 'g', inbox: createInMemoryInbox(), handle: async (event) => void effects.push(event.id) });
+      const c = await consumeEvents(consumer!, {
+        group: 'g',
+        inbox: createInMemoryInbox(),
+        handle: async (event) => void effects.push(event.id),
+      });
       await until(() => effects.length >= 3, 'three effects', 20_000);
       await settle(300);
       await c.stop();
-      assert.deepEqual(effects, messages.map((m) => m.id));
+      assert.deepEqual(
+        effects,
+        messages.map((m) => m.id),
+      );
     });
   });
 }
@@ -197,7 +232,16 @@ function streamMessages(streams: string[], perStream: number): TransportMessage[
     for (const streamId of streams) {
       const id = newId();
       const category = streamId.slice(0, streamId.indexOf('-'));
-      const event = { id, type: 'Happened', streamId, version, position: '', recordedAt: new Date().toISOString(), data: { version }, metadata: {} };
+      const event = {
+        id,
+        type: 'Happened',
+        streamId,
+        version,
+        position: '',
+        recordedAt: new Date().toISOString(),
+        data: { version },
+        metadata: {},
+      };
       messages.push({
         id,
         subject: `${category}.Happened`,
@@ -214,11 +258,13 @@ function assertPerStreamOrder(messages: readonly TransportMessage[]): void {
   const last = new Map<string, number>();
   for (const message of messages) {
     const version = Number(message.headers['eventline-version']);
-    assert.ok(version > (last.get(message.streamId) ?? 0), `stream ${message.streamId}: version ${version} after ${last.get(message.streamId)}`);
+    assert.ok(
+      version > (last.get(message.streamId) ?? 0),
+      `stream ${message.streamId}: version ${version} after ${last.get(message.streamId)}`,
+    );
     last.set(message.streamId, version);
   }
 }
-
 
 /** Lets late duplicates arrive, so that "exactly once" is checked after a quiet moment. */
 function settle(ms = 200): Promise<void> {

@@ -162,10 +162,18 @@ function isoTime(date: Date): string {
   return `${isoPrefix}${milli < 10 ? '00' : milli < 100 ? '0' : ''}${milli}Z`;
 }
 
-type HeaderFields = Pick<StoredEventText, 'type' | 'streamId' | 'version' | 'position' | 'correlationId' | 'causationId' | 'traceparent'>;
+type HeaderFields = Pick<
+  StoredEventText,
+  'type' | 'streamId' | 'version' | 'position' | 'correlationId' | 'causationId' | 'traceparent'
+>;
 
 function headersOf(event: HeaderFields): Record<string, string> {
-  const headers: Record<string, string> = { [HEADERS.eventType]: event.type, [HEADERS.streamId]: event.streamId, [HEADERS.version]: event.version, [HEADERS.position]: event.position };
+  const headers: Record<string, string> = {
+    [HEADERS.eventType]: event.type,
+    [HEADERS.streamId]: event.streamId,
+    [HEADERS.version]: event.version,
+    [HEADERS.position]: event.position,
+  };
   if (event.correlationId) headers[HEADERS.correlationId] = event.correlationId;
   if (event.causationId) headers[HEADERS.causationId] = event.causationId;
   if (event.traceparent) headers[HEADERS.traceparent] = event.traceparent;
@@ -181,5 +189,7 @@ export function decodeEvent(message: TransportMessage): RecordedEvent {
 /** Whether a subject matches a filter entry: exact, or `<category>.*`. */
 export function subjectMatches(subject: string, filters: readonly string[] | undefined): boolean {
   if (!filters || filters.length === 0) return true;
-  return filters.some((filter) => filter === subject || (filter.endsWith('.*') && subject.startsWith(filter.slice(0, -1))));
+  return filters.some(
+    (filter) => filter === subject || (filter.endsWith('.*') && subject.startsWith(filter.slice(0, -1))),
+  );
 }

@@ -73,13 +73,16 @@ export function createInProcessBroker(options: { name?: string } = {}): InProces
         group.retry.delete(index);
         deliver(group, eligible[Math.floor(Math.random() * eligible.length)]!, index); // competing members
       }
-      for (const index of deferred) if (!group.retry.has(index) && !group.inFlight.has(index)) group.retry.set(index, 0);
+      for (const index of deferred)
+        if (!group.retry.has(index) && !group.inFlight.has(index)) group.retry.set(index, 0);
     }
     if (retryAt !== Infinity) setTimeout(schedule, Math.max(1, retryAt - Date.now()));
   };
 
   const hasEarlierRetry = (group: Group, streamId: string, index: number) =>
-    [...group.retry.keys()].some((other) => other < index && log[other]!.streamId === streamId && !group.inFlight.has(other));
+    [...group.retry.keys()].some(
+      (other) => other < index && log[other]!.streamId === streamId && !group.inFlight.has(other),
+    );
 
   const deliver = (group: Group, member: Member, index: number) => {
     const message = log[index]!;
@@ -142,7 +145,14 @@ export function createInProcessBroker(options: { name?: string } = {}): InProces
         async consume(consumeOptions): Promise<Consumer> {
           let group = groups.get(consumeOptions.group);
           if (!group) {
-            group = { cursor: consumeOptions.from === 'new' ? log.length : 0, inFlight: new Map(), retry: new Map(), deliveries: new Map(), members: new Set(), busyStreams: new Set() };
+            group = {
+              cursor: consumeOptions.from === 'new' ? log.length : 0,
+              inFlight: new Map(),
+              retry: new Map(),
+              deliveries: new Map(),
+              members: new Set(),
+              busyStreams: new Set(),
+            };
             groups.set(consumeOptions.group, group);
           }
           const member: Member = { client, options: consumeOptions, stopped: false, running: 0, idle: [] };

@@ -40,7 +40,10 @@ export function createInMemoryInbox(): Inbox<undefined> {
 export interface ConsumeEventsOptions<Tx> extends Omit<ConsumeOptions, 'handler'> {
   readonly inbox: Inbox<Tx>;
   /** The effect of one event, written through the inbox's transaction. */
-  readonly handle: (event: RecordedEvent, context: { tx: Tx; message: ReceivedMessage; replay: boolean }) => Promise<void>;
+  readonly handle: (
+    event: RecordedEvent,
+    context: { tx: Tx; message: ReceivedMessage; replay: boolean },
+  ) => Promise<void>;
 }
 
 /** Consumes events from a transport through an inbox: each event id has its effect once per group. */
@@ -51,7 +54,9 @@ export function consumeEvents<Tx>(transport: Transport, options: ConsumeEventsOp
     handler: async (message) => {
       const event = decodeEvent(message);
       // Keyed by the event id (not the message id), so a replayed copy of an event already processed has no effect.
-      await inbox.process(options.group, event.id, (tx) => handle(event, { tx, message, replay: message.headers['eventline-replay'] === 'true' }));
+      await inbox.process(options.group, event.id, (tx) =>
+        handle(event, { tx, message, replay: message.headers['eventline-replay'] === 'true' }),
+      );
     },
   });
 }

@@ -9,7 +9,10 @@ import { asReplay, encodedEvent, type Transport } from './contract.js';
 /** How often a publisher catching up stores its checkpoint, by default (see checkpointIntervalMs). */
 const PUBLISHER_CHECKPOINT_INTERVAL_MS = 250;
 
-export interface PublisherOptions<Tx> extends Omit<SubscriptionOptions<Tx>, 'name' | 'handle' | 'handleBatch' | 'onFailure' | 'transactional'> {
+export interface PublisherOptions<Tx> extends Omit<
+  SubscriptionOptions<Tx>,
+  'name' | 'handle' | 'handleBatch' | 'onFailure' | 'transactional'
+> {
   /** Names the publisher's subscription (checkpoint and lease): `publisher-<name>`. */
   name: string;
   /**
@@ -71,7 +74,11 @@ async function* replaySource(options: ReplayOptions, pageSize: number): AsyncGen
   const read = encodedPages(options.store);
   let after = options.after;
   for (;;) {
-    const page = await read({ ...(after ? { after } : {}), ...(options.filter ? { filter: options.filter } : {}), limit: Math.max(pageSize, 100) });
+    const page = await read({
+      ...(after ? { after } : {}),
+      ...(options.filter ? { filter: options.filter } : {}),
+      limit: Math.max(pageSize, 100),
+    });
     yield* page.events;
     if (page.atEnd) return;
     after = page.next;
@@ -98,8 +105,11 @@ export interface ReplayOptions {
  * own so brokers do not drop it as a duplicate), for a downstream domain that lost its data and rebuilds from the bus.
  * Consumers de-duplicate by event id in their inbox, so a consumer that kept its inbox ignores what it already has.
  */
-export async function replayToTransport(options: ReplayOptions): Promise<{ published: number; position: Position | null }> {
-  if (options.ratePerSecond !== undefined && !(options.ratePerSecond > 0)) throw new ValidationError('replay: ratePerSecond must be more than 0');
+export async function replayToTransport(
+  options: ReplayOptions,
+): Promise<{ published: number; position: Position | null }> {
+  if (options.ratePerSecond !== undefined && !(options.ratePerSecond > 0))
+    throw new ValidationError('replay: ratePerSecond must be more than 0');
   const batchSize = options.batchSize ?? 100;
   const run = newId();
   const started = Date.now();
@@ -108,18 +118,27 @@ export async function replayToTransport(options: ReplayOptions): Promise<{ publi
   let batch: EncodedEvent[] = [];
   const flush = async () => {
     if (batch.length === 0) return;
-    await options.transport.publish(batch.map(({ id, message }) => ({ ...asReplay(message), id: `${id}.replay.${run}` })));
+    await options.transport.publish(
+      batch.map(({ id, message }) => ({ ...asReplay(message), id: `${id}.replay.${run}` })),
+    );
     published += batch.length;
     position = batch[batch.length - 1]!.position;
     batch = [];
     const elapsed = (Date.now() - started) / 1000;
-    options.onProgress?.({ published, position, eventsPerSecond: elapsed > 0 ? Math.round(published / elapsed) : published });
+    options.onProgress?.({
+      published,
+      position,
+      eventsPerSecond: elapsed > 0 ? Math.round(published / elapsed) : published,
+    });
     if (options.ratePerSecond) {
       const due = (published / options.ratePerSecond) * 1000 - (Date.now() - started);
       if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
     }
   };
-  const size = Math.min(batchSize, options.ratePerSecond ? Math.max(1, Math.floor(options.ratePerSecond / 10)) : batchSize);
+  const size = Math.min(
+    batchSize,
+    options.ratePerSecond ? Math.max(1, Math.floor(options.ratePerSecond / 10)) : batchSize,
+  );
   for await (const event of replaySource(options, size)) {
     if (options.signal?.aborted) break;
     if (options.until !== undefined && event.position > options.until) break;

@@ -33,14 +33,22 @@ export interface SnapshotPolicy<State> {
 }
 
 /** A decider bound to a stream category (`account` → streams `account-<id>`), with an optional snapshot policy. */
-export interface Aggregate<State, C extends Command = Command, E extends DomainEvent = DomainEvent> extends Decider<State, C, E> {
+export interface Aggregate<State, C extends Command = Command, E extends DomainEvent = DomainEvent> extends Decider<
+  State,
+  C,
+  E
+> {
   readonly category: string;
   readonly snapshots?: SnapshotPolicy<State> | undefined;
 }
 
-export function defineAggregate<State, C extends Command, E extends DomainEvent>(aggregate: Aggregate<State, C, E>): Aggregate<State, C, E> {
+export function defineAggregate<State, C extends Command, E extends DomainEvent>(
+  aggregate: Aggregate<State, C, E>,
+): Aggregate<State, C, E> {
   if (!/^[A-Za-z][A-Za-z0-9_]*$/.test(aggregate.category)) {
-    throw new ValidationError(`Aggregate category '${aggregate.category}' must be a letter followed by letters, digits or '_' (it is the part of the stream id before '-')`);
+    throw new ValidationError(
+      `Aggregate category '${aggregate.category}' must be a letter followed by letters, digits or '_' (it is the part of the stream id before '-')`,
+    );
   }
   const every = aggregate.snapshots?.every;
   if (every !== undefined && !(Number.isSafeInteger(every) && every >= 1)) {

@@ -1,6 +1,13 @@
 import { createHash } from 'node:crypto';
 import type { Command, CommandDefinition, CommandOf } from '../command.js';
-import { DuplicateHandlerError, IdempotencyKeyReusedError, InvalidStreamIdError, safeQuote, UnknownCommandError, ValidationError } from '../errors.js';
+import {
+  DuplicateHandlerError,
+  IdempotencyKeyReusedError,
+  InvalidStreamIdError,
+  safeQuote,
+  UnknownCommandError,
+  ValidationError,
+} from '../errors.js';
 import { isUuid } from '../ids.js';
 import { jsonIssues } from '../json.js';
 import { validateWithSchema } from '../schema.js';
@@ -10,7 +17,10 @@ import type { CommandContext, CommandResult } from './repository.js';
 import { retryOnConflict, type RetryOptions } from './retry.js';
 
 /** Handles one command type. Exactly one per type. */
-export type CommandHandler<C extends Command = Command> = (command: C, context: CommandContext) => Promise<CommandResult>;
+export type CommandHandler<C extends Command = Command> = (
+  command: C,
+  context: CommandContext,
+) => Promise<CommandResult>;
 
 /** What middleware sees: the context handlers get, plus the command's registered definition (if it has one). */
 export interface MiddlewareContext extends CommandContext {
@@ -23,7 +33,11 @@ export interface MiddlewareContext extends CommandContext {
  * Runs around every dispatched command, outermost first: it may change the command or context, short-circuit with a
  * result, or call `next` and look at the result or error.
  */
-export type Middleware = (command: Command, context: MiddlewareContext, next: (command: Command, context: MiddlewareContext) => Promise<CommandResult>) => Promise<CommandResult>;
+export type Middleware = (
+  command: Command,
+  context: MiddlewareContext,
+  next: (command: Command, context: MiddlewareContext) => Promise<CommandResult>,
+) => Promise<CommandResult>;
 
 export interface CommandBus {
   /** Registers the one handler of a command type. A second registration throws {@link DuplicateHandlerError}. */
@@ -56,7 +70,15 @@ export function createCommandBus(options: { middleware?: readonly Middleware[] }
     },
     async dispatch(command) {
       const metadata = (command as { metadata?: unknown } | null)?.metadata;
-      if (typeof command !== 'object' || command === null || typeof command.type !== 'string' || !isUuid(command.id) || typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) {
+      if (
+        typeof command !== 'object' ||
+        command === null ||
+        typeof command.type !== 'string' ||
+        !isUuid(command.id) ||
+        typeof metadata !== 'object' ||
+        metadata === null ||
+        Array.isArray(metadata)
+      ) {
         throw new ValidationError(
           `dispatch() expects a command { id (a UUID), type (a string), data, metadata (an object) }, got ${safeQuote(command)}; build one with defineCommand(...).create() or createCommand()`,
         );
@@ -78,7 +100,11 @@ export function createCommandBus(options: { middleware?: readonly Middleware[] }
 export function validateCommands(): Middleware {
   return async (command, context, next) => {
     if (!context.definition) return next(command, context);
-    const data = await validateWithSchema(context.definition.schema, command.data, `The data of command '${command.type}'`);
+    const data = await validateWithSchema(
+      context.definition.schema,
+      command.data,
+      `The data of command '${command.type}'`,
+    );
     return next({ ...command, data }, context);
   };
 }
@@ -110,15 +136,27 @@ export function idempotency(store: EventStore): Middleware {
       for await (const record of session.readStream(recordStream, { limit: 1 })) {
         const stored = record.data as { commandType: string; fingerprint?: string; result: CommandResult };
         // Records written before fingerprints were kept can only be compared by type.
-        if (stored.commandType !== command.type || (stored.fingerprint !== undefined && stored.fingerprint !== fingerprint)) {
+        if (
+          stored.commandType !== command.type ||
+          (stored.fingerprint !== undefined && stored.fingerprint !== fingerprint)
+        ) {
           throw new IdempotencyKeyReusedError(key, stored.commandType, command.type);
         }
         return { ...stored.result, duplicate: true };
       }
       const handled = await next(command, { ...context, session, afterCommit });
-      await session.append(recordStream, [{ type: 'CommandHandled', data: { commandId: command.id, commandType: command.type, fingerprint, result: handled } }], {
-        expectedVersion: 'no_stream',
-      });
+      await session.append(
+        recordStream,
+        [
+          {
+            type: 'CommandHandled',
+            data: { commandId: command.id, commandType: command.type, fingerprint, result: handled },
+          },
+        ],
+        {
+          expectedVersion: 'no_stream',
+        },
+      );
       return handled;
     });
   };
@@ -130,13 +168,20 @@ export function idempotency(store: EventStore): Middleware {
  */
 export function commandFingerprint(command: Pick<Command, 'type' | 'data'>): string {
   const issues = jsonIssues(command.data, ['data']);
-  if (issues.length > 0) throw new ValidationError(`The data of command '${command.type}', sent with an idempotency key, is not JSON`, issues);
-  return createHash('sha256').update(canonicalJson([command.type, command.data])).digest('base64url');
+  if (issues.length > 0)
+    throw new ValidationError(
+      `The data of command '${command.type}', sent with an idempotency key, is not JSON`,
+      issues,
+    );
+  return createHash('sha256')
+    .update(canonicalJson([command.type, command.data]))
+    .digest('base64url');
 }
 
 /** JSON with every object's keys in sorted order (the value is JSON, checked, so no deeper than MAX_JSON_DEPTH). */
 function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map((item) => (item === undefined ? 'null' : canonicalJson(item))).join(',')}]`;
+  if (Array.isArray(value))
+    return `[${value.map((item) => (item === undefined ? 'null' : canonicalJson(item))).join(',')}]`;
   if (typeof value === 'object' && value !== null) {
     const record = value as Record<string, unknown>;
     const keys = Object.keys(record)
@@ -158,7 +203,10 @@ function canonicalJson(value: unknown): string {
  */
 export async function inTransaction<T>(
   store: EventStore,
-  work: (context: { readonly session: EventStoreSession; readonly afterCommit: (fn: () => Promise<void>) => void }) => Promise<T>,
+  work: (context: {
+    readonly session: EventStoreSession;
+    readonly afterCommit: (fn: () => Promise<void>) => void;
+  }) => Promise<T>,
 ): Promise<T> {
   const committed: Array<() => Promise<void>> = [];
   const result = await store.transaction((session) => work({ session, afterCommit: (fn) => committed.push(fn) }));

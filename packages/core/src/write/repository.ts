@@ -113,7 +113,8 @@ export function createRepository<State, C extends Command, E extends DomainEvent
   const snapshotStore = policy ? options.snapshots : undefined;
   const stateVersion = policy?.stateVersion ?? 1;
   const serialize = (state: State): JsonValue => (policy?.serialize ? policy.serialize(state) : (state as JsonValue));
-  const deserialize = (json: JsonValue): State => (policy?.deserialize ? policy.deserialize(json) : (structuredClone(json) as State));
+  const deserialize = (json: JsonValue): State =>
+    policy?.deserialize ? policy.deserialize(json) : (structuredClone(json) as State);
   const streamIdOf = (id: string) => assertStreamId(`${aggregate.category}-${id}`);
   const cache = options.cache ? new StateCache<State>(options.cache === true ? {} : options.cache) : null;
 
@@ -165,17 +166,30 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     return { streamId, state, version, eventsRead, fromSnapshot };
   };
 
-  const decideAndAppend = async (id: string, command: C, context: CommandContext & { expectedVersion?: number }, fresh = false): Promise<CommandResult> => {
+  const decideAndAppend = async (
+    id: string,
+    command: C,
+    context: CommandContext & { expectedVersion?: number },
+    fresh = false,
+  ): Promise<CommandResult> => {
     const streamId = streamIdOf(id);
     // A command takes its aggregate's entry out of the cache while it runs, so two commands never share one state.
     // Inside a transaction the cache is not used (the state is read in the transaction); what the command appends
     // replaces the entry once the transaction has committed, when its owner says when that is (`afterCommit`), and
     // drops it otherwise.
     const entry = cache !== null && !context.session && !fresh ? cache.take(streamId) : undefined;
-    const cached = entry !== undefined && (context.expectedVersion === undefined || context.expectedVersion === entry.version);
-    const loaded: LoadedAggregate<State> = cached ? { streamId, state: entry.state, version: entry.version, eventsRead: 0, fromSnapshot: false } : await load(streamId, context);
+    const cached =
+      entry !== undefined && (context.expectedVersion === undefined || context.expectedVersion === entry.version);
+    const loaded: LoadedAggregate<State> = cached
+      ? { streamId, state: entry.state, version: entry.version, eventsRead: 0, fromSnapshot: false }
+      : await load(streamId, context);
     if (context.expectedVersion !== undefined && context.expectedVersion !== loaded.version) {
-      throw new ConcurrencyError(streamId, context.expectedVersion, loaded.version === 0 ? 'no_stream' : loaded.version, loaded.version);
+      throw new ConcurrencyError(
+        streamId,
+        context.expectedVersion,
+        loaded.version === 0 ? 'no_stream' : loaded.version,
+        loaded.version,
+      );
     }
     let decided: E | readonly E[];
     try {
@@ -200,19 +214,33 @@ export function createRepository<State, C extends Command, E extends DomainEvent
       ...(command.metadata.tenant === undefined ? {} : { tenant: command.metadata.tenant }),
       ...(command.metadata.actor === undefined ? {} : { actor: command.metadata.actor }),
     };
-    const inputs = events.map((event) => ({ id: newId(), type: event.type, data: event.data, metadata: { ...event.metadata, ...stamp } }));
+    const inputs = events.map((event) => ({
+      id: newId(),
+      type: event.type,
+      data: event.data,
+      metadata: { ...event.metadata, ...stamp },
+    }));
     const writer = context.session ?? store;
     let result: AppendResult;
     try {
-      result = await writer.append(streamId, inputs, { expectedVersion: loaded.version === 0 ? 'no_stream' : loaded.version });
+      result = await writer.append(streamId, inputs, {
+        expectedVersion: loaded.version === 0 ? 'no_stream' : loaded.version,
+      });
     } catch (error) {
       // The cached state was stale (another writer moved the stream on): decide again on what the store holds.
       if (cached && error instanceof ConcurrencyError) return decideAndAppend(id, command, context, true);
       throw error;
     }
-    const appended = inputs.map((input, index): AppendedEvent => ({ ...input, streamId, version: result.firstVersion + index }));
+    const appended = inputs.map((input, index): AppendedEvent => ({
+      ...input,
+      streamId,
+      version: result.firstVersion + index,
+    }));
     const every = policy?.every;
-    const snapshotDue = snapshotStore !== undefined && every !== undefined && Math.floor(result.version / every) > Math.floor(loaded.version / every);
+    const snapshotDue =
+      snapshotStore !== undefined &&
+      every !== undefined &&
+      Math.floor(result.version / every) > Math.floor(loaded.version / every);
     const keepNew = cache !== null && !result.duplicate && runsLater(context);
     if (snapshotDue || keepNew) {
       let state = loaded.state;
@@ -222,7 +250,13 @@ export function createRepository<State, C extends Command, E extends DomainEvent
     }
     // Appended in a transaction of the caller's (or a duplicate): whatever is cached for the stream is stale now.
     if (cache !== null && !keepNew) cache.take(streamId);
-    return { streamId, version: result.version, position: result.position, events: appended, ...(result.duplicate ? { duplicate: true } : {}) };
+    return {
+      streamId,
+      version: result.version,
+      position: result.position,
+      events: appended,
+      ...(result.duplicate ? { duplicate: true } : {}),
+    };
   };
 
   const handle: Repository<State, C, E>['handle'] = (id, command, context = {}) =>
@@ -255,7 +289,8 @@ class StateCache<State> {
 
   constructor(options: StateCacheOptions) {
     const maxEntries = options.maxEntries ?? 10_000;
-    if (!(Number.isSafeInteger(maxEntries) && maxEntries >= 1)) throw new ValidationError(`cache.maxEntries must be a whole number of 1 or more; got ${safeQuote(maxEntries)}`);
+    if (!(Number.isSafeInteger(maxEntries) && maxEntries >= 1))
+      throw new ValidationError(`cache.maxEntries must be a whole number of 1 or more; got ${safeQuote(maxEntries)}`);
     this.maxEntries = maxEntries;
   }
 

@@ -26,7 +26,10 @@ export function isRetryableConflict(error: unknown): error is ConcurrencyError |
  * with jittered exponential backoff; the last conflict is thrown when the attempts are used up. Any other error is
  * thrown at once.
  */
-export async function retryOnConflict<T>(attempt: (attemptNumber: number) => Promise<T>, options: RetryOptions = {}): Promise<T> {
+export async function retryOnConflict<T>(
+  attempt: (attemptNumber: number) => Promise<T>,
+  options: RetryOptions = {},
+): Promise<T> {
   const maxAttempts = options.maxAttempts ?? 5;
   const base = options.baseDelayMs ?? 5;
   const max = options.maxDelayMs ?? 250;
