@@ -15,14 +15,8 @@ import { createPostgresStore, createSqlSubscriptionStore, type PostgresEventStor
 import { createRabbitMqTransport, deleteRabbitMqTopology, type RabbitMqTransport } from '@eventline/rabbitmq';
 import { createRedisTransport } from '@eventline/redis';
 import amqp from 'amqplib';
-import {
-  createPublisher,
-  decodeEvent,
-  encodeEvent,
-  newId,
-  type Transport,
-  type TransportMessage,
-} from '@eventline/core';
+import { createPublisher, newId, type Transport, type TransportMessage } from '@eventline/core';
+import { decodeEvent, encodeEvent } from '@eventline/core/backend';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { orderEvent } from './events.js';

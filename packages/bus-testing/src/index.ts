@@ -18,7 +18,6 @@ import { openTestDatabases } from '@eventline/postgres/testing';
 import pg from 'pg';
 import {
   createPublisher,
-  decodeEvent,
   replayToTransport,
   START,
   type Consumer,
@@ -26,6 +25,7 @@ import {
   type ReceivedMessage,
   type Transport,
 } from '@eventline/core';
+import { decodeEvent } from '@eventline/core/backend';
 
 const PUBLISHER = 'faults';
 const GROUP = 'fault-consumer';

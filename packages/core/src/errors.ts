@@ -1,3 +1,4 @@
+import type { ExpectedVersion } from './store/contract.js';
 /**
  * Typed errors. Every error eventline throws on purpose is an {@link EventlineError} with a stable `code`, the input
  * that caused it, and a message that says what to do about it. Catch by class (`instanceof ConcurrencyError`) or by
@@ -34,9 +35,6 @@ export abstract class EventlineError extends Error {
     return { name: this.name, code: this.code, message: this.message };
   }
 }
-
-/** What a caller may expect of a stream when appending. See {@link AppendOptions.expectedVersion}. */
-export type ExpectedVersion = number | 'no_stream' | 'stream_exists' | 'any';
 
 /** What the stream actually was: its version, or `'no_stream'` when it does not exist (never written, or soft-deleted). */
 export type ActualVersion = number | 'no_stream';

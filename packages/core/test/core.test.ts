@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { z } from 'zod';
 import {
-  assertStreamId,
   categoryOf,
   comparePositions,
   ConcurrencyError,
@@ -12,16 +11,14 @@ import {
   formatPosition,
   InvalidStreamIdError,
   isPosition,
-  jsonIssues,
   MAX_JSON_DEPTH,
   parsePosition,
-  prepareAppend,
-  positionBeforeTransaction,
   START,
   streamId,
   ValidationError,
   type EventOf,
 } from '@eventline/core';
+import { assertStreamId, jsonIssues, prepareAppend, positionBeforeTransaction } from '@eventline/core/backend';
 
 describe('stream ids', () => {
   it('split into category and id at the first dash', () => {

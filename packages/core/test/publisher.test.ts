@@ -7,11 +7,11 @@ import {
   createInMemorySubscriptionStore,
   createInProcessBroker,
   createPublisher,
-  encodeStoredEvent,
   newId,
   replayToTransport,
   type Transport,
 } from '@eventline/core';
+import { encodeStoredEvent } from '@eventline/core/backend';
 import { until } from '@eventline/core/testing';
 
 const deposit = (i: number) => ({ id: newId(), type: 'Deposited', data: { i } });

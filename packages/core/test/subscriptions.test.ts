@@ -4,7 +4,6 @@ import {
   createInMemoryStore,
   createInMemorySubscriptionStore,
   createSubscription,
-  hashOf,
   newId,
   ValidationError,
   WaitTimeoutError,
@@ -12,6 +11,7 @@ import {
   type RecordedEvent,
   type SubscriptionOptions,
 } from '@eventline/core';
+import { hashOf } from '@eventline/core/backend';
 import { until } from '@eventline/core/testing';
 
 function setup() {

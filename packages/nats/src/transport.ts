@@ -16,14 +16,13 @@ import {
 } from '@nats-io/jetstream';
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
 import {
-  HEADERS,
-  subjectMatches,
   type ConsumeOptions,
   type Consumer,
   type ReceivedMessage,
   type Transport,
   type TransportMessage,
 } from '@eventline/core';
+import { HEADERS, subjectMatches } from '@eventline/core/backend';
 import { AckCollector, type OutgoingMessage } from './acks.js';
 import { assertPrefix, filterSubjects, safeName, subjectProblem, versionAtLeast } from './names.js';
 

@@ -4,7 +4,6 @@
 import pg from 'pg';
 import type { SqlClient } from './core.js';
 import {
-  safeQuote,
   StoreClosedError,
   TransactionConflictError,
   ValidationError,
@@ -12,6 +11,7 @@ import {
   type EventStoreOptions,
   type EventStoreSession,
 } from '@eventline/core';
+import { safeQuote } from '@eventline/core/backend';
 import { AppendGroups, DEFAULT_APPEND_GROUP_OPTIONS, type AppendGroupOptions } from './append-groups.js';
 import {
   SqlSession,

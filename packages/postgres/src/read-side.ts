@@ -6,10 +6,6 @@
  */
 import { createHash } from 'node:crypto';
 import {
-  assertCollectionName,
-  assertDocument,
-  assertDocumentId,
-  assertListOptions,
   LeaseLostError,
   type DocumentCollection,
   type DocumentStore,
@@ -26,6 +22,7 @@ import {
   type StoredDocument,
   type SubscriptionStore,
 } from '@eventline/core';
+import { assertCollectionName, assertDocument, assertDocumentId, assertListOptions } from '@eventline/core/backend';
 import type { SqlClient, SqlQueryOptions } from './core.js';
 
 /** The read side's statements have fixed texts (per schema and table): prepared once per connection. */

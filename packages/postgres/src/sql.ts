@@ -5,7 +5,8 @@
  * never goes into the text, only into parameters. {@link statementsFor} binds them to one schema and gives each a name,
  * which node-postgres uses as a prepared-statement name (parsed once per connection).
  */
-import { safeQuote, ValidationError } from '@eventline/core';
+import { ValidationError } from '@eventline/core';
+import { safeQuote } from '@eventline/core/backend';
 
 /** The schema used when none is configured. */
 export const DEFAULT_SCHEMA = 'eventline';

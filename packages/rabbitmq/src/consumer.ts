@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Channel, ConsumeMessage } from 'amqplib';
-import { subjectMatches, type ConsumeOptions, type Consumer, type ReceivedMessage } from '@eventline/core';
+import { type ConsumeOptions, type Consumer, type ReceivedMessage } from '@eventline/core';
+import { subjectMatches } from '@eventline/core/backend';
 import { ackQuietly, closeQuietly, type Session } from './session.js';
 import { CURSOR_QUEUE_ARGUMENTS, PRIVATE_HEADERS, partitionOf, type RabbitMqNames } from './topology.js';
 

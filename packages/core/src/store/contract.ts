@@ -1,9 +1,14 @@
-import type { ExpectedVersion } from '../errors.js';
 import type { EventInput, RecordedEvent } from '../event.js';
 import type { JsonObject } from '../json.js';
 import type { Position } from '../position.js';
 import type { EventRegistry } from '../schema.js';
 import type { TransportMessage } from '../transport/contract.js';
+
+/**
+ * What an append expects of its stream: an exact version (the number of the stream's last event), `'no_stream'`
+ * (it must not exist), `'stream_exists'` (it must) or `'any'`.
+ */
+export type ExpectedVersion = number | 'no_stream' | 'stream_exists' | 'any';
 
 /**
  * The event store: an append-only log of events grouped in streams, and the single source of truth.

@@ -1,4 +1,4 @@
-import { EventIdConflictError, StoreClosedError, StreamDeletedError, type ExpectedVersion } from '../errors.js';
+import { EventIdConflictError, StoreClosedError, StreamDeletedError } from '../errors.js';
 import type { EventInput, PreparedEvent, RecordedEvent } from '../event.js';
 import { formatPosition, positionBeforeTransaction, type Position } from '../position.js';
 import { assertStreamId, categoryOf } from '../stream-id.js';
@@ -15,6 +15,7 @@ import type {
   ReadStreamOptions,
   StreamInfo,
   StreamMetadata,
+  ExpectedVersion,
 } from './contract.js';
 import {
   assertExpectedVersion,

@@ -1,4 +1,4 @@
-import { ConcurrencyError, PayloadTooLargeError, safeQuote, ValidationError, type ExpectedVersion } from '../errors.js';
+import { ConcurrencyError, PayloadTooLargeError, safeQuote, ValidationError } from '../errors.js';
 import type { EventInput, PreparedEvent } from '../event.js';
 import { newId, isUuid } from '../ids.js';
 import { jsonIssues } from '../json.js';
@@ -12,6 +12,7 @@ import {
   type ReadAllOptions,
   type ReadStreamOptions,
   type StreamMetadata,
+  type ExpectedVersion,
 } from './contract.js';
 
 /**

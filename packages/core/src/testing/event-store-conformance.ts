@@ -3,8 +3,6 @@ import { after, describe, it } from 'node:test';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import {
   ConcurrencyError,
-  decodeEvent,
-  encodeEvent,
   EventIdConflictError,
   InvalidStreamIdError,
   isPosition,
@@ -19,6 +17,7 @@ import {
   type ExpectedVersion,
   type RecordedEvent,
 } from '../index.js';
+import { decodeEvent, encodeEvent } from '../backend.js';
 import { defineEvent, eventRegistry } from '../schema.js';
 import { newId } from '../ids.js';
 import { collect } from './helpers.js';
