@@ -31,7 +31,8 @@ export {
 export { commandFingerprint, idempotencyStreamId } from './write/command-bus.js';
 
 // Following the log and partitioning it.
-export { createLogSubscription, hashOf, type LogItem, type LogSubscriptionOptions } from './subscriptions/engine.js';
+export { partitionOf, streamHash } from './hash.js';
+export { createLogSubscription, type LogItem, type LogSubscriptionOptions } from './subscriptions/engine.js';
 
 // Read-model stores.
 export { assertCollectionName, assertDocument, assertDocumentId, assertListOptions } from './projections/documents.js';
@@ -47,4 +48,4 @@ export {
   encodedEvent,
   subjectMatches,
   type StoredEventText,
-} from './transport/contract.js';
+} from './transport/codec.js';

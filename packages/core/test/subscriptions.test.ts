@@ -11,7 +11,7 @@ import {
   type RecordedEvent,
   type SubscriptionOptions,
 } from '@eventline/core';
-import { hashOf } from '@eventline/core/backend';
+import { partitionOf } from '@eventline/core/backend';
 import { until } from '@eventline/core/testing';
 
 function setup() {
@@ -93,7 +93,7 @@ describe('subscriptions (in-memory)', () => {
     }
     assert.equal(byPartition.flat().length, 40);
     for (const [index, events] of byPartition.entries()) {
-      for (const event of events) assert.equal(hashOf(event.streamId) % 3, index);
+      for (const event of events) assert.equal(partitionOf(event.streamId, 3), index);
       const versions = new Map<string, number>();
       for (const event of events) {
         assert.equal(event.version, (versions.get(event.streamId) ?? 0) + 1, 'per-stream order');

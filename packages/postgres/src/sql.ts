@@ -6,7 +6,7 @@
  * which node-postgres uses as a prepared-statement name (parsed once per connection).
  */
 import { ValidationError } from '@eventline/core';
-import { safeQuote } from '@eventline/core/backend';
+import { safeQuote, streamHash } from '@eventline/core/backend';
 
 /** The schema used when none is configured. */
 export const DEFAULT_SCHEMA = 'eventline';
@@ -709,7 +709,7 @@ export interface Statements {
 export function statementsFor(schema: string): Statements {
   const s = quoteSchema(schema);
   // Prepared-statement names are truncated by PostgreSQL to 63 bytes: long schema names are replaced by a hash.
-  const tag = schema.length <= 40 ? schema : `h${hash32(schema).toString(16)}`;
+  const tag = schema.length <= 40 ? schema : `h${streamHash(schema).toString(16)}`;
   const write = (name: string, text: string): Statement => ({
     name: `eventline.${tag}.${name}`,
     text,
@@ -742,26 +742,16 @@ export function statementsFor(schema: string): Statements {
     snapshotXmax: read('xmax', snapshotXmax()),
     readAllHoldback: read('holdback', readAllHoldback(s)),
     lockStreams: write('lock_streams', lockStreams()),
-    streamLockKey: (hash32(`streams:${schema}`) ^ 0x65767473) | 0,
+    streamLockKey: (streamHash(`streams:${schema}`) ^ 0x65767473) | 0,
   };
 }
 
 /** The two int4 keys of the advisory lock that serialises migrations of `schema`: 'evtl' and a hash of the name. */
 export function migrationLockKeys(schema: string): [number, number] {
-  return [0x6576746c, hash32(schema) | 0];
+  return [0x6576746c, streamHash(schema) | 0];
 }
 
 /** The second key of a stream's lockStreams lock: FNV-1a of its id's UTF-8 bytes, as a signed 32-bit integer. */
 export function streamLockKey(streamId: string): number {
-  return hash32(streamId) | 0;
-}
-
-/** FNV-1a, 32 bits. */
-function hash32(text: string): number {
-  let hash = 0x811c9dc5;
-  for (const byte of Buffer.from(text, 'utf8')) {
-    hash ^= byte;
-    hash = Math.imul(hash, 0x01000193) >>> 0;
-  }
-  return hash >>> 0;
+  return streamHash(streamId) | 0;
 }

@@ -3,7 +3,8 @@ import type { Channel, ConsumeMessage } from 'amqplib';
 import { type ConsumeOptions, type Consumer, type ReceivedMessage } from '@eventline/core';
 import { subjectMatches } from '@eventline/core/backend';
 import { ackQuietly, closeQuietly, type Session } from './session.js';
-import { CURSOR_QUEUE_ARGUMENTS, PRIVATE_HEADERS, partitionOf, type RabbitMqNames } from './topology.js';
+import { partitionOf } from '@eventline/core/backend';
+import { CURSOR_QUEUE_ARGUMENTS, PRIVATE_HEADERS, type RabbitMqNames } from './topology.js';
 
 /** What a group member needs from its transport. */
 export interface GroupSettings {

@@ -6,4 +6,6 @@ export {
   type RabbitMqTransport,
   type RabbitMqTransportOptions,
 } from './transport.js';
-export { namesFor, partitionOf, type RabbitMqNames, type RetentionOptions } from './topology.js';
+export { namesFor, type RabbitMqNames, type RetentionOptions } from './topology.js';
+/** The partition a stream id lands in: the same hash every eventline part uses. */
+export { partitionOf } from '@eventline/core/backend';

@@ -31,16 +31,6 @@ export const PRIVATE_HEADERS = {
   offset: 'x-stream-offset',
 } as const;
 
-/** The partition of a stream id: FNV-1a (32 bit) of its UTF-8 bytes, modulo the partition count. */
-export function partitionOf(streamId: string, partitions: number): number {
-  let hash = 0x811c9dc5;
-  for (const byte of Buffer.from(streamId, 'utf8')) {
-    hash ^= byte;
-    hash = Math.imul(hash, 0x01000193) >>> 0;
-  }
-  return hash % partitions;
-}
-
 export interface RetentionOptions {
   /** How long the stream keeps messages (RabbitMQ `x-max-age`: `7D`, `12h`, `30m`...). Default `7D`. */
   readonly maxAge?: string;

@@ -2,7 +2,7 @@ import { EventIdConflictError, StoreClosedError, StreamDeletedError } from '../e
 import type { EventInput, PreparedEvent, RecordedEvent } from '../event.js';
 import { formatPosition, positionBeforeTransaction, type Position } from '../position.js';
 import { assertStreamId, categoryOf } from '../stream-id.js';
-import { encodedEvent } from '../transport/contract.js';
+import { encodedEvent } from '../transport/codec.js';
 import type {
   AppendOptions,
   AppendResult,

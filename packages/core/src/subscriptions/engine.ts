@@ -4,6 +4,7 @@ import { newId } from '../ids.js';
 import { isPosition, START, type Position } from '../position.js';
 import type { EventStore, ReadAllFilter } from '../store/contract.js';
 import { LeaseLostError, type ParkedEvent, type SubscriptionStore } from './contract.js';
+import { partitionOf } from '../hash.js';
 
 /** What a handler gets with each event. */
 export interface HandlerContext<Tx> {
@@ -719,16 +720,6 @@ class SubscriptionRunner<Tx, E extends LogItem> implements Subscription {
 
   private inPartition(event: { readonly streamId: string }): boolean {
     const partition = this.options.partition;
-    return !partition || partition.count === 1 || hashOf(event.streamId) % partition.count === partition.index;
+    return !partition || partition.count === 1 || partitionOf(event.streamId, partition.count) === partition.index;
   }
-}
-
-/** FNV-1a, 32 bits: a stable hash of a stream id, so a stream always lands in the same partition. */
-export function hashOf(text: string): number {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    hash ^= text.charCodeAt(i);
-    hash = Math.imul(hash, 0x01000193);
-  }
-  return hash >>> 0;
 }

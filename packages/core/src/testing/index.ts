@@ -6,3 +6,4 @@ export { describeEventStoreConformance, type EventStoreFactory } from './event-s
 export { DeciderSpecification } from './specification.js';
 export { collect, until, untilLogSettled } from './helpers.js';
 export { describeTransportConformance, type TransportFactory } from './transport-conformance.js';
+export { createTestClock, type TestClock } from './clock.js';

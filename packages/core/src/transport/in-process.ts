@@ -1,5 +1,5 @@
 import type { ConsumeOptions, Consumer, ReceivedMessage, Transport, TransportMessage } from './contract.js';
-import { subjectMatches } from './contract.js';
+import { subjectMatches } from './codec.js';
 
 /**
  * A broker inside the process, for single-process applications and tests: `broker.connect()` gives a client

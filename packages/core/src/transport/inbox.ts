@@ -1,5 +1,6 @@
 import type { RecordedEvent } from '../event.js';
-import { decodeEvent, type ConsumeOptions, type Consumer, type ReceivedMessage, type Transport } from './contract.js';
+import { decodeEvent } from './codec.js';
+import type { ConsumeOptions, Consumer, ReceivedMessage, Transport } from './contract.js';
 
 /**
  * A consumer's record of the messages it has processed. `process` runs the effect and records the id in one

@@ -4,7 +4,8 @@ import type { Position } from '../position.js';
 import type { EncodedEvent, EncodedReadAllPage, EventStore, ReadAllFilter, ReadAllOptions } from '../store/contract.js';
 import type { SubscriptionStore } from '../subscriptions/contract.js';
 import { createLogSubscription, type Subscription, type SubscriptionOptions } from '../subscriptions/engine.js';
-import { asReplay, encodedEvent, type Transport } from './contract.js';
+import { asReplay, encodedEvent } from './codec.js';
+import type { Transport } from './contract.js';
 
 /** How often a publisher catching up stores its checkpoint, by default (see checkpointIntervalMs). */
 const PUBLISHER_CHECKPOINT_INTERVAL_MS = 250;
