@@ -1,14 +1,16 @@
 import type { Command } from '../command.js';
-import { ConcurrencyError, safeQuote, ValidationError } from '../errors.js';
+import { ConcurrencyError } from '../errors.js';
 import type { EventMetadata } from '../event.js';
 import { newId } from '../ids.js';
 import type { JsonValue } from '../json.js';
 import type { Position } from '../position.js';
 import { assertStreamId } from '../stream-id.js';
-import type { AppendResult, EventStore, EventStoreSession } from '../store/contract.js';
+import type { EventStore, EventStoreSession } from '../store/contract.js';
 import type { Aggregate, DomainEvent } from './aggregate.js';
 import { retryOnConflict, type RetryOptions } from './retry.js';
 import type { SnapshotStore } from './snapshots.js';
+import { afterCommit } from './after-commit.js';
+import { withStateCache } from './state-cache.js';
 
 /** An event the command appended. */
 export interface AppendedEvent {
@@ -104,11 +106,57 @@ export interface Repository<State, C extends Command, E extends DomainEvent> {
 /** Events per round trip when loading an aggregate: the whole tail is read anyway, so fewer, larger pages. */
 const LOAD_PAGE_SIZE = 5000;
 
+/** What one decision appended, and the state after it. */
+export interface Decided<State> {
+  readonly result: CommandResult;
+  /** The state after the appended events (folded on the first call only). */
+  readonly state: () => State;
+}
+
+/**
+ * The steps of a command, for decorators of the repository (the state cache): each step is what the repository does
+ * itself, so a decorator changes where a state comes from or where it goes, and nothing of how a command is decided.
+ */
+export interface RepositorySteps<State, C extends Command, E extends DomainEvent> {
+  /** Snapshot (when there is a valid one) + the events after it, folded, in the context's transaction if any. */
+  load(streamId: string, context?: CommandContext): Promise<LoadedAggregate<State>>;
+  /** Refuses a command whose `expectedVersion` is not the loaded version, then runs `decide`: its refusals throw. */
+  decide(
+    command: C,
+    loaded: LoadedAggregate<State>,
+    context: CommandContext & { expectedVersion?: number },
+  ): Promise<readonly E[]>;
+  /** Appends the decided events at the loaded version (a ConcurrencyError when the stream moved on); none: nothing. */
+  append(
+    command: C,
+    loaded: LoadedAggregate<State>,
+    events: readonly E[],
+    context: CommandContext,
+  ): Promise<Decided<State>>;
+  /** Runs `attempt` again on a conflict, unless the context says someone else retries (see `Repository.handle`). */
+  retry<T>(context: CommandContext & { expectedVersion?: number }, attempt: () => Promise<T>): Promise<T>;
+}
+
+/** A repository that shows its steps to a decorator. */
+export interface SteppedRepository<State, C extends Command, E extends DomainEvent> extends Repository<State, C, E> {
+  readonly steps: RepositorySteps<State, C, E>;
+}
+
 export function createRepository<State, C extends Command, E extends DomainEvent>(
   store: EventStore,
   aggregate: Aggregate<State, C, E>,
   options: RepositoryOptions = {},
 ): Repository<State, C, E> {
+  const repository = createSteppedRepository(store, aggregate, options);
+  return options.cache ? withStateCache(repository, options.cache === true ? {} : options.cache) : repository;
+}
+
+/** The repository itself: load → decide → append, retried on conflict. */
+function createSteppedRepository<State, C extends Command, E extends DomainEvent>(
+  store: EventStore,
+  aggregate: Aggregate<State, C, E>,
+  options: RepositoryOptions,
+): SteppedRepository<State, C, E> {
   const policy = aggregate.snapshots;
   const snapshotStore = policy ? options.snapshots : undefined;
   const stateVersion = policy?.stateVersion ?? 1;
@@ -116,7 +164,6 @@ export function createRepository<State, C extends Command, E extends DomainEvent
   const deserialize = (json: JsonValue): State =>
     policy?.deserialize ? policy.deserialize(json) : (structuredClone(json) as State);
   const streamIdOf = (id: string) => assertStreamId(`${aggregate.category}-${id}`);
-  const cache = options.cache ? new StateCache<State>(options.cache === true ? {} : options.cache) : null;
 
   const saveSnapshot = async (streamId: string, version: number, state: State) => {
     if (!snapshotStore) return;
@@ -126,186 +173,132 @@ export function createRepository<State, C extends Command, E extends DomainEvent
       options.onSnapshotError?.(error, streamId);
     }
   };
-  /**
-   * Work that must wait for the surrounding transaction to commit (snapshots, cached states). In a transaction with no
-   * `afterCommit` (one the caller opened), it is not done at all: a snapshot saved on another connection before the
-   * commit of a transaction that then rolls back would hold events the log does not, and every later command would
-   * conflict with it.
-   */
-  const runsLater = (context: CommandContext) => context.afterCommit !== undefined || !context.session;
-  const later = async (context: CommandContext, fn: () => Promise<void>) => {
-    if (context.afterCommit) context.afterCommit(fn);
-    else if (!context.session) await fn();
-  };
 
-  const load = async (streamId: string, context: CommandContext = {}): Promise<LoadedAggregate<State>> => {
-    const reader = context.session ?? store;
-    let state = aggregate.initialState();
-    let version = 0;
-    let fromSnapshot = false;
-    let staleSnapshot = false;
-    const snapshot = snapshotStore ? await snapshotStore.load(streamId, context.session) : null;
-    if (snapshot && snapshot.stateVersion === stateVersion) {
-      state = deserialize(snapshot.state);
-      version = snapshot.version;
-      fromSnapshot = true;
-    } else if (snapshot) {
-      staleSnapshot = true;
-    }
-    let eventsRead = 0;
-    for await (const event of reader.readStream(streamId, { from: version + 1, pageSize: LOAD_PAGE_SIZE })) {
-      state = aggregate.evolve(state, event as unknown as E);
-      version = event.version;
-      eventsRead++;
-    }
-    if (staleSnapshot && version > 0) {
-      const replaced = state;
-      const at = version;
-      await later(context, () => saveSnapshot(streamId, at, replaced));
-    }
-    return { streamId, state, version, eventsRead, fromSnapshot };
-  };
+  const steps: RepositorySteps<State, C, E> = {
+    async load(streamId, context = {}) {
+      const reader = context.session ?? store;
+      let state = aggregate.initialState();
+      let version = 0;
+      let fromSnapshot = false;
+      let staleSnapshot = false;
+      const snapshot = snapshotStore ? await snapshotStore.load(streamId, context.session) : null;
+      if (snapshot && snapshot.stateVersion === stateVersion) {
+        state = deserialize(snapshot.state);
+        version = snapshot.version;
+        fromSnapshot = true;
+      } else if (snapshot) {
+        staleSnapshot = true;
+      }
+      let eventsRead = 0;
+      for await (const event of reader.readStream(streamId, { from: version + 1, pageSize: LOAD_PAGE_SIZE })) {
+        state = aggregate.evolve(state, event as unknown as E);
+        version = event.version;
+        eventsRead++;
+      }
+      if (staleSnapshot && version > 0) {
+        const replaced = state;
+        const at = version;
+        await afterCommit(context, () => saveSnapshot(streamId, at, replaced));
+      }
+      return { streamId, state, version, eventsRead, fromSnapshot };
+    },
 
-  const decideAndAppend = async (
-    id: string,
-    command: C,
-    context: CommandContext & { expectedVersion?: number },
-    fresh = false,
-  ): Promise<CommandResult> => {
-    const streamId = streamIdOf(id);
-    // A command takes its aggregate's entry out of the cache while it runs, so two commands never share one state.
-    // Inside a transaction the cache is not used (the state is read in the transaction); what the command appends
-    // replaces the entry once the transaction has committed, when its owner says when that is (`afterCommit`), and
-    // drops it otherwise.
-    const entry = cache !== null && !context.session && !fresh ? cache.take(streamId) : undefined;
-    const cached =
-      entry !== undefined && (context.expectedVersion === undefined || context.expectedVersion === entry.version);
-    const loaded: LoadedAggregate<State> = cached
-      ? { streamId, state: entry.state, version: entry.version, eventsRead: 0, fromSnapshot: false }
-      : await load(streamId, context);
-    if (context.expectedVersion !== undefined && context.expectedVersion !== loaded.version) {
-      throw new ConcurrencyError(
-        streamId,
-        context.expectedVersion,
-        loaded.version === 0 ? 'no_stream' : loaded.version,
-        loaded.version,
-      );
-    }
-    let decided: E | readonly E[];
-    try {
-      decided = await aggregate.decide(command, loaded.state);
-    } catch (error) {
-      // A refusal must not rest on a state that may be stale (another writer may have made the command valid):
-      // decide again on what the store holds, and answer with that.
-      if (cached) return decideAndAppend(id, command, context, true);
-      throw error;
-    }
-    const events: readonly E[] = Array.isArray(decided) ? decided : [decided as E];
-    if (events.length === 0) {
-      // Nothing to do, says the cached state: only the store can confirm it (no append will check it).
-      if (cached) return decideAndAppend(id, command, context, true);
-      if (cache !== null) await later(context, async () => cache.keep(streamId, loaded.version, loaded.state));
-      return { streamId, version: loaded.version, position: null, events: [] };
-    }
-    const stamp: EventMetadata = {
-      correlationId: command.metadata.correlationId ?? command.id,
-      causationId: command.id,
-      ...(command.metadata.traceparent === undefined ? {} : { traceparent: command.metadata.traceparent }),
-      ...(command.metadata.tenant === undefined ? {} : { tenant: command.metadata.tenant }),
-      ...(command.metadata.actor === undefined ? {} : { actor: command.metadata.actor }),
-    };
-    const inputs = events.map((event) => ({
-      id: newId(),
-      type: event.type,
-      data: event.data,
-      metadata: { ...event.metadata, ...stamp },
-    }));
-    const writer = context.session ?? store;
-    let result: AppendResult;
-    try {
-      result = await writer.append(streamId, inputs, {
+    async decide(command, loaded, context) {
+      if (context.expectedVersion !== undefined && context.expectedVersion !== loaded.version) {
+        throw new ConcurrencyError(
+          loaded.streamId,
+          context.expectedVersion,
+          loaded.version === 0 ? 'no_stream' : loaded.version,
+          loaded.version,
+        );
+      }
+      const decided = await aggregate.decide(command, loaded.state);
+      return Array.isArray(decided) ? decided : [decided as E];
+    },
+
+    async append(command, loaded, events, context) {
+      const { streamId } = loaded;
+      if (events.length === 0) {
+        return {
+          result: { streamId, version: loaded.version, position: null, events: [] },
+          state: () => loaded.state,
+        };
+      }
+      const stamp: EventMetadata = {
+        correlationId: command.metadata.correlationId ?? command.id,
+        causationId: command.id,
+        ...(command.metadata.traceparent === undefined ? {} : { traceparent: command.metadata.traceparent }),
+        ...(command.metadata.tenant === undefined ? {} : { tenant: command.metadata.tenant }),
+        ...(command.metadata.actor === undefined ? {} : { actor: command.metadata.actor }),
+      };
+      const inputs = events.map((event) => ({
+        id: newId(),
+        type: event.type,
+        data: event.data,
+        metadata: { ...event.metadata, ...stamp },
+      }));
+      const writer = context.session ?? store;
+      const appendResult = await writer.append(streamId, inputs, {
         expectedVersion: loaded.version === 0 ? 'no_stream' : loaded.version,
       });
-    } catch (error) {
-      // The cached state was stale (another writer moved the stream on): decide again on what the store holds.
-      if (cached && error instanceof ConcurrencyError) return decideAndAppend(id, command, context, true);
-      throw error;
-    }
-    const appended = inputs.map((input, index): AppendedEvent => ({
-      ...input,
-      streamId,
-      version: result.firstVersion + index,
-    }));
-    const every = policy?.every;
-    const snapshotDue =
-      snapshotStore !== undefined &&
-      every !== undefined &&
-      Math.floor(result.version / every) > Math.floor(loaded.version / every);
-    const keepNew = cache !== null && !result.duplicate && runsLater(context);
-    if (snapshotDue || keepNew) {
-      let state = loaded.state;
-      for (const event of appended) state = aggregate.evolve(state, event as unknown as E);
-      if (snapshotDue) await later(context, () => saveSnapshot(streamId, result.version, state));
-      if (keepNew) await later(context, async () => cache.keep(streamId, result.version, state));
-    }
-    // Appended in a transaction of the caller's (or a duplicate): whatever is cached for the stream is stale now.
-    if (cache !== null && !keepNew) cache.take(streamId);
-    return {
-      streamId,
-      version: result.version,
-      position: result.position,
-      events: appended,
-      ...(result.duplicate ? { duplicate: true } : {}),
-    };
+      const appended = inputs.map((input, index): AppendedEvent => ({
+        ...input,
+        streamId,
+        version: appendResult.firstVersion + index,
+      }));
+      let after: { state: State } | undefined;
+      const state = () => {
+        if (!after) {
+          let folded = loaded.state;
+          for (const event of appended) folded = aggregate.evolve(folded, event as unknown as E);
+          after = { state: folded };
+        }
+        return after.state;
+      };
+      const every = policy?.every;
+      if (
+        snapshotStore !== undefined &&
+        every !== undefined &&
+        Math.floor(appendResult.version / every) > Math.floor(loaded.version / every)
+      ) {
+        const snapshotted = state();
+        await afterCommit(context, () => saveSnapshot(streamId, appendResult.version, snapshotted));
+      }
+      const result: CommandResult = {
+        streamId,
+        version: appendResult.version,
+        position: appendResult.position,
+        events: appended,
+        ...(appendResult.duplicate ? { duplicate: true } : {}),
+      };
+      return { result, state };
+    },
+
+    retry: (context, attempt) =>
+      context.session || context.retrying || context.expectedVersion !== undefined
+        ? attempt()
+        : retryOnConflict(attempt, options.retry),
   };
 
   const handle: Repository<State, C, E>['handle'] = (id, command, context = {}) =>
-    context.session || context.retrying || context.expectedVersion !== undefined
-      ? decideAndAppend(id, command, context)
-      : retryOnConflict(() => decideAndAppend(id, command, context), options.retry);
+    steps.retry(context, async () => {
+      const loaded = await steps.load(streamIdOf(id), context);
+      const events = await steps.decide(command, loaded, context);
+      return (await steps.append(command, loaded, events, context)).result;
+    });
 
   return {
     aggregate,
     streamIdOf,
-    load: (id, loadOptions) => load(streamIdOf(id), loadOptions ?? {}),
+    steps,
+    load: (id, loadOptions) => steps.load(streamIdOf(id), loadOptions ?? {}),
     handle,
     async snapshot(id) {
-      const loaded = await load(streamIdOf(id));
+      const loaded = await steps.load(streamIdOf(id));
       if (loaded.version === 0) return null;
       await saveSnapshot(loaded.streamId, loaded.version, loaded.state);
       return loaded;
     },
     handler: (idOf) => (command, context) => handle(idOf(command), command, context),
   };
-}
-
-/**
- * The states of recently used aggregates, least recently used first (a Map keeps insertion order). An entry is taken
- * out while a command runs on it and put back, newer, when the command succeeds.
- */
-class StateCache<State> {
-  private readonly entries = new Map<string, { readonly version: number; readonly state: State }>();
-  private readonly maxEntries: number;
-
-  constructor(options: StateCacheOptions) {
-    const maxEntries = options.maxEntries ?? 10_000;
-    if (!(Number.isSafeInteger(maxEntries) && maxEntries >= 1))
-      throw new ValidationError(`cache.maxEntries must be a whole number of 1 or more; got ${safeQuote(maxEntries)}`);
-    this.maxEntries = maxEntries;
-  }
-
-  take(streamId: string): { readonly version: number; readonly state: State } | undefined {
-    const entry = this.entries.get(streamId);
-    if (entry) this.entries.delete(streamId);
-    return entry;
-  }
-
-  /** Keeps a state unless a newer one of the same stream is already kept (a command that finished first). */
-  keep(streamId: string, version: number, state: State): void {
-    const current = this.entries.get(streamId);
-    if (current && current.version >= version) return;
-    this.entries.delete(streamId);
-    this.entries.set(streamId, { version, state });
-    if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value as string);
-  }
 }
