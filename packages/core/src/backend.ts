@@ -7,8 +7,8 @@
  * `@eventline/core/testing`.
  */
 
-// Text and JSON rules.
-export { safeQuote } from './errors.js';
+// Text and JSON rules, and what was thrown as an Error.
+export { safeQuote, toError } from './errors.js';
 export { jsonIssues } from './json.js';
 export { assertStreamId } from './stream-id.js';
 

@@ -224,6 +224,16 @@ export function safeQuote(value: unknown): string {
 }
 
 /**
+ * What was thrown, as an Error: an Error as it is, anything else as a new Error with its text. With `context`, that
+ * text says what failed (`context: value`, or just `context` when nothing, undefined or null, was thrown).
+ */
+export function toError(value: unknown, context?: string): Error {
+  if (value instanceof Error) return value;
+  if (context === undefined) return new Error(String(value));
+  return new Error(value === undefined || value === null ? context : `${context}: ${String(value)}`);
+}
+
+/**
  * A domain rule refused a command (no overdraft, no accept after decline...). Thrown by your `decide`/`handle` code; never
  * retried and never an infrastructure problem. `rule` is a stable name for the rule, for callers and HTTP mapping.
  */

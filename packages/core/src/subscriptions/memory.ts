@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from '../clock.js';
 import type { Position } from '../position.js';
 import type { InMemoryEventStore } from '../store/memory.js';
 import { LeaseLostError, type ParkedEvent, type SubscriptionStore } from './contract.js';
@@ -9,14 +10,16 @@ export interface InMemoryTransaction {
 
 /**
  * Subscription state in process memory, for the in-memory store. Leases work between subscriptions of one process
- * (as with several instances in a test). Commits cannot roll back a handler's in-memory effects, so handlers should
- * be idempotent, as the in-memory document store is (last write wins by version).
+ * (as with several instances in a test), and expire on `clock` (default the system's; give the subscriptions the same
+ * clock). Commits cannot roll back a handler's in-memory effects, so handlers should be idempotent, as the in-memory
+ * document store is (last write wins by version).
  */
 export function createInMemorySubscriptionStore(
   store: InMemoryEventStore,
-  options: { now?: () => number } = {},
+  options: { clock?: Clock } = {},
 ): SubscriptionStore<InMemoryTransaction> {
-  const now = options.now ?? Date.now;
+  const clock = options.clock ?? systemClock;
+  const now = () => clock.now();
   const checkpoints = new Map<string, Position>();
   const leases = new Map<string, { owner: string; expiresAt: number }>();
   const parked = new Map<string, ParkedEvent[]>();
