@@ -24,7 +24,7 @@ import {
   type EventStore,
   type Middleware,
 } from '@eventline/core';
-import { collect, DeciderSpecification } from '@eventline/core/testing';
+import { collect, createTestClock, DeciderSpecification } from '@eventline/core/testing';
 
 const Open = defineCommand('Open', z.object({ id: z.string(), owner: z.string().min(1) }));
 const Deposit = defineCommand('Deposit', z.object({ id: z.string(), amount: z.number().positive() }));
@@ -63,7 +63,8 @@ const account = defineAggregate<Account, AccountCommand, AccountEvent>({
   },
 });
 
-const noDelay = { sleep: async () => {} };
+/** Retries at once: the jitter drawn as 0 makes every backoff 0 ms. */
+const noDelay = { random: () => 0 };
 
 function setup(store: EventStore = createInMemoryStore(), snapshots = createInMemorySnapshotStore()) {
   const accounts = createRepository(store, account, { snapshots, retry: { maxAttempts: 30, ...noDelay } });
@@ -350,13 +351,22 @@ describe('repository', () => {
         throw new ConcurrencyError(streamId, 0, 1);
       },
     };
-    const delays: number[] = [];
+    const clock = createTestClock();
     const accounts = createRepository(conflicting, account, {
-      retry: { maxAttempts: 4, baseDelayMs: 10, random: () => 1, sleep: async (ms) => void delays.push(ms) },
+      retry: { maxAttempts: 4, baseDelayMs: 10, random: () => 1, clock },
     });
-    await assert.rejects(accounts.handle('1', Open.create({ id: '1', owner: 'Ada' })), ConcurrencyError);
+    const refused = assert.rejects(accounts.handle('1', Open.create({ id: '1', owner: 'Ada' })), ConcurrencyError);
+    // Exponential backoff (jitter drawn as 1 here): 10, 20 then 40 ms before attempts 2, 3 and 4.
+    for (const [retry, delay] of [10, 20, 40].entries()) {
+      await clock.untilSleeping(1);
+      assert.equal(attempts, retry + 1);
+      await clock.advance(delay - 1);
+      assert.equal(attempts, retry + 1, `no attempt before ${delay} ms`);
+      await clock.advance(1);
+    }
+    await refused;
     assert.equal(attempts, 4);
-    assert.deepEqual(delays, [10, 20, 40], 'exponential backoff (jitter drawn as 1 here)');
+    assert.equal(clock.sleepers, 0);
   });
 
   it('domain errors are not retried and a decision with no events appends nothing', async () => {

@@ -1,3 +1,4 @@
+import { systemClock } from '../clock.js';
 import { UnknownCollectionError, ValidationError } from '../errors.js';
 import type { RecordedEvent } from '../event.js';
 import type { Position } from '../position.js';
@@ -240,16 +241,19 @@ export function createAsyncProjection<Tx>(options: AsyncProjectionOptions<Tx>): 
   };
 }
 
+/** How often a rebuild reports its progress. */
+const REBUILD_REPORT_MS = 1000;
+
 /** Builds a new projection version from the start of the log, in batches, reporting progress. */
 async function rebuild<Tx>(subscription: Subscription, options: AsyncProjectionOptions<Tx>): Promise<void> {
-  const started = Date.now();
+  const clock = options.clock ?? systemClock;
+  const started = clock.now();
   const total = (await subscription.status()).lag.events;
   let done = 0;
-  let lastReport = 0;
   const report = async () => {
     const lag = (await subscription.status()).lag.events;
     done = Math.max(done, total - lag);
-    const seconds = (Date.now() - started) / 1000;
+    const seconds = (clock.now() - started) / 1000;
     const rate = seconds > 0 ? done / seconds : 0;
     options.onProgress?.({
       projection: options.projection.name,
@@ -260,16 +264,19 @@ async function rebuild<Tx>(subscription: Subscription, options: AsyncProjectionO
       etaSeconds: rate > 0 ? Math.max(0, (total - done) / rate) : null,
     });
   };
-  const timer = setInterval(() => {
-    if (Date.now() - lastReport >= 1000) {
-      lastReport = Date.now();
-      void report().catch(() => undefined);
+  const finished = new AbortController();
+  const reports = (async () => {
+    for (;;) {
+      await clock.sleep(REBUILD_REPORT_MS, finished.signal);
+      if (finished.signal.aborted) return;
+      await report().catch(() => undefined);
     }
-  }, 1000);
+  })();
   try {
     await subscription.catchUp();
   } finally {
-    clearInterval(timer);
+    finished.abort();
+    await reports;
   }
   await report();
 }

@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from '../clock.js';
 import { EventIdConflictError, StoreClosedError, StreamDeletedError } from '../errors.js';
 import type { EventInput, PreparedEvent, RecordedEvent } from '../event.js';
 import { formatPosition, positionBeforeTransaction, type Position } from '../position.js';
@@ -29,8 +30,8 @@ import {
 } from './validate.js';
 
 export interface InMemoryStoreOptions extends EventStoreOptions {
-  /** The clock used for `recordedAt` and `maxAge` (injectable for tests). Default `() => new Date()`. */
-  now?: () => Date;
+  /** What `recordedAt`, `maxAge` and the age of an open transaction are read from. Default `systemClock`. */
+  clock?: Clock;
 }
 
 interface StoredEvent {
@@ -159,7 +160,7 @@ export interface InMemoryEventStore extends EventStore {
 
 class MemoryStore implements InMemoryEventStore {
   private readonly committed = new CommittedState();
-  private readonly now: () => Date;
+  private readonly clock: Clock;
   private writeLock: Promise<void> = Promise.resolve();
   private nextTransaction = 1n;
   private nextSequence = 1n;
@@ -168,7 +169,7 @@ class MemoryStore implements InMemoryEventStore {
   private readonly listeners = new Set<() => void>();
 
   constructor(private readonly options: InMemoryStoreOptions) {
-    this.now = options.now ?? (() => new Date());
+    this.clock = options.clock ?? systemClock;
   }
 
   async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
@@ -269,7 +270,7 @@ class MemoryStore implements InMemoryEventStore {
     // Pending transactions are invisible until they commit whole, so nothing committed is ever held back here.
     return {
       heldBackEvents: 0,
-      oldestOpenTransactionMs: this.openTransaction ? Date.now() - this.openTransaction.startedAt : null,
+      oldestOpenTransactionMs: this.openTransaction ? this.clock.now() - this.openTransaction.startedAt : null,
     };
   }
 
@@ -363,7 +364,7 @@ class MemoryStore implements InMemoryEventStore {
     const run = this.writeLock.then(async () => {
       this.assertOpen('write');
       const transaction = this.nextTransaction++;
-      this.openTransaction = { id: transaction, startedAt: Date.now() };
+      this.openTransaction = { id: transaction, startedAt: this.clock.now() };
       try {
         return await fn(transaction);
       } finally {
@@ -392,7 +393,7 @@ class MemoryStore implements InMemoryEventStore {
     const duplicate = findDuplicate(state, streamId, events);
     if (duplicate) return duplicate;
     checkExpectedVersion(streamId, expectedVersion, { version: stream.version, exists: exists(stream) });
-    const recordedAt = this.now();
+    const recordedAt = new Date(this.clock.now());
     const stored = events.map((event, index): StoredEvent => ({
       id: event.id,
       type: event.type,
@@ -431,7 +432,7 @@ class MemoryStore implements InMemoryEventStore {
     const events = current.streamEvents(id);
     const first = firstVisibleVersion(stream, stream.metadata);
     const minRecordedAt =
-      stream.metadata.maxAge === undefined ? null : this.now().getTime() - stream.metadata.maxAge * 1000;
+      stream.metadata.maxAge === undefined ? null : this.clock.now() - stream.metadata.maxAge * 1000;
     const visible = (event: StoredEvent) =>
       event.version >= first && (minRecordedAt === null || event.recordedAt.getTime() >= minRecordedAt);
     let yielded = 0;

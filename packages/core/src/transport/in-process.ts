@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from '../clock.js';
 import type { ConsumeOptions, Consumer, ReceivedMessage, Transport, TransportMessage } from './contract.js';
 import { subjectMatches } from './codec.js';
 
@@ -29,7 +30,9 @@ interface Member {
   idle: Array<() => void>;
 }
 
-export function createInProcessBroker(options: { name?: string } = {}): InProcessBroker {
+/** `clock`: what redelivery delays (`retryDelayMs`) are measured and waited on (default `systemClock`). */
+export function createInProcessBroker(options: { name?: string; clock?: Clock } = {}): InProcessBroker {
+  const clock = options.clock ?? systemClock;
   const log: TransportMessage[] = [];
   const ids = new Set<string>();
   const groups = new Map<string, Group>();
@@ -47,7 +50,7 @@ export function createInProcessBroker(options: { name?: string } = {}): InProces
 
   /** Hands each group's next deliverable message to a free member, in log order, one per stream at a time. */
   const pump = () => {
-    const now = Date.now();
+    const now = clock.now();
     let retryAt = Infinity;
     for (const group of groups.values()) {
       const members = [...group.members].filter((member) => !member.stopped);
@@ -76,7 +79,7 @@ export function createInProcessBroker(options: { name?: string } = {}): InProces
       for (const index of deferred)
         if (!group.retry.has(index) && !group.inFlight.has(index)) group.retry.set(index, 0);
     }
-    if (retryAt !== Infinity) setTimeout(schedule, Math.max(1, retryAt - Date.now()));
+    if (retryAt !== Infinity) void clock.sleep(Math.max(1, retryAt - clock.now())).then(schedule);
   };
 
   const hasEarlierRetry = (group: Group, streamId: string, index: number) =>
@@ -107,7 +110,7 @@ export function createInProcessBroker(options: { name?: string } = {}): InProces
     if (flight && flight.client === member.client) {
       group.inFlight.delete(index);
       group.busyStreams.delete(log[index]!.streamId);
-      if (!ok) group.retry.set(index, Date.now() + (member.options.retryDelayMs ?? 1000));
+      if (!ok) group.retry.set(index, clock.now() + (member.options.retryDelayMs ?? 1000));
     }
     if (member.running === 0) for (const resolve of member.idle.splice(0)) resolve();
     schedule();

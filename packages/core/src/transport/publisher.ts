@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from '../clock.js';
 import { ValidationError } from '../errors.js';
 import { newId } from '../ids.js';
 import type { Position } from '../position.js';
@@ -98,7 +99,10 @@ export interface ReplayOptions {
   ratePerSecond?: number;
   batchSize?: number;
   onProgress?: (progress: { published: number; position: Position | null; eventsPerSecond: number }) => void;
+  /** Stops the replay after the batch in progress (a wait for the rate ends at once). */
   signal?: AbortSignal;
+  /** What the rate is measured and waited on (default `systemClock`). */
+  clock?: Clock;
 }
 
 /**
@@ -113,7 +117,8 @@ export async function replayToTransport(
     throw new ValidationError('replay: ratePerSecond must be more than 0');
   const batchSize = options.batchSize ?? 100;
   const run = newId();
-  const started = Date.now();
+  const clock = options.clock ?? systemClock;
+  const started = clock.now();
   let published = 0;
   let position: Position | null = null;
   let batch: EncodedEvent[] = [];
@@ -125,15 +130,15 @@ export async function replayToTransport(
     published += batch.length;
     position = batch[batch.length - 1]!.position;
     batch = [];
-    const elapsed = (Date.now() - started) / 1000;
+    const elapsed = (clock.now() - started) / 1000;
     options.onProgress?.({
       published,
       position,
       eventsPerSecond: elapsed > 0 ? Math.round(published / elapsed) : published,
     });
     if (options.ratePerSecond) {
-      const due = (published / options.ratePerSecond) * 1000 - (Date.now() - started);
-      if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
+      const due = (published / options.ratePerSecond) * 1000 - (clock.now() - started);
+      if (due > 0) await clock.sleep(due, options.signal);
     }
   };
   const size = Math.min(

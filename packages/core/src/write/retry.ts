@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from '../clock.js';
 import { ConcurrencyError, TransactionConflictError } from '../errors.js';
 
 export interface RetryOptions {
@@ -7,9 +8,10 @@ export interface RetryOptions {
   baseDelayMs?: number;
   /** Default 250 ms. */
   maxDelayMs?: number;
-  /** Injectable for tests. */
+  /** The jitter's source of randomness, in [0, 1) (default Math.random). */
   random?: () => number;
-  sleep?: (ms: number) => Promise<void>;
+  /** What the backoff waits on (default `systemClock`). */
+  clock?: Clock;
 }
 
 /**
@@ -34,13 +36,13 @@ export async function retryOnConflict<T>(
   const base = options.baseDelayMs ?? 5;
   const max = options.maxDelayMs ?? 250;
   const random = options.random ?? Math.random;
-  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  const clock = options.clock ?? systemClock;
   for (let number = 1; ; number++) {
     try {
       return await attempt(number);
     } catch (error) {
       if (!isRetryableConflict(error) || number >= maxAttempts) throw error;
-      await sleep(random() * Math.min(max, base * 2 ** (number - 1)));
+      await clock.sleep(random() * Math.min(max, base * 2 ** (number - 1)));
     }
   }
 }
