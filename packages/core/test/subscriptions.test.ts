@@ -12,11 +12,11 @@ import {
   type SubscriptionOptions,
 } from '@eventline/core';
 import { partitionOf } from '@eventline/core/backend';
-import { until } from '@eventline/core/testing';
+import { createTestClock, until, type TestClock } from '@eventline/core/testing';
 
-function setup() {
-  const store = createInMemoryStore();
-  const subscriptions = createInMemorySubscriptionStore(store);
+function setup(clock?: TestClock) {
+  const store = createInMemoryStore(clock ? { clock } : {});
+  const subscriptions = createInMemorySubscriptionStore(store, clock ? { clock } : {});
   const seen: RecordedEvent[] = [];
   const options = (extra: Partial<SubscriptionOptions<unknown>> = {}): SubscriptionOptions<unknown> => ({
     name: 'test',
@@ -25,9 +25,21 @@ function setup() {
     handle: (event) => void seen.push(event),
     pollIntervalMs: 20,
     retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 2 },
+    ...(clock ? { clock } : {}),
     ...extra,
   });
   return { store, subscriptions, seen, options };
+}
+
+/** Settles `work`, moving `clock` on by `stepMs` whenever something sleeps on it. */
+async function settleOnClock<T>(clock: TestClock, work: Promise<T>, stepMs: number): Promise<T> {
+  let settled = false;
+  const result = work.finally(() => (settled = true));
+  while (!settled) {
+    if (clock.sleepers > 0) await clock.advance(stepMs);
+    else await new Promise((resolve) => setImmediate(resolve));
+  }
+  return result;
 }
 
 const append = (store: ReturnType<typeof createInMemoryStore>, streamId: string, count = 1, type = 'Happened') =>
@@ -103,7 +115,8 @@ describe('subscriptions (in-memory)', () => {
   });
 
   it('one instance holds the lease; the other takes over when it stops', async () => {
-    const { store, options } = setup();
+    const clock = createTestClock();
+    const { store, options } = setup(clock);
     const handledBy: string[] = [];
     const a = createSubscription(
       options({ lease: { owner: 'a', ttlMs: 300 }, handle: () => void handledBy.push('a') }),
@@ -116,25 +129,69 @@ describe('subscriptions (in-memory)', () => {
     b.start();
     await append(store, 'a-1', 5);
     await until(() => handledBy.length === 5, 'a handling');
+    await clock.untilSleeping(2);
     assert.equal((await b.status()).state, 'standby');
     await a.stop();
+    // b learns that the lease is free on its next poll (20 ms), not before.
+    await clock.untilSleeping(1);
+    await clock.advance(19);
+    assert.equal((await b.status()).state, 'standby');
+    await clock.advance(1);
+    await until(async () => (await b.status()).state === 'running', 'b taking over');
     await append(store, 'a-1', 3);
-    await until(() => handledBy.length === 8, 'b taking over');
+    await until(() => handledBy.length === 8, 'b handling');
     assert.deepEqual(handledBy, ['a', 'a', 'a', 'a', 'a', 'b', 'b', 'b']);
     await b.stop();
   });
 
-  it('a poison event is retried, parked with its error, and the rest processed; a retry after the fix applies it', async () => {
-    const { store, options } = setup();
+  it('a lease that is not renewed expires after its ttl, and another instance takes over; the first stands by', async () => {
+    const clock = createTestClock();
+    const { store, options } = setup(clock);
+    const handledBy: string[] = [];
+    const a = createSubscription(
+      options({ lease: { owner: 'a', ttlMs: 300 }, handle: () => void handledBy.push('a') }),
+    );
+    const b = createSubscription(
+      options({ lease: { owner: 'b', ttlMs: 300 }, handle: () => void handledBy.push('b') }),
+    );
+    a.start();
+    await until(async () => (await a.status()).state === 'running', 'a running');
+    b.start();
+    await clock.untilSleeping(2);
+    // a stops renewing (paused, as a process that hangs would): its lease runs out 300 ms after it was taken.
+    a.pause();
+    await append(store, 'a-1', 2);
+    await clock.untilSleeping(2);
+    await clock.advance(280);
+    assert.equal((await b.status()).state, 'standby', 'the lease still holds at 280 ms');
+    assert.deepEqual(handledBy, []);
+    await clock.advance(40);
+    await until(() => handledBy.length === 2, 'b taking over the expired lease');
+    assert.equal((await b.status()).state, 'running');
+    a.resume();
+    await until(async () => (await a.status()).state === 'standby', 'a standing by');
+    await append(store, 'a-1', 1);
+    await until(() => handledBy.length === 3, 'b handling');
+    assert.deepEqual(handledBy, ['b', 'b', 'b']);
+    await a.stop();
+    await b.stop();
+  });
+
+  it('a poison event is retried with backoff, parked with its error, and the rest processed; a retry after the fix applies it', async () => {
+    const clock = createTestClock();
+    const { store, options } = setup(clock);
     let broken = true;
     const applied: number[] = [];
     const attempts: number[] = [];
+    const attemptedAt: number[] = [];
     const parkedSeen: string[] = [];
     const subscription = createSubscription(
       options({
+        retry: { maxAttempts: 3, baseDelayMs: 1_000, maxDelayMs: 1_500 },
         handle: (event, { attempt }) => {
           const i = (event.data as { i: number }).i;
           if (i === 2) attempts.push(attempt);
+          if (i === 2) attemptedAt.push(clock.now());
           if (i === 2 && broken) throw new Error('cannot handle event 2');
           applied.push(i);
         },
@@ -142,9 +199,14 @@ describe('subscriptions (in-memory)', () => {
       }),
     );
     await append(store, 'a-1', 5);
-    await subscription.catchUp();
+    await settleOnClock(clock, subscription.catchUp(), 100);
     assert.deepEqual(applied, [0, 1, 3, 4]);
     assert.deepEqual(attempts, [1, 2, 3], 'three attempts in all: in the batch, then alone');
+    const [first, second, third] = attemptedAt as [number, number, number];
+    assert.ok(second - first <= 1_000 + 100, 'the second attempt after at most the base delay (full jitter)');
+    assert.ok(third - second <= 1_500 + 100, 'the third after at most the capped delay');
+    const parkedAt = (await subscription.parked())[0]!.parkedAt;
+    assert.equal(parkedAt.getTime(), new Date(third).getTime(), 'parked at the clock time');
     const parked = await subscription.parked();
     assert.equal(parked.length, 1);
     assert.deepEqual(parked[0]!.event.data, { i: 2 });
@@ -292,7 +354,8 @@ describe('subscriptions (in-memory)', () => {
   });
 
   it('pause, resume and reset', async () => {
-    const { store, seen, options } = setup();
+    const clock = createTestClock();
+    const { store, seen, options } = setup(clock);
     const subscription = createSubscription(options());
     subscription.start();
     await append(store, 'a-1', 2);
@@ -300,7 +363,11 @@ describe('subscriptions (in-memory)', () => {
     subscription.pause();
     await until(async () => (await subscription.status()).state === 'paused', 'paused');
     await append(store, 'a-1', 1);
-    await new Promise((resolve) => setTimeout(resolve, 60));
+    // Many poll intervals go by, and the notification of the append came: a paused subscription handles nothing.
+    for (let poll = 0; poll < 5; poll++) {
+      await clock.untilSleeping(1);
+      await clock.advance(20);
+    }
     assert.equal(seen.length, 2, 'nothing processed while paused');
     assert.equal((await subscription.status()).lag.events, 1);
     subscription.resume();
@@ -311,7 +378,8 @@ describe('subscriptions (in-memory)', () => {
   });
 
   it('an append notified while a batch is being handled is not lost (no wait for the poll interval)', async () => {
-    const { store, seen, options } = setup();
+    // On a test clock that never moves: a poll interval never elapses, only the wake-up can find the second append.
+    const { store, seen, options } = setup(createTestClock());
     let appended: ReturnType<typeof append> | null = null;
     const subscription = createSubscription(
       options({
@@ -319,8 +387,7 @@ describe('subscriptions (in-memory)', () => {
         handle: async (event) => {
           seen.push(event);
           // The wake-up for this append comes while the runner is busy with this batch, not idle.
-          if (seen.length === 1) appended = append(store, 'a-2');
-          await new Promise((resolve) => setTimeout(resolve, 20));
+          if (seen.length === 1) await (appended = append(store, 'a-2'));
         },
       }),
     );
@@ -337,11 +404,87 @@ describe('subscriptions (in-memory)', () => {
     }
   });
 
-  it('waitFor times out with a typed error', async () => {
-    const { store, options } = setup();
+  it('waitFor times out with a typed error, on the clock', async () => {
+    const clock = createTestClock();
+    const { store, options } = setup(clock);
     const subscription = createSubscription(options());
     const { position } = await append(store, 'a-1');
-    await assert.rejects(subscription.waitFor(position, { timeoutMs: 50 }), WaitTimeoutError);
+    let outcome: unknown = 'waiting';
+    const waiting = subscription.waitFor(position, { timeoutMs: 250 }).then(
+      () => (outcome = 'reached'),
+      (error: unknown) => (outcome = error),
+    );
+    for (let elapsed = 0; elapsed < 200; elapsed += 100) {
+      await clock.untilSleeping(1);
+      await clock.advance(100);
+    }
+    assert.equal(outcome, 'waiting', 'still waiting at 200 ms');
+    await clock.untilSleeping(1);
+    await clock.advance(50);
+    await waiting;
+    const error = outcome as unknown;
+    assert.ok(error instanceof WaitTimeoutError, String(error));
+    assert.equal(error.timeoutMs, 250);
+    assert.equal(clock.sleepers, 0, 'no timer left');
+    assert.equal((await subscription.status()).waiting, 0);
+  });
+
+  it('polls every pollIntervalMs when no notification comes', async () => {
+    const clock = createTestClock();
+    const { store, subscriptions, seen, options } = setup(clock);
+    const silent = { ...subscriptions, onAppended: () => () => undefined };
+    const subscription = createSubscription(options({ subscriptions: silent, pollIntervalMs: 1_000 }));
+    subscription.start();
+    try {
+      await clock.untilSleeping(1);
+      await append(store, 'a-1', 2);
+      await clock.advance(999);
+      assert.equal(seen.length, 0, 'not before the poll interval');
+      await clock.advance(1);
+      await until(() => seen.length === 2, 'the events, at the next poll');
+    } finally {
+      await subscription.stop();
+    }
+  });
+
+  it('a failing read is reported and tried again with an exponential backoff, up to maxDelayMs', async () => {
+    const clock = createTestClock();
+    const { store, seen, options } = setup(clock);
+    let failures = 4;
+    const reads: number[] = [];
+    const flaky = Object.assign(Object.create(store) as typeof store, {
+      readAllPage: (page: Parameters<typeof store.readAllPage>[0]) => {
+        reads.push(clock.now());
+        return failures-- > 0 ? Promise.reject(new Error('database away')) : store.readAllPage(page);
+      },
+    });
+    const errors: string[] = [];
+    await append(store, 'a-1');
+    const subscription = createSubscription(
+      options({
+        store: flaky,
+        pollIntervalMs: 60_000,
+        retry: { baseDelayMs: 100, maxDelayMs: 1_000 },
+        onError: (error) => errors.push((error as Error).message),
+      }),
+    );
+    const start = clock.now();
+    subscription.start();
+    try {
+      for (let failed = 1; failed <= 4; failed++) {
+        await clock.untilSleeping(1);
+        await clock.advance(Math.min(1_000, 100 * 2 ** failed));
+      }
+      await until(() => seen.length === 1, 'the event, once the database is back');
+      assert.deepEqual(
+        reads.map((at) => at - start),
+        [0, 200, 600, 1_400, 2_400],
+        'each retry after 2^n × baseDelayMs, capped at maxDelayMs',
+      );
+      assert.deepEqual(errors, Array(4).fill('database away'));
+    } finally {
+      await subscription.stop();
+    }
   });
 
   it('waitFor refuses a timeout that is not a number of ms of 0 or more, and a position that is not one', async () => {
