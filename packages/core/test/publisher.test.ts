@@ -12,7 +12,7 @@ import {
   type Transport,
 } from '@eventline/core';
 import { encodeStoredEvent } from '@eventline/core/backend';
-import { until } from '@eventline/core/testing';
+import { createTestClock, until } from '@eventline/core/testing';
 
 const deposit = (i: number) => ({ id: newId(), type: 'Deposited', data: { i } });
 
@@ -57,7 +57,8 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
   });
 
   it('a broker away for longer than any retry schedule holds the publisher back: nothing parked, nothing skipped, order kept', async () => {
-    const store = createInMemoryStore();
+    const clock = createTestClock();
+    const store = createInMemoryStore({ clock });
     const broker = createInProcessBroker();
     const real = broker.connect();
     let down = true;
@@ -78,10 +79,9 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
     const publisher = createPublisher({
       name: 'bus',
       store,
-      subscriptions: createInMemorySubscriptionStore(store),
+      subscriptions: createInMemorySubscriptionStore(store, { clock }),
       transport: restarting,
-      pollIntervalMs: 10,
-      retry: { baseDelayMs: 1, maxDelayMs: 2 },
+      clock,
     });
     for (let i = 0; i < 10; i++) await store.append(`account-${i % 3}`, [deposit(i)]);
     const effects: number[] = [];
@@ -91,8 +91,17 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
       handle: async (event) => void effects.push((event.data as { i: number }).i),
     });
     publisher.start();
-    await until(() => refused >= 30, 'many more refused publishes than the default retry count');
+    // An hour of the default backoff (up to 5 s between tries): far more refusals than any finite retry count.
+    const start = clock.now();
+    while (clock.now() - start < 3_600_000) {
+      await clock.untilSleeping(1);
+      await clock.advance(5_000);
+    }
+    assert.ok(refused >= 700, `${refused} refused publishes`);
+    assert.deepEqual(effects, []);
     down = false;
+    await clock.untilSleeping(1);
+    await clock.advance(5_000);
     await until(() => effects.length === 10, 'all events on the bus once the broker is back');
     assert.deepEqual(effects, [...Array(10).keys()], 'in log order, none skipped');
     assert.deepEqual(await publisher.parked(), []);
@@ -118,13 +127,24 @@ describe('publisher and replay (in-memory store, in-process broker)', () => {
     assert.equal(first.published, 3);
     await until(() => seen.length === 3, 'the first replay');
     assert.ok(seen.every((s) => s.replay));
-    const again = await replayToTransport({
+    // At 2 events a second, a batch of one each half second, on the clock.
+    const clock = createTestClock();
+    const replaying = replayToTransport({
       store,
       transport,
       filter: { categories: ['account'] },
-      ratePerSecond: 100,
+      ratePerSecond: 2,
       onProgress: (p) => progress.push(p.published),
+      clock,
     });
+    for (const published of [1, 2, 3]) {
+      await clock.untilSleeping(1);
+      assert.deepEqual(progress, [1, 2, 3].slice(0, published));
+      await clock.advance(499);
+      assert.equal(progress.length, published, 'not before its time');
+      await clock.advance(1);
+    }
+    const again = await replaying;
     assert.equal(again.published, 3);
     const rebuilt: number[] = [];
     const wiped = await consumeEvents(broker.connect(), {
