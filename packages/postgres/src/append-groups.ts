@@ -3,7 +3,7 @@
  *
  * Appends are not sent the moment they are made: the ones made during the same turn of the event loop, and the ones
  * made while `maxInFlight` statements are already at the server, go together in one statement (`append_group`,
- * sql.ts): one round trip, one transaction, one commit for all of them. Each append of a group still succeeds or is
+ * sql/statements.ts): one round trip, one transaction, one commit for all of them. Each append of a group still succeeds or is
  * refused on its own, with the answer it would have had alone. A writer alone waits one event-loop turn
  * (`setImmediate`): writers whose previous appends just came back make their next ones in promise continuations of the
  * same turn, and those go together. Eight concurrent writers make one statement where they made eight, and the server
@@ -37,7 +37,7 @@ export interface AppendGroupOptions {
 
 export const DEFAULT_APPEND_GROUP_OPTIONS: AppendGroupOptions = { maxInFlight: 4, maxEvents: 1000, maxChars: 4 << 20 };
 
-/** The statement's parameters for a group: see appendGroup in sql.ts. */
+/** The statement's parameters for a group: see appendGroup in sql/statements.ts. */
 export type GroupParameters = [streams: string[], expected: string[], ids: string[], counts: number[], events: string];
 
 interface Waiting<A> {
@@ -60,7 +60,7 @@ export class AppendGroups<A extends GroupableAppend> {
     private readonly together: (parameters: GroupParameters) => Promise<string[]>,
   ) {}
 
-  /** Resolves with the append's result line (see appendEvents in sql.ts), or rejects as the append alone would. */
+  /** Resolves with the append's result line (see appendEvents in sql/statements.ts), or rejects as the append alone would. */
   submit(item: A): Promise<string> {
     return new Promise((resolve, reject) => {
       this.waiting.push({ item, resolve, reject });

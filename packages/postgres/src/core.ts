@@ -1,5 +1,5 @@
 /**
- * The event store logic shared by the PostgreSQL and PGlite backends. Everything here runs the statements of sql.ts
+ * The event store logic shared by the PostgreSQL and PGlite backends. Everything here runs the statements of sql/statements.ts
  * through an {@link Executor}; the backends only differ in how they reach the database (a pool or one embedded
  * instance) and how they run transactions.
  */
@@ -45,7 +45,7 @@ import {
   type PreparedEvent,
 } from '@eventline/core/backend';
 import { DatabaseOperationError } from './errors.js';
-import { streamLockKey, type Statement, type Statements } from './sql.js';
+import { streamLockKey, type Statement, type Statements } from './sql/statements.js';
 
 /** How the store code reaches the database: one statement at a time, errors already mapped (see errors.ts). */
 export interface Executor {
@@ -108,7 +108,7 @@ export interface StreamRowData {
   metadata: StreamMetadata;
 }
 
-/** An event row of the read statements (rows as arrays): see EVENT_COLUMNS in sql.ts. */
+/** An event row of the read statements (rows as arrays): see EVENT_COLUMNS in sql/statements.ts. */
 export type EventRow = [
   id: string,
   streamId: string,
@@ -120,7 +120,7 @@ export type EventRow = [
   metadata: EventMetadata,
 ];
 
-/** A row of the encoded readAll statement (readAllPageEncoded in sql.ts): data and metadata as text, then header fields. */
+/** A row of the encoded readAll statement (readAllPageEncoded in sql/statements.ts): data and metadata as text, then header fields. */
 type EncodedRow = [
   id: string,
   streamId: string,
@@ -143,7 +143,7 @@ interface WriteRow {
   stream_exists: boolean | null;
 }
 
-/** The append statement's single column: see `appendEvents` in sql.ts. */
+/** The append statement's single column: see `appendEvents` in sql/statements.ts. */
 interface AppendRow {
   r: string;
 }
@@ -173,7 +173,7 @@ function duplicateIdsOf(error: unknown, ids: readonly string[]): string[] | null
   return found && ids.includes(found) ? [found] : [...ids];
 }
 
-/** An append checked by prepareAppend and encoded for the append statement (see appendEvents in sql.ts). */
+/** An append checked by prepareAppend and encoded for the append statement (see appendEvents in sql/statements.ts). */
 export interface EncodedAppend {
   readonly streamId: string;
   readonly expectedVersion: ExpectedVersion;
@@ -282,9 +282,9 @@ export class SqlSession implements EventStoreSession {
   }
 
   /**
-   * Runs the append statement and resolves with its result line (see appendEvents in sql.ts). The store's own session
-   * (no `guard`: each statement its own transaction) skips the look-up of the batch's ids (see appendEventsFunction in
-   * sql.ts) and asks again with it only when the unique index refused an id; a transaction's session always looks, so
+   * Runs the append statement and resolves with its result line (see appendEvents in sql/statements.ts). The store's own session
+   * (no `guard`: each statement its own transaction) skips the look-up of the batch's ids (see `p_check` in
+   * migration 3) and asks again with it only when the unique index refused an id; a transaction's session always looks, so
    * that a retry or a conflict is an answer and not an aborted transaction.
    */
   protected async appendLine(append: EncodedAppend, check = this.guard !== undefined): Promise<string> {
@@ -319,7 +319,7 @@ export class SqlSession implements EventStoreSession {
     let rows: EventRow[];
     let row: StreamRowData | undefined;
     if (this.executor.readsStreamAtOnce?.() ?? true) {
-      // The stream's row and the first page in one round trip (see readStreamFirstPage in sql.ts).
+      // The stream's row and the first page in one round trip (see readStreamFirstPage in sql/statements.ts).
       rows = forwards
         ? await this.readFirstPage(id, from ?? 1, size, operation)
         : await this.executor.query<EventRow>(
@@ -372,7 +372,7 @@ export class SqlSession implements EventStoreSession {
 
   /**
    * The stream's row and the first page of a forwards read, as the rows of {@link Statements.readStreamFirstForwards}
-   * (see readStreamFirstPage in sql.ts). The PostgreSQL store reads several streams in one statement (read-groups.ts).
+   * (see readStreamFirstPage in sql/statements.ts). The PostgreSQL store reads several streams in one statement (read-groups.ts).
    */
   protected readFirstPage(streamId: string, from: number, size: number, operation: string): Promise<EventRow[]> {
     return this.executor.query<EventRow>(
@@ -588,7 +588,7 @@ export abstract class SqlStoreBase extends SqlSession implements EventStore {
     return { events, next: page.next, atEnd: page.atEnd };
   }
 
-  /** One gap-safe page of event rows after `after`, and where to resume (see `readAllPage` in sql.ts and the contract). */
+  /** One gap-safe page of event rows after `after`, and where to resume (see `readAllPage` in sql/statements.ts and the contract). */
   private async fetchAllPage<R extends unknown[] = EventRow>(
     filter: { types: string[] | null; categories: string[] | null },
     after: Position,

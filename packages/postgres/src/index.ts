@@ -1,6 +1,6 @@
 /**
  * @eventline/postgres: eventline's event store on a PostgreSQL server (node-postgres) and on embedded PGlite, both on
- * the one SQL module in sql.ts. See the package README.
+ * the one SQL module in sql/statements.ts. See the package README.
  */
 export {
   createPostgresStore,
@@ -23,7 +23,7 @@ export {
   type DataDirectoryHolder,
 } from './errors.js';
 export { migrations, LATEST_MIGRATION, runMigrations, type Migration, type MigrationConnection } from './migrations.js';
-export { DEFAULT_SCHEMA, quoteSchema } from './sql.js';
+export { DEFAULT_SCHEMA, quoteSchema } from './sql/statements.js';
 export {
   createSqlDocumentStore,
   createSqlInbox,

@@ -1,8 +1,19 @@
 /**
  * Versioned schema migrations. Each runs once per schema, in order, inside one transaction that holds an advisory lock
  * derived from the schema name (so two processes starting at once do not both migrate), and is recorded in
- * `<schema>.migrations (version, name, applied_at)`. A migration, once released, never changes: add a new one.
+ * `<schema>.migrations (version, name, applied_at)`.
+ *
+ * Each released migration is literal SQL in its own file under ./sql/migrations/ (`NNNN-<what>.ts`, exporting
+ * `version`, `name` and `sql`), frozen: test/migrations.test.ts pins the SHA-256 of every text, because a database
+ * migrated by an earlier release must end up exactly where a new one does. A change to the schema is a new file with
+ * the next version, added to {@link migrations} below. The schema name is the only parameter: every `{{schema}}` in
+ * the text is replaced by the validated, double-quoted name (see {@link renderMigration}); nothing else is substituted.
  */
+import * as m0001 from './sql/migrations/0001-events.js';
+import * as m0002 from './sql/migrations/0002-read-side.js';
+import * as m0003 from './sql/migrations/0003-append-group.js';
+import * as m0004 from './sql/migrations/0004-stream-order.js';
+import * as m0005 from './sql/migrations/0005-append-group-fast-path.js';
 import {
   appliedMigrations,
   createMigrationsTable,
@@ -10,12 +21,7 @@ import {
   migrationLockKeys,
   quoteSchema,
   recordMigration,
-  schemaV1,
-  schemaV3,
-  schemaV4,
-  schemaV5,
-} from './sql.js';
-import { schemaV2 } from './read-side-sql.js';
+} from './sql/statements.js';
 
 export interface Migration {
   readonly version: number;
@@ -24,29 +30,24 @@ export interface Migration {
   readonly sql: (quotedSchema: string) => string;
 }
 
-export const migrations: readonly Migration[] = [
-  {
-    version: 1,
-    name: 'event store: streams, events, append_events / delete_stream / set_stream_metadata',
-    sql: schemaV1,
-  },
-  {
-    version: 2,
-    name: 'read side: checkpoints, leases, parked events, snapshots, projection catalog, inbox, read-model registry',
-    sql: schemaV2,
-  },
-  { version: 3, name: 'append_events: optional id look-up and lock wait; append_group (group commit)', sql: schemaV3 },
-  {
-    version: 4,
-    name: "streams.last_transaction: events labelled with the greater of their transaction's id and their stream's last label, so that the log follows every stream's order",
-    sql: schemaV4,
-  },
-  {
-    version: 5,
-    name: 'append_group: the fast path of a whole group in one statement (new streams, free existing streams whose expected version holds)',
-    sql: schemaV5,
-  },
-];
+/** The placeholder of the schema in a migration's text. */
+export const SCHEMA_PLACEHOLDER = '{{schema}}';
+
+/** A migration's text for a schema: every {@link SCHEMA_PLACEHOLDER} replaced by the double-quoted schema name. */
+export function renderMigration(text: string, quotedSchema: string): string {
+  return text.replaceAll(SCHEMA_PLACEHOLDER, quotedSchema);
+}
+
+/** The frozen texts, by version (test/migrations.test.ts pins their hashes). */
+export const migrationTexts: ReadonlyMap<number, string> = new Map(
+  [m0001, m0002, m0003, m0004, m0005].map((file) => [file.version, file.sql]),
+);
+
+export const migrations: readonly Migration[] = [m0001, m0002, m0003, m0004, m0005].map((file): Migration => ({
+  version: file.version,
+  name: file.name,
+  sql: (quotedSchema) => renderMigration(file.sql, quotedSchema),
+}));
 
 /** The latest migration version this package knows. */
 export const LATEST_MIGRATION = migrations[migrations.length - 1]!.version;

@@ -1,6 +1,6 @@
 /**
  * The event store on PGlite: PostgreSQL compiled to WebAssembly, in this process, file-backed or in memory. Same schema
- * and statements as the server store (sql.ts).
+ * and statements as the server store (sql/statements.ts).
  *
  * PGlite has a single connection, and PGlite queues every query behind an open transaction. The memory store lets
  * readers go on while a transaction is open and shows them only committed data; so does this store: while a
@@ -22,7 +22,7 @@ import { SqlSession, SqlStoreBase, type Executor, type StoreConfig, type StreamR
 import { fileDataDirectory, lockDataDirectory, type DataDirectoryLock } from './data-dir-lock.js';
 import { DatabaseOperationError, toStoreError } from './errors.js';
 import { runMigrations } from './migrations.js';
-import { DEFAULT_SCHEMA, statementsFor, type Statement, type Statements } from './sql.js';
+import { DEFAULT_SCHEMA, statementsFor, type Statement, type Statements } from './sql/statements.js';
 
 export const DEFAULT_PGLITE_DATA_DIR = './.eventline/data';
 

@@ -24,7 +24,7 @@ import {
 import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';
 import { runMigrations } from './migrations.js';
 import { DEFAULT_READ_GROUP_OPTIONS, ReadGroups, type GroupedRow } from './read-groups.js';
-import { DEFAULT_SCHEMA, statementsFor, type Statement } from './sql.js';
+import { DEFAULT_SCHEMA, statementsFor, type Statement } from './sql/statements.js';
 
 const NOTIFY_INTERVAL_MS = 5;
 

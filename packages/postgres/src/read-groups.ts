@@ -5,7 +5,7 @@
  * append-groups.ts); their reads went one statement each, and on a 2-core machine a statement's cost is mostly not
  * the work inside it but the round trip: the socket write, the server process woken to answer, the protocol. So the
  * first pages of forwards stream reads asked for during the same turn of the event loop go together in one statement
- * (`readStreamFirstGroup`, sql.ts), each read getting exactly the rows its own statement would have returned. That
+ * (`readStreamFirstGroup`, sql/statements.ts), each read getting exactly the rows its own statement would have returned. That
  * also keeps concurrent commands in step: their reads come back together, so their appends are made in the same turn
  * and go as one group.
  *
@@ -14,7 +14,7 @@
  */
 import type { EventRow } from './core.js';
 
-/** What a grouped read needs: see readStreamFirstForwards in sql.ts. */
+/** What a grouped read needs: see readStreamFirstForwards in sql/statements.ts. */
 export interface FirstPageRead {
   readonly streamId: string;
   readonly from: number;

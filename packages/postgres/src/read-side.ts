@@ -27,8 +27,8 @@ import type { SqlClient, SqlQueryOptions } from './core.js';
 
 /** The read side's statements have fixed texts (per schema and table): prepared once per connection. */
 const PREPARED: SqlQueryOptions = { prepare: true };
-import * as q from './read-side-sql.js';
-import { quoteSchema } from './sql.js';
+import * as q from './sql/read-side-statements.js';
+import { quoteSchema } from './sql/statements.js';
 
 /** What the read side needs of a store: both `createPostgresStore` and `createPGliteStore` give it. */
 export interface SqlEventStore extends EventStore {

@@ -1,54 +1,8 @@
 /**
- * The read side's tables and statements: subscription checkpoints, leases and parked events, snapshots, the
- * projection catalog, the consumer inbox, and the registry of document tables. Every statement is a function of the
- * double-quoted schema name; values only ever go in as parameters.
+ * The read side's statements: subscription checkpoints, leases and parked events, snapshots, the projection catalog,
+ * the consumer inbox, and the registry of document tables (their tables: migration 2, ./migrations/0002-read-side.ts).
+ * Every statement is a function of the double-quoted schema name; values only ever go in as parameters.
  */
-
-export const schemaV2 = (s: string) => `
-CREATE TABLE ${s}.checkpoints (
-  name text PRIMARY KEY,
-  position text COLLATE "C" NOT NULL,
-  updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE ${s}.leases (
-  name text PRIMARY KEY,
-  owner text NOT NULL,
-  expires_at timestamptz NOT NULL
-);
-CREATE TABLE ${s}.parked (
-  subscription text NOT NULL,
-  event_id uuid NOT NULL,
-  event jsonb NOT NULL,
-  error jsonb NOT NULL,
-  attempts integer NOT NULL,
-  parked_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (subscription, event_id)
-);
-CREATE TABLE ${s}.snapshots (
-  stream_id text PRIMARY KEY,
-  version bigint NOT NULL,
-  state_version integer NOT NULL,
-  state jsonb NOT NULL,
-  taken_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE ${s}.projections (
-  name text PRIMARY KEY,
-  active_version integer NOT NULL,
-  switched_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE ${s}.inbox (
-  group_name text NOT NULL,
-  message_id text NOT NULL,
-  processed_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (group_name, message_id)
-);
-CREATE TABLE ${s}.read_models (
-  collection text PRIMARY KEY,
-  table_name text NOT NULL UNIQUE,
-  created_at timestamptz NOT NULL DEFAULT now()
-);
-`;
-
 /** The DDL of one document table (the name is generated and quoted by the caller, never user input as such). */
 export const createDocumentTable = (s: string, table: string) => `
 CREATE TABLE IF NOT EXISTS ${s}.${table} (
