@@ -24,7 +24,11 @@ export type EventlineErrorCode =
   | 'IDEMPOTENCY_KEY_REUSED'
   | 'TRANSACTION_CONFLICT'
   | 'DATA_DIR_LOCKED'
-  | 'UNKNOWN_COLLECTION';
+  | 'UNKNOWN_COLLECTION'
+  | 'TRANSPORT_FAILED'
+  | 'TRANSPORT_UNAVAILABLE'
+  | 'TRANSPORT_CONFIGURATION'
+  | 'TRANSPORT_CLOSED';
 
 export abstract class EventlineError extends Error {
   abstract readonly code: EventlineErrorCode;
@@ -351,4 +355,54 @@ export class UnknownCollectionError extends EventlineError {
   override toJSON(): Record<string, unknown> {
     return { ...super.toJSON(), projection: this.projection, collection: this.collection, known: this.known };
   }
+}
+
+/** The transports eventline ships; another transport names itself. */
+export type TransportName = 'nats' | 'rabbitmq' | 'redis' | (string & {});
+
+const TRANSPORT_LABELS: Readonly<Record<string, string>> = { nats: 'NATS', rabbitmq: 'RabbitMQ', redis: 'Redis' };
+
+/**
+ * A transport (a message broker) failed an operation: `transport` names it, `operation` says what it was doing
+ * (`connect`, `publish`, `consume`, `ack`...), `cause` is the broker client's own error when there is one. This class
+ * itself (`TRANSPORT_FAILED`) is a refusal by the broker or a message it cannot carry; the subclasses say what to do
+ * instead: wait and retry ({@link TransportUnavailableError}), fix the set-up ({@link TransportConfigurationError}),
+ * make a new transport ({@link TransportClosedError}). `retryable` is true when the same call may succeed later.
+ */
+export class TransportError extends EventlineError {
+  readonly code: EventlineErrorCode = 'TRANSPORT_FAILED';
+  readonly retryable: boolean = false;
+  constructor(
+    readonly transport: TransportName,
+    readonly operation: string,
+    detail: string,
+    override readonly cause?: unknown,
+  ) {
+    super(`${TRANSPORT_LABELS[transport] ?? transport} transport: ${operation}: ${detail}`);
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), transport: this.transport, operation: this.operation, retryable: this.retryable };
+  }
+}
+
+/**
+ * The broker cannot be reached, the connection was lost, or it did not answer in time. Retry later: a publish is
+ * safe to repeat (messages carry their ids, and consumers de-duplicate); a consumer reconnects by itself.
+ */
+export class TransportUnavailableError extends TransportError {
+  override readonly code = 'TRANSPORT_UNAVAILABLE' as const;
+  override readonly retryable = true;
+}
+
+/**
+ * The transport's options, or what the broker already holds under its names (a stream, a durable consumer, a queue
+ * declared differently), do not fit. Nothing will change by retrying: fix the options or the broker's set-up.
+ */
+export class TransportConfigurationError extends TransportError {
+  override readonly code = 'TRANSPORT_CONFIGURATION' as const;
+}
+
+/** The transport was closed (or failed for good) and cannot be used again: create a new transport. */
+export class TransportClosedError extends TransportError {
+  override readonly code = 'TRANSPORT_CLOSED' as const;
 }

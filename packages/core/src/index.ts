@@ -21,6 +21,10 @@ export {
   StoreUnavailableError,
   StreamDeletedError,
   TransactionConflictError,
+  TransportClosedError,
+  TransportConfigurationError,
+  TransportError,
+  TransportUnavailableError,
   UnknownCollectionError,
   UnknownCommandError,
   UnknownEventTypeError,
@@ -28,6 +32,7 @@ export {
   ValidationError,
   type ActualVersion,
   type EventlineErrorCode,
+  type TransportName,
   type ValidationIssue,
 } from './errors.js';
 export { LeaseLostError } from './subscriptions/contract.js';

@@ -36,6 +36,11 @@ export const STATUS_OF_CODE: Readonly<Record<EventlineErrorCode, number>> = {
   DATA_DIR_LOCKED: 503,
   LEASE_LOST: 503,
   WAIT_TIMEOUT: 504,
+  // The broker sits behind this server: whatever it lacks or refuses, the client did nothing wrong and may retry later.
+  TRANSPORT_FAILED: 503,
+  TRANSPORT_UNAVAILABLE: 503,
+  TRANSPORT_CLOSED: 503,
+  TRANSPORT_CONFIGURATION: 503,
 };
 
 /** An HTTP-level problem the API answers with (not found, method not allowed, a body it cannot read...). */
