@@ -1,4 +1,6 @@
 import { createInbox, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import type { Clock } from '@eventline/core';
+import { describe } from './messages.js';
 
 /** A message ready for JetStream: its full subject, body, and headers (Nats-Msg-Id and the rest). */
 export interface OutgoingMessage {
@@ -7,8 +9,20 @@ export interface OutgoingMessage {
   readonly headers: ReadonlyArray<readonly [string, string]>;
 }
 
+/**
+ * Why a message was not stored: the broker is away or slow (`unavailable`, retry), the transport or its connection is
+ * closed (`closed`), the broker refused it (`refused`), or another stream took it (`configuration`).
+ * `streamMissing`: no stream takes the subject (it was deleted): create it again before the retry.
+ */
+export interface PublishFailure {
+  readonly kind: 'unavailable' | 'closed' | 'refused' | 'configuration';
+  readonly detail: string;
+  readonly cause?: unknown;
+  readonly streamMissing?: boolean;
+}
+
 interface Pending {
-  resolve(error: Error | undefined): void;
+  resolve(failure: PublishFailure | undefined): void;
 }
 
 /**
@@ -19,8 +33,9 @@ interface Pending {
  * server with a 503 status when no stream takes the subject.
  *
  * A batch is written in one synchronous loop, so it goes out whole on one connection, in order (see `publish` in
- * transport.ts for why that keeps every stream in order). Each message's outcome is an Error or undefined; one timer
- * per batch ends the wait for acknowledgements that do not come (a connection dropped mid-batch loses them).
+ * transport.ts for why that keeps every stream in order). Each message's outcome is a {@link PublishFailure} or
+ * undefined; one sleep of the clock per batch ends the wait for acknowledgements that do not come (a connection
+ * dropped mid-batch loses them).
  */
 export class AckCollector {
   private subscription: Subscription | undefined;
@@ -32,22 +47,23 @@ export class AckCollector {
     private readonly nc: NatsConnection,
     private readonly stream: string,
     private readonly timeoutMs: number,
+    private readonly clock: Clock,
   ) {
     this.inbox = createInbox();
   }
 
-  /** Resolves, once every message was acknowledged or timed out, with each message's error (undefined when stored). */
-  publish(messages: readonly OutgoingMessage[]): Promise<Array<Error | undefined>> {
+  /** Resolves, once every message was acknowledged or timed out, with each message's failure (undefined when stored). */
+  publish(messages: readonly OutgoingMessage[]): Promise<Array<PublishFailure | undefined>> {
     this.subscribe();
-    const outcomes: Array<Error | undefined> = new Array(messages.length);
+    const outcomes: Array<PublishFailure | undefined> = new Array(messages.length);
     let open = messages.length;
     return new Promise((resolve) => {
       const tokens: string[] = [];
-      let timer: ReturnType<typeof setTimeout> | undefined = undefined;
-      const settle = (index: number, error: Error | undefined) => {
-        outcomes[index] = error;
+      let timeout: AbortController | undefined = undefined;
+      const settle = (index: number, failure: PublishFailure | undefined) => {
+        outcomes[index] = failure;
         if (--open === 0) {
-          if (timer) clearTimeout(timer);
+          timeout?.abort();
           resolve(outcomes);
         }
       };
@@ -63,28 +79,34 @@ export class AckCollector {
         } catch (error) {
           // Refused before it was sent (too large, connection closed): send none of the rest, so that no later message
           // of its stream is stored before it.
-          const refusal = error instanceof Error ? error : new Error(String(error));
+          const refusal: PublishFailure = this.nc.isClosed()
+            ? { kind: 'closed', detail: 'the NATS connection is closed; create a new transport', cause: error }
+            : { kind: 'refused', detail: `not sent (${describe(error)})`, cause: error };
           this.pending.delete(token);
           tokens.pop();
           for (let rest = i; rest < messages.length; rest++)
             settle(
               rest,
-              rest === i
-                ? refusal
-                : new Error(`not sent: an earlier message of the batch was refused (${refusal.message})`),
+              rest === i ? refusal : { ...refusal, detail: `not sent: an earlier message of the batch was refused` },
             );
           break;
         }
       }
       if (open === 0) return;
-      timer = setTimeout(() => {
+      const controller = new AbortController();
+      timeout = controller;
+      void this.clock.sleep(this.timeoutMs, controller.signal).then(() => {
+        if (controller.signal.aborted) return;
         for (const token of tokens) {
           const waiting = this.pending.get(token);
           if (!waiting) continue;
           this.pending.delete(token);
-          waiting.resolve(new Error(`no acknowledgement within ${this.timeoutMs} ms`));
+          waiting.resolve({
+            kind: 'unavailable',
+            detail: `no acknowledgement within ${this.timeoutMs} ms (is the server reachable?)`,
+          });
         }
-      }, this.timeoutMs);
+      });
     });
   }
 
@@ -92,7 +114,7 @@ export class AckCollector {
     this.subscription?.unsubscribe();
     this.subscription = undefined;
     for (const waiting of this.pending.values())
-      waiting.resolve(new Error('the transport closed before the acknowledgement came'));
+      waiting.resolve({ kind: 'closed', detail: 'the transport closed before the acknowledgement came' });
     this.pending.clear();
   }
 
@@ -112,28 +134,39 @@ export class AckCollector {
     waiting.resolve(this.outcomeOf(msg));
   }
 
-  private outcomeOf(msg: Msg): Error | undefined {
+  private outcomeOf(msg: Msg): PublishFailure | undefined {
     if (msg.data.length === 0 && msg.headers?.code === 503)
-      return new Error(
-        'no responders: no JetStream stream takes this subject (is JetStream enabled, the stream there?)',
-      );
+      return {
+        kind: 'unavailable',
+        detail: 'no responders: no JetStream stream takes this subject (is JetStream enabled, the stream there?)',
+        streamMissing: true,
+      };
     let ack: { stream?: string; error?: { code?: number; err_code?: number; description?: string } };
     try {
       ack = msg.json();
     } catch {
-      return new Error(`an acknowledgement that is not JSON: ${msg.string().slice(0, 200)}`);
+      return { kind: 'refused', detail: `an acknowledgement that is not JSON: ${msg.string().slice(0, 200)}` };
     }
     if (ack.error)
-      return new Error(
-        `JetStream refused the message: ${ack.error.description ?? 'no description'} (code ${ack.error.code ?? '?'}, err_code ${ack.error.err_code ?? '?'})`,
-      );
+      return {
+        kind: 'refused',
+        detail: `JetStream refused the message: ${ack.error.description ?? 'no description'} (code ${ack.error.code ?? '?'}, err_code ${ack.error.err_code ?? '?'})`,
+      };
     if (ack.stream !== this.stream)
-      return new Error(`acknowledged by stream ${String(ack.stream)}, expected ${this.stream}`);
+      return {
+        kind: 'configuration',
+        detail: `acknowledged by stream ${String(ack.stream)}, expected ${this.stream}: another stream captures the subject`,
+      };
     return undefined;
   }
 
   private failAll(error: Error): void {
-    for (const waiting of this.pending.values()) waiting.resolve(error);
+    const failure: PublishFailure = {
+      kind: 'unavailable',
+      detail: `the reply subscription failed (${error.message})`,
+      cause: error,
+    };
+    for (const waiting of this.pending.values()) waiting.resolve(failure);
     this.pending.clear();
     this.subscription = undefined;
   }

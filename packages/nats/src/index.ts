@@ -1,2 +1,2 @@
-export { createNatsTransport, NatsTransportError, type NatsTransport, type NatsTransportOptions } from './transport.js';
+export { createNatsTransport, type NatsTransport, type NatsTransportOptions } from './transport.js';
 export { safeName } from './names.js';

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { TransportConfigurationError } from '@eventline/core';
 
 /**
  * Names and subjects on NATS. A JetStream stream or consumer name may not contain `.`, `*`, `>`, whitespace or path
@@ -26,8 +27,10 @@ function validToken(token: string): boolean {
 /** Throws unless `prefix` is one or more valid subject tokens (`eventline`, `acme.events`). */
 export function assertPrefix(prefix: string): void {
   if (!prefix.split('.').every(validToken)) {
-    throw new Error(
-      `NATS transport: invalid subject prefix ${JSON.stringify(prefix)} (dot-separated tokens without whitespace, '*' or '>')`,
+    throw new TransportConfigurationError(
+      'nats',
+      'configure',
+      `invalid subject prefix ${JSON.stringify(prefix)}: use dot-separated tokens without whitespace, '*' or '>'`,
     );
   }
 }
@@ -41,12 +44,12 @@ export function subjectProblem(subject: string): string | undefined {
 }
 
 /**
- * The NATS filter subjects for a consumer's `subjects` (see `subjectMatches` in eventline): an exact `<category>.<type>`,
+ * The NATS filter subjects for a consumer's `subjects` (an invalid entry is a configuration error of `operation`) (see `subjectMatches` in eventline): an exact `<category>.<type>`,
  * or `<category>.*` for a whole category, which becomes `<prefix>.<category>.>` so that it matches exactly what
  * `subjectMatches` matches (a type containing dots included). Entries covered by another entry are dropped, because
  * JetStream rejects overlapping filters. No entries (or none given): the whole prefix, `<prefix>.>`.
  */
-export function filterSubjects(prefix: string, subjects: readonly string[] | undefined): string[] {
+export function filterSubjects(prefix: string, subjects: readonly string[] | undefined, operation: string): string[] {
   if (!subjects || subjects.length === 0) return [`${prefix}.>`];
   const categories = new Set<string>();
   const exact = new Set<string>();
@@ -57,8 +60,10 @@ export function filterSubjects(prefix: string, subjects: readonly string[] | und
     }
     const problem = subjectProblem(entry);
     if (problem)
-      throw new Error(
-        `NATS transport: consume: invalid subject filter: ${problem} (use <category>.<type> or <category>.*)`,
+      throw new TransportConfigurationError(
+        'nats',
+        operation,
+        `invalid subject filter: ${problem} (use <category>.<type> or <category>.*)`,
       );
     exact.add(entry);
   }

@@ -3,15 +3,18 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { connect } from '@nats-io/transport-node';
-import { newId, type Consumer, type ReceivedMessage, type TransportMessage } from '@eventline/core';
-import { describeTransportConformance } from '@eventline/core/testing';
 import {
-  createNatsTransport,
-  safeName,
-  type NatsTransport,
-  type NatsTransportError,
-  type NatsTransportOptions,
-} from '../src/index.js';
+  newId,
+  TransportClosedError,
+  TransportConfigurationError,
+  TransportError,
+  TransportUnavailableError,
+  type Consumer,
+  type ReceivedMessage,
+  type TransportMessage,
+} from '@eventline/core';
+import { describeTransportConformance } from '@eventline/core/testing';
+import { createNatsTransport, safeName, type NatsTransport, type NatsTransportOptions } from '../src/index.js';
 import {
   deleteStream,
   natsAvailability,
@@ -30,8 +33,8 @@ const ACK_WAIT_MS = 2_000;
 if (!availability.available) {
   describe('NATS JetStream transport', { skip: availability.reason }, () => undefined);
 } else {
-  const backgroundErrors: NatsTransportError[] = [];
-  const onError = (error: NatsTransportError) => void backgroundErrors.push(error);
+  const backgroundErrors: TransportError[] = [];
+  const onError = (error: TransportError) => void backgroundErrors.push(error);
 
   describeTransportConformance({
     name: 'NATS JetStream',
@@ -105,11 +108,22 @@ if (!availability.available) {
       });
     });
 
-    it('errors name the operation: invalid subjects, bad filters, a closed transport, an unreachable server', async () => {
+    it('errors are typed and name the operation: invalid subjects, bad filters and options, a closed transport, an unreachable server', async () => {
       const transport = await open(namespace());
+      /** Asserts the error's class, code, transport, operation and message. */
+      const typed =
+        (kind: typeof TransportError, code: string, operation: string, message: RegExp) =>
+        (error: unknown): boolean => {
+          assert.ok(error instanceof kind, `${String(error)} is a ${kind.name}`);
+          assert.equal(error.code, code);
+          assert.equal(error.transport, 'nats');
+          assert.equal(error.operation, operation);
+          assert.match(error.message, message);
+          return true;
+        };
       await assert.rejects(
         transport.publish([{ ...messageOf('account-1', 1), subject: 'account' }]),
-        /NATS transport: publish: .*not <category>\.<type>/,
+        typed(TransportError, 'TRANSPORT_FAILED', 'publish', /NATS transport: publish: .*not <category>\.<type>/),
       );
       await assert.rejects(
         transport.publish([{ ...messageOf('account-1', 1), subject: 'account.Has Space' }]),
@@ -117,22 +131,54 @@ if (!availability.available) {
       );
       await assert.rejects(
         transport.consume({ group: 'g', subjects: ['account.>'], handler: async () => undefined }),
-        /NATS transport: consume .*invalid subject filter/,
+        typed(
+          TransportConfigurationError,
+          'TRANSPORT_CONFIGURATION',
+          'consume (group "g")',
+          /NATS transport: consume .*invalid subject filter/,
+        ),
+      );
+      await assert.rejects(
+        transport.consume({ group: 'g', retryDelayMs: -1, handler: async () => undefined }),
+        typed(TransportConfigurationError, 'TRANSPORT_CONFIGURATION', 'consume', /retryDelayMs/),
+      );
+      await assert.rejects(
+        createNatsTransport({ servers: NATS_URL, prefix: 'has space' }),
+        typed(TransportConfigurationError, 'TRANSPORT_CONFIGURATION', 'configure', /invalid subject prefix/),
+      );
+      await assert.rejects(
+        createNatsTransport({ servers: NATS_URL, ackWaitMs: 10 }),
+        typed(TransportConfigurationError, 'TRANSPORT_CONFIGURATION', 'configure', /ackWaitMs/),
       );
       const other = await createNatsTransport({ servers: NATS_URL, prefix: namespace() });
       await other.close();
       await assert.rejects(
         other.publish([messageOf('account-1', 1)]),
-        /NATS transport: publish: the transport is closed/,
+        typed(TransportClosedError, 'TRANSPORT_CLOSED', 'publish', /NATS transport: publish: the transport is closed/),
       );
       await assert.rejects(
         other.consume({ group: 'g', handler: async () => undefined }),
-        /NATS transport: consume: the transport is closed/,
+        typed(TransportClosedError, 'TRANSPORT_CLOSED', 'consume', /NATS transport: consume: the transport is closed/),
       );
       await assert.rejects(
         createNatsTransport({ servers: 'nats://127.0.0.1:1' }),
-        /NATS transport: connect: cannot connect to nats:\/\/127\.0\.0\.1:1/,
+        typed(
+          TransportUnavailableError,
+          'TRANSPORT_UNAVAILABLE',
+          'connect',
+          /NATS transport: connect: cannot connect to nats:\/\/127\.0\.0\.1:1/,
+        ),
       );
+      const unavailable = new TransportUnavailableError('nats', 'publish', 'down');
+      assert.equal(unavailable.retryable, true);
+      assert.deepEqual(unavailable.toJSON(), {
+        name: 'TransportUnavailableError',
+        code: 'TRANSPORT_UNAVAILABLE',
+        message: 'NATS transport: publish: down',
+        transport: 'nats',
+        operation: 'publish',
+        retryable: true,
+      });
     });
 
     it('filters on several subjects (category and exact type) and starts a new group at new messages when asked', async () => {
@@ -334,7 +380,11 @@ if (!availability.available) {
         // (another stream: a timed-out publish may still reach the server from the reconnect buffer, which is fine)
         await assert.rejects(
           publisher.publish([messageOf('other-1', 1)]),
-          /NATS transport: publish: /,
+          (error: unknown) => {
+            assert.ok(error instanceof TransportUnavailableError, `${String(error)} says the server is unavailable`);
+            assert.match(error.message, /NATS transport: publish: /);
+            return true;
+          },
           'publishing fails while the server is down',
         );
       } finally {
