@@ -1,5 +1,6 @@
 import type { Channel, ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
-import type { TransportMessage } from '@eventline/core';
+import { TransportError, TransportUnavailableError, type Clock, type TransportMessage } from '@eventline/core';
+import { toError } from './errors.js';
 
 /** Channels closed on purpose: their `close` event is not a failure. */
 const closingOnPurpose = new WeakSet<Channel>();
@@ -27,11 +28,6 @@ export function destroySocket(model: ChannelModel): void {
   internals.stream?.destroy(new Error('socket destroyed'));
 }
 
-function toError(value: unknown, fallback: string): Error {
-  if (value instanceof Error) return value;
-  return new Error(value === undefined || value === null ? fallback : `${fallback}: ${String(value)}`);
-}
-
 /**
  * One live connection and the channels made on it. Any unexpected channel or connection close loses the session
  * (once): the transport then reconnects and every consumer starts again from the cursors stored on the broker.
@@ -51,6 +47,7 @@ export class Session {
     /** Whether the transport opened the connection (and so closes it), or was given it. */
     private readonly owned: boolean,
     private readonly onLost: (session: Session, error: Error) => void,
+    private readonly clock: Clock,
   ) {}
 
   static async open(
@@ -58,8 +55,9 @@ export class Session {
     generation: number,
     owned: boolean,
     onLost: (session: Session, error: Error) => void,
+    clock: Clock,
   ): Promise<Session> {
-    const session = new Session(model, generation, owned, onLost);
+    const session = new Session(model, generation, owned, onLost, clock);
     model.on('error', (error: Error) => {
       session.lastError = error;
     });
@@ -138,7 +136,7 @@ export class Session {
           else resolve();
         });
       } catch (error) {
-        reject(toError(error, `RabbitMQ publish of message ${id} failed`));
+        reject(new TransportUnavailableError('rabbitmq', 'publish', `message ${id} could not be sent`, error));
       }
     });
     confirmed.catch(() => undefined); // awaited by the caller, maybe after a drain: never an unhandled rejection
@@ -160,7 +158,7 @@ export class Session {
     let failure: Error | undefined;
     let settle!: () => void;
     const confirmed = new Promise<void>((resolve) => (settle = resolve));
-    const timestamp = Math.floor(Date.now() / 1000);
+    const timestamp = Math.floor(this.clock.now() / 1000);
     let sent = 0;
     for (const message of messages) {
       const id = message.id;
@@ -185,7 +183,12 @@ export class Session {
           },
         );
       } catch (error) {
-        failure ??= toError(error, `RabbitMQ publish of message ${id} failed`);
+        failure ??= new TransportUnavailableError(
+          'rabbitmq',
+          'publish',
+          `message ${id} could not be sent (${toError(error).message}); publish the batch again`,
+          error,
+        );
         break;
       }
       sent++;
@@ -194,7 +197,14 @@ export class Session {
     }
     if (sent < messages.length) {
       // Not everything went out: the confirms of what did may never come (a lost channel); do not wait for them.
-      throw failure ?? new Error('RabbitMQ connection lost before every message was sent; publish them again');
+      throw (
+        failure ??
+        new TransportUnavailableError(
+          'rabbitmq',
+          'publish',
+          'the connection was lost before every message was sent; publish them again',
+        )
+      );
     }
     await confirmed;
     if (failure) throw failure;
@@ -207,15 +217,20 @@ export class Session {
     routingKey: string,
     id: string,
     error: unknown,
-  ): Error | undefined {
+  ): TransportError | undefined {
     if (error)
-      return new Error(
-        `RabbitMQ did not confirm message ${id} (${error instanceof Error ? error.message : String(error)})`,
-        { cause: error },
+      return new TransportUnavailableError(
+        'rabbitmq',
+        'publish',
+        `RabbitMQ did not confirm message ${id} (${toError(error).message}); publish it again`,
+        error,
       );
     if (this.takeReturned(channel, id))
-      return new Error(
-        `RabbitMQ could not route message ${id} to any queue (exchange ${exchange || '(default)'}, routing key ${routingKey})`,
+      return new TransportError(
+        'rabbitmq',
+        'publish',
+        `RabbitMQ could not route message ${id} to any queue (exchange ${exchange || '(default)'}, routing key ${routingKey}): ` +
+          'was the stream queue deleted or unbound?',
       );
     return undefined;
   }
@@ -271,17 +286,14 @@ export class Session {
       await Promise.all([...this.channels].map((channel) => closeQuietly(channel)));
       return;
     }
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), 5_000);
-      timer.unref();
-    });
+    const bound = new AbortController();
+    const timeout = this.clock.sleep(5_000, bound.signal).then(() => 'timeout' as const);
     const closed = this.model.close().then(
       () => 'closed' as const,
       () => 'failed' as const,
     );
     const outcome = await Promise.race([closed, timeout]);
-    clearTimeout(timer);
+    bound.abort();
     if (outcome !== 'closed') destroySocket(this.model);
   }
 

@@ -1,4 +1,5 @@
 import type { Channel } from 'amqplib';
+import { TransportConfigurationError } from '@eventline/core';
 
 /** Every name a namespace uses on the broker, all derived from the exchange name. */
 export interface RabbitMqNames {
@@ -61,9 +62,12 @@ export async function declareNamespace(
   try {
     await channel.assertQueue(names.stream, { durable: true, arguments: streamArguments(retention) });
   } catch (error) {
-    throw new Error(
-      `RabbitMQ stream ${names.stream} could not be declared (it may exist with other retention arguments): ${(error as Error).message}`,
-      { cause: error },
+    throw new TransportConfigurationError(
+      'rabbitmq',
+      'declare',
+      `stream ${names.stream} could not be declared (it may exist with other retention arguments: give the same ` +
+        `retention options, or delete the stream): ${(error as Error).message}`,
+      error,
     );
   }
   await channel.bindQueue(names.stream, names.exchange, '#');

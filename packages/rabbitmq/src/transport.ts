@@ -1,6 +1,18 @@
 import amqp, { type Channel, type ChannelModel } from 'amqplib';
-import type { ConsumeOptions, Consumer, Transport, TransportMessage } from '@eventline/core';
-import { GroupMember, type GroupSettings } from './consumer.js';
+import {
+  systemClock,
+  TransportClosedError,
+  TransportConfigurationError,
+  TransportError,
+  TransportUnavailableError,
+  type Clock,
+  type ConsumeOptions,
+  type Consumer,
+  type Transport,
+  type TransportMessage,
+} from '@eventline/core';
+import { toError } from './errors.js';
+import { GroupMember, type GroupSettings } from './group-member.js';
 import { Session } from './session.js';
 import { declareNamespace, namesFor, PRIVATE_HEADERS, type RabbitMqNames, type RetentionOptions } from './topology.js';
 
@@ -38,7 +50,12 @@ export interface RabbitMqTransportOptions {
   readonly readAhead?: number;
   readonly reconnect?: RabbitMqReconnectOptions;
   /** Connection losses, reconnection failures, configuration conflicts found while consuming. Default: `console.error`. */
-  readonly onError?: (error: Error) => void;
+  readonly onError?: (error: TransportError) => void;
+  /**
+   * Time for the transport's own waits and stamps: reconnection delays, heartbeats and membership, hand-over
+   * cool-downs, handler retry delays, message timestamps. Default: the system's.
+   */
+  readonly clock?: Clock;
   /** The transport's `name`. Default `rabbitmq`. */
   readonly name?: string;
 }
@@ -68,13 +85,9 @@ function withHeartbeat(url: string): string {
   return `${url}${url.includes('?') ? '&' : '?'}heartbeat=10`;
 }
 
-function toError(value: unknown): Error {
-  return value instanceof Error ? value : new Error(String(value));
-}
-
 function positiveInteger(value: number, what: string): number {
   if (!Number.isInteger(value) || value < 1)
-    throw new Error(`createRabbitMqTransport: ${what} must be a positive integer`);
+    throw new TransportConfigurationError('rabbitmq', 'configure', `${what} must be a positive integer, got ${value}`);
   return value;
 }
 
@@ -95,9 +108,10 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
   const initialDelayMs = options.reconnect?.initialDelayMs ?? 200;
   const maxDelayMs = options.reconnect?.maxDelayMs ?? 5000;
   const rejoinTimeoutMs = options.reconnect?.rejoinTimeoutMs ?? 30_000;
+  const clock = options.clock ?? systemClock;
   const onError =
-    options.onError ?? ((error: Error) => console.error(`[eventline/rabbitmq ${exchange}] ${error.message}`));
-  const report = (error: Error): void => {
+    options.onError ?? ((error: TransportError) => console.error(`[eventline/rabbitmq ${exchange}] ${error.message}`));
+  const report = (error: TransportError): void => {
     try {
       onError(error);
     } catch {
@@ -111,6 +125,7 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
     partitions,
     heartbeatMs,
     readAhead,
+    clock,
     report,
     declared: (queue) => declaredQueues.add(queue),
   };
@@ -118,9 +133,10 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
   let state: State = 'idle';
   let session: Session | null = null;
   let opening: Promise<Session> | null = null;
-  let failure: Error | null = null;
+  let failure: TransportError | null = null;
   let generation = 0;
-  let wakeReconnect: (() => void) | null = null;
+  /** Aborted by close() and destroy(): ends a reconnection delay at once. */
+  const ending = new AbortController();
   let externalClosed = false;
   const external = options.connection && typeof options.connection !== 'function' ? options.connection : null;
   external?.on('close', () => {
@@ -130,17 +146,23 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
   /** Closed or destroyed (a function, so that the compiler does not narrow the state across awaits). */
   const gone = (): boolean => state === 'closed' || state === 'killed';
 
-  const unavailable = (): Error => {
+  const unavailable = (operation: string): TransportError => {
     switch (state) {
       case 'closed':
-        return new Error(`RabbitMQ transport ${exchange} is closed`);
+        return new TransportClosedError(
+          'rabbitmq',
+          operation,
+          `transport ${exchange} is closed; create a new transport`,
+        );
       case 'killed':
-        return new Error(`RabbitMQ transport ${exchange} was destroyed`);
+        return new TransportClosedError('rabbitmq', operation, `transport ${exchange} was destroyed; create a new one`);
       case 'failed':
-        return failure ?? new Error(`RabbitMQ transport ${exchange} failed`);
+        return failure ?? new TransportClosedError('rabbitmq', operation, `transport ${exchange} failed for good`);
       default:
-        return new Error(
-          `RabbitMQ transport ${exchange} is disconnected from ${redact(url)} and reconnecting; publish again once it is back`,
+        return new TransportUnavailableError(
+          'rabbitmq',
+          operation,
+          `transport ${exchange} is disconnected from ${redact(url)} and reconnecting; publish again once it is back`,
         );
     }
   };
@@ -148,7 +170,12 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
   const connectModel = async (): Promise<{ model: ChannelModel; owned: boolean }> => {
     if (typeof options.connection === 'function') return { model: await options.connection(), owned: true };
     if (external) {
-      if (externalClosed) throw new Error('the RabbitMQ connection given to the transport is closed');
+      if (externalClosed)
+        throw new TransportClosedError(
+          'rabbitmq',
+          'connect',
+          `the connection given to transport ${exchange} is closed; create a new transport with an open connection`,
+        );
       return { model: external, owned: false };
     }
     return {
@@ -167,19 +194,35 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
     for (const member of members) member.detach(lost);
     if (state !== 'open') return; // closing, or a reconnection attempt failing (the loop goes on)
     if (!external) {
-      report(new Error(`RabbitMQ connection lost (${error.message}); reconnecting`, { cause: error }));
+      report(
+        new TransportUnavailableError(
+          'rabbitmq',
+          'connection',
+          `connection lost (${error.message}); reconnecting`,
+          error,
+        ),
+      );
       state = 'reconnecting';
       void reconnectLoop(error);
     } else if (externalClosed) {
       fail(
-        new Error(
-          `the RabbitMQ connection given to transport ${exchange} closed (${error.message}); it cannot reconnect`,
-          { cause: error },
+        new TransportClosedError(
+          'rabbitmq',
+          'connection',
+          `the connection given to transport ${exchange} closed (${error.message}); it cannot reconnect: create a new transport with an open connection`,
+          error,
         ),
       );
     } else {
       // A channel failed on a connection that is still open: start again on it.
-      report(new Error(`RabbitMQ channel failed (${error.message}); starting again`, { cause: error }));
+      report(
+        new TransportUnavailableError(
+          'rabbitmq',
+          'connection',
+          `channel failed (${error.message}); starting again`,
+          error,
+        ),
+      );
       state = 'reconnecting';
       void reconnectLoop(error);
     }
@@ -190,27 +233,41 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
     try {
       connected = await connectModel();
     } catch (error) {
-      throw new Error(`RabbitMQ at ${redact(url)} is not reachable: ${toError(error).message}`, { cause: error });
+      if (error instanceof TransportError) throw error;
+      throw new TransportUnavailableError(
+        'rabbitmq',
+        'connect',
+        `RabbitMQ at ${redact(url)} is not reachable: ${toError(error).message}`,
+        error,
+      );
     }
-    const opened = await Session.open(connected.model, ++generation, connected.owned, onLost);
+    let opened: Session | undefined;
     try {
+      opened = await Session.open(connected.model, ++generation, connected.owned, onLost, clock);
       await opened.ensureNamespace((channel) => declareNamespace(channel, names, options.retention));
     } catch (error) {
-      await opened.close();
-      throw error;
+      const alive = opened?.alive ?? false;
+      await opened?.close();
+      if (error instanceof TransportError) throw error;
+      throw new (alive ? TransportError : TransportUnavailableError)(
+        'rabbitmq',
+        'connect',
+        `setting up channels and the namespace of ${exchange} failed: ${toError(error).message}`,
+        error,
+      );
     }
     return opened;
   };
 
-  const ensureSession = async (): Promise<Session> => {
+  const ensureSession = async (operation: string): Promise<Session> => {
     if (state === 'open' && session?.alive) return session;
-    if (state !== 'idle') throw unavailable();
+    if (state !== 'idle') throw unavailable(operation);
     opening ??= open().then(
       async (opened) => {
         opening = null;
         if (state !== 'idle') {
           await opened.close();
-          throw unavailable();
+          throw unavailable(operation);
         }
         session = opened;
         state = 'open';
@@ -224,28 +281,17 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
     return opening;
   };
 
-  const sleep = (ms: number): Promise<void> =>
-    new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        wakeReconnect = null;
-        resolve();
-      }, ms);
-      timer.unref();
-      wakeReconnect = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-
+  /** `work`, or a TransportUnavailableError when it takes longer than `ms` on the clock. */
   const withTimeout = async <T>(work: Promise<T>, ms: number, what: string): Promise<T> => {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} took more than ${ms} ms`)), ms);
+    const bound = new AbortController();
+    const timeout = clock.sleep(ms, bound.signal).then((): never => {
+      throw new TransportUnavailableError('rabbitmq', 'reconnect', `${what} took more than ${ms} ms`);
     });
+    timeout.catch(() => undefined);
     try {
       return await Promise.race([work, timeout]);
     } finally {
-      clearTimeout(timer);
+      bound.abort();
     }
   };
 
@@ -253,7 +299,7 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
   const reconnectLoop = async (cause: Error): Promise<void> => {
     let last = cause;
     for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-      await sleep(Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1)));
+      await clock.sleep(Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1)), ending.signal);
       if (state !== 'reconnecting') return;
       let opened: Session | null = null;
       try {
@@ -271,7 +317,12 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
           rejoinTimeoutMs,
           'rejoining the consumer groups',
         );
-        if (!opened.alive) throw new Error('the connection was lost again while rejoining the consumer groups');
+        if (!opened.alive)
+          throw new TransportUnavailableError(
+            'rabbitmq',
+            'reconnect',
+            'the connection was lost again while rejoining the consumer groups',
+          );
         state = 'open';
         return;
       } catch (error) {
@@ -286,14 +337,17 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
       }
     }
     fail(
-      new Error(
-        `RabbitMQ transport ${exchange} gave up reconnecting to ${redact(url)} after ${maxAttempts} attempts: ${last.message}`,
-        { cause: last },
+      new TransportClosedError(
+        'rabbitmq',
+        'reconnect',
+        `transport ${exchange} gave up reconnecting to ${redact(url)} after ${maxAttempts} attempts (${last.message}); ` +
+          'create a new transport once RabbitMQ is back, or allow more attempts (reconnect.maxAttempts)',
+        last,
       ),
     );
   };
 
-  const fail = (error: Error): void => {
+  const fail = (error: TransportError): void => {
     state = 'failed';
     failure = error;
     for (const member of members) member.kill();
@@ -310,7 +364,7 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
     },
 
     async publish(messages: readonly TransportMessage[]): Promise<void> {
-      const current = await ensureSession();
+      const current = await ensureSession('publish');
       if (messages.length === 0) return;
       try {
         await current.sendBatch(current.publishChannel, exchange, messages, (message) => ({
@@ -319,22 +373,25 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
         }));
       } catch (error) {
         if (!current.alive)
-          throw new Error(
-            `RabbitMQ connection lost before the broker confirmed every message; publish them again (${toError(error).message})`,
-            { cause: error },
+          throw new TransportUnavailableError(
+            'rabbitmq',
+            'publish',
+            `connection lost before the broker confirmed every message; publish them again (${toError(error).message})`,
+            error,
           );
-        throw error;
+        if (error instanceof TransportError) throw error;
+        throw new TransportError('rabbitmq', 'publish', toError(error).message, error);
       }
     },
 
     async consume(consumeOptions: ConsumeOptions): Promise<Consumer> {
-      if (state === 'closed' || state === 'killed' || state === 'failed') throw unavailable();
+      if (state === 'closed' || state === 'killed' || state === 'failed') throw unavailable('consume');
       const member = new GroupMember(settings, consumeOptions, (stopped) => members.delete(stopped));
       if (state === 'reconnecting') {
         members.add(member); // joins when the connection is back
         return member;
       }
-      const current = await ensureSession();
+      const current = await ensureSession('consume');
       members.add(member);
       try {
         await member.attach(current);
@@ -342,7 +399,13 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
         if (gone()) return member; // closed or destroyed meanwhile: a stopped consumer
         if (!current.alive && members.has(member)) return member; // lost meanwhile: it joins after reconnecting
         await member.stop();
-        throw error;
+        if (error instanceof TransportError) throw error;
+        throw new TransportError(
+          'rabbitmq',
+          `consume (group ${consumeOptions.group})`,
+          `joining the group failed: ${toError(error).message}`,
+          error,
+        );
       }
       return member;
     },
@@ -351,7 +414,7 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
       if (state === 'closed') return;
       const killed = state === 'killed';
       state = 'closed';
-      wakeReconnect?.();
+      ending.abort();
       for (const member of members) member.kill();
       members.clear();
       const current = session;
@@ -363,7 +426,7 @@ export function createRabbitMqTransport(options: RabbitMqTransportOptions = {}):
     destroy(): void {
       if (state === 'closed' || state === 'killed') return;
       state = 'killed';
-      wakeReconnect?.();
+      ending.abort();
       for (const member of members) member.kill();
       members.clear();
       const current = session;

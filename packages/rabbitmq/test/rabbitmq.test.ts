@@ -5,9 +5,16 @@
 // where they fail.
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import amqp, { type GetMessage } from 'amqplib';
-import { newId, type ReceivedMessage, type TransportMessage } from '@eventline/core';
-import { describeTransportConformance, until } from '@eventline/core/testing';
+import amqp, { type ChannelModel, type GetMessage } from 'amqplib';
+import {
+  newId,
+  TransportClosedError,
+  TransportConfigurationError,
+  TransportUnavailableError,
+  type ReceivedMessage,
+  type TransportMessage,
+} from '@eventline/core';
+import { createTestClock, describeTransportConformance, until } from '@eventline/core/testing';
 import { createRabbitMqTransport, type RabbitMqTransport, type RabbitMqTransportOptions } from '@eventline/rabbitmq';
 import { delay, deleteTopology, host, port, portOpen, rabbitmqctl, startRabbitMq, url } from './helpers.js';
 
@@ -260,6 +267,9 @@ describe('RabbitMQ transport', { skip }, () => {
       const c2 = await two.consume({ group: 'g', handler: async () => undefined });
       await c4.stop(); // the cursor tokens go to the next member in line: the one with 2 partitions
       await until(() => seen.some((error) => /same number/.test(error.message)), 'the error', 10_000);
+      const refusal = seen.find((error) => /same number/.test(error.message));
+      assert.ok(refusal instanceof TransportConfigurationError, 'a configuration error');
+      assert.equal(refusal.transport, 'rabbitmq');
       await c2.stop();
     });
 
@@ -269,20 +279,127 @@ describe('RabbitMQ transport', { skip }, () => {
       async () => {
         const name = namespace();
         await client(name, { retention: { maxAge: '1D' } }).publish([]);
-        await assert.rejects(client(name, { retention: { maxAge: '2D' } }).publish([]), /other retention arguments/);
+        await assert.rejects(client(name, { retention: { maxAge: '2D' } }).publish([]), (error: unknown) => {
+          assert.ok(error instanceof TransportConfigurationError, String(error));
+          assert.match(error.message, /other retention arguments/);
+          return true;
+        });
       },
     );
 
     it('publish fails clearly when RabbitMQ is not reachable, and after close()', { timeout: 30_000 }, async () => {
       const nowhere = createRabbitMqTransport({ url: 'amqp://guest:guest@127.0.0.1:1', prefix: namespace() });
-      await assert.rejects(nowhere.publish(messagesOf(['account-1'], 1)), /not reachable/);
+      await assert.rejects(nowhere.publish(messagesOf(['account-1'], 1)), (error: unknown) => {
+        assert.ok(error instanceof TransportUnavailableError, String(error));
+        assert.equal(error.code, 'TRANSPORT_UNAVAILABLE');
+        assert.equal(error.operation, 'connect');
+        assert.equal(error.retryable, true);
+        assert.match(error.message, /not reachable/);
+        return true;
+      });
       await nowhere.close();
       const name = namespace();
       const transport = client(name);
       await transport.publish(messagesOf(['account-1'], 1));
       await transport.close();
-      await assert.rejects(transport.publish(messagesOf(['account-1'], 1)), /closed/);
+      for (const attempt of [
+        transport.publish(messagesOf(['account-1'], 1)),
+        transport.consume({ group: 'g', handler: async () => undefined }),
+      ])
+        await assert.rejects(attempt, (error: unknown) => {
+          assert.ok(error instanceof TransportClosedError, String(error));
+          assert.equal(error.code, 'TRANSPORT_CLOSED');
+          assert.match(error.message, /closed/);
+          return true;
+        });
     });
+
+    it('bad options are refused at once with a configuration error', async () => {
+      const configuration = (error: unknown) => {
+        assert.ok(error instanceof TransportConfigurationError, String(error));
+        assert.equal(error.transport, 'rabbitmq');
+        return true;
+      };
+      assert.throws(() => createRabbitMqTransport({ url, partitions: 0 }), configuration);
+      assert.throws(() => createRabbitMqTransport({ url, heartbeatMs: 1.5 }), configuration);
+      const transport = client(namespace());
+      await assert.rejects(transport.consume({ group: '', handler: async () => undefined }), configuration);
+      await assert.rejects(
+        transport.consume({ group: 'g', retryDelayMs: -1, handler: async () => undefined }),
+        configuration,
+      );
+    });
+
+    it('a failing handler is retried in place after retryDelayMs of the clock', { timeout: 30_000 }, async () => {
+      const clock = createTestClock();
+      const transport = client(namespace(), { clock });
+      const deliveries: number[] = [];
+      const consumer = await transport.consume({
+        group: 'g',
+        retryDelayMs: 60_000,
+        handler: async (m) => {
+          deliveries.push(m.deliveryCount);
+          if (deliveries.length === 1) throw new Error('fails once');
+        },
+      });
+      await transport.publish(messagesOf(['account-1'], 1));
+      await until(() => deliveries.length === 1, 'the first delivery', 15_000);
+      await clock.untilSleeping(2); // the heartbeat and the retry delay
+      await clock.advance(59_999);
+      assert.deepEqual(deliveries, [1], 'not retried before the delay');
+      await clock.advance(1);
+      await until(() => deliveries.length === 2, 'the retry', 15_000);
+      await consumer.stop();
+      assert.deepEqual(deliveries, [1, 2]);
+    });
+
+    it(
+      'reconnects after delays of the clock that double from initialDelayMs up to maxDelayMs',
+      { timeout: 30_000 },
+      async () => {
+        const clock = createTestClock();
+        const models: ChannelModel[] = [];
+        let calls = 0;
+        let refusals = 0;
+        const transport = client(namespace(), {
+          clock,
+          reconnect: { initialDelayMs: 1_000, maxDelayMs: 4_000 },
+          connection: async () => {
+            calls++;
+            if (refusals > 0) {
+              refusals--;
+              throw new Error('refused by the test');
+            }
+            const model = await amqp.connect(url);
+            models.push(model);
+            return model;
+          },
+        });
+        await transport.publish(messagesOf(['account-1'], 1));
+        assert.equal(calls, 1);
+        refusals = 3;
+        await models[0]!.close(); // the connection is lost: the transport reconnects on its own
+        await until(() => !transport.connected, 'the transport to notice', 10_000);
+        for (const [delay, attempt] of [
+          [1_000, 2],
+          [2_000, 3],
+          [4_000, 4],
+          [4_000, 5], // at most maxDelayMs
+        ] as const) {
+          await until(() => clock.sleepers > 0 && calls === attempt - 1, `waiting before attempt ${attempt}`, 10_000);
+          await clock.advance(delay - 1);
+          assert.equal(calls, attempt - 1, `attempt ${attempt} not before ${delay} ms`);
+          await clock.advance(1);
+          await until(() => calls === attempt, `attempt ${attempt}`, 10_000);
+        }
+        await until(() => transport.connected, 'the new connection', 10_000);
+        await transport.publish(messagesOf(['account-1'], 1));
+        assert.ok(
+          errors.some((error) => error instanceof TransportUnavailableError && /connection lost/.test(error.message)),
+          'the lost connection was reported as a TransportUnavailableError',
+        );
+      },
+    );
 
     // Last: it restarts the machine's RabbitMQ.
     it(
