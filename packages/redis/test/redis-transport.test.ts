@@ -2,8 +2,14 @@
 // restarts the machine's Redis, which must not cut another file's tests short.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { ReceivedMessage } from '@eventline/core';
-import { describeTransportConformance } from '@eventline/core/testing';
+import {
+  TransportClosedError,
+  TransportConfigurationError,
+  TransportError,
+  TransportUnavailableError,
+  type ReceivedMessage,
+} from '@eventline/core';
+import { createTestClock, describeTransportConformance } from '@eventline/core/testing';
 import { Redis } from 'ioredis';
 import { createRedisTransport, type RedisTransport } from '../src/index.js';
 import { packStrings } from '../src/pack.js';
@@ -127,7 +133,14 @@ describe('Redis Streams transport', () => {
       const batch = messages(['account-1', 'account-2'], 150); // two script calls
       // The stream's key holds a string: every XADD is refused (WRONGTYPE).
       await redis.set(`${prefix}:events`, 'not a stream');
-      await assert.rejects(transport.publish(batch), /WRONGTYPE/);
+      await assert.rejects(transport.publish(batch), (error: unknown) => {
+        assert.ok(error instanceof TransportError && !(error instanceof TransportUnavailableError), String(error));
+        assert.equal(error.code, 'TRANSPORT_FAILED');
+        assert.equal(error.transport, 'redis');
+        assert.equal(error.operation, 'publish');
+        assert.match(error.message, /WRONGTYPE/);
+        return true;
+      });
       assert.deepEqual(await redis.keys(`${prefix}:dedupe:*`), [], 'no id is remembered as published');
       await redis.del(`${prefix}:events`);
       await transport.publish(batch);
@@ -202,38 +215,48 @@ describe('Redis Streams transport', () => {
     },
   );
 
-  it('a failing message holds back only its own stream', { timeout: 20_000 }, async () => {
-    const prefix = fresh();
-    const transport = open(prefix);
-    const batch = messages(['account-1', 'account-2'], 5);
-    const poison = batch[0]!; // account-1, version 1
-    let healed = false;
-    const seen: ReceivedMessage[] = [];
-    const c = await transport.consume({
-      group: 'g',
-      retryDelayMs: 100,
-      handler: async (m) => {
-        if (m.id === poison.id && !healed) throw new Error('not yet');
-        seen.push(m);
-      },
-    });
-    await transport.publish(batch);
-    await until(() => seen.filter((m) => m.streamId === 'account-2').length === 5, 'the other stream', 10_000);
-    assert.equal(seen.filter((m) => m.streamId === 'account-1').length, 0, 'account-1 waits for its first message');
-    healed = true;
-    await until(() => seen.length === 10, 'account-1 after the retry', 10_000);
-    await c.stop();
-    const account1 = seen.filter((m) => m.streamId === 'account-1');
-    assert.deepEqual(
-      account1.map((m) => m.id),
-      batch.filter((m) => m.streamId === 'account-1').map((m) => m.id),
-    );
-    assert.ok(account1[0]!.deliveryCount >= 2);
-    assert.ok(
-      account1.slice(1).every((m) => m.deliveryCount === 1),
-      'the messages that waited were delivered once',
-    );
-  });
+  it(
+    'a failing message holds back only its own stream, until retryDelayMs of the clock',
+    { timeout: 20_000 },
+    async () => {
+      const prefix = fresh();
+      const clock = createTestClock();
+      // Entries stay idle (in Redis's time) while the test clock stands still: a claimIdleMs long enough that no reclaim
+      // takes them back meanwhile, and short blocking waits so that the consumer sees the clock move at once.
+      const transport = open(prefix, { clock, claimIdleMs: 60_000, blockMs: 100 });
+      const batch = messages(['account-1', 'account-2'], 5);
+      const poison = batch[0]!; // account-1, version 1
+      let healed = false;
+      const seen: ReceivedMessage[] = [];
+      const c = await transport.consume({
+        group: 'g',
+        retryDelayMs: 30_000,
+        handler: async (m) => {
+          if (m.id === poison.id && !healed) throw new Error('not yet');
+          seen.push(m);
+        },
+      });
+      await transport.publish(batch);
+      await until(() => seen.filter((m) => m.streamId === 'account-2').length === 5, 'the other stream', 10_000);
+      await clock.advance(29_999);
+      await sleep(300); // the consumer's loop turns a few times (its blocking waits are Redis's, 100 ms)
+      assert.equal(seen.filter((m) => m.streamId === 'account-1').length, 0, 'account-1 waits for its first message');
+      healed = true;
+      await clock.advance(1);
+      await until(() => seen.length === 10, 'account-1 after the retry', 10_000);
+      await c.stop();
+      const account1 = seen.filter((m) => m.streamId === 'account-1');
+      assert.deepEqual(
+        account1.map((m) => m.id),
+        batch.filter((m) => m.streamId === 'account-1').map((m) => m.id),
+      );
+      assert.ok(account1[0]!.deliveryCount >= 2);
+      assert.ok(
+        account1.slice(1).every((m) => m.deliveryCount === 1),
+        'the messages that waited were delivered once',
+      );
+    },
+  );
 
   it(
     'stop() returns promptly while waiting, and finishes and acknowledges the message in progress',
@@ -407,6 +430,27 @@ describe('Redis Streams transport', () => {
       assert.equal(new Set(handled.map((h) => h.by)).size, 2, 'the stream went from one member to the other');
     },
   );
+
+  it('errors are typed: bad options, a closed transport', { timeout: 20_000 }, async () => {
+    const configuration = (error: unknown) => {
+      assert.ok(error instanceof TransportConfigurationError, String(error));
+      assert.equal(error.transport, 'redis');
+      assert.match(error.message, /claimIdleMs must be a positive number/);
+      return true;
+    };
+    assert.throws(() => createRedisTransport({ url: REDIS_URL, claimIdleMs: 0 }), configuration);
+    const transport = open(fresh());
+    await transport.close();
+    for (const attempt of [
+      transport.publish(messages(['account-1'], 1)),
+      transport.consume({ group: 'g', handler: async () => undefined }),
+    ])
+      await assert.rejects(attempt, (error: unknown) => {
+        assert.ok(error instanceof TransportClosedError, String(error));
+        assert.equal(error.code, 'TRANSPORT_CLOSED');
+        return true;
+      });
+  });
 
   it('does not close a client it was given', { timeout: 20_000 }, async () => {
     const prefix = fresh();
