@@ -13,7 +13,7 @@ import {
   type ReceivedMessage,
   type TransportMessage,
 } from '@eventline/core';
-import { describeTransportConformance } from '@eventline/core/testing';
+import { createTestClock, describeTransportConformance } from '@eventline/core/testing';
 import { createNatsTransport, safeName, type NatsTransport, type NatsTransportOptions } from '../src/index.js';
 import {
   deleteStream,
@@ -323,6 +323,24 @@ if (!availability.available) {
         [two.id, three.id],
       );
       assert.ok(backgroundErrors.length > 0, 'the trouble was reported to onError');
+    });
+
+    it('a group whose durable consumer was deleted sets up again after a pause of its clock', async () => {
+      const clock = createTestClock();
+      const transport = await open(namespace(), { clock });
+      const received: string[] = [];
+      const consumer = await transport.consume({ group: 'g', handler: async (m) => void received.push(m.id) });
+      const [one, two] = [messageOf('account-1', 1), messageOf('account-1', 2)];
+      await transport.publish([one]);
+      await until(() => received.length === 1, 'the first message', 10_000);
+      await withManager((jsm) => jsm.consumers.delete(transport.stream, 'g'));
+      await until(() => clock.sleepers === 1, 'the pause before setting up again', 10_000);
+      await transport.publish([two]);
+      await sleep(300);
+      assert.deepEqual(received, [one.id], 'nothing is set up again before the pause is over');
+      await clock.advance(5_000); // the longest pause
+      await until(() => received.includes(two.id), 'the message after the consumer was set up again', 10_000);
+      await consumer.stop();
     });
 
     it('a dotted prefix gets a safe stream name and its own subjects', async () => {
