@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs every *.test.ts under packages/, examples/ and bench/ with Node's own test runner.
+// Runs every *.test.ts under packages/, examples/, bench/ and test/ with Node's own test runner.
 // Node 20's `--test` does not expand globs, so the files are found here and passed explicitly.
 // Usage: npm test [-- <path fragment> ...]   (only files whose path contains one of the fragments)
 import { spawnSync } from 'node:child_process';
@@ -7,7 +7,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
-const roots = ['packages', 'examples', 'bench'];
+const roots = ['packages', 'examples', 'bench', 'test'];
 const files = [];
 function walk(dir) {
   for (const name of readdirSync(dir)) {
