@@ -15,7 +15,8 @@ export {
   type PGliteEventStore,
   type PGliteStoreOptions,
 } from './pglite.js';
-export { SqlSession, type SqlClient, type SqlQueryOptions } from './core.js';
+export { SqlSession, type SqlClient, type SqlQueryOptions } from './session.js';
+export type { SqlEventStore } from './store.js';
 export {
   DatabaseOperationError,
   DataDirectoryLockedError,
@@ -31,5 +32,4 @@ export {
   createSqlSnapshotStore,
   createSqlSubscriptionStore,
   sqlOf,
-  type SqlEventStore,
 } from './read-side.js';

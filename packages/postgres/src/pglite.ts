@@ -1,6 +1,6 @@
 /**
- * The event store on PGlite: PostgreSQL compiled to WebAssembly, in this process, file-backed or in memory. Same schema
- * and statements as the server store (sql/statements.ts).
+ * The event store on PGlite ({@link SqlStore} on the {@link PGliteDriver} below): PostgreSQL compiled to WebAssembly,
+ * in this process, file-backed or in memory. Same schema and statements as the server store (sql/statements.ts).
  *
  * PGlite has a single connection, and PGlite queues every query behind an open transaction. The memory store lets
  * readers go on while a transaction is open and shows them only committed data; so does this store: while a
@@ -13,16 +13,17 @@
  * - a hard delete inside the transaction removes the stream's events only at commit, so that readers never miss
  *   events that a rolled-back delete would have kept.
  */
-import type { SqlClient } from './core.js';
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { PGlite, type PGliteInterface, type Transaction } from '@electric-sql/pglite';
-import { StoreClosedError, type EventStore, type EventStoreOptions, type EventStoreSession } from '@eventline/core';
-import { SqlSession, SqlStoreBase, type Executor, type StoreConfig, type StreamRowData } from './core.js';
+import type { EventStoreOptions } from '@eventline/core';
 import { fileDataDirectory, lockDataDirectory, type DataDirectoryLock } from './data-dir-lock.js';
-import { DatabaseOperationError, toStoreError } from './errors.js';
-import { runMigrations } from './migrations.js';
+import type { SqlDriver, SqlTransaction } from './driver.js';
+import { toStoreError } from './errors.js';
+import type { MigrationConnection } from './migrations.js';
+import type { StreamRowData } from './session.js';
 import { DEFAULT_SCHEMA, statementsFor, type Statement, type Statements } from './sql/statements.js';
+import { SqlStore, type SqlEventStore } from './store.js';
 
 export const DEFAULT_PGLITE_DATA_DIR = './.eventline/data';
 
@@ -42,17 +43,10 @@ export interface PGliteStoreOptions extends EventStoreOptions {
   schema?: string;
 }
 
-/** The PGlite event store: the {@link EventStore} contract, plus migrations and access to its database. */
-export interface PGliteEventStore extends EventStore {
-  readonly schema: string;
-  /** Raw SQL on the store's connections (each statement its own transaction); inside `transaction()`, use the session's `sql`. */
-  readonly sql: SqlClient;
-  /** A wake-up soon after events are committed (see the package README). */
-  onAppended(listener: () => void): () => void;
+/** The PGlite event store: the {@link SqlEventStore} (the contract, migrations, raw SQL, wake-ups) and its database. */
+export interface PGliteEventStore extends SqlEventStore {
   /** The PGlite instance the store runs on (its own, or the one it was given). */
   readonly db: PGliteInterface;
-  /** Applies the schema migrations now; see PostgresEventStore.migrate. */
-  migrate(): Promise<number[]>;
 }
 
 /**
@@ -85,7 +79,13 @@ export function createPGliteStore(options: PGliteStoreOptions = {}): PGliteEvent
   }
   // A failed start is reported by the first operation, not as an unhandled rejection; it lets the directory go.
   db.waitReady.catch(() => lock?.release());
-  return new PGliteStore({ statements, events: options.events, maxEventBytes: options.maxEventBytes }, db, own, lock);
+  const store = new SqlStore(
+    { statements, events: options.events, maxEventBytes: options.maxEventBytes },
+    new PGliteDriver(db, own, lock, statements),
+  );
+  return Object.defineProperty(store, 'db', { value: db, enumerable: true }) as SqlStore & {
+    readonly db: PGliteInterface;
+  };
 }
 
 /** The transaction open on a PGlite instance (at most one: PGlite runs transactions one at a time). */
@@ -104,10 +104,17 @@ const ARRAY_ROWS = { rowMode: 'array' } as const;
 
 const key = (schema: string, streamId: string) => `${schema}\u0000${streamId}`;
 
-/** Outside `transaction()`: writes queue behind an open transaction; reads get the committed view (see above). */
-class PGliteExecutor implements Executor {
+/**
+ * The PGlite driver: one embedded instance, one connection (see the top of the file for how readers go on beside an
+ * open transaction). Outside `transaction()`, writes queue behind an open transaction, reads get the committed view.
+ * In a transaction, the driver remembers each stream's row before the transaction first writes to it, and a hard
+ * delete keeps the stream's events until commit, when they are removed. No other process writes: no LISTEN/NOTIFY.
+ */
+class PGliteDriver implements SqlDriver {
   constructor(
     private readonly db: PGliteInterface,
+    private readonly own: boolean,
+    private readonly lock: DataDirectoryLock | null,
     private readonly statements: Statements,
   ) {}
 
@@ -131,100 +138,87 @@ class PGliteExecutor implements Executor {
       throw toStoreError(error, operation);
     }
   }
-}
 
-class PGliteStore extends SqlStoreBase implements PGliteEventStore {
-  constructor(
-    config: StoreConfig,
-    readonly db: PGliteInterface,
-    private readonly own: boolean,
-    private readonly lock: DataDirectoryLock | null,
-  ) {
-    super(config, new PGliteExecutor(db, config.statements));
-  }
-
-  protected async runMigrations(): Promise<number[]> {
+  async migrationTransaction<T>(operation: string, fn: (connection: MigrationConnection) => Promise<T>): Promise<T> {
     try {
       return await this.db.transaction((tx) =>
-        runMigrations(
-          {
-            exec: async (sql) => {
-              await tx.exec(sql);
-            },
-            query: async <R>(text: string, values: unknown[]) => (await tx.query<R>(text, values)).rows,
+        fn({
+          exec: async (sql) => {
+            await tx.exec(sql);
           },
-          this.schema,
-        ),
+          query: async <R>(text: string, values: unknown[]) => (await tx.query<R>(text, values)).rows,
+        }),
       );
     } catch (error) {
-      throw toStoreError(error, `migrate schema '${this.schema}'`);
+      throw toStoreError(error, operation);
     }
   }
 
-  protected async runTransaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
-    const statements = this.config.statements;
+  async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    const statements = this.statements;
     let fnError = null as { error: unknown } | null;
     try {
       return await this.db.transaction(async (tx) => {
         const open: OpenTransaction = { tx, readable: true, before: new Map(), startedAt: Date.now() };
         openTransactions.set(this.db, open);
-        let active = true;
-        let failure: Error | null = null;
         const hardDeleted = new Set<string>();
         const capturing = new Map<string, Promise<void>>();
         const run = async <R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> => {
-          if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
-          if (failure)
-            throw new DatabaseOperationError(
-              operation,
-              new Error(`the transaction was aborted by an earlier error: ${failure.message}`),
-            );
           try {
             return (await tx.query<R>(statement.text, values, statement.arrayRows ? ARRAY_ROWS : undefined)).rows;
           } catch (error) {
             // PostgreSQL aborted the transaction: readers outside stop using its connection.
             open.readable = false;
-            failure = toStoreError(error, operation);
-            throw failure;
+            throw toStoreError(error, operation);
           }
         };
-        const executor: Executor = {
-          query: run,
-          beforeStreamWrite: (streamId) => {
-            const k = key(statements.schema, streamId);
-            if (open.before.has(k)) return Promise.resolve();
-            let capture = capturing.get(k);
-            if (!capture) {
-              capture = run<StreamRowData>(statements.streamState, [streamId], `read stream '${streamId}'`).then(
-                (rows) => {
-                  if (!open.before.has(k)) open.before.set(k, rows[0] ?? null);
-                },
-              );
-              capturing.set(k, capture);
-            }
-            return capture;
-          },
-          keepHardDeletedEvents: true,
-          hardDeleted: (streamId) => hardDeleted.add(streamId),
+        /** Before the first change to a stream: its committed row, for the readers outside (see the top of the file). */
+        const remember = (streamId: string): Promise<void> => {
+          const k = key(statements.schema, streamId);
+          if (open.before.has(k)) return Promise.resolve();
+          let capture = capturing.get(k);
+          if (!capture) {
+            capture = run<StreamRowData>(statements.streamState, [streamId], `read stream '${streamId}'`).then(
+              (rows) => {
+                if (!open.before.has(k)) open.before.set(k, rows[0] ?? null);
+              },
+            );
+            capturing.set(k, capture);
+          }
+          return capture;
         };
-        const session = new SqlSession(this.config, executor, (operation) => {
-          if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
-        });
+        const connection: SqlTransaction = {
+          query: async <R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> => {
+            if (
+              statement === statements.appendEvents ||
+              statement === statements.setStreamMetadata ||
+              statement === statements.deleteStream
+            ) {
+              await remember(values[0] as string);
+              if (statement === statements.deleteStream && values[2] === true) {
+                // A hard delete keeps the events (p_keep_events) until commit, so that readers never miss events
+                // that a rolled-back delete would have kept.
+                const rows = await run<{ status: string }>(statement, [values[0], values[1], true, true], operation);
+                if (rows[0]?.status === 'ok') hardDeleted.add(values[0] as string);
+                return rows as R[];
+              }
+            }
+            return run<R>(statement, values, operation);
+          },
+        };
         try {
           let result: T;
           try {
-            result = await fn(session);
+            result = await fn(connection);
           } catch (error) {
             fnError = { error };
             throw error;
           }
-          if (failure) throw failure;
           open.readable = false;
           if (hardDeleted.size > 0)
             await run(statements.removeStreamEvents, [[...hardDeleted]], 'remove the events of hard-deleted streams');
           return result;
         } finally {
-          active = false;
           open.readable = false;
           if (openTransactions.get(this.db) === open) openTransactions.delete(this.db);
         }
@@ -235,12 +229,12 @@ class PGliteStore extends SqlStoreBase implements PGliteEventStore {
     }
   }
 
-  protected override openTransactionAgeMs(): number | null {
+  openTransactionAgeMs(): number | null {
     const open = openTransactions.get(this.db);
     return open ? Date.now() - open.startedAt : null;
   }
 
-  protected async releaseConnections(): Promise<void> {
+  async close(): Promise<void> {
     try {
       if (this.own && !this.db.closed) await this.db.close();
     } finally {

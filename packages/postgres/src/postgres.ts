@@ -1,30 +1,17 @@
 /**
- * The event store on a PostgreSQL server, through node-postgres.
+ * The event store on a PostgreSQL server, through node-postgres: {@link SqlStore} on the {@link PostgresDriver}.
  */
 import pg from 'pg';
-import type { SqlClient } from './core.js';
-import {
-  StoreClosedError,
-  TransactionConflictError,
-  ValidationError,
-  type EventStore,
-  type EventStoreOptions,
-  type EventStoreSession,
-} from '@eventline/core';
+import { TransactionConflictError, ValidationError, type EventStoreOptions } from '@eventline/core';
 import { safeQuote } from '@eventline/core/backend';
 import { AppendGroups, DEFAULT_APPEND_GROUP_OPTIONS, type AppendGroupOptions } from './append-groups.js';
-import {
-  SqlSession,
-  SqlStoreBase,
-  type EncodedAppend,
-  type EventRow,
-  type Executor,
-  type StoreConfig,
-} from './core.js';
-import { DatabaseOperationError, isConnectionError, toStoreError } from './errors.js';
-import { runMigrations } from './migrations.js';
-import { DEFAULT_READ_GROUP_OPTIONS, ReadGroups, type GroupedRow } from './read-groups.js';
-import { DEFAULT_SCHEMA, statementsFor, type Statement } from './sql/statements.js';
+import type { SqlDriver, SqlTransaction } from './driver.js';
+import { isConnectionError, toStoreError } from './errors.js';
+import type { MigrationConnection } from './migrations.js';
+import { DEFAULT_READ_GROUP_OPTIONS, ReadGroups, type FirstPageRead, type GroupedRow } from './read-groups.js';
+import { readFirstPage, sendAppend, type EncodedAppend, type EventRow } from './session.js';
+import { DEFAULT_SCHEMA, statementsFor, type Statement, type Statements } from './sql/statements.js';
+import { SqlStore, type SqlEventStore } from './store.js';
 
 const NOTIFY_INTERVAL_MS = 5;
 
@@ -58,21 +45,10 @@ export interface PostgresStoreOptions extends EventStoreOptions {
   grouping?: number;
 }
 
-/** The PostgreSQL event store: the {@link EventStore} contract, plus migrations and access to its pool. */
-export interface PostgresEventStore extends EventStore {
-  /** The schema the store uses. */
-  readonly schema: string;
-  /** Raw SQL on the store's connections (each statement its own transaction); inside `transaction()`, use the session's `sql`. */
-  readonly sql: SqlClient;
-  /** A wake-up soon after events are committed (see the package README). */
-  onAppended(listener: () => void): () => void;
+/** The PostgreSQL event store: the {@link SqlEventStore} (the contract, migrations, raw SQL, wake-ups) and its pool. */
+export interface PostgresEventStore extends SqlEventStore {
   /** The pool the store runs on (its own, or the one it was given). */
   readonly pool: pg.Pool;
-  /**
-   * Applies the schema migrations now and resolves with the versions applied (empty when up to date). Optional: the
-   * first operation of the store migrates too. Safe to call from several processes at once.
-   */
-  migrate(): Promise<number[]>;
 }
 
 /**
@@ -102,12 +78,13 @@ export function createPostgresStore(options: PostgresStoreOptions = {}): Postgre
     );
   }
   const grouping = maxInFlight === 0 ? null : { ...DEFAULT_APPEND_GROUP_OPTIONS, maxInFlight };
-  return new PostgresStore(
+  const store = new SqlStore(
     { statements, events: options.events, maxEventBytes: options.maxEventBytes },
-    pool,
-    ownPool,
-    grouping,
+    new PostgresDriver(pool, ownPool, statements, grouping),
   );
+  return Object.defineProperty(store, 'pool', { value: pool, enumerable: true }) as SqlStore & {
+    readonly pool: pg.Pool;
+  };
 }
 
 /** Times the store runs one of its own statements again when the database broke it off in a deadlock. */
@@ -151,13 +128,54 @@ function config(statement: Statement, values: unknown[]): pg.QueryConfig | pg.Qu
 }
 
 /**
- * Each statement on a pooled connection, in its own implicit transaction. A broken connection is destroyed, not reused.
- * One of the store's own statements that the database breaks off in a deadlock with transactions of the caller's (an
- * append, alone or in a group) was rolled back whole, so it is sent again, a few times after a short random pause;
- * raw SQL of the caller's is not.
+ * The node-postgres driver: a pool of server connections.
+ * - Outside transactions, each statement on a pooled connection, in its own implicit transaction. A broken connection
+ *   is destroyed, not reused. One of the store's own statements that the database breaks off in a deadlock with
+ *   transactions of the caller's (an append, alone or in a group) was rolled back whole, so it is sent again, a few
+ *   times after a short random pause; raw SQL of the caller's is not.
+ * - Group commit: appends and first pages of forwards stream reads outside transactions go together when made in the
+ *   same turn of the event loop (append-groups.ts, read-groups.ts), unless grouping is off.
+ * - A transaction holds one pooled connection from BEGIN to COMMIT or ROLLBACK.
+ * - Wake-ups across processes: a coalesced NOTIFY after commits, and a LISTEN connection of its own.
  */
-class PoolExecutor implements Executor {
-  constructor(private readonly pool: pg.Pool) {}
+class PostgresDriver implements SqlDriver {
+  private readonly groups: AppendGroups<EncodedAppend> | null;
+  private readonly reads: ReadGroups | null;
+  private closed = false;
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly ownPool: boolean,
+    private readonly statements: Statements,
+    grouping: AppendGroupOptions | null,
+  ) {
+    this.groups =
+      grouping &&
+      new AppendGroups<EncodedAppend>(
+        grouping,
+        (append) => sendAppend(this, statements, append, false),
+        async (parameters) =>
+          (
+            await this.query<{ r: string[] }>(
+              statements.appendGroup,
+              parameters,
+              `append to ${parameters[0].length} streams`,
+            )
+          )[0]!.r,
+      );
+    this.reads =
+      grouping &&
+      new ReadGroups(
+        DEFAULT_READ_GROUP_OPTIONS,
+        (read) => readFirstPage(this, statements, read),
+        (streamIds, froms, sizes) =>
+          this.query<GroupedRow>(
+            statements.readStreamFirstGroup,
+            [streamIds, froms, sizes],
+            `read ${streamIds.length} streams`,
+          ),
+      );
+  }
 
   async query<R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> {
     for (let attempt = 1; ; attempt++) {
@@ -182,79 +200,28 @@ class PoolExecutor implements Executor {
     client.release();
     return result.rows as R[];
   }
-}
 
-class PostgresStore extends SqlStoreBase implements PostgresEventStore {
-  constructor(
-    config: StoreConfig,
-    readonly pool: pg.Pool,
-    private readonly ownPool: boolean,
-    grouping: AppendGroupOptions | null,
-  ) {
-    super(config, new PoolExecutor(pool));
-    this.groups =
-      grouping &&
-      new AppendGroups<EncodedAppend>(
-        grouping,
-        (append) => this.appendLine(append),
-        async (parameters) =>
-          (
-            await this.executor.query<{ r: string[] }>(
-              config.statements.appendGroup,
-              parameters,
-              `append to ${parameters[0].length} streams`,
-            )
-          )[0]!.r,
-      );
-    this.reads =
-      grouping &&
-      new ReadGroups(
-        DEFAULT_READ_GROUP_OPTIONS,
-        (read) => super.readFirstPage(read.streamId, read.from, read.size, read.operation),
-        (streamIds, froms, sizes) =>
-          this.executor.query<GroupedRow>(
-            config.statements.readStreamFirstGroup,
-            [streamIds, froms, sizes],
-            `read ${streamIds.length} streams`,
-          ),
-      );
+  append(append: EncodedAppend): Promise<string> {
+    return this.groups ? this.groups.submit(append) : sendAppend(this, this.statements, append, false);
   }
 
-  private readonly groups: AppendGroups<EncodedAppend> | null;
-  private readonly reads: ReadGroups | null;
-
-  protected override readFirstPage(
-    streamId: string,
-    from: number,
-    size: number,
-    operation: string,
-  ): Promise<EventRow[]> {
-    return this.reads
-      ? this.reads.submit({ streamId, from, size, operation })
-      : super.readFirstPage(streamId, from, size, operation);
+  readFirstPage(read: FirstPageRead): Promise<EventRow[]> {
+    return this.reads ? this.reads.submit(read) : readFirstPage(this, this.statements, read);
   }
 
-  protected override sendAppend(append: EncodedAppend): Promise<string> {
-    return this.groups ? this.groups.submit(append) : this.appendLine(append);
-  }
-
-  protected async runMigrations(): Promise<number[]> {
-    const operation = `migrate schema '${this.schema}'`;
+  async migrationTransaction<T>(operation: string, fn: (connection: MigrationConnection) => Promise<T>): Promise<T> {
     const client = await connect(this.pool, operation);
     let broken = false;
     try {
       await client.query('BEGIN');
-      const applied = await runMigrations(
-        {
-          exec: async (sql) => {
-            await client.query(sql);
-          },
-          query: async <R>(text: string, values: unknown[]) => (await client.query(text, values)).rows as R[],
+      const result = await fn({
+        exec: async (sql) => {
+          await client.query(sql);
         },
-        this.schema,
-      );
+        query: async <R>(text: string, values: unknown[]) => (await client.query(text, values)).rows as R[],
+      });
       await client.query('COMMIT');
-      return applied;
+      return result;
     } catch (error) {
       broken = isConnectionError(error);
       if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
@@ -264,32 +231,19 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
     }
   }
 
-  protected async runTransaction<T>(fn: (session: EventStoreSession) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     const client = await connect(this.pool, 'start a transaction');
-    let active = true;
     let broken = false;
-    /** The first database error inside the transaction: PostgreSQL aborted the transaction, so it cannot commit. */
-    let failure: Error | null = null;
-    const executor: Executor = {
+    const tx: SqlTransaction = {
       query: async <R>(statement: Statement, values: unknown[], operation: string) => {
-        if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
-        if (failure)
-          throw new DatabaseOperationError(
-            operation,
-            new Error(`the transaction was aborted by an earlier error: ${failure.message}`),
-          );
         try {
           return (await client.query(config(statement, values))).rows as R[];
         } catch (error) {
           if (isConnectionError(error)) broken = true;
-          failure = toServerError(error, operation);
-          throw failure;
+          throw toServerError(error, operation);
         }
       },
     };
-    const session = new SqlSession(this.config, executor, (operation) => {
-      if (!active) throw new StoreClosedError(`${operation} (the transaction already ended)`);
-    });
     let fnError = null as { error: unknown } | null;
     let stage = 'start a transaction';
     try {
@@ -297,32 +251,23 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
       stage = 'run a transaction';
       let result: T;
       try {
-        result = await fn(session);
+        result = await fn(tx);
       } catch (error) {
         fnError = { error };
         throw error;
       }
-      // The caller caught a database error and went on: the transaction cannot commit; say why.
-      if (failure) throw failure;
-      active = false;
       stage = 'commit a transaction';
       const commit = await client.query('COMMIT');
       if (commit.command === 'ROLLBACK') throw new Error('the transaction was rolled back by the server at commit');
       return result;
     } catch (error) {
-      active = false;
       if (isConnectionError(error)) broken = true;
       if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
-      if (fnError?.error === error || error === failure) throw error;
+      if (fnError?.error === error) throw error;
       throw toServerError(error, stage);
     } finally {
-      active = false;
       client.release(broken);
     }
-  }
-
-  protected async releaseConnections(): Promise<void> {
-    if (this.ownPool) await this.pool.end();
   }
 
   private listener: pg.Client | null = null;
@@ -334,14 +279,15 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
 
   /** The NOTIFY channel of this schema: `<schema>_appended`. */
   private get channel(): string {
-    return `${this.schema}_appended`;
+    return `${this.statements.schema}_appended`;
   }
 
   /**
    * At most one NOTIFY per {@link NOTIFY_INTERVAL_MS}: the first append after a quiet moment notifies at once, appends
    * during the interval share one trailing NOTIFY. Other processes wake within a few ms; busy writers pay almost nothing.
+   * Not a trigger: NOTIFY at commit serialises writers.
    */
-  protected override notifyAppended(): void {
+  notify(): void {
     if (this.notifying) {
       this.notifyAgain = true;
       return;
@@ -353,19 +299,19 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
       .then(() => new Promise((resolve) => setTimeout(resolve, NOTIFY_INTERVAL_MS)))
       .finally(() => {
         this.notifying = false;
-        if (this.notifyAgain && !this.isClosed) {
+        if (this.notifyAgain && !this.closed) {
           this.notifyAgain = false;
-          this.notifyAppended();
+          this.notify();
         }
       });
   }
 
   /** A connection of its own (not from the pool) that LISTENs, reconnecting while anyone listens. */
-  protected override async listenForAppends(wake: () => void): Promise<void> {
+  async listen(wake: () => void): Promise<void> {
     this.listening = true;
     const generation = ++this.listenGeneration;
     // Listening again right after an unlisten starts a new loop: the old one must end, not reconnect beside it.
-    const current = () => this.listening && !this.isClosed && this.listenGeneration === generation;
+    const current = () => this.listening && !this.closed && this.listenGeneration === generation;
     while (current()) {
       const client = new pg.Client(this.pool.options);
       this.listener = client; // so that unlistening ends it, also while it is still connecting
@@ -390,9 +336,15 @@ class PostgresStore extends SqlStoreBase implements PostgresEventStore {
     }
   }
 
-  protected override async unlistenForAppends(): Promise<void> {
+  async unlisten(): Promise<void> {
     this.listening = false;
     this.listenGeneration++;
     await this.listener?.end().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.unlisten().catch(() => undefined);
+    if (this.ownPool) await this.pool.end();
   }
 }

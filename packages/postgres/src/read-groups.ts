@@ -12,7 +12,7 @@
  * A read alone waits one event-loop turn (`setImmediate`), as an append does. If the grouped statement fails, each
  * read of it is sent again alone (reads change nothing), so each gets its own answer or error.
  */
-import type { EventRow } from './core.js';
+import type { EventRow } from './session.js';
 
 /** What a grouped read needs: see readStreamFirstForwards in sql/statements.ts. */
 export interface FirstPageRead {

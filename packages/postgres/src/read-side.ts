@@ -9,7 +9,6 @@ import {
   LeaseLostError,
   type DocumentCollection,
   type DocumentStore,
-  type EventStore,
   type EventStoreSession,
   type Inbox,
   type JsonValue,
@@ -23,21 +22,15 @@ import {
   type SubscriptionStore,
 } from '@eventline/core';
 import { assertCollectionName, assertDocument, assertDocumentId, assertListOptions } from '@eventline/core/backend';
-import type { SqlClient, SqlQueryOptions } from './core.js';
+import type { SqlClient, SqlQueryOptions } from './session.js';
+import type { SqlEventStore } from './store.js';
 
 /** The read side's statements have fixed texts (per schema and table): prepared once per connection. */
 const PREPARED: SqlQueryOptions = { prepare: true };
 import * as q from './sql/read-side-statements.js';
 import { quoteSchema } from './sql/statements.js';
 
-/** What the read side needs of a store: both `createPostgresStore` and `createPGliteStore` give it. */
-export interface SqlEventStore extends EventStore {
-  readonly schema: string;
-  readonly sql: SqlClient;
-  migrate(): Promise<number[]>;
-  /** A wake-up after events are committed (in this process, and from other processes on a PostgreSQL server). */
-  onAppended(listener: () => void): () => void;
-}
+export type { SqlEventStore };
 
 /** The SQL client of a transaction session, to write read models in the same transaction as appends (inline projections). */
 export function sqlOf(session: EventStoreSession): SqlClient {
