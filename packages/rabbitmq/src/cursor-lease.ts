@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Channel, ConsumeMessage } from 'amqplib';
 import { TransportError, type ReceivedMessage } from '@eventline/core';
-import { partitionOf, subjectMatches } from '@eventline/core/backend';
+import { partitionOf, subjectMatches, toError } from '@eventline/core/backend';
 import { cursorOf, type Cursor, type Token } from './cursor-token.js';
-import { toError } from './errors.js';
 import type { GroupMember } from './group-member.js';
 import type { PartitionWorker } from './partition-worker.js';
 import { ackQuietly, closeQuietly, type Session } from './session.js';

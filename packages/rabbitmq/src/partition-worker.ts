@@ -2,7 +2,7 @@ import type { Channel, ConsumeMessage } from 'amqplib';
 import { TransportConfigurationError, TransportError, TransportUnavailableError } from '@eventline/core';
 import { CursorLease } from './cursor-lease.js';
 import { parseToken, type Token } from './cursor-token.js';
-import { toError } from './errors.js';
+import { toError } from '@eventline/core/backend';
 import type { GroupMember } from './group-member.js';
 import { ackQuietly, closeQuietly, type Session } from './session.js';
 

@@ -1,6 +1,6 @@
 import type { Channel, ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import { TransportError, TransportUnavailableError, type Clock, type TransportMessage } from '@eventline/core';
-import { toError } from './errors.js';
+import { toError } from '@eventline/core/backend';
 
 /** Channels closed on purpose: their `close` event is not a failure. */
 const closingOnPurpose = new WeakSet<Channel>();

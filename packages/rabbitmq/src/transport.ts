@@ -11,7 +11,7 @@ import {
   type Transport,
   type TransportMessage,
 } from '@eventline/core';
-import { toError } from './errors.js';
+import { toError } from '@eventline/core/backend';
 import { GroupMember, type GroupSettings } from './group-member.js';
 import { Session } from './session.js';
 import { declareNamespace, namesFor, PRIVATE_HEADERS, type RabbitMqNames, type RetentionOptions } from './topology.js';
