@@ -1,3 +1,4 @@
+// tier: integration
 // The published packages as a user gets them: packed with `npm pack` (each prepack builds), installed from the
 // tarballs into a project outside the workspace, then used from plain Node and type-checked with tsc's nodenext rules.
 // The packages' own dependencies (pg, PGlite, fastify...) come from the npm cache that `npm ci` filled.

@@ -3,6 +3,7 @@
  * what only a real store shows — idempotency keys surviving a restart, concurrent withdrawals, transfers in one
  * transaction, snapshots in the database.
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';

@@ -3,6 +3,7 @@
  * accounts, and idempotency keys reused, at once and one after the other. Every answer is a 2xx or a 4xx
  * problem+json (never a 5xx), and every 2xx is true to what the log holds.
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { untilLogSettled } from '@eventline/core/testing';

@@ -4,6 +4,7 @@
  * `detail` a client can act on; the process must keep answering; and at the end the log and the database's tables
  * must be as they were before the first hostile request (nothing written, nothing created).
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';

@@ -1,3 +1,4 @@
+// tier: unit
 import { describe, it } from 'node:test';
 import { DomainError } from '@eventline/core';
 import { DeciderSpecification } from '@eventline/core/testing';

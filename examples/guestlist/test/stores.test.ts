@@ -1,4 +1,5 @@
 /** The guest list on PGlite and PostgreSQL: commands through the bus, rules, and its read models in the database. */
+// tier: integration
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createAsyncProjection, DomainError } from '@eventline/core';

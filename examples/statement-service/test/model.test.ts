@@ -1,4 +1,5 @@
 /** The statement model on its own: exact money, and the messages and statements an earlier bank left behind. */
+// tier: unit
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { formatPosition, newId, type RecordedEvent } from '@eventline/core';

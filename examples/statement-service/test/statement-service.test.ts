@@ -4,6 +4,7 @@
  * replay republishes every account event, and the inbox gives none a second effect; after the statement service's
  * data is wiped, a replay rebuilds the same statement.
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';

@@ -2,6 +2,7 @@
  * The write side fed hostile input through its public API: every refusal is a typed EventlineError with a message,
  * never a TypeError or RangeError, and nothing is stored.
  */
+// tier: unit
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { z } from 'zod';

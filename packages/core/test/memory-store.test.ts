@@ -1,3 +1,4 @@
+// tier: unit
 import { createInMemoryStore } from '@eventline/core';
 import { describeEventStoreConformance } from '@eventline/core/testing';
 

@@ -1,3 +1,4 @@
+// tier: unit
 // Type-level tests of the public API: what it infers, and what it refuses. `npm run typecheck` compiles this file, so
 // an inference that changes, or a refusal that no longer fails (an unused `@ts-expect-error`), fails CI; `npm test`
 // runs it, which checks that the values it builds are what the types say.

@@ -1,3 +1,4 @@
+// tier: integration
 // One file on purpose: node --test runs files in parallel, and the server-restart test at the end must not cut the
 // connections of other NATS tests while they run.
 import assert from 'node:assert/strict';

@@ -1,3 +1,4 @@
+// tier: faults
 // The publisher in a child process on PostgreSQL, killed with SIGKILL 10 times while 50k events are appended, and
 // the NATS server restarted once mid-stream: a consumer with the SQL inbox applies every event exactly once, in order
 // per stream. The figures are printed. The harness is @eventline/bus-testing.

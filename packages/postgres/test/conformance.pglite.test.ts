@@ -1,3 +1,4 @@
+// tier: integration
 import { after } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';
 import { describeEventStoreConformance } from '@eventline/core/testing';

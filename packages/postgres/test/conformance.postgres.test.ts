@@ -1,3 +1,4 @@
+// tier: integration
 import { after, before } from 'node:test';
 import pg from 'pg';
 import { describeEventStoreConformance } from '@eventline/core/testing';

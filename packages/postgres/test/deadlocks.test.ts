@@ -2,6 +2,7 @@
  * Deadlocks on the PostgreSQL server: transactions that write the same streams in opposite orders, and a plain append
  * that the server picks as the victim of a deadlock with a transaction of the caller's. Needs the server.
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';

@@ -1,3 +1,4 @@
+// tier: integration
 // Group commit in the PostgreSQL store (src/append-groups.ts): appends made together go in one statement and one
 // commit, and each still gets the answer it would have had alone. On the real server.
 import assert from 'node:assert/strict';

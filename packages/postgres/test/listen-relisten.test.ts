@@ -1,3 +1,4 @@
+// tier: integration
 // Regression: listening again right after the last listener went away (a subscription stopped, another started at
 // once) started a second LISTEN loop beside the first, whose connection close() never ended (the process could not exit).
 import assert from 'node:assert/strict';

@@ -3,6 +3,7 @@
  * so the text of each released migration never changes. This pins the SHA-256 of each one (of its text, with the
  * `{{schema}}` placeholder). A change to the schema is a new migration, with the next version, added here too.
  */
+// tier: unit
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';

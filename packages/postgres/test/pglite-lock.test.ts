@@ -11,6 +11,7 @@
  *   file once old) are taken over; a lock from another host, or a fresh damaged one, is not.
  * The children run test/fixtures/pglite-lock-holder.ts.
  */
+// tier: faults
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import {

@@ -2,6 +2,7 @@
  * PGlite tests beyond the conformance suite: a file-backed database survives a restart; readers outside an open
  * transaction see committed data only (PGlite has one connection); schema names.
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -2,6 +2,7 @@
  * PostgreSQL server tests beyond the conformance suite: gap safety under concurrent writers, a connection killed in the
  * middle of an append, concurrent migrations, schema names, transactions, holdback. Needs the server (see helpers.ts).
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';

@@ -7,6 +7,7 @@
  * The children run test/fixtures/projection-worker.ts; every event they apply writes a row in `<schema>.applied` in
  * the projection's transaction (instance, event, position, clock time) besides its tally document.
  */
+// tier: faults
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';

@@ -1,3 +1,4 @@
+// tier: integration
 // Grouped stream reads in the PostgreSQL store (src/read-groups.ts): the first pages of forwards reads made in the
 // same turn go in one statement, and each read yields exactly what it yields alone. On the real server.
 import assert from 'node:assert/strict';

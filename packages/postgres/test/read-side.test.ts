@@ -2,6 +2,7 @@
  * The read side on both backends: subscriptions (checkpoint and read-model writes in one transaction, leases, parked
  * events), document read models, the projection catalog and blue/green rebuild, snapshots, the inbox, wake-ups.
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';

@@ -6,6 +6,7 @@
  * in-handler record and the documents written in its transactions agree), never a rolled-back one, in strictly
  * increasing positions. Needs the server: a missing PostgreSQL fails the file (see helpers.ts), it never skips.
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';

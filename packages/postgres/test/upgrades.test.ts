@@ -4,6 +4,7 @@
  * written the way that release wrote them, is opened by the current store, which migrates it to the latest version;
  * everything written before is then intact and usable. Needs the server (see helpers.ts).
  */
+// tier: integration
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';

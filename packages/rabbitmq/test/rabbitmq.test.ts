@@ -1,3 +1,4 @@
+// tier: integration
 // Runs against the machine's RabbitMQ (AMQP_URL, default amqp://guest:guest@127.0.0.1:5672). Each test uses its own
 // namespace (exchange, stream, queues), deleted at the end. The last test restarts RabbitMQ (rabbitmqctl stop_app /
 // start_app) and always brings it back; the tests of this package live in this one file so that nothing else of the

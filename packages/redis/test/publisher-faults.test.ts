@@ -1,3 +1,4 @@
+// tier: faults
 // The publisher in a child process on PostgreSQL, killed with SIGKILL 10 times while 50k events are appended, and
 // Redis restarted once mid-stream: a consumer with the SQL inbox applies every event exactly once, in order per
 // stream. Redis here keeps nothing on disk, so its restart loses messages it had confirmed: the consumer drops what

@@ -1,3 +1,4 @@
+// tier: integration
 // Every test that talks to Redis lives in this one file: the test runner runs files in parallel, and the last test
 // restarts the machine's Redis, which must not cut another file's tests short.
 import assert from 'node:assert/strict';

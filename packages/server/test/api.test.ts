@@ -1,3 +1,4 @@
+// tier: unit
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
