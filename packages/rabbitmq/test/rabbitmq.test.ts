@@ -13,9 +13,8 @@ import {
   TransportConfigurationError,
   TransportUnavailableError,
   type ReceivedMessage,
-  type TransportMessage,
 } from '@eventline/core';
-import { createTestClock, describeTransportConformance, until } from '@eventline/core/testing';
+import { createTestClock, describeTransportConformance, transportMessages, until } from '@eventline/core/testing';
 import { createRabbitMqTransport, type RabbitMqTransport, type RabbitMqTransportOptions } from '@eventline/rabbitmq';
 import { delay, deleteTopology, host, port, portOpen, rabbitmqctl, startRabbitMq, url } from './helpers.js';
 
@@ -48,34 +47,6 @@ async function deleteNamespace(namespace: string): Promise<void> {
 
 function namespace(): string {
   return `rmqtest${newId().replace(/-/g, '').slice(-12)}`;
-}
-
-function messagesOf(streams: string[], perStream: number, firstVersion = 1): TransportMessage[] {
-  const messages: TransportMessage[] = [];
-  for (let version = firstVersion; version < firstVersion + perStream; version++) {
-    for (const streamId of streams) {
-      const id = newId();
-      const category = streamId.slice(0, streamId.indexOf('-'));
-      const event = {
-        id,
-        type: 'Happened',
-        streamId,
-        version,
-        position: '',
-        recordedAt: new Date().toISOString(),
-        data: { version },
-        metadata: {},
-      };
-      messages.push({
-        id,
-        subject: `${category}.Happened`,
-        streamId,
-        body: JSON.stringify(event),
-        headers: { 'eventline-type': 'Happened', 'eventline-stream': streamId, 'eventline-version': String(version) },
-      });
-    }
-  }
-  return messages;
 }
 
 /** Versions of each stream never go back (a redelivered message may repeat in place, nothing overtakes). */
@@ -111,7 +82,7 @@ describe('RabbitMQ transport', { skip }, () => {
       async () => {
         const name = namespace();
         const transport = client(name);
-        const [message] = messagesOf(['account-7'], 1);
+        const [message] = transportMessages(['account-7'], 1);
         await transport.publish([]); // declares the exchange and the stream
         const connection = await amqp.connect(url);
         try {
@@ -146,7 +117,7 @@ describe('RabbitMQ transport', { skip }, () => {
       async () => {
         const name = namespace();
         const [publisher, consumer] = [client(name), client(name)];
-        const early = messagesOf(['account-1', 'payment-1'], 3);
+        const early = transportMessages(['account-1', 'payment-1'], 3);
         await publisher.publish(early);
         const fresh: ReceivedMessage[] = [];
         const all: ReceivedMessage[] = [];
@@ -154,7 +125,7 @@ describe('RabbitMQ transport', { skip }, () => {
           await consumer.consume({ group: 'fresh', from: 'new', handler: async (m) => void fresh.push(m) }),
           await consumer.consume({ group: 'all', handler: async (m) => void all.push(m) }),
         ];
-        const late = messagesOf(['account-1', 'payment-1'], 2, 4);
+        const late = transportMessages(['account-1', 'payment-1'], 2, 4);
         await publisher.publish(late);
         await until(
           () => fresh.length >= late.length && all.length >= early.length + late.length,
@@ -174,7 +145,7 @@ describe('RabbitMQ transport', { skip }, () => {
       async () => {
         const name = namespace();
         const [publisher, first, second] = [client(name), client(name), client(name)];
-        const messages = messagesOf(['account-1'], 5);
+        const messages = transportMessages(['account-1'], 5);
         let release!: () => void;
         const released = new Promise<void>((resolve) => (release = resolve));
         let started!: () => void;
@@ -230,7 +201,7 @@ describe('RabbitMQ transport', { skip }, () => {
           });
           return { transport, consumer };
         };
-        const messages = messagesOf(
+        const messages = transportMessages(
           Array.from({ length: 12 }, (_, i) => `account-${i}`),
           60,
         );
@@ -290,7 +261,7 @@ describe('RabbitMQ transport', { skip }, () => {
 
     it('publish fails clearly when RabbitMQ is not reachable, and after close()', { timeout: 30_000 }, async () => {
       const nowhere = createRabbitMqTransport({ url: 'amqp://guest:guest@127.0.0.1:1', prefix: namespace() });
-      await assert.rejects(nowhere.publish(messagesOf(['account-1'], 1)), (error: unknown) => {
+      await assert.rejects(nowhere.publish(transportMessages(['account-1'], 1)), (error: unknown) => {
         assert.ok(error instanceof TransportUnavailableError, String(error));
         assert.equal(error.code, 'TRANSPORT_UNAVAILABLE');
         assert.equal(error.operation, 'connect');
@@ -301,10 +272,10 @@ describe('RabbitMQ transport', { skip }, () => {
       await nowhere.close();
       const name = namespace();
       const transport = client(name);
-      await transport.publish(messagesOf(['account-1'], 1));
+      await transport.publish(transportMessages(['account-1'], 1));
       await transport.close();
       for (const attempt of [
-        transport.publish(messagesOf(['account-1'], 1)),
+        transport.publish(transportMessages(['account-1'], 1)),
         transport.consume({ group: 'g', handler: async () => undefined }),
       ])
         await assert.rejects(attempt, (error: unknown) => {
@@ -343,7 +314,7 @@ describe('RabbitMQ transport', { skip }, () => {
           if (deliveries.length === 1) throw new Error('fails once');
         },
       });
-      await transport.publish(messagesOf(['account-1'], 1));
+      await transport.publish(transportMessages(['account-1'], 1));
       await until(() => deliveries.length === 1, 'the first delivery', 15_000);
       await clock.untilSleeping(2); // the heartbeat and the retry delay
       await clock.advance(59_999);
@@ -376,7 +347,7 @@ describe('RabbitMQ transport', { skip }, () => {
             return model;
           },
         });
-        await transport.publish(messagesOf(['account-1'], 1));
+        await transport.publish(transportMessages(['account-1'], 1));
         assert.equal(calls, 1);
         refusals = 3;
         await models[0]!.close(); // the connection is lost: the transport reconnects on its own
@@ -394,7 +365,7 @@ describe('RabbitMQ transport', { skip }, () => {
           await until(() => calls === attempt, `attempt ${attempt}`, 10_000);
         }
         await until(() => transport.connected, 'the new connection', 10_000);
-        await transport.publish(messagesOf(['account-1'], 1));
+        await transport.publish(transportMessages(['account-1'], 1));
         assert.ok(
           errors.some((error) => error instanceof TransportUnavailableError && /connection lost/.test(error.message)),
           'the lost connection was reported as a TransportUnavailableError',
@@ -418,7 +389,7 @@ describe('RabbitMQ transport', { skip }, () => {
           retryDelayMs: 100,
           handler: async (m) => void received.push(m),
         });
-        const before = messagesOf(['account-1', 'account-2', 'payment-1'], 4);
+        const before = transportMessages(['account-1', 'account-2', 'payment-1'], 4);
         await publisher.publish(before);
         const seen = () => new Set(received.map((m) => m.id));
         await until(() => before.every((m) => seen().has(m.id)), 'the messages before the restart', 15_000);
@@ -426,13 +397,13 @@ describe('RabbitMQ transport', { skip }, () => {
           await rabbitmqctl('stop_app');
           await until(() => !publisher.connected && !consumer.connected, 'both clients to notice', 30_000);
           await assert.rejects(
-            publisher.publish(messagesOf(['account-1'], 1)),
+            publisher.publish(transportMessages(['account-1'], 1)),
             /disconnected|not reachable|connection lost/,
           );
         } finally {
           await startRabbitMq();
         }
-        const afterRestart = messagesOf(['account-1', 'account-2', 'payment-1'], 4, 5);
+        const afterRestart = transportMessages(['account-1', 'account-2', 'payment-1'], 4, 5);
         const deadline = Date.now() + 90_000;
         for (;;) {
           try {

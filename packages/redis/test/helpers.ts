@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { execSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import type { TransportMessage } from '@eventline/core';
 import { Redis } from 'ioredis';
 import { until } from '@eventline/core/testing';
+
+/** `perStream` messages for each stream, interleaved, versions 1..perStream. */
+export { transportMessages as messages } from '@eventline/core/testing';
 export { until };
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -91,25 +93,6 @@ export async function deleteKeys(prefix: string): Promise<void> {
 
 export function namespace(): string {
   return `redis-test-${randomUUID().replace(/-/g, '').slice(0, 12)}`;
-}
-
-/** `perStream` messages for each stream, interleaved, with versions 1..perStream. */
-export function messages(streams: string[], perStream: number): TransportMessage[] {
-  const out: TransportMessage[] = [];
-  for (let version = 1; version <= perStream; version++) {
-    for (const streamId of streams) {
-      const id = randomUUID();
-      const category = streamId.slice(0, streamId.indexOf('-'));
-      out.push({
-        id,
-        subject: `${category}.Happened`,
-        streamId,
-        body: JSON.stringify({ id, streamId, version }),
-        headers: { 'eventline-type': 'Happened', 'eventline-stream': streamId, 'eventline-version': String(version) },
-      });
-    }
-  }
-  return out;
 }
 
 export function sleep(ms: number): Promise<void> {

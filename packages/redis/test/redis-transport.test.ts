@@ -49,6 +49,9 @@ describe('Redis Streams transport', () => {
     prefixes.push(prefix);
     return prefix;
   };
+  /** The message ids in the transport's stream under `prefix`, in stream order. */
+  const storedIds = async (prefix: string) =>
+    (await redis.xrange(`${prefix}:events`, '-', '+')).map(([, fields]) => fields[fields.indexOf('id') + 1]);
 
   before(async () => {
     await requireRedis();
@@ -68,11 +71,8 @@ describe('Redis Streams transport', () => {
     await transport.publish([first!, first!]);
     await transport.publish([first!, second!]);
     await transport.publish([second!]);
+    assert.deepEqual(await storedIds(prefix), [first!.id, second!.id]);
     const entries = await redis.xrange(`${prefix}:events`, '-', '+');
-    assert.deepEqual(
-      entries.map(([, fields]) => fields[fields.indexOf('id') + 1]),
-      [first!.id, second!.id],
-    );
     const [, fields] = entries[0]!;
     const record = Object.fromEntries(
       Array.from({ length: fields.length / 2 }, (_, i) => [fields[2 * i], fields[2 * i + 1]]),
@@ -103,11 +103,8 @@ describe('Redis Streams transport', () => {
       const transport = open(prefix);
       const batch = messages(['account-1', 'account-2'], 350); // four calls of at most 100 messages
       await transport.publish(batch);
-      const ids = (await redis.xrange(`${prefix}:events`, '-', '+')).map(
-        ([, fields]) => fields[fields.indexOf('id') + 1],
-      );
       assert.deepEqual(
-        ids,
+        await storedIds(prefix),
         batch.map((m) => m.id),
       );
       assert.deepEqual(await redis.keys(`${prefix}:chain:*`), [], 'the chain key is gone after the last call');
@@ -145,11 +142,8 @@ describe('Redis Streams transport', () => {
       assert.deepEqual(await redis.keys(`${prefix}:dedupe:*`), [], 'no id is remembered as published');
       await redis.del(`${prefix}:events`);
       await transport.publish(batch);
-      const ids = (await redis.xrange(`${prefix}:events`, '-', '+')).map(
-        ([, fields]) => fields[fields.indexOf('id') + 1],
-      );
       assert.deepEqual(
-        ids,
+        await storedIds(prefix),
         batch.map((m) => m.id),
       );
     },

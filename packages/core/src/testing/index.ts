@@ -5,5 +5,5 @@
 export { describeEventStoreConformance, type EventStoreFactory } from './event-store-conformance.js';
 export { DeciderSpecification } from './specification.js';
 export { collect, until, untilLogSettled } from './helpers.js';
-export { describeTransportConformance, type TransportFactory } from './transport-conformance.js';
+export { describeTransportConformance, transportMessages, type TransportFactory } from './transport-conformance.js';
 export { createTestClock, type TestClock } from './clock.js';

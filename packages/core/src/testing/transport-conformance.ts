@@ -47,7 +47,7 @@ export function describeTransportConformance(factory: TransportFactory): void {
 
     it('delivers every message of a stream in publish order', async () => {
       const [publisher, consumer] = await nodes(2);
-      const messages = streamMessages(['account-1', 'account-2', 'payment-1'], 30);
+      const messages = transportMessages(['account-1', 'account-2', 'payment-1'], 30);
       await publisher!.publish(messages.slice(0, 40));
       await publisher!.publish(messages.slice(40));
       const received: ReceivedMessage[] = [];
@@ -65,7 +65,7 @@ export function describeTransportConformance(factory: TransportFactory): void {
 
     it('competing consumers: each message is handled by exactly one member of a group, streams stay in order', async () => {
       const [publisher, a, b] = await nodes(3);
-      const messages = streamMessages(
+      const messages = transportMessages(
         Array.from({ length: 8 }, (_, i) => `account-${i}`),
         25,
       );
@@ -94,7 +94,7 @@ export function describeTransportConformance(factory: TransportFactory): void {
 
     it('independent groups each get every message, and subject filters select by category and type', async () => {
       const [publisher, a, b] = await nodes(3);
-      const messages = streamMessages(['account-1', 'payment-1'], 10);
+      const messages = transportMessages(['account-1', 'payment-1'], 10);
       const one: string[] = [];
       const two: string[] = [];
       const payments: string[] = [];
@@ -118,7 +118,7 @@ export function describeTransportConformance(factory: TransportFactory): void {
 
     it('redelivers a message whose handler failed, before the next message of its stream', async () => {
       const [publisher, consumer] = await nodes(2);
-      const messages = streamMessages(['account-1'], 5);
+      const messages = transportMessages(['account-1'], 5);
       const seen: Array<{ id: string; delivery: number }> = [];
       let failed = false;
       const c = await consumer!.consume({
@@ -151,7 +151,7 @@ export function describeTransportConformance(factory: TransportFactory): void {
 
     it('redelivers a message whose consumer was killed before acknowledging it', async () => {
       const [publisher, doomed, survivor] = await nodes(3);
-      const messages = streamMessages(['account-1'], 3);
+      const messages = transportMessages(['account-1'], 3);
       let hung = false;
       const started = new Promise<void>((resolve) => {
         void doomed!.consume({
@@ -182,7 +182,7 @@ export function describeTransportConformance(factory: TransportFactory): void {
 
     it('carries text exactly: accents, CJK and emoji in bodies, stream ids and header values', async () => {
       const [publisher, consumer] = await nodes(2);
-      const messages = streamMessages(['account-josé-ação', 'account-日本-🙂'], 2).map((message, i) => {
+      const messages = transportMessages(['account-josé-ação', 'account-日本-🙂'], 2).map((message, i) => {
         const body = JSON.parse(message.body) as { data: Record<string, unknown> };
         body.data = { ...body.data, note: `pão de açúcar ${i} — 東京 🚀 ${'é'.repeat(i * 300)}`, surrogates: '𝄞🏳️‍🌈' };
         return { ...message, body: JSON.stringify(body), headers: { ...message.headers, 'x-note': `café ${i} 🙂` } };
@@ -206,7 +206,7 @@ export function describeTransportConformance(factory: TransportFactory): void {
 
     it('a re-published id has its effect once (broker de-duplication and the consumer inbox)', async () => {
       const [publisher, consumer] = await nodes(2);
-      const messages = streamMessages(['account-1'], 3);
+      const messages = transportMessages(['account-1'], 3);
       await publisher!.publish(messages);
       await publisher!.publish([messages[1]!]); // a retry after a lost confirm
       const effects: string[] = [];
@@ -226,9 +226,14 @@ export function describeTransportConformance(factory: TransportFactory): void {
   });
 }
 
-function streamMessages(streams: string[], perStream: number): TransportMessage[] {
+/**
+ * `perStream` messages for each of `streams`, interleaved (version 1 of every stream, then version 2, ...), with versions
+ * from `firstVersion`: each an event of type `Happened` encoded as the publisher encodes one, with the type, stream and
+ * version headers. What a transport's own tests publish.
+ */
+export function transportMessages(streams: readonly string[], perStream: number, firstVersion = 1): TransportMessage[] {
   const messages: TransportMessage[] = [];
-  for (let version = 1; version <= perStream; version++) {
+  for (let version = firstVersion; version < firstVersion + perStream; version++) {
     for (const streamId of streams) {
       const id = newId();
       const category = streamId.slice(0, streamId.indexOf('-'));
