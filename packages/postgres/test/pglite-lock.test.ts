@@ -13,7 +13,7 @@
  */
 // tier: faults
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
@@ -32,9 +32,9 @@ import { after, describe, it } from 'node:test';
 import { EventlineError, newId } from '@eventline/core';
 import { createPGliteStore, DataDirectoryLockedError, type PGliteEventStore } from '@eventline/postgres';
 import { collect } from '@eventline/core/testing';
+import { FixtureProcess } from './child-process.js';
 
 const HOLDER = fileURLToPath(new URL('./fixtures/pglite-lock-holder.ts', import.meta.url));
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 /** Bounded guards for a child's start (tsx + PGlite take seconds) and its writes; never timing assertions. */
 const START_MS = 60_000;
 
@@ -99,69 +99,21 @@ function assertLocked(fn: () => unknown, expected: Partial<DataDirectoryLockedEr
 }
 
 /** A child holding (or trying to hold) a data directory: its stdout lines and its exit. */
-class Holder {
-  readonly process: ChildProcess;
-  readonly lines: string[] = [];
-  readonly exited: Promise<void>;
-  stderr = '';
-  private listeners = new Set<() => void>();
-
+class Holder extends FixtureProcess {
   constructor(dataDir: string, options: { append?: boolean; go?: boolean } = {}) {
-    this.process = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', HOLDER], {
-      cwd: ROOT,
-      stdio: ['pipe', 'pipe', 'pipe'], // stdin held open: the child exits when it closes
-      env: {
-        ...process.env,
-        EVENTLINE_LOCK_DIR: dataDir,
-        EVENTLINE_LOCK_APPEND: options.append ? '1' : '0',
-        EVENTLINE_LOCK_GO: options.go ? '1' : '0',
-      },
+    super(HOLDER, {
+      EVENTLINE_LOCK_DIR: dataDir,
+      EVENTLINE_LOCK_APPEND: options.append ? '1' : '0',
+      EVENTLINE_LOCK_GO: options.go ? '1' : '0',
     });
-    let pending = '';
-    this.process.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      pending += chunk;
-      const parts = pending.split('\n');
-      pending = parts.pop() ?? '';
-      this.lines.push(...parts);
-      this.notify();
-    });
-    this.process.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
-      this.stderr = (this.stderr + chunk).slice(-4000);
-    });
-    this.exited = new Promise((resolve) => this.process.once('exit', () => resolve()));
-    void this.exited.then(() => this.notify());
-  }
-
-  get pid(): number {
-    return this.process.pid!;
-  }
-
-  get alive(): boolean {
-    return this.process.exitCode === null && this.process.signalCode === null;
-  }
-
-  private notify(): void {
-    for (const listener of this.listeners) listener();
   }
 
   /** The first line matching `test`, once printed; fails when the child exits first or `ms` pass (a guard). */
   async line(test: (line: string) => boolean, what: string, ms = START_MS): Promise<string> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const found = this.lines.find(test);
-      if (found !== undefined) return found;
-      if (!this.alive) assert.fail(`child ${this.pid} exited before ${what}: ${this.describe()}`);
-      if (Date.now() > deadline) assert.fail(`child ${this.pid}: no ${what} within ${ms} ms: ${this.describe()}`);
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          clearTimeout(timer);
-          this.listeners.delete(done);
-          resolve();
-        };
-        const timer = setTimeout(done, Math.max(1, Math.min(200, deadline - Date.now())));
-        this.listeners.add(done);
-      });
-    }
+    const found = await this.waitForLine(test, ms);
+    if (found !== undefined) return found;
+    if (!this.alive) assert.fail(`child ${this.pid} exited before ${what}: ${this.describe()}`);
+    return assert.fail(`child ${this.pid}: no ${what} within ${ms} ms: ${this.describe()}`);
   }
 
   ready(): Promise<string> {
@@ -179,18 +131,6 @@ class Holder {
     return this.lines
       .filter((l) => l.startsWith('acked '))
       .map((l) => JSON.parse(l.slice('acked '.length)) as { streamId: string; ids: string[] });
-  }
-
-  /** SIGKILL, by its pid (what a crash or the OOM killer does), and wait for the exit. */
-  async kill(): Promise<void> {
-    if (this.alive) process.kill(this.pid, 'SIGKILL');
-    await this.exited;
-  }
-
-  /** Closes stdin: the child closes its store and exits. */
-  async stop(): Promise<void> {
-    this.process.stdin!.end();
-    await this.exited;
   }
 
   describe(): string {

@@ -9,17 +9,16 @@
  */
 // tier: faults
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import type { Position } from '@eventline/core';
 import type { SqlEventStore } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
+import { FixtureProcess } from './child-process.js';
 import type { Tally } from './fixtures/projection-worker.js';
 
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const WORKER = fileURLToPath(new URL('./fixtures/projection-worker.ts', import.meta.url));
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const SUBSCRIPTION = 'projection-faults-v1';
 const TALLY_TABLE = 'rm_faults_v1_tally';
 
@@ -34,74 +33,26 @@ after(async () => {
   await dbs?.close();
 });
 
-/** A projection worker process, its stdout lines and its exit. */
-class Worker {
-  readonly process: ChildProcess;
-  readonly lines: string[] = [];
-  readonly exited: Promise<void>;
-  stderr = '';
-  private listeners = new Set<() => void>();
-
+/** A projection worker process: its stdout lines (`ready`, then `active` once it applies events) and its exit. */
+class Worker extends FixtureProcess {
   constructor(
     readonly instance: string,
     schema: string,
     ttlMs: number,
     batchSize: number,
   ) {
-    this.process = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', WORKER], {
-      cwd: ROOT,
-      stdio: ['pipe', 'pipe', 'pipe'], // stdin held open: the worker exits when this process goes
-      env: {
-        ...process.env,
-        EVENTLINE_FAULTS_URL: DATABASE_URL,
-        EVENTLINE_FAULTS_SCHEMA: schema,
-        EVENTLINE_FAULTS_INSTANCE: instance,
-        EVENTLINE_FAULTS_TTL_MS: String(ttlMs),
-        EVENTLINE_FAULTS_BATCH: String(batchSize),
-      },
+    super(WORKER, {
+      EVENTLINE_FAULTS_URL: DATABASE_URL,
+      EVENTLINE_FAULTS_SCHEMA: schema,
+      EVENTLINE_FAULTS_INSTANCE: instance,
+      EVENTLINE_FAULTS_TTL_MS: String(ttlMs),
+      EVENTLINE_FAULTS_BATCH: String(batchSize),
     });
-    let pending = '';
-    this.process.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      pending += chunk;
-      const parts = pending.split('\n');
-      pending = parts.pop() ?? '';
-      this.lines.push(...parts);
-      for (const listener of this.listeners) listener();
-    });
-    this.process.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
-      this.stderr = (this.stderr + chunk).slice(-4000);
-    });
-    this.exited = new Promise((resolve) => this.process.once('exit', () => resolve()));
-    void this.exited.then(() => {
-      for (const listener of this.listeners) listener();
-    });
-  }
-
-  get alive(): boolean {
-    return this.process.exitCode === null && this.process.signalCode === null;
   }
 
   /** Resolves true once `line` was printed, false when the process exits first or `ms` pass. */
   async line(line: string, ms: number): Promise<boolean> {
-    const deadline = Date.now() + ms;
-    while (!this.lines.includes(line)) {
-      if (!this.alive || Date.now() > deadline) return false;
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          clearTimeout(timer);
-          this.listeners.delete(done);
-          resolve();
-        };
-        const timer = setTimeout(done, Math.max(1, Math.min(100, deadline - Date.now())));
-        this.listeners.add(done);
-      });
-    }
-    return true;
-  }
-
-  async kill(): Promise<void> {
-    if (this.alive) this.process.kill('SIGKILL');
-    await this.exited;
+    return (await this.waitForLine((printed) => printed === line, ms)) !== undefined;
   }
 
   describe(): string {
