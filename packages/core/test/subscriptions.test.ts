@@ -32,6 +32,14 @@ function setup(clock?: TestClock) {
   return { store, subscriptions, seen, options };
 }
 
+/** Two instances `a` and `b` of one subscription with a 300 ms lease; `handledBy` names who handled each event. */
+function leaseHolders(options: ReturnType<typeof setup>['options']) {
+  const handledBy: string[] = [];
+  const holder = (owner: string) =>
+    createSubscription(options({ lease: { owner, ttlMs: 300 }, handle: () => void handledBy.push(owner) }));
+  return { a: holder('a'), b: holder('b'), handledBy };
+}
+
 /** Settles `work`, moving `clock` on by `stepMs` whenever something sleeps on it. */
 async function settleOnClock<T>(clock: TestClock, work: Promise<T>, stepMs: number): Promise<T> {
   let settled = false;
@@ -118,13 +126,7 @@ describe('subscriptions (in-memory)', () => {
   it('one instance holds the lease; the other takes over when it stops', async () => {
     const clock = createTestClock();
     const { store, options } = setup(clock);
-    const handledBy: string[] = [];
-    const a = createSubscription(
-      options({ lease: { owner: 'a', ttlMs: 300 }, handle: () => void handledBy.push('a') }),
-    );
-    const b = createSubscription(
-      options({ lease: { owner: 'b', ttlMs: 300 }, handle: () => void handledBy.push('b') }),
-    );
+    const { a, b, handledBy } = leaseHolders(options);
     a.start();
     await until(async () => (await a.status()).state === 'running', 'a running');
     b.start();
@@ -148,13 +150,7 @@ describe('subscriptions (in-memory)', () => {
   it('a lease that is not renewed expires after its ttl, and another instance takes over; the first stands by', async () => {
     const clock = createTestClock();
     const { store, options } = setup(clock);
-    const handledBy: string[] = [];
-    const a = createSubscription(
-      options({ lease: { owner: 'a', ttlMs: 300 }, handle: () => void handledBy.push('a') }),
-    );
-    const b = createSubscription(
-      options({ lease: { owner: 'b', ttlMs: 300 }, handle: () => void handledBy.push('b') }),
-    );
+    const { a, b, handledBy } = leaseHolders(options);
     a.start();
     await until(async () => (await a.status()).state === 'running', 'a running');
     b.start();

@@ -92,6 +92,16 @@ type Runner = {
 const running: Runner[] = [];
 
 /** Registers a runner to be stopped at the end of the file, whatever happens in its test (stop() is idempotent). */
+/** What an async projection needs besides its definition, all in the store's own database. */
+function sqlParts(store: SqlEventStore) {
+  return {
+    store,
+    subscriptions: createSqlSubscriptionStore(store),
+    documents: createSqlDocumentStore(store),
+    catalog: createSqlProjectionCatalog(store),
+  };
+}
+
 function track<T extends Runner>(runner: T): T {
   running.push(runner);
   return runner;
@@ -127,12 +137,7 @@ for (const [name, create] of backends) {
   describe(`read side on ${name}`, () => {
     it('an async projection: documents and checkpoint commit together; read-your-writes with waitFor', async () => {
       const store = create();
-      const parts = {
-        store,
-        subscriptions: createSqlSubscriptionStore(store),
-        documents: createSqlDocumentStore(store),
-        catalog: createSqlProjectionCatalog(store),
-      };
+      const parts = sqlParts(store);
       const projection = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await projection.start();
       await store.append('account-1', [deposit(10), deposit(5)]);
@@ -372,12 +377,7 @@ for (const [name, create] of backends) {
 
     it('blue/green rebuild into new tables, then the switch; old tables dropped', async () => {
       const store = create();
-      const parts = {
-        store,
-        subscriptions: createSqlSubscriptionStore(store),
-        documents: createSqlDocumentStore(store),
-        catalog: createSqlProjectionCatalog(store),
-      };
+      const parts = sqlParts(store);
       const v1 = track(createAsyncProjection({ ...parts, projection: balances(1), pollIntervalMs: 50 }));
       await v1.start();
       for (let i = 0; i < 30; i++) await store.append(`account-${i % 3}`, [deposit(1)]);
