@@ -310,7 +310,7 @@ function expectCount(figure: string, actual: number, expected: number): void {
 /**
  * Creates the raw table with `count` events of bulk SQL, and copies them into the store's tables with INSERT ... SELECT
  * in chunks of 1,000 events (one transaction each, as if written by many appends); then VACUUM ANALYZE on both, as
- * autovacuum would have done on a database in use. This writes the store's schema v1 (packages/postgres/src/sql.ts)
+ * autovacuum would have done on a database in use. This writes the store's schema v1 (packages/postgres/src/sql/migrations/0001-events.ts)
  * directly: keep it in step with the store's migrations.
  */
 async function seed(

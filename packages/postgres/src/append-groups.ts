@@ -17,7 +17,7 @@
  */
 import type { ExpectedVersion } from '@eventline/core';
 
-/** What a group needs of an append: see EncodedAppend in core.ts. */
+/** What a group needs of an append: see EncodedAppend in session.ts. */
 export interface GroupableAppend {
   readonly streamId: string;
   readonly expectedVersion: ExpectedVersion;
