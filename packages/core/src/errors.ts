@@ -28,7 +28,9 @@ export type EventlineErrorCode =
   | 'TRANSPORT_FAILED'
   | 'TRANSPORT_UNAVAILABLE'
   | 'TRANSPORT_CONFIGURATION'
-  | 'TRANSPORT_CLOSED';
+  | 'TRANSPORT_CLOSED'
+  | 'UNIQUENESS_VIOLATION'
+  | 'UNIQUENESS_CONFIGURATION';
 
 export abstract class EventlineError extends Error {
   abstract readonly code: EventlineErrorCode;
@@ -405,4 +407,37 @@ export class TransportConfigurationError extends TransportError {
 /** The transport was closed (or failed for good) and cannot be used again: create a new transport. */
 export class TransportClosedError extends TransportError {
   override readonly code = 'TRANSPORT_CLOSED' as const;
+}
+
+/**
+ * An append would claim a value (a tax id, an e-mail address...) that another stream already holds in a uniqueness
+ * scope (see `defineUniqueness`): nothing of the append was stored or claimed. `owner` is the stream that holds the
+ * value; `streamId` the stream the append was for.
+ */
+export class UniquenessError extends EventlineError {
+  readonly code = 'UNIQUENESS_VIOLATION' as const;
+  constructor(
+    readonly scope: string,
+    readonly owner: string,
+    readonly streamId: string,
+  ) {
+    super(
+      `The append to stream '${streamId}' claims a value of '${scope}' that stream '${owner}' already holds: nothing ` +
+        `was stored. Use another value, or release it from '${owner}' first (an event of the rule's releasedBy).`,
+    );
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), scope: this.scope, owner: this.owner, streamId: this.streamId };
+  }
+}
+
+/** The uniqueness rules or options given to a store do not fit (a bad scope name, a scope twice, an unknown event...). */
+export class UniquenessConfigurationError extends EventlineError {
+  readonly code = 'UNIQUENESS_CONFIGURATION' as const;
+  constructor(
+    readonly scope: unknown,
+    problem: string,
+  ) {
+    super(`Uniqueness rule${scope === undefined ? 's' : ` ${safeQuote(scope)}`}: ${problem}`);
+  }
 }
