@@ -27,6 +27,17 @@ export {
   prepareAppend,
 } from './store/validate.js';
 
+// Uniqueness claims: the compiled rules, the operations of a batch, a rebuild from the log.
+export {
+  assertNoReleases,
+  claimEventOfJson,
+  ClaimsRebuild,
+  compileUniqueness,
+  Uniqueness,
+  type ClaimEvent,
+  type ClaimOperation,
+} from './store/claims.js';
+
 // Idempotency records.
 export { commandFingerprint, idempotencyStreamId } from './write/command-bus.js';
 

@@ -25,6 +25,8 @@ export {
   TransportConfigurationError,
   TransportError,
   TransportUnavailableError,
+  UniquenessConfigurationError,
+  UniquenessError,
   UnknownCollectionError,
   UnknownCommandError,
   UnknownEventTypeError,
@@ -92,6 +94,16 @@ export {
   type StreamMetadata,
 } from './store/contract.js';
 export { createInMemoryStore, type InMemoryEventStore, type InMemoryStoreOptions } from './store/memory.js';
+export {
+  MAX_CLAIM_VALUE_LENGTH,
+  RELEASES_CLAIMS,
+  defineUniqueness,
+  type ClaimSource,
+  type ClaimedValue,
+  type RebuildClaimsResult,
+  type UniquenessOptions,
+  type UniquenessRule,
+} from './store/claims.js';
 
 // The write side: deciders and aggregates, repository, snapshots, command bus and its middleware.
 export {

@@ -3,6 +3,7 @@ import type { JsonObject } from '../json.js';
 import type { Position } from '../position.js';
 import type { EventRegistry } from '../schema.js';
 import type { TransportMessage } from '../transport/contract.js';
+import type { RebuildClaimsResult, UniquenessOptions } from './claims.js';
 
 /**
  * What an append expects of its stream: an exact version (the number of the stream's last event), `'no_stream'`
@@ -62,6 +63,14 @@ export interface EventStore extends EventStoreSession {
   readAllHoldback(): Promise<ReadAllHoldback>;
 
   /**
+   * Recomputes every uniqueness claim from the log by the store's rules, in one transaction (appends that claim or
+   * release wait for it): after a rule was added or changed, or the key. Resolves with the number of claims and the
+   * conflicts found (two streams claiming one value; the first in log order keeps it). Without rules, it removes
+   * every claim.
+   */
+  rebuildClaims(): Promise<RebuildClaimsResult>;
+
+  /**
    * Runs `fn` with a session whose appends, deletes and metadata changes commit together when `fn` resolves, or not at
    * all when it throws (the error is rethrown). Reads inside see the session's own writes.
    */
@@ -83,6 +92,10 @@ export interface EventStoreSession {
    * - Bad input ({@link ValidationError} and its kinds: empty batch, invalid stream id, event id not a UUID, data not
    *   JSON, payload over `maxEventBytes`, schema failure, unknown type) is rejected before anything is stored.
    * - A hard-deleted stream throws {@link StreamDeletedError}.
+   * - Uniqueness (the store's `uniqueness` rules): the values the events claim are claimed for this stream in the same
+   *   transaction; a value another stream holds throws {@link UniquenessError} and nothing is stored or claimed.
+   *   `options.releases` releases the stream's claims in those scopes first (recorded in the first event's metadata
+   *   as `releasesClaims`, so that a rebuild from the log does the same).
    */
   append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult>;
 
@@ -126,10 +139,19 @@ export interface EventStoreSession {
    * (and so the retry middleware) retries.
    */
   lockStreams(streamIds: readonly string[]): Promise<void>;
+
+  /**
+   * The stream that holds `value` in a uniqueness scope (normalised and hashed as the rule does), or null. Inside
+   * `transaction()`, the transaction's own claims and releases count. A scope the store has no rule for, or a value
+   * that could not be claimed (not a string, empty, too long, NUL, lone surrogate), is a `ValidationError`.
+   */
+  claimOwner(scope: string, value: string): Promise<string | null>;
 }
 
 export interface AppendOptions {
   expectedVersion?: ExpectedVersion;
+  /** Uniqueness scopes whose claims held by this stream are released by this append, before its events claim. */
+  releases?: readonly string[];
 }
 
 export interface AppendResult {
@@ -227,6 +249,8 @@ export interface EventStoreOptions {
   maxEventBytes?: number;
   /** Event definitions to validate appended data against (see `defineEvent`, `eventRegistry`). */
   events?: EventRegistry;
+  /** Values unique across streams: `{ rules: [defineUniqueness({...})], key }` (see `defineUniqueness`). */
+  uniqueness?: UniquenessOptions;
 }
 
 export const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;

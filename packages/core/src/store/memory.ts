@@ -1,9 +1,17 @@
 import { systemClock, type Clock } from '../clock.js';
-import { EventIdConflictError, StoreClosedError, StreamDeletedError } from '../errors.js';
+import {
+  EventIdConflictError,
+  safeQuote,
+  StoreClosedError,
+  StreamDeletedError,
+  UniquenessError,
+  ValidationError,
+} from '../errors.js';
 import type { EventInput, PreparedEvent, RecordedEvent } from '../event.js';
 import { formatPosition, positionBeforeTransaction, type Position } from '../position.js';
 import { assertStreamId, categoryOf } from '../stream-id.js';
 import { encodedEvent } from '../transport/codec.js';
+import { assertNoReleases, claimEventOfJson, ClaimsRebuild, compileUniqueness, type Uniqueness } from './claims.js';
 import type {
   AppendOptions,
   AppendResult,
@@ -62,6 +70,12 @@ interface State {
   eventById(id: string): StoredEvent | undefined;
   addEvents(streamId: string, events: StoredEvent[]): void;
   removeStreamEvents(id: string): void;
+  /** The owner of a claim (`scope NUL hash`), if any. */
+  claimOwner(key: string): string | undefined;
+  /** Claims (`owner`) or releases (null) a key. */
+  setClaim(key: string, owner: string | null): void;
+  /** The keys a stream holds. */
+  claimsOf(owner: string): string[];
 }
 
 class CommittedState implements State {
@@ -70,6 +84,9 @@ class CommittedState implements State {
   readonly ids = new Map<string, StoredEvent>();
   /** The global log, sorted by position. */
   log: StoredEvent[] = [];
+  /** Uniqueness claims: `scope NUL hash` → owner stream, and each owner's keys. */
+  readonly claims = new Map<string, string>();
+  readonly owned = new Map<string, Set<string>>();
 
   stream(id: string) {
     return this.streams.get(id);
@@ -99,12 +116,37 @@ class CommittedState implements State {
     for (const event of removed) this.ids.delete(event.id);
     this.log = this.log.filter((event) => event.streamId !== id);
   }
+  claimOwner(key: string) {
+    return this.claims.get(key);
+  }
+  setClaim(key: string, owner: string | null) {
+    const previous = this.claims.get(key);
+    if (previous !== undefined) this.owned.get(previous)?.delete(key);
+    if (owner === null) {
+      this.claims.delete(key);
+      return;
+    }
+    this.claims.set(key, owner);
+    let keys = this.owned.get(owner);
+    if (!keys) this.owned.set(owner, (keys = new Set()));
+    keys.add(key);
+  }
+  claimsOf(owner: string) {
+    return [...(this.owned.get(owner) ?? [])];
+  }
+  /** Replaces every claim (a rebuild). */
+  replaceClaims(claims: Iterable<[key: string, owner: string]>) {
+    this.claims.clear();
+    this.owned.clear();
+    for (const [key, owner] of claims) this.setClaim(key, owner);
+  }
 }
 
 class PendingState implements State {
   private readonly streams = new Map<string, StreamState>();
   private readonly added = new Map<string, StoredEvent[]>();
   private readonly removed = new Set<string>();
+  private readonly claims = new Map<string, string | null>();
   constructor(private readonly base: CommittedState) {}
 
   stream(id: string) {
@@ -134,7 +176,19 @@ class PendingState implements State {
     this.removed.add(id);
     this.added.delete(id);
   }
+  claimOwner(key: string) {
+    return this.claims.has(key) ? (this.claims.get(key) ?? undefined) : this.base.claimOwner(key);
+  }
+  setClaim(key: string, owner: string | null) {
+    this.claims.set(key, owner);
+  }
+  claimsOf(owner: string) {
+    const keys = this.base.claimsOf(owner).filter((key) => !this.claims.has(key));
+    for (const [key, holder] of this.claims) if (holder === owner) keys.push(key);
+    return keys;
+  }
   commit() {
+    for (const [key, owner] of this.claims) this.base.setClaim(key, owner);
     for (const id of this.removed) this.base.removeStreamEvents(id);
     for (const [id, state] of this.streams) this.base.setStream(id, state);
     const added = [...this.added.entries()].flatMap(([streamId, events]) =>
@@ -167,9 +221,11 @@ class MemoryStore implements InMemoryEventStore {
   private openTransaction: { id: bigint; startedAt: number } | null = null;
   private closed = false;
   private readonly listeners = new Set<() => void>();
+  private readonly uniqueness: Uniqueness | null;
 
   constructor(private readonly options: InMemoryStoreOptions) {
     this.clock = options.clock ?? systemClock;
+    this.uniqueness = compileUniqueness(options.uniqueness, options.events);
   }
 
   async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
@@ -241,6 +297,38 @@ class MemoryStore implements InMemoryEventStore {
     }
     if (events.length === limit) return { events, next: events[events.length - 1]!.position, atEnd: false };
     return { events, next: boundary > after ? boundary : after, atEnd: true };
+  }
+
+  async claimOwner(scope: string, value: string): Promise<string | null> {
+    this.assertOpen('look up a claim');
+    return this.claimOwnerIn(this.committed, scope, value);
+  }
+
+  async rebuildClaims() {
+    this.assertOpen('rebuild the claims');
+    return this.write(() => {
+      if (!this.uniqueness) {
+        this.committed.replaceClaims([]);
+        return { claims: 0, conflicts: [] };
+      }
+      const rebuild = new ClaimsRebuild(this.uniqueness);
+      for (const stored of this.committed.log) rebuild.apply(this.toRecorded(stored));
+      this.committed.replaceClaims([...rebuild.claims].map(([key, { owner }]) => [key, owner]));
+      return rebuild.result();
+    });
+  }
+
+  private claimOwnerIn(state: State, scope: string, value: string): string | null {
+    if (!this.uniqueness) this.noRules('claimOwner', scope);
+    const uniqueness = this.uniqueness!;
+    const hash = uniqueness.hashOf(uniqueness.assertScope(scope, 'claimOwner'), value, 'claimOwner');
+    return state.claimOwner(`${scope}\u0000${hash}`) ?? null;
+  }
+
+  private noRules(operation: string, scope: unknown): never {
+    throw new ValidationError(
+      `${operation}: ${safeQuote(scope)} is not a uniqueness scope: this store has no uniqueness rules`,
+    );
   }
 
   async readAllPageEncoded(options?: ReadAllOptions): Promise<EncodedReadAllPage> {
@@ -315,6 +403,10 @@ class MemoryStore implements InMemoryEventStore {
           guard('lock streams');
           assertStreamIds(streamIds);
         },
+        claimOwner: async (scope, value) => {
+          guard('look up a claim');
+          return this.claimOwnerIn(pending, scope, value);
+        },
       };
       try {
         const result = await fn(session);
@@ -353,6 +445,11 @@ class MemoryStore implements InMemoryEventStore {
   }
 
   private prepare(streamId: string, events: readonly EventInput[], options?: AppendOptions) {
+    const releases = options?.releases;
+    if (releases !== undefined) {
+      if (!this.uniqueness) assertNoReleases(String(streamId), releases);
+      else events = this.uniqueness.withReleases(String(streamId), events, releases);
+    }
     return prepareAppend(streamId, events, options, {
       registry: this.options.events,
       maxEventBytes: this.options.maxEventBytes,
@@ -393,6 +490,7 @@ class MemoryStore implements InMemoryEventStore {
     const duplicate = findDuplicate(state, streamId, events);
     if (duplicate) return duplicate;
     checkExpectedVersion(streamId, expectedVersion, { version: stream.version, exists: exists(stream) });
+    const claims = this.uniqueness ? claimChanges(state, this.uniqueness, streamId, events) : null;
     const recordedAt = new Date(this.clock.now());
     const stored = events.map((event, index): StoredEvent => ({
       id: event.id,
@@ -407,6 +505,7 @@ class MemoryStore implements InMemoryEventStore {
     }));
     state.addEvents(streamId, stored);
     state.setStream(streamId, { ...stream, version: stream.version + events.length, deleted: null });
+    if (claims) for (const [key, owner] of claims) state.setClaim(key, owner);
     const last = stored[stored.length - 1]!;
     return {
       streamId,
@@ -482,6 +581,8 @@ function deleteIn(state: State, streamId: string, expected: ExpectedVersion, har
   checkExpectedVersion(streamId, expected, { version: current.version, exists: exists(current) });
   if (hard) {
     state.removeStreamEvents(streamId);
+    // The events are gone from the log, so are the claims they made (a rebuild from the log agrees).
+    for (const key of state.claimsOf(streamId)) state.setClaim(key, null);
     state.setStream(streamId, { ...current, deleted: 'hard' });
   } else if (exists(current)) {
     state.setStream(streamId, { ...current, deleted: 'soft', hiddenBefore: current.version + 1 });
@@ -505,6 +606,42 @@ function findDuplicate(state: State, streamId: string, events: readonly Prepared
     );
   const last = found[found.length - 1]!;
   return { streamId, version: last.version, firstVersion: first.version, position: last.position, duplicate: true };
+}
+
+/**
+ * The claims an append makes and releases (key → owner, or null), checked against `state` before anything is
+ * written: a value another stream holds is a {@link UniquenessError}.
+ */
+function claimChanges(
+  state: State,
+  uniqueness: Uniqueness,
+  streamId: string,
+  events: readonly PreparedEvent[],
+): Map<string, string | null> | null {
+  let touched = false;
+  for (const event of events)
+    if (uniqueness.touches(event.type) || event.metadataJson.includes('"releasesClaims"')) touched = true;
+  if (!touched) return null;
+  const operations = uniqueness.operationsOf(
+    streamId,
+    events.map((event) => claimEventOfJson(event.type, event.dataJson, event.metadataJson)),
+    true,
+  );
+  const changes = new Map<string, string | null>();
+  const ownerOf = (key: string) => (changes.has(key) ? changes.get(key) : state.claimOwner(key)) ?? null;
+  for (const operation of operations) {
+    if (operation.op === 'release') {
+      const prefix = `${operation.scope}\u0000`;
+      const held = new Set([...state.claimsOf(streamId), ...changes.keys()]);
+      for (const key of held) if (key.startsWith(prefix) && ownerOf(key) === streamId) changes.set(key, null);
+      continue;
+    }
+    const key = `${operation.scope}\u0000${operation.hash}`;
+    const owner = ownerOf(key);
+    if (owner !== null && owner !== streamId) throw new UniquenessError(operation.scope, owner, streamId);
+    changes.set(key, streamId);
+  }
+  return changes;
 }
 
 function firstAfter(log: readonly StoredEvent[], after: Position): number {

@@ -6,7 +6,12 @@ import {
   EventIdConflictError,
   InvalidStreamIdError,
   isPosition,
+  MAX_CLAIM_VALUE_LENGTH,
   MAX_JSON_DEPTH,
+  RELEASES_CLAIMS,
+  UniquenessConfigurationError,
+  UniquenessError,
+  defineUniqueness,
   PayloadTooLargeError,
   StreamDeletedError,
   UnknownEventTypeError,
@@ -1220,6 +1225,241 @@ export function describeEventStoreConformance(factory: EventStoreFactory): void 
             { type: 'AccountOpened', data: { owner: 'Bob' }, schemaVersion: 2 },
           ],
           'renamed and older events come out upcast',
+        );
+      });
+    });
+
+    describe('uniqueness claims', () => {
+      const taxId = (data: { taxId?: unknown }) => data.taxId as string | undefined;
+      const cpf = defineUniqueness({
+        scope: 'cpf',
+        claimedBy: { Opened: taxId, TaxIdChanged: taxId },
+        releasedBy: ['Closed', 'TaxIdChanged'],
+        normalise: (value) => value.replace(/[.-]/g, ''),
+      });
+      const email = defineUniqueness({
+        scope: 'email',
+        claimedBy: { Opened: (data: { email?: string }) => data.email },
+      });
+      const claiming = (options: EventStoreOptions = {}) =>
+        store({ uniqueness: { rules: [cpf, email], key: 'a secret of sixteen bytes or more' }, ...options });
+      const opened = (taxIdValue: unknown, extra: Record<string, unknown> = {}) =>
+        ev('Opened', { taxId: taxIdValue, ...extra });
+
+      it('an append claims its value for its stream; another stream is refused with the owner and nothing is stored', async () => {
+        const s = await claiming();
+        await s.append('acct-1', [opened('123.456.789-09')]);
+        assert.equal(await s.claimOwner('cpf', '12345678909'), 'acct-1', 'looked up normalised');
+        assert.equal(await s.claimOwner('cpf', '123.456.789-09'), 'acct-1');
+        assert.equal(await s.claimOwner('cpf', '98765432100'), null);
+        assert.equal(await s.claimOwner('email', '12345678909'), null, 'scopes are apart');
+        const error = await expectNothingStored(
+          s,
+          s.append('acct-2', [ev('Noted'), opened('12345678909')]),
+          UniquenessError,
+        );
+        assert.equal(error.code, 'UNIQUENESS_VIOLATION');
+        assert.equal(error.scope, 'cpf');
+        assert.equal(error.owner, 'acct-1');
+        assert.equal(error.streamId, 'acct-2');
+        assert.match(error.message, /acct-1/);
+        assert.doesNotMatch(error.message, /12345678909/, 'the value is not in the message');
+        assert.deepEqual(await s.streamInfo('acct-2'), {
+          streamId: 'acct-2',
+          exists: false,
+          version: 0,
+          deleted: null,
+        });
+        // The same stream claiming again is a no-op; other scopes and other values are free.
+        await s.append('acct-1', [opened('12345678909', { email: 'ada@example.com' })]);
+        await s.append('acct-2', [opened('98765432100')]);
+        assert.equal(await s.claimOwner('email', 'ada@example.com'), 'acct-1');
+        assert.equal(await s.claimOwner('cpf', '98765432100'), 'acct-2');
+        // Events without a value (null/undefined) claim nothing; events of other types are not looked at.
+        await s.append('acct-3', [opened(null), opened(undefined), ev('Deposited', { taxId: '12345678909' })]);
+        assert.equal(await s.claimOwner('cpf', '12345678909'), 'acct-1');
+      });
+
+      it('releasedBy releases the stream’s claims in the scope; then another stream can claim the value', async () => {
+        const s = await claiming();
+        await s.append('acct-1', [opened('11111111111', { email: 'a@example.com' })]);
+        await s.append('acct-1', [ev('Closed')]);
+        assert.equal(await s.claimOwner('cpf', '11111111111'), null);
+        assert.equal(await s.claimOwner('email', 'a@example.com'), 'acct-1', 'only the rule’s scope is released');
+        await s.append('acct-2', [opened('11111111111')]);
+        assert.equal(await s.claimOwner('cpf', '11111111111'), 'acct-2');
+        // An event of both lists replaces: the old value is released, the new one claimed.
+        await s.append('acct-2', [ev('TaxIdChanged', { taxId: '22222222222' })]);
+        assert.equal(await s.claimOwner('cpf', '11111111111'), null);
+        assert.equal(await s.claimOwner('cpf', '22222222222'), 'acct-2');
+      });
+
+      it('the append option releases frees a scope explicitly, recorded in the first event’s metadata', async () => {
+        const s = await claiming();
+        await s.append('acct-1', [opened('33333333333', { email: 'b@example.com' })]);
+        await s.append('acct-1', [ev('Noted')], { releases: ['email'] });
+        assert.equal(await s.claimOwner('email', 'b@example.com'), null);
+        assert.equal(await s.claimOwner('cpf', '33333333333'), 'acct-1');
+        const [, noted] = await collect(s.readStream('acct-1'));
+        assert.deepEqual(noted!.metadata[RELEASES_CLAIMS], ['email']);
+        assert.deepEqual(await s.rebuildClaims(), { claims: 1, conflicts: [] }, 'a rebuild releases it again');
+        assert.equal(await s.claimOwner('email', 'b@example.com'), null);
+        for (const releases of [['nope'], 'cpf', [1], [null]]) {
+          const error = await expectNothingStored(
+            s,
+            s.append('acct-1', [ev('Noted')], { releases: releases as string[] }),
+            ValidationError,
+          );
+          assert.match(error.message, /scope|releases/);
+        }
+      });
+
+      it('a retried append returns its first result, even after its value moved to another stream', async () => {
+        const s = await claiming();
+        const batch = [opened('44444444444')];
+        const first = await s.append('acct-1', batch, { expectedVersion: 'no_stream' });
+        await s.append('acct-1', [ev('Closed')]);
+        await s.append('acct-2', [opened('44444444444')]);
+        const retry = await s.append('acct-1', batch, { expectedVersion: 'no_stream' });
+        assert.deepEqual(retry, { ...first, duplicate: true });
+        assert.equal(await s.claimOwner('cpf', '44444444444'), 'acct-2');
+        await s.transaction(async (tx) => assert.equal((await tx.append('acct-1', batch)).duplicate, true));
+      });
+
+      it('inside a transaction claims commit with it, or not at all; a refused claim caught inside spoils nothing', async () => {
+        const s = await claiming();
+        await assert.rejects(
+          s.transaction(async (tx) => {
+            await tx.append('acct-1', [opened('55555555555')]);
+            assert.equal(await tx.claimOwner('cpf', '55555555555'), 'acct-1', 'the transaction sees its own claim');
+            throw new Error('changed my mind');
+          }),
+          /changed my mind/,
+        );
+        assert.equal(await s.claimOwner('cpf', '55555555555'), null, 'the rollback left no claim');
+        await s.append('acct-9', [opened('66666666666')]);
+        await s.transaction(async (tx) => {
+          await tx.append('acct-1', [opened('55555555555')]);
+          const error = await rejection(tx.append('acct-2', [opened('66666666666')]));
+          assert.ok(error instanceof UniquenessError, String(error));
+          assert.equal(error.owner, 'acct-9');
+          await tx.append('acct-9', [ev('Closed')]);
+          assert.equal(await tx.claimOwner('cpf', '66666666666'), null);
+          await tx.append('acct-2', [opened('66666666666')]);
+        });
+        assert.equal(await s.claimOwner('cpf', '55555555555'), 'acct-1');
+        assert.equal(await s.claimOwner('cpf', '66666666666'), 'acct-2');
+        assert.equal((await s.streamInfo('acct-2')).version, 1, 'only the accepted append was stored');
+      });
+
+      it('a soft delete keeps the stream’s claims (it can come back); a hard delete releases them', async () => {
+        const s = await claiming();
+        await s.append('acct-1', [opened('77777777777')]);
+        await s.append('acct-2', [opened('88888888888')]);
+        await s.deleteStream('acct-1');
+        assert.equal(await s.claimOwner('cpf', '77777777777'), 'acct-1');
+        await s.deleteStream('acct-2', { hard: true });
+        assert.equal(await s.claimOwner('cpf', '88888888888'), null);
+        await s.append('acct-3', [opened('88888888888')]);
+        assert.deepEqual(await s.rebuildClaims(), { claims: 2, conflicts: [] });
+        assert.equal(await s.claimOwner('cpf', '77777777777'), 'acct-1');
+        assert.equal(await s.claimOwner('cpf', '88888888888'), 'acct-3');
+      });
+
+      it('50 concurrent claims of one value by 50 streams: exactly one wins, 49 are refused naming it', async () => {
+        const s = await claiming();
+        const results = await Promise.allSettled(
+          Array.from({ length: 50 }, (_, i) => s.append(`acct-c${i}`, [opened('123.456.789-09')])),
+        );
+        const won = results.flatMap((r, i) => (r.status === 'fulfilled' ? [`acct-c${i}`] : []));
+        assert.equal(won.length, 1, 'exactly one append wins');
+        for (const r of results) {
+          if (r.status === 'fulfilled') continue;
+          assert.ok(r.reason instanceof UniquenessError, String(r.reason));
+          assert.equal(r.reason.scope, 'cpf');
+          assert.equal(r.reason.owner, won[0]);
+        }
+        assert.equal(await s.claimOwner('cpf', '12345678909'), won[0]);
+        assert.equal((await collect(s.readAll())).length, 1, 'only the winner’s event is stored');
+      });
+
+      it('rebuildClaims recomputes the claims from the log: the same claims, and conflicts for a rule added later', async () => {
+        let enabled = false;
+        const later = defineUniqueness({
+          scope: 'nickname',
+          claimedBy: { Opened: (data: { nickname?: string }) => (enabled ? data.nickname : undefined) },
+        });
+        const s = await store({ uniqueness: { rules: [cpf, later] } });
+        await s.append('acct-1', [opened('10101010101', { nickname: 'ada' })]);
+        await s.append('acct-2', [opened('20202020202', { nickname: 'ada' })]);
+        await s.append('acct-3', [opened('30303030303', { nickname: 'bob' })]);
+        await s.append('acct-3', [ev('Closed')]);
+        const owners = async () => ({
+          a: await s.claimOwner('cpf', '10101010101'),
+          b: await s.claimOwner('cpf', '20202020202'),
+          c: await s.claimOwner('cpf', '30303030303'),
+          ada: await s.claimOwner('nickname', 'ada'),
+          bob: await s.claimOwner('nickname', 'bob'),
+        });
+        const before = await owners();
+        assert.deepEqual(await s.rebuildClaims(), { claims: 2, conflicts: [] });
+        assert.deepEqual(await owners(), before, 'the same claims');
+        enabled = true;
+        const events = await collect(s.readStream('acct-2'));
+        const rebuilt = await s.rebuildClaims();
+        assert.deepEqual(rebuilt, {
+          claims: 4,
+          conflicts: [{ scope: 'nickname', owner: 'acct-1', streamId: 'acct-2', eventId: events[0]!.id }],
+        });
+        assert.deepEqual(await owners(), { ...before, ada: 'acct-1', bob: 'acct-3' });
+      });
+
+      it('bad values are typed errors and store nothing', async () => {
+        const s = await claiming();
+        for (const [label, value] of [
+          ['a number', 12345678909],
+          ['an object', { digits: '1' }],
+          ['empty', ''],
+          ['empty once normalised', '..-'],
+          ['NUL', 'a\u0000b'],
+          ['a lone surrogate', 'x\ud800'],
+          ['huge', '1'.repeat(MAX_CLAIM_VALUE_LENGTH + 1)],
+        ] as const) {
+          const error = await expectNothingStored(s, s.append('acct-1', [opened(value)]), ValidationError);
+          // NUL and lone surrogates are not JSON already; the claim refuses them too (see claimOwner below).
+          assert.match(error.message, /'cpf'|not JSON/, label);
+          if (typeof value === 'string' && value.length > 0)
+            await assert.rejects(s.claimOwner('cpf', value), ValidationError, label);
+        }
+        await assert.rejects(s.claimOwner('nope', '1'), ValidationError);
+        await assert.rejects(s.claimOwner('__proto__', '1'), ValidationError);
+        await assert.rejects(s.claimOwner('cpf', 42 as unknown as string), ValidationError);
+        const plain = await store();
+        await assert.rejects(plain.claimOwner('cpf', '1'), ValidationError, 'a store without rules has no scope');
+        await assert.rejects(plain.append('acct-1', [ev('Noted')], { releases: ['cpf'] }), ValidationError);
+        assert.deepEqual(await plain.rebuildClaims(), { claims: 0, conflicts: [] });
+      });
+
+      it('rules that do not fit are a UniquenessConfigurationError', async () => {
+        const refuse = async (make: () => unknown, what: RegExp) => {
+          const error = await rejection((async () => make())());
+          assert.ok(error instanceof UniquenessConfigurationError, String(error));
+          assert.equal(error.code, 'UNIQUENESS_CONFIGURATION');
+          assert.match(error.message, what);
+        };
+        const claimedBy = { Opened: taxId };
+        for (const scope of ['', 'has space', '1cpf', 'a'.repeat(101), 'nul\u0000', 42])
+          await refuse(() => defineUniqueness({ scope: scope as string, claimedBy }), /scope/);
+        await refuse(() => defineUniqueness({ scope: 'x', claimedBy: {} }), /no event type/);
+        await refuse(() => defineUniqueness({ scope: 'x', claimedBy: { 'not a type': taxId } }), /not an event type/);
+        await refuse(() => defineUniqueness({ scope: 'x', claimedBy: { Opened: 'data.taxId' as never } }), /function/);
+        await refuse(() => defineUniqueness({ scope: 'x', claimedBy, releasedBy: ['__proto__'] }), /not an event type/);
+        await refuse(() => store({ uniqueness: { rules: [cpf, cpf] } }), /two rules/);
+        await refuse(() => store({ uniqueness: { rules: [cpf], key: 'short' } }), /16 bytes/);
+        const Opened = defineEvent('Opened', passThrough);
+        await refuse(
+          () => store({ events: eventRegistry([Opened], { strict: false }), uniqueness: { rules: [cpf] } }),
+          /'TaxIdChanged' is not an event type of the store's registry/,
         );
       });
     });
