@@ -30,7 +30,9 @@ export type EventlineErrorCode =
   | 'TRANSPORT_CONFIGURATION'
   | 'TRANSPORT_CLOSED'
   | 'UNIQUENESS_VIOLATION'
-  | 'UNIQUENESS_CONFIGURATION';
+  | 'UNIQUENESS_CONFIGURATION'
+  | 'PROCESS_DECISION'
+  | 'PROCESS_STORE_CLOSED';
 
 export abstract class EventlineError extends Error {
   abstract readonly code: EventlineErrorCode;

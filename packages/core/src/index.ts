@@ -190,3 +190,24 @@ export {
   type PublisherOptions,
   type ReplayOptions,
 } from './transport/publisher.js';
+
+// Process managers (sagas) and timers.
+export {
+  defineProcess,
+  type ProcessDecision,
+  type ProcessDefinition,
+  type ProcessEventInput,
+  type ProcessInput,
+  type ProcessRejectedInput,
+  type ProcessTimerInput,
+  type TimerRequest,
+} from './process/definition.js';
+export type { OutboxCommand, ProcessInstanceRecord, ProcessStore, TimerRecord } from './process/contract.js';
+export { createInMemoryProcessStore } from './process/memory.js';
+export {
+  createProcessManager,
+  processCommandId,
+  type ProcessManager,
+  type ProcessManagerOptions,
+} from './process/manager.js';
+export { ProcessDecisionError, ProcessStoreClosedError } from './process/errors.js';

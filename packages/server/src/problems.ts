@@ -43,6 +43,8 @@ export const STATUS_OF_CODE: Readonly<Record<EventlineErrorCode, number>> = {
   TRANSPORT_UNAVAILABLE: 503,
   TRANSPORT_CLOSED: 503,
   TRANSPORT_CONFIGURATION: 503,
+  PROCESS_DECISION: 500,
+  PROCESS_STORE_CLOSED: 503,
 };
 
 /** An HTTP-level problem the API answers with (not found, method not allowed, a body it cannot read...). */

@@ -7,3 +7,4 @@ export { DeciderSpecification } from './specification.js';
 export { collect, until, untilLogSettled } from './helpers.js';
 export { describeTransportConformance, transportMessages, type TransportFactory } from './transport-conformance.js';
 export { createTestClock, type TestClock } from './clock.js';
+export { describeProcessStoreConformance, type ProcessStoreFactory } from './process-conformance.js';

@@ -1,0 +1,428 @@
+/**
+ * Runs a process manager: a subscription that feeds the log's events to their instances, a sender that takes the
+ * commands they decided out of the outbox and through the command bus, and a timer loop that fires due timers.
+ *
+ * Exactly once, and where: for each input (an event, a fired timer, a refused command) the instance's new state, the
+ * commands it sends (outbox rows), the timers it sets or cancels and the input's mark (the subscription's checkpoint,
+ * the timer's removal, the refused command's removal) commit in one transaction of the process store. Commands leave
+ * the outbox at least once; each has a deterministic id (process, instance, input, index) and goes through the command
+ * bus as its idempotency key, so a command sent again after a crash is recognised by the bus and not handled twice.
+ */
+import { createHash } from 'node:crypto';
+import { systemClock, type Clock } from '../clock.js';
+import type { Command } from '../command.js';
+import { DomainError, safeQuote, toError, UnknownCommandError, ValidationError } from '../errors.js';
+import type { RecordedEvent } from '../event.js';
+import { jsonIssues, type JsonValue } from '../json.js';
+import type { EventStore } from '../store/contract.js';
+import type { SubscriptionStore } from '../subscriptions/contract.js';
+import { createSubscription, type Subscription } from '../subscriptions/engine.js';
+import type { CommandBus } from '../write/command-bus.js';
+import type { OutboxCommand, ProcessInstanceRecord, ProcessStore, TimerRecord } from './contract.js';
+import type { ProcessDecision, ProcessDefinition, ProcessInput } from './definition.js';
+import { ProcessDecisionError } from './errors.js';
+
+export interface ProcessManagerOptions<State, Tx> {
+  process: ProcessDefinition<State>;
+  store: EventStore;
+  /** Checkpoints and leases of the process's subscription; its `Tx` is the process store's. */
+  subscriptions: SubscriptionStore<Tx>;
+  processes: ProcessStore<Tx>;
+  /** Where the commands go. It must de-duplicate by idempotency key (`defaultMiddleware` does). */
+  bus: CommandBus;
+  /** Default `systemClock`; a test clock moves timers and retries without waiting. */
+  clock?: Clock;
+  /** Tries of a command that fails (not refused by the domain) before it is parked. Default 5. */
+  maxCommandAttempts?: number;
+  /** Backoff of those tries: base and cap, ms. Default 100 and 30 000. */
+  commandRetry?: { baseDelayMs?: number; maxDelayMs?: number };
+  /** How often the sender and the timer loop look for work when nothing wakes them. Default 1000 and 100 ms. */
+  pollIntervalMs?: { commands?: number; timers?: number };
+  /** Passed to the subscription: retries of a failing input before it is parked, batch size, lease. */
+  retry?: { maxAttempts?: number; baseDelayMs?: number; maxDelayMs?: number };
+  batchSize?: number;
+  lease?: { ttlMs?: number; owner?: string };
+  /** Errors it recovers from (a command that failed and will be tried again, a store unavailable). */
+  onError?: (error: unknown, where: string) => void;
+}
+
+export interface ProcessManager {
+  readonly name: string;
+  /** The subscription that feeds events in (its status, parked inputs, `waitFor`). */
+  readonly subscription: Subscription;
+  start(): void;
+  /** Stops the three loops (the batch in progress finishes). */
+  stop(): Promise<void>;
+  instance(id: string): Promise<ProcessInstanceRecord | null>;
+  instances(options?: { after?: string; limit?: number }): Promise<ProcessInstanceRecord[]>;
+  /** Pending timers, of one instance when given. */
+  timers(instance?: string): Promise<TimerRecord[]>;
+  /** Commands waiting to be sent, or parked after their tries. */
+  commands(options?: { instance?: string; status?: 'pending' | 'parked' }): Promise<OutboxCommand[]>;
+  /** Sends a parked command again. False when there is no such parked command. */
+  retryCommand(commandId: string): Promise<boolean>;
+  /** Runs the sender and the timer loop once now (tests on a test clock call it after moving time). */
+  runOnce(): Promise<{ sent: number; fired: number }>;
+}
+
+const DEFAULT_MAX_ATTEMPTS = 5;
+
+export function createProcessManager<State, Tx>(options: ProcessManagerOptions<State, Tx>): ProcessManager {
+  return new ProcessRunner(options);
+}
+
+/** A deterministic command id: the same (process, instance, input, index) always gives the same UUID (version 8). */
+export function processCommandId(process: string, instance: string, input: string, index: number): string {
+  const hash = createHash('sha256')
+    .update(JSON.stringify([process, instance, input, index]))
+    .digest();
+  hash[6] = (hash[6]! & 0x0f) | 0x80;
+  hash[8] = (hash[8]! & 0x3f) | 0x80;
+  const hex = hash.subarray(0, 16).toString('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
+}
+
+class ProcessRunner<State, Tx> implements ProcessManager {
+  readonly name: string;
+  readonly subscription: Subscription;
+  private readonly definition: ProcessDefinition<State>;
+  private readonly processes: ProcessStore<Tx>;
+  private readonly clock: Clock;
+  private readonly maxAttempts: number;
+  private readonly baseDelay: number;
+  private readonly maxDelay: number;
+  private readonly commandPoll: number;
+  private readonly timerPoll: number;
+  private running = false;
+  private halt = new AbortController();
+  private loops: Promise<void>[] = [];
+  /** Set when something may have given a loop work since it last looked; aborting `rests` ends its rest. */
+  private readonly woken = { commands: false, timers: false };
+  private readonly rests = { commands: new AbortController(), timers: new AbortController() };
+
+  constructor(private readonly options: ProcessManagerOptions<State, Tx>) {
+    this.definition = options.process;
+    this.name = options.process.name;
+    this.processes = options.processes;
+    this.clock = options.clock ?? systemClock;
+    this.maxAttempts = positive(options.maxCommandAttempts, DEFAULT_MAX_ATTEMPTS, 'maxCommandAttempts');
+    this.baseDelay = positive(options.commandRetry?.baseDelayMs, 100, 'commandRetry.baseDelayMs');
+    this.maxDelay = positive(options.commandRetry?.maxDelayMs, 30_000, 'commandRetry.maxDelayMs');
+    this.commandPoll = positive(options.pollIntervalMs?.commands, 1000, 'pollIntervalMs.commands');
+    this.timerPoll = positive(options.pollIntervalMs?.timers, 100, 'pollIntervalMs.timers');
+    this.subscription = createSubscription<Tx>({
+      name: `process:${this.name}`,
+      store: options.store,
+      subscriptions: options.subscriptions,
+      filter: { types: this.definition.eventTypes },
+      handle: (event, context) => this.onEvent(event, context.tx),
+      ...(options.retry ? { retry: options.retry } : {}),
+      ...(options.batchSize !== undefined ? { batchSize: options.batchSize } : {}),
+      ...(options.lease ? { lease: options.lease } : {}),
+      ...(options.onError ? { onError: options.onError } : {}),
+      clock: this.clock,
+    });
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.halt = new AbortController();
+    this.subscription.start();
+    this.loops = [this.loop('commands'), this.loop('timers')];
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.halt.abort();
+    await Promise.all([this.subscription.stop(), ...this.loops]);
+    this.loops = [];
+  }
+
+  instance(id: string): Promise<ProcessInstanceRecord | null> {
+    return this.processes.loadInstance(null, this.name, id);
+  }
+
+  instances(options?: { after?: string; limit?: number }): Promise<ProcessInstanceRecord[]> {
+    return this.processes.listInstances(this.name, options);
+  }
+
+  timers(instance?: string): Promise<TimerRecord[]> {
+    return this.processes.listTimers(this.name, instance === undefined ? {} : { instance });
+  }
+
+  commands(options: { instance?: string; status?: 'pending' | 'parked' } = {}): Promise<OutboxCommand[]> {
+    return this.processes.listCommands(this.name, options);
+  }
+
+  async retryCommand(commandId: string): Promise<boolean> {
+    const retried = await this.processes.retryCommand(this.name, commandId, this.now());
+    if (retried) this.wake('commands');
+    return retried;
+  }
+
+  async runOnce(): Promise<{ sent: number; fired: number }> {
+    const fired = await this.fireDueTimers();
+    const sent = await this.sendDueCommands();
+    return { sent, fired };
+  }
+
+  // --- inputs -------------------------------------------------------------------------------------------------
+
+  private async onEvent(event: RecordedEvent, tx: Tx): Promise<void> {
+    const instance = this.definition.correlate(event);
+    if (instance === null) return;
+    if (typeof instance !== 'string' || instance.length === 0 || instance.length > 200)
+      throw new ProcessDecisionError(
+        this.name,
+        String(instance),
+        `correlate() must return a string of 1 to 200 characters or null, got ${safeQuote(instance)} for event ${event.id}`,
+      );
+    const changed = await this.apply(tx, instance, { kind: 'event', event }, event);
+    if (changed && this.running) {
+      // The outbox rows commit with the batch's checkpoint: wake the sender once they have.
+      void this.subscription.waitFor(event.position, { timeoutMs: Infinity, signal: this.halt.signal }).then(
+        () => {
+          this.wake('commands');
+          this.wake('timers');
+        },
+        () => undefined,
+      );
+    }
+  }
+
+  /**
+   * Applies one input to an instance in `tx`: load, evolve, decide, then the state, the commands and the timers.
+   * Resolves true when it wrote commands or timers.
+   */
+  private async apply(tx: Tx, instance: string, input: ProcessInput, event?: RecordedEvent): Promise<boolean> {
+    const now = this.now();
+    const record = await this.processes.loadInstance(tx, this.name, instance);
+    if (record === null) {
+      if (input.kind !== 'event' || !this.definition.startedBy.includes(input.event.type)) return false;
+    } else if (record.completed) {
+      await this.processes.saveInstance(tx, { ...record, ignored: record.ignored + 1, updatedAt: now });
+      return false;
+    } else if (event && record.lastPosition !== null && event.position <= record.lastPosition) {
+      return false; // a redelivery of an event already applied
+    }
+    const before = record === null ? this.definition.initialState() : (structuredClone(record.state) as State);
+    const state = this.definition.evolve(before, input);
+    const decision = this.definition.decide(input, state);
+    const stateIssues = jsonIssues(state, ['state']);
+    if (stateIssues.length > 0)
+      throw new ProcessDecisionError(this.name, instance, 'evolve() returned a state that is not JSON', stateIssues);
+    const inputKey = keyOf(input);
+    const correlationId =
+      record?.correlationId ??
+      (event ? (typeof event.metadata.correlationId === 'string' ? event.metadata.correlationId : event.id) : instance);
+    const causationId =
+      input.kind === 'event' ? input.event.id : input.kind === 'rejected' ? input.command.id : `timer:${input.id}`;
+    const { commands, timers, cancel, complete } = this.check(instance, decision, now);
+    const outgoing = commands.map((command, index) => {
+      const id = processCommandId(this.name, instance, inputKey, index);
+      return {
+        process: this.name,
+        instance,
+        notBefore: now,
+        command: {
+          id,
+          type: command.type,
+          data: command.data,
+          metadata: { ...command.metadata, correlationId, causationId, idempotencyKey: id },
+        } satisfies Command,
+      };
+    });
+    if (outgoing.length > 0) await this.processes.enqueue(tx, outgoing);
+    if (complete) await this.processes.cancelTimers(tx, this.name, instance, 'all');
+    else {
+      if (cancel.length > 0) await this.processes.cancelTimers(tx, this.name, instance, cancel);
+      if (timers.length > 0)
+        await this.processes.setTimers(
+          tx,
+          timers.map((timer) => ({ ...timer, process: this.name, instance })),
+        );
+    }
+    await this.processes.saveInstance(tx, {
+      process: this.name,
+      instance,
+      state: state as JsonValue,
+      inputs: (record?.inputs ?? 0) + 1,
+      ignored: record?.ignored ?? 0,
+      correlationId,
+      lastPosition: event ? event.position : (record?.lastPosition ?? null),
+      completed: complete,
+      ...(record ? { startedAt: record.startedAt } : { startedAt: now }),
+      updatedAt: now,
+    });
+    return outgoing.length > 0 || timers.length > 0;
+  }
+
+  /** The decision, checked: nothing of it is written unless all of it can be. */
+  private check(instance: string, decision: ProcessDecision, now: Date) {
+    const fail = (message: string, issues: ReturnType<typeof jsonIssues> = []): never => {
+      throw new ProcessDecisionError(this.name, instance, message, issues);
+    };
+    if (typeof decision !== 'object' || decision === null)
+      fail(`decide() must return an object, got ${safeQuote(decision)}`);
+    const commands = decision.commands ?? [];
+    if (!Array.isArray(commands)) fail('decide(): commands must be an array of commands');
+    for (const command of commands) {
+      if (typeof command !== 'object' || command === null || typeof command.type !== 'string')
+        fail(`decide(): ${safeQuote(command)} is not a command; build one with defineCommand(...).create()`);
+      const issues = jsonIssues(command.data, ['commands', command.type, 'data']);
+      if (issues.length > 0) fail(`decide(): the data of command '${command.type}' is not JSON`, issues);
+    }
+    const schedule = decision.schedule ?? [];
+    if (!Array.isArray(schedule)) fail('decide(): schedule must be an array of timers');
+    const timers = schedule.map((request) => {
+      if (typeof request !== 'object' || request === null) fail(`decide(): ${safeQuote(request)} is not a timer`);
+      if (typeof request.name !== 'string' || !/^[A-Za-z][A-Za-z0-9_.-]{0,99}$/.test(request.name))
+        fail(`decide(): timer name ${safeQuote(request.name)} must be 1 to 100 letters, digits, '_', '.' or '-'`);
+      const id = request.id ?? request.name;
+      if (
+        typeof id !== 'string' ||
+        id.length === 0 ||
+        id.length > 200 ||
+        jsonIssues(id).length > 0 ||
+        id.includes('\u0000')
+      )
+        fail(`decide(): timer id ${safeQuote(id)} must be a string of 1 to 200 characters`);
+      let due: number;
+      if (request.at !== undefined) {
+        if (!(request.at instanceof Date) || Number.isNaN(request.at.getTime()))
+          fail(`decide(): timer '${id}': at must be a valid Date`);
+        due = request.at.getTime();
+      } else if (request.afterMs !== undefined) {
+        if (typeof request.afterMs !== 'number' || !Number.isFinite(request.afterMs) || request.afterMs < 0)
+          fail(`decide(): timer '${id}': afterMs must be a finite number of ms, 0 or more`);
+        due = now.getTime() + request.afterMs;
+      } else return fail(`decide(): timer '${id}' needs at (a Date) or afterMs`);
+      const data = request.data ?? null;
+      const issues = jsonIssues(data, ['schedule', id, 'data']);
+      if (issues.length > 0) fail(`decide(): the data of timer '${id}' is not JSON`, issues);
+      return { id, name: request.name, dueAt: new Date(due), data: data as JsonValue };
+    });
+    const cancel = decision.cancel ?? [];
+    if (!Array.isArray(cancel) || cancel.some((id) => typeof id !== 'string'))
+      fail('decide(): cancel must be an array of timer ids');
+    if (decision.complete !== undefined && typeof decision.complete !== 'boolean')
+      fail('decide(): complete must be true or false');
+    return {
+      commands: commands as readonly Command[],
+      timers,
+      cancel: cancel as readonly string[],
+      complete: decision.complete === true,
+    };
+  }
+
+  // --- the sender and the timer loop --------------------------------------------------------------------------
+
+  private wake(which: 'commands' | 'timers'): void {
+    this.woken[which] = true;
+    this.rests[which].abort();
+  }
+
+  private async loop(which: 'commands' | 'timers'): Promise<void> {
+    const interval = which === 'commands' ? this.commandPoll : this.timerPoll;
+    while (this.running) {
+      this.woken[which] = false;
+      let worked = 0;
+      try {
+        worked = which === 'commands' ? await this.sendDueCommands() : await this.fireDueTimers();
+      } catch (error) {
+        this.options.onError?.(error, `process ${this.name}: ${which}`);
+      }
+      if (!this.running) break;
+      if (worked > 0 || this.woken[which]) continue;
+      // Rest until the poll interval passes, something wakes this loop, or stop() halts it.
+      this.rests[which] = new AbortController();
+      await this.clock.sleep(interval, AbortSignal.any([this.rests[which].signal, this.halt.signal]));
+    }
+  }
+
+  /** Fires the timers due now, each in a transaction of its own with the input it gives. Resolves with how many. */
+  private async fireDueTimers(): Promise<number> {
+    const now = this.now();
+    const due = await this.processes.dueTimers(this.name, now, 100);
+    let fired = 0;
+    for (const timer of due) {
+      if (!this.running && this.loops.length > 0) break;
+      const took = await this.processes.transaction(async (tx) => {
+        const taken = await this.processes.takeTimer(tx, this.name, timer.instance, timer.id, now);
+        if (taken === null) return false;
+        await this.apply(tx, taken.instance, {
+          kind: 'timer',
+          id: taken.id,
+          name: taken.name,
+          data: taken.data,
+          dueAt: taken.dueAt,
+        });
+        return true;
+      });
+      if (took) {
+        fired++;
+        this.wake('commands');
+      }
+    }
+    return fired;
+  }
+
+  /** Sends the commands due now. Resolves with how many left the outbox (sent, refused or parked). */
+  private async sendDueCommands(): Promise<number> {
+    const rows = await this.processes.nextCommands(this.name, this.now(), 100);
+    let done = 0;
+    for (const row of rows) {
+      if (!this.running && this.loops.length > 0) break;
+      try {
+        await this.options.bus.dispatch(row.command);
+        await this.processes.removeCommand(null, this.name, row.command.id);
+        done++;
+      } catch (thrown) {
+        const error = toError(thrown);
+        if (error instanceof DomainError) {
+          await this.processes.transaction(async (tx) => {
+            if (!(await this.processes.removeCommand(tx, this.name, row.command.id))) return;
+            await this.apply(tx, row.instance, {
+              kind: 'rejected',
+              command: row.command,
+              error: { code: error.code, rule: error.rule, message: error.message },
+            });
+          });
+          done++;
+          continue;
+        }
+        const attempts = row.attempts + 1;
+        const permanent = error instanceof ValidationError || error instanceof UnknownCommandError;
+        const park = permanent || attempts >= this.maxAttempts;
+        const delay = Math.min(this.maxDelay, this.baseDelay * 2 ** (attempts - 1));
+        await this.processes.commandFailed(this.name, row.command.id, {
+          attempts,
+          error: { name: error.name, message: error.message },
+          notBefore: new Date(this.now().getTime() + delay),
+          park,
+        });
+        if (!park) this.options.onError?.(error, `process ${this.name}: command ${row.command.type} ${row.command.id}`);
+      }
+    }
+    return done;
+  }
+
+  private now(): Date {
+    return new Date(this.clock.now());
+  }
+}
+
+function keyOf(input: ProcessInput): string {
+  if (input.kind === 'event') return `event:${input.event.id}`;
+  if (input.kind === 'timer') return `timer:${input.id}:${input.dueAt.getTime()}`;
+  return `rejected:${input.command.id}`;
+}
+
+function positive(value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)
+    throw new ValidationError(`Process manager option ${name} must be a positive number, got ${safeQuote(value)}`);
+  return value;
+}
