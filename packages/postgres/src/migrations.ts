@@ -14,6 +14,7 @@ import * as m0002 from './sql/migrations/0002-read-side.js';
 import * as m0003 from './sql/migrations/0003-append-group.js';
 import * as m0004 from './sql/migrations/0004-stream-order.js';
 import * as m0005 from './sql/migrations/0005-append-group-fast-path.js';
+import * as m0006 from './sql/migrations/0006-claims.js';
 import {
   appliedMigrations,
   createMigrationsTable,
@@ -40,10 +41,10 @@ export function renderMigration(text: string, quotedSchema: string): string {
 
 /** The frozen texts, by version (test/migrations.test.ts pins their hashes). */
 export const migrationTexts: ReadonlyMap<number, string> = new Map(
-  [m0001, m0002, m0003, m0004, m0005].map((file) => [file.version, file.sql]),
+  [m0001, m0002, m0003, m0004, m0005, m0006].map((file) => [file.version, file.sql]),
 );
 
-export const migrations: readonly Migration[] = [m0001, m0002, m0003, m0004, m0005].map((file): Migration => ({
+export const migrations: readonly Migration[] = [m0001, m0002, m0003, m0004, m0005, m0006].map((file): Migration => ({
   version: file.version,
   name: file.name,
   sql: (quotedSchema) => renderMigration(file.sql, quotedSchema),

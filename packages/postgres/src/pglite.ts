@@ -17,6 +17,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { PGlite, type PGliteInterface, type Transaction } from '@electric-sql/pglite';
 import type { EventStoreOptions } from '@eventline/core';
+import { compileUniqueness } from '@eventline/core/backend';
 import { fileDataDirectory, lockDataDirectory, type DataDirectoryLock } from './data-dir-lock.js';
 import type { SqlDriver, SqlTransaction } from './driver.js';
 import { toStoreError } from './errors.js';
@@ -80,7 +81,12 @@ export function createPGliteStore(options: PGliteStoreOptions = {}): PGliteEvent
   // A failed start is reported by the first operation, not as an unhandled rejection; it lets the directory go.
   db.waitReady.catch(() => lock?.release());
   const store = new SqlStore(
-    { statements, events: options.events, maxEventBytes: options.maxEventBytes },
+    {
+      statements,
+      events: options.events,
+      maxEventBytes: options.maxEventBytes,
+      uniqueness: compileUniqueness(options.uniqueness, options.events),
+    },
     new PGliteDriver(db, own, lock, statements),
   );
   return Object.defineProperty(store, 'db', { value: db, enumerable: true }) as SqlStore & {
@@ -191,6 +197,7 @@ class PGliteDriver implements SqlDriver {
           query: async <R>(statement: Statement, values: unknown[], operation: string): Promise<R[]> => {
             if (
               statement === statements.appendEvents ||
+              statement === statements.appendClaiming ||
               statement === statements.setStreamMetadata ||
               statement === statements.deleteStream
             ) {

@@ -3,7 +3,7 @@
  */
 import pg from 'pg';
 import { TransactionConflictError, ValidationError, type EventStoreOptions } from '@eventline/core';
-import { safeQuote } from '@eventline/core/backend';
+import { compileUniqueness, safeQuote } from '@eventline/core/backend';
 import { AppendGroups, DEFAULT_APPEND_GROUP_OPTIONS, type AppendGroupOptions } from './append-groups.js';
 import type { SqlDriver, SqlTransaction } from './driver.js';
 import { isConnectionError, toStoreError } from './errors.js';
@@ -79,7 +79,12 @@ export function createPostgresStore(options: PostgresStoreOptions = {}): Postgre
   }
   const grouping = maxInFlight === 0 ? null : { ...DEFAULT_APPEND_GROUP_OPTIONS, maxInFlight };
   const store = new SqlStore(
-    { statements, events: options.events, maxEventBytes: options.maxEventBytes },
+    {
+      statements,
+      events: options.events,
+      maxEventBytes: options.maxEventBytes,
+      uniqueness: compileUniqueness(options.uniqueness, options.events),
+    },
     new PostgresDriver(pool, ownPool, statements, grouping),
   );
   return Object.defineProperty(store, 'pool', { value: pool, enumerable: true }) as SqlStore & {

@@ -8,6 +8,8 @@ import {
   ConcurrencyError,
   EventIdConflictError,
   StreamDeletedError,
+  UniquenessError,
+  ValidationError,
   formatPosition,
   type AppendOptions,
   type AppendResult,
@@ -23,13 +25,17 @@ import {
 } from '@eventline/core';
 import {
   assertExpectedVersion,
+  assertNoReleases,
   assertStreamId,
   assertStreamIds,
   assertStreamMetadata,
   firstVisibleVersion,
+  safeQuote,
   normaliseReadStreamOptions,
   prepareAppend,
+  type ClaimOperation,
   type PreparedEvent,
+  type Uniqueness,
 } from '@eventline/core/backend';
 import { DatabaseOperationError } from './errors.js';
 import type { SqlConnection, SqlDriver } from './driver.js';
@@ -71,6 +77,8 @@ export interface StoreConfig {
   readonly statements: Statements;
   readonly events: EventRegistry | undefined;
   readonly maxEventBytes: number | undefined;
+  /** The uniqueness rules compiled (compileUniqueness), or null. */
+  readonly uniqueness: Uniqueness | null;
 }
 
 /** The row of `streams`, as the drivers return it. */
@@ -94,7 +102,7 @@ export type EventRow = [
 ];
 
 interface WriteRow {
-  status: 'ok' | 'duplicate' | 'deleted' | 'wrong_version' | 'id_conflict';
+  status: 'ok' | 'duplicate' | 'deleted' | 'wrong_version' | 'id_conflict' | 'claimed';
   stream_version: string | number | null;
   stream_exists: boolean | null;
 }
@@ -168,6 +176,7 @@ function appendResult(append: EncodedAppend, line: string): AppendResult {
       duplicate: status === 'duplicate',
     };
   }
+  if (status === 'claimed') throw new UniquenessError(fields[1]!, fields[2]!, id);
   if (status === 'id_conflict')
     throw new EventIdConflictError(id, fields[1] ? fields[1].split(',') : [...append.eventIds]);
   throw refusal(
@@ -211,6 +220,39 @@ export async function sendAppend(
     const conflicting = duplicateIdsOf(error, append.eventIds);
     if (!conflicting) throw error;
     if (!check) return sendAppend(connection, statements, append, true);
+    throw new EventIdConflictError(append.streamId, conflicting);
+  }
+}
+
+/**
+ * An append that claims or releases (see append_claiming, migration 6): one statement, sent alone (never grouped),
+ * its own transaction outside `transaction()`. Its result line as {@link sendAppend}'s, or `claimed <scope> <owner>`.
+ */
+async function sendClaimingAppend(
+  connection: SqlConnection,
+  statements: Statements,
+  append: EncodedAppend,
+  claims: readonly ClaimOperation[],
+): Promise<string> {
+  const operations = JSON.stringify(
+    claims.map((claim) => (claim.op === 'release' ? ['r', claim.scope] : ['c', claim.scope, claim.hash])),
+  );
+  try {
+    const rows = await connection.query<AppendRow>(
+      statements.appendClaiming,
+      [
+        append.streamId,
+        expectedText(append.expectedVersion),
+        `{${append.eventIds.join(',')}}`,
+        append.batch,
+        operations,
+      ],
+      append.operation,
+    );
+    return rows[0]!.r;
+  } catch (error) {
+    const conflicting = duplicateIdsOf(error, append.eventIds);
+    if (!conflicting) throw error;
     throw new EventIdConflictError(append.streamId, conflicting);
   }
 }
@@ -268,6 +310,11 @@ export class SqlSession implements EventStoreSession {
 
   async append(streamId: string, events: readonly EventInput[], options?: AppendOptions): Promise<AppendResult> {
     await this.enter('append');
+    const uniqueness = this.config.uniqueness;
+    if (options?.releases !== undefined) {
+      if (!uniqueness) assertNoReleases(String(streamId), options.releases);
+      else events = uniqueness.withReleases(String(streamId), events, options.releases);
+    }
     const prepared = await prepareAppend(streamId, events, options, {
       registry: this.config.events,
       maxEventBytes: this.config.maxEventBytes,
@@ -275,6 +322,9 @@ export class SqlSession implements EventStoreSession {
     const append = encodeAppend(prepared.streamId, prepared.expectedVersion, prepared.events);
     await this.enter(append.operation);
     const connection = this.connection;
+    const claims = uniqueness?.operationsOfAppend(prepared.streamId, prepared.events);
+    if (claims)
+      return appendResult(append, await sendClaimingAppend(connection, this.config.statements, append, claims));
     return appendResult(
       append,
       await (connection.append
@@ -406,6 +456,22 @@ export class SqlSession implements EventStoreSession {
       [statements.streamLockKey, keys],
       `lock streams ${ids.map((id) => `'${id}'`).join(', ')}`,
     );
+  }
+
+  async claimOwner(scope: string, value: string): Promise<string | null> {
+    await this.enter('look up a claim');
+    const uniqueness = this.config.uniqueness;
+    if (!uniqueness)
+      throw new ValidationError(
+        `claimOwner: ${safeQuote(scope)} is not a uniqueness scope: this store has no uniqueness rules`,
+      );
+    const hash = uniqueness.hashOf(uniqueness.assertScope(scope, 'claimOwner'), value, 'claimOwner');
+    const rows = await this.connection.query<{ owner: string }>(
+      this.config.statements.claimOwner,
+      [scope, hash],
+      `look up a claim of '${scope}'`,
+    );
+    return rows[0]?.owner ?? null;
   }
 
   private async streamRow(id: string, operation: string): Promise<StreamRowData | undefined> {

@@ -16,6 +16,7 @@ const RELEASED: Record<number, string> = {
   3: '153117d099c69211e438dbfd594b19107654f81e6b284d95fa660c62c358163e',
   4: '1a6876b36ba525be8023c28b5ff93f1b0f09a8ff8dd2420572b670d9bf65224b',
   5: '4423cbe6729ea9250bbc4e231c1cc831c906e07acd5070cb2bb178c67f088d50',
+  6: '9793400403c37e755402c9bf32522c3d8770b0c3bb8d0e9b5600c1ec6c5c9536',
 };
 
 const sha256 = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');

@@ -246,6 +246,26 @@ export class Uniqueness {
   }
 
   /**
+   * The claim operations of a prepared append ({@link operationsOf} on its JSON), or null when it makes none: the
+   * test that keeps appends of other events on their fast path (one look-up per event, no parsing).
+   */
+  operationsOfAppend(
+    streamId: string,
+    events: ReadonlyArray<{ readonly type: string; readonly dataJson: string; readonly metadataJson: string }>,
+  ): ClaimOperation[] | null {
+    let touched = false;
+    for (const event of events)
+      if (this.touches(event.type) || event.metadataJson.includes(`"${RELEASES_CLAIMS}"`)) touched = true;
+    if (!touched) return null;
+    const operations = this.operationsOf(
+      streamId,
+      events.map((event) => claimEventOfJson(event.type, event.dataJson, event.metadataJson)),
+      true,
+    );
+    return operations.length === 0 ? null : operations;
+  }
+
+  /**
    * The stored hash (hex) of a value in a scope: checked (a string, not empty, at most {@link MAX_CLAIM_VALUE_LENGTH},
    * well-formed Unicode without NUL, before and after normalising), normalised, then HMAC-SHA-256 with the key (or
    * SHA-256) of `scope NUL value` as UTF-8.

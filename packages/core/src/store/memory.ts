@@ -11,7 +11,7 @@ import type { EventInput, PreparedEvent, RecordedEvent } from '../event.js';
 import { formatPosition, positionBeforeTransaction, type Position } from '../position.js';
 import { assertStreamId, categoryOf } from '../stream-id.js';
 import { encodedEvent } from '../transport/codec.js';
-import { assertNoReleases, claimEventOfJson, ClaimsRebuild, compileUniqueness, type Uniqueness } from './claims.js';
+import { assertNoReleases, ClaimsRebuild, compileUniqueness, type Uniqueness } from './claims.js';
 import type {
   AppendOptions,
   AppendResult,
@@ -618,15 +618,8 @@ function claimChanges(
   streamId: string,
   events: readonly PreparedEvent[],
 ): Map<string, string | null> | null {
-  let touched = false;
-  for (const event of events)
-    if (uniqueness.touches(event.type) || event.metadataJson.includes('"releasesClaims"')) touched = true;
-  if (!touched) return null;
-  const operations = uniqueness.operationsOf(
-    streamId,
-    events.map((event) => claimEventOfJson(event.type, event.dataJson, event.metadataJson)),
-    true,
-  );
+  const operations = uniqueness.operationsOfAppend(streamId, events);
+  if (!operations) return null;
   const changes = new Map<string, string | null>();
   const ownerOf = (key: string) => (changes.has(key) ? changes.get(key) : state.claimOwner(key)) ?? null;
   for (const operation of operations) {

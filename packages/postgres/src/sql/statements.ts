@@ -77,6 +77,43 @@ export const appendEvents = (s: string) => `SELECT ${s}.append_events($1, $2, $3
 export const appendGroup = (s: string) =>
   `SELECT ${s}.append_group($1::text[], $2::text[], $3::uuid[], $4::int4[], $5::jsonb) AS r`;
 
+/**
+ * An append that claims or releases uniqueness values (migration 6): $1-$4 as for {@link appendEvents}, $5 the claim
+ * operations as JSON (`[["r", scope] | ["c", scope, hash hex], ...]`). One column, `r`: the line of appendEvents, or
+ * `claimed <scope> <owner>` (nothing of the append was stored).
+ */
+export const appendClaiming = (s: string) =>
+  `SELECT ${s}.append_claiming($1, $2, $3::uuid[], $4::jsonb, $5::jsonb) AS r`;
+
+/** The stream holding a claim: $1 scope, $2 hash as hex. */
+export const claimOwner = (s: string) => `SELECT owner FROM ${s}.claims WHERE scope = $1 AND hash = decode($2, 'hex')`;
+
+/**
+ * rebuildClaims, first thing in its transaction: waits for every transaction that claimed or released, and holds back
+ * those that will, until the rebuild commits (readers of claims go on).
+ */
+export const lockClaims = (s: string) => `LOCK TABLE ${s}.claims IN EXCLUSIVE MODE`;
+
+/** rebuildClaims: every claim goes, before the log's are inserted again. */
+export const clearClaims = (s: string) => `DELETE FROM ${s}.claims`;
+
+/**
+ * rebuildClaims: a page of the events that may claim or release, in log order, after ($1 transaction id, $2 position):
+ * of the stored types $3, or with `releasesClaims` in their metadata; at most $4. Not gap-safe on purpose: under the
+ * lock of {@link lockClaims}, every transaction that touched claims has ended.
+ */
+export const readClaimEvents = (s: string) =>
+  `SELECT ${EVENT_COLUMNS} FROM ${s}.events e
+    WHERE (e.transaction_id, e.position) > ($1::xid8, $2::int8)
+      AND (e.type = ANY ($3::text[]) OR e.metadata ? 'releasesClaims')
+    ORDER BY e.transaction_id, e.position
+    LIMIT $4`;
+
+/** rebuildClaims: the claims, $1 scopes, $2 hashes as hex, $3 owners. */
+export const insertClaims = (s: string) =>
+  `INSERT INTO ${s}.claims (scope, hash, owner)
+   SELECT u.scope, decode(u.hash, 'hex'), u.owner FROM unnest($1::text[], $2::text[], $3::text[]) AS u(scope, hash, owner)`;
+
 /** $1 stream id, $2 expected version as text, $3 hard, $4 keep the events (until commit). */
 export const deleteStream = (s: string) =>
   `SELECT status, stream_version, stream_exists FROM ${s}.delete_stream($1, $2, $3, $4)`;
@@ -242,6 +279,12 @@ export interface Statements {
   readonly quoted: string;
   readonly appendEvents: Statement;
   readonly appendGroup: Statement;
+  readonly appendClaiming: Statement;
+  readonly claimOwner: Statement;
+  readonly lockClaims: Statement;
+  readonly clearClaims: Statement;
+  readonly readClaimEvents: Statement;
+  readonly insertClaims: Statement;
   readonly deleteStream: Statement;
   readonly setStreamMetadata: Statement;
   readonly removeStreamEvents: Statement;
@@ -283,6 +326,14 @@ export function statementsFor(schema: string): Statements {
     quoted: s,
     appendEvents: write('append', appendEvents(s)),
     appendGroup: write('append_group', appendGroup(s)),
+    appendClaiming: write('append_claiming', appendClaiming(s)),
+    // Not read-only: on PGlite a read-only statement may run on an open transaction's connection and would see its
+    // claims before they commit; this one waits for the commit instead.
+    claimOwner: write('claim_owner', claimOwner(s)),
+    lockClaims: write('lock_claims', lockClaims(s)),
+    clearClaims: write('clear_claims', clearClaims(s)),
+    readClaimEvents: events('claim_events', readClaimEvents(s)),
+    insertClaims: write('insert_claims', insertClaims(s)),
     deleteStream: write('delete', deleteStream(s)),
     setStreamMetadata: write('set_metadata', setStreamMetadata(s)),
     removeStreamEvents: write('remove_events', removeStreamEvents(s)),
