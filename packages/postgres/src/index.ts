@@ -33,3 +33,4 @@ export {
   createSqlSubscriptionStore,
   sqlOf,
 } from './read-side.js';
+export { createSqlProcessStore } from './processes.js';

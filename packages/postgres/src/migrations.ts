@@ -15,6 +15,7 @@ import * as m0003 from './sql/migrations/0003-append-group.js';
 import * as m0004 from './sql/migrations/0004-stream-order.js';
 import * as m0005 from './sql/migrations/0005-append-group-fast-path.js';
 import * as m0006 from './sql/migrations/0006-claims.js';
+import * as m0007 from './sql/migrations/0007-processes.js';
 import {
   appliedMigrations,
   createMigrationsTable,
@@ -41,14 +42,16 @@ export function renderMigration(text: string, quotedSchema: string): string {
 
 /** The frozen texts, by version (test/migrations.test.ts pins their hashes). */
 export const migrationTexts: ReadonlyMap<number, string> = new Map(
-  [m0001, m0002, m0003, m0004, m0005, m0006].map((file) => [file.version, file.sql]),
+  [m0001, m0002, m0003, m0004, m0005, m0006, m0007].map((file) => [file.version, file.sql]),
 );
 
-export const migrations: readonly Migration[] = [m0001, m0002, m0003, m0004, m0005, m0006].map((file): Migration => ({
-  version: file.version,
-  name: file.name,
-  sql: (quotedSchema) => renderMigration(file.sql, quotedSchema),
-}));
+export const migrations: readonly Migration[] = [m0001, m0002, m0003, m0004, m0005, m0006, m0007].map(
+  (file): Migration => ({
+    version: file.version,
+    name: file.name,
+    sql: (quotedSchema) => renderMigration(file.sql, quotedSchema),
+  }),
+);
 
 /** The latest migration version this package knows. */
 export const LATEST_MIGRATION = migrations[migrations.length - 1]!.version;

@@ -17,6 +17,7 @@ const RELEASED: Record<number, string> = {
   4: '1a6876b36ba525be8023c28b5ff93f1b0f09a8ff8dd2420572b670d9bf65224b',
   5: '4423cbe6729ea9250bbc4e231c1cc831c906e07acd5070cb2bb178c67f088d50',
   6: '9793400403c37e755402c9bf32522c3d8770b0c3bb8d0e9b5600c1ec6c5c9536',
+  7: '4da133386211465e50e9e4cea00d606c34d7676674543888472636dbaea2349d',
 };
 
 const sha256 = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');

@@ -159,6 +159,11 @@ export function createInMemoryProcessStore<Tx = unknown>(): ProcessStore<Tx> {
   };
 }
 
+/** Earliest first; then by instance and id, as the SQL store orders them. */
 function byDue(a: TimerRecord, b: TimerRecord): number {
-  return a.dueAt.getTime() - b.dueAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+  return a.dueAt.getTime() - b.dueAt.getTime() || compare(a.instance, b.instance) || compare(a.id, b.id);
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
