@@ -1,13 +1,18 @@
-/** Accounts: open, deposit, withdraw (never below zero), close (only when empty), and the two halves of a transfer. */
+/**
+ * Accounts: open (with the holder's CPF, unique among open accounts), deposit, withdraw (never below zero), close
+ * (only when empty, which frees the CPF), and the two halves of a transfer.
+ */
 import {
   defineAggregate,
   defineCommand,
   defineEvent,
   DomainError,
+  ValidationError,
   type CommandOf,
   type EventInputOf,
 } from '@eventline/core';
 import { z } from 'zod';
+import { cpf, parseCpf } from './cpf.js';
 import { amount as money, isMore, minus, moneyEventVersions, plus, storedAmount, type Units } from './money.js';
 
 // Amounts are exact minor units (cents) as decimal strings: see money.ts. Commands take a safe integer or a string of
@@ -15,7 +20,7 @@ import { amount as money, isMore, minus, moneyEventVersions, plus, storedAmount,
 
 export const OpenAccount = defineCommand(
   'OpenAccount',
-  z.object({ accountId: z.string().min(1), owner: z.string().min(1) }),
+  z.object({ accountId: z.string().min(1), owner: z.string().min(1), holderTaxId: cpf }),
 );
 export const Deposit = defineCommand('Deposit', z.object({ accountId: z.string().min(1), amount: money }));
 export const Withdraw = defineCommand('Withdraw', z.object({ accountId: z.string().min(1), amount: money }));
@@ -30,7 +35,17 @@ export const TransferIn = defineCommand(
   z.object({ accountId: z.string(), transferId: z.string(), from: z.string(), amount: money }),
 );
 
-export const AccountOpened = defineEvent('AccountOpened', z.object({ owner: z.string() }));
+/** `holderTaxId`: the CPF's 11 digits; absent from accounts opened before the bank kept CPFs. */
+export const AccountOpened = defineEvent(
+  'AccountOpened',
+  z.object({
+    owner: z.string(),
+    holderTaxId: z
+      .string()
+      .regex(/^\d{11}$/)
+      .optional(),
+  }),
+);
 export const MoneyDeposited = defineEvent('MoneyDeposited', z.object({ amount: storedAmount }), moneyEventVersions);
 export const MoneyWithdrawn = defineEvent('MoneyWithdrawn', z.object({ amount: storedAmount }), moneyEventVersions);
 export const MoneyTransferredOut = defineEvent(
@@ -61,19 +76,28 @@ export type AccountEvent = EventInputOf<(typeof accountEvents)[number]>;
 export interface AccountState {
   status: 'new' | 'open' | 'closed';
   owner: string | null;
+  /** The holder's CPF (11 digits); null before opening, and for accounts opened before the bank kept CPFs. */
+  holderTaxId: string | null;
   /** Minor units as a decimal string (exact at any size, and JSON for snapshots and the state cache). */
   balance: Units;
 }
 
 export const account = defineAggregate<AccountState, AccountCommand, AccountEvent>({
   category: 'account',
-  // State version 2: the balance is a decimal string (version 1 held a number); older snapshots are ignored and replaced.
-  snapshots: { every: 100, stateVersion: 2 },
-  initialState: () => ({ status: 'new', owner: null, balance: '0' }),
+  // State version 3: the holder's CPF is kept (2 had none; in 1 the balance was a number): older snapshots are ignored
+  // and replaced.
+  snapshots: { every: 100, stateVersion: 3 },
+  initialState: () => ({ status: 'new', owner: null, holderTaxId: null, balance: '0' }),
   decide(command, state) {
     if (OpenAccount.is(command)) {
-      if (state.status === 'new') return AccountOpened.create({ owner: command.data.owner });
-      if (state.status === 'open' && state.owner === command.data.owner) return []; // a repeat is a no-op
+      const { owner } = command.data;
+      // The CPF's digits, also for a command handed to the decider without the bus's validation.
+      const holderTaxId = parseCpf(command.data.holderTaxId);
+      if (holderTaxId === null)
+        throw new ValidationError(`OpenAccount ${command.data.accountId}: holderTaxId is not a valid CPF`);
+      if (state.status === 'new') return AccountOpened.create({ owner, holderTaxId });
+      // A repeat is a no-op.
+      if (state.status === 'open' && state.owner === owner && state.holderTaxId === holderTaxId) return [];
       throw new DomainError(`account ${command.data.accountId} already exists`, 'ACCOUNT_EXISTS');
     }
     if (state.status === 'new')
@@ -107,7 +131,7 @@ export const account = defineAggregate<AccountState, AccountCommand, AccountEven
   evolve(state, event) {
     switch (event.type) {
       case 'AccountOpened':
-        return { ...state, status: 'open', owner: event.data.owner };
+        return { ...state, status: 'open', owner: event.data.owner, holderTaxId: event.data.holderTaxId ?? null };
       case 'MoneyDeposited':
       case 'MoneyTransferredIn':
         return { ...state, balance: plus(state.balance, event.data.amount) };

@@ -18,6 +18,7 @@ import {
   type CommandContext,
   type EventStore,
   type SnapshotStore,
+  type UniquenessOptions,
 } from '@eventline/core';
 import { z } from 'zod';
 import {
@@ -30,10 +31,12 @@ import {
   TransferOut,
   Withdraw,
 } from './account.js';
+import { cpfUniqueness } from './cpf.js';
 import { amount as money } from './money.js';
 import { ConfirmPayment, CreatePayment, payment, paymentEvents, RefundPayment } from './payment.js';
 
 export * from './account.js';
+export * from './cpf.js';
 export * from './money.js';
 export * from './payment.js';
 export * from './read-models.js';
@@ -59,6 +62,14 @@ export const TransferMoney = defineCommand(
 
 /** Every event type of the bank, for the store's registry (validation on append, upcasting on read). */
 export const bankEvents = eventRegistry([...accountEvents, ...paymentEvents], { strict: false });
+
+/**
+ * The bank's uniqueness rules for the store's `uniqueness` option: one CPF per open account. Give a `key` (16 bytes
+ * or more, kept out of the database) in production: a CPF is one of 10^9 values, found from a plain hash by trying them.
+ */
+export function bankUniqueness(key?: string | Uint8Array): UniquenessOptions {
+  return key === undefined ? { rules: [cpfUniqueness] } : { rules: [cpfUniqueness], key };
+}
 
 /** Retries on conflict: one account can see many concurrent commands (every retry reloads and decides again). */
 const retry = { maxAttempts: 12, baseDelayMs: 5, maxDelayMs: 200 };

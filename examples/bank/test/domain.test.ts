@@ -27,6 +27,9 @@ import {
   MoneyTransferredOut,
   MoneyWithdrawn,
   OpenAccount,
+  formatCpf,
+  parseCpf,
+  sampleCpf,
   payment,
   PaymentConfirmed,
   PaymentCreated,
@@ -43,13 +46,13 @@ const rule = (name: string) => (error: DomainError) => error.rule === name;
 
 describe('bank: accounts', () => {
   const spec = DeciderSpecification.for(account);
-  const opened = AccountOpened.create({ owner: 'Ada' });
   const a = 'a1';
+  const opened = AccountOpened.create({ owner: 'Ada', holderTaxId: parseCpf(sampleCpf(a))! });
 
   it('open, deposit and withdraw within the balance', async () => {
     await spec
       .given([])
-      .when(OpenAccount.create({ accountId: a, owner: 'Ada' }))
+      .when(OpenAccount.create({ accountId: a, owner: 'Ada', holderTaxId: sampleCpf(a) }))
       .then([opened]);
     await spec
       .given([opened])
@@ -86,12 +89,25 @@ describe('bank: accounts', () => {
   it('opening twice is a no-op for the same owner and an error for another', async () => {
     await spec
       .given([opened])
-      .when(OpenAccount.create({ accountId: a, owner: 'Ada' }))
+      .when(OpenAccount.create({ accountId: a, owner: 'Ada', holderTaxId: sampleCpf(a) }))
       .then([]);
     await spec
       .given([opened])
-      .when(OpenAccount.create({ accountId: a, owner: 'Bob' }))
+      .when(OpenAccount.create({ accountId: a, owner: 'Bob', holderTaxId: sampleCpf(a) }))
       .thenThrows(DomainError, rule('ACCOUNT_EXISTS'));
+    await spec
+      .given([opened])
+      .when(OpenAccount.create({ accountId: a, owner: 'Ada', holderTaxId: sampleCpf('another') }))
+      .thenThrows(DomainError, rule('ACCOUNT_EXISTS'));
+    await spec
+      .given([])
+      .when(OpenAccount.create({ accountId: a, owner: 'Ada', holderTaxId: '123.456.789-00' }))
+      .thenThrows(ValidationError);
+    // Given as the formatted CPF, kept as its digits.
+    await spec
+      .given([])
+      .when(OpenAccount.create({ accountId: a, owner: 'Ada', holderTaxId: formatCpf(parseCpf(sampleCpf(a))!) }))
+      .then([opened]);
   });
 
   it('close only when empty; nothing is accepted after closing or before opening', async () => {
@@ -255,8 +271,8 @@ describe('bank: money is exact at any size', () => {
 
   it('the bus refuses an amount that is not exact with a ValidationError naming the field, and takes digit strings', async () => {
     const { bus, accounts } = createBank(createInMemoryStore({ events: bankEvents }));
-    await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
-    await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
+    await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada', holderTaxId: sampleCpf('a') }));
+    await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob', holderTaxId: sampleCpf('b') }));
     for (const command of [
       Deposit.create({ accountId: 'a', amount: 2 ** 53 + 1 }),
       Withdraw.create({ accountId: 'a', amount: '01' }),

@@ -16,6 +16,7 @@ import {
   createBank,
   Deposit,
   OpenAccount,
+  sampleCpf,
   RefundPayment,
   TransferMoney,
   Withdraw,
@@ -45,8 +46,8 @@ describe('bank read models', () => {
   it('balance, statement with running balance, payments by status', async () => {
     const { bus, projection } = await bankWithReadModels();
     try {
-      await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
-      await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
+      await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada', holderTaxId: sampleCpf('a') }));
+      await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob', holderTaxId: sampleCpf('b') }));
       await bus.dispatch(Deposit.create({ accountId: 'a', amount: 100 }));
       await bus.dispatch(Withdraw.create({ accountId: 'a', amount: 30 }));
       await bus.dispatch(TransferMoney.create({ transferId: 't1', from: 'a', to: 'b', amount: 50 }));
@@ -90,8 +91,8 @@ describe('bank read models', () => {
   it('balances and statements beyond 2^53 are exact to the unit', async () => {
     const { bus, projection } = await bankWithReadModels();
     try {
-      await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
-      await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
+      await bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada', holderTaxId: sampleCpf('a') }));
+      await bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob', holderTaxId: sampleCpf('b') }));
       await bus.dispatch(Deposit.create({ accountId: 'a', amount: '9007199254740993' }));
       await bus.dispatch(Deposit.create({ accountId: 'a', amount: 1 }));
       await bus.dispatch(Deposit.create({ accountId: 'a', amount: '123456789012345678901234567890' }));

@@ -32,6 +32,8 @@ import {
   Deposit,
   MoneyDeposited,
   OpenAccount,
+  parseCpf,
+  sampleCpf,
   TransferMoney,
   Withdraw,
   type BalanceView,
@@ -102,7 +104,7 @@ for (const [name, backend] of backends) {
       const database = backend();
       let store = database.open();
       let bank = createBank(store, { snapshots: createSqlSnapshotStore(store) });
-      await bank.bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada' }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'a', owner: 'Ada', holderTaxId: sampleCpf('a') }));
       const first = await bank.bus.dispatch(
         Deposit.create({ accountId: 'a', amount: 100 }, { idempotencyKey: 'deposit-1' }),
       );
@@ -120,7 +122,7 @@ for (const [name, backend] of backends) {
     it('20 concurrent withdrawals never overdraw an account, and every success is in the log', async () => {
       const store = backend().open();
       const bank = createBank(store);
-      await bank.bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob' }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'b', owner: 'Bob', holderTaxId: sampleCpf('b') }));
       await bank.bus.dispatch(Deposit.create({ accountId: 'b', amount: 100 }));
       const results = await Promise.allSettled(
         Array.from({ length: 20 }, () => bank.bus.dispatch(Withdraw.create({ accountId: 'b', amount: 15 }))),
@@ -148,7 +150,7 @@ for (const [name, backend] of backends) {
       const one = database.open();
       const two = name === 'PostgreSQL' ? database.open() : one;
       const [here, there] = [createBank(one, { cache: true }), createBank(two, { cache: true })];
-      await here.bus.dispatch(OpenAccount.create({ accountId: 'k', owner: 'Kim' }));
+      await here.bus.dispatch(OpenAccount.create({ accountId: 'k', owner: 'Kim', holderTaxId: sampleCpf('k') }));
       await here.bus.dispatch(Deposit.create({ accountId: 'k', amount: 100 }));
       await there.bus.dispatch(Withdraw.create({ accountId: 'k', amount: 60 })); // `here` still caches balance 100
       await assert.rejects(
@@ -189,8 +191,8 @@ for (const [name, backend] of backends) {
     it('a transfer moves money in one transaction, or not at all', async () => {
       const store = backend().open();
       const bank = createBank(store);
-      await bank.bus.dispatch(OpenAccount.create({ accountId: 'x', owner: 'X' }));
-      await bank.bus.dispatch(OpenAccount.create({ accountId: 'y', owner: 'Y' }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'x', owner: 'X', holderTaxId: sampleCpf('x') }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'y', owner: 'Y', holderTaxId: sampleCpf('y') }));
       await bank.bus.dispatch(Deposit.create({ accountId: 'x', amount: 30 }));
       await bank.bus.dispatch(TransferMoney.create({ transferId: 't1', from: 'x', to: 'y', amount: 20 }));
       await assert.rejects(
@@ -205,8 +207,8 @@ for (const [name, backend] of backends) {
       const store = backend().open();
       const snapshots = createSqlSnapshotStore(store);
       const bank = createBank(store, { snapshots, cache: true });
-      await bank.bus.dispatch(OpenAccount.create({ accountId: 's', owner: 'S' }));
-      await bank.bus.dispatch(OpenAccount.create({ accountId: 't', owner: 'T' }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 's', owner: 'S', holderTaxId: sampleCpf('s') }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 't', owner: 'T', holderTaxId: sampleCpf('t') }));
       await store.append(
         'account-s',
         Array.from({ length: 98 }, () => MoneyDeposited.create({ amount: '1' })),
@@ -219,12 +221,12 @@ for (const [name, backend] of backends) {
         DomainError,
       );
       assert.equal(await snapshots.load('account-s'), null, 'nothing saved for the rolled-back transfer');
-      await bank.bus.dispatch(OpenAccount.create({ accountId: 'u', owner: 'U' }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'u', owner: 'U', holderTaxId: sampleCpf('u') }));
       await bank.bus.dispatch(TransferMoney.create({ transferId: 'g', from: 's', to: 'u', amount: 5 }));
       assert.deepEqual(await snapshots.load('account-s'), {
         streamId: 'account-s',
         version: 100,
-        stateVersion: 2,
+        stateVersion: 3,
         state: (await bank.accounts.load('s')).state,
       });
       assert.equal(
@@ -242,7 +244,7 @@ for (const [name, backend] of backends) {
       const database = backend();
       let store = database.open();
       let bank = createBank(store, { snapshots: createSqlSnapshotStore(store), cache: true });
-      await bank.bus.dispatch(OpenAccount.create({ accountId: 'big', owner: 'Big' }));
+      await bank.bus.dispatch(OpenAccount.create({ accountId: 'big', owner: 'Big', holderTaxId: sampleCpf('big') }));
       await store.append(
         'account-big',
         Array.from({ length: 98 }, () => MoneyDeposited.create({ amount: '1' })),
@@ -254,8 +256,8 @@ for (const [name, backend] of backends) {
         snapshot && { version: snapshot.version, stateVersion: snapshot.stateVersion, state: snapshot.state },
         {
           version: 100,
-          stateVersion: 2,
-          state: { status: 'open', owner: 'Big', balance: '9007199254741091' },
+          stateVersion: 3,
+          state: { status: 'open', owner: 'Big', holderTaxId: parseCpf(sampleCpf('big')), balance: '9007199254741091' },
         },
       );
       await store.close();
