@@ -19,6 +19,7 @@ import {
 
 export * from './invitation.js';
 export * from './read-models.js';
+export * from './response-saga.js';
 
 export const guestlistEvents = eventRegistry(invitationEvents, { strict: false });
 

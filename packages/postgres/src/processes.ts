@@ -62,36 +62,200 @@ interface TimerRow {
  */
 export function createSqlProcessStore(store: SqlEventStore): ProcessStore<SqlClient> {
   const s = quoteSchema(store.schema);
-  const on = (tx: SqlClient | null) => tx ?? store.sql;
+
+  // Calls on one transaction made in the same turn of the event loop (a process manager applying a batch of inputs
+  // calls these for many instances at once) go to the server as one statement each.
+  type Save = Parameters<ProcessStore<SqlClient>['saveInstance']>[1];
+  const load = coalesced<{ process: string; instance: string }, ProcessInstanceRecord | null>(
+    (item) => item.process,
+    async (tx, process, items) => {
+      if (items.length === 1) {
+        const rows = await tx.query<InstanceRow>(q.loadInstanceForUpdate(s), [process, items[0]!.instance], PREPARED);
+        return [rows[0] ? instanceOf(rows[0]) : null];
+      }
+      const rows = await tx.query<InstanceRow>(
+        q.loadInstancesForUpdate(s),
+        [process, [...new Set(items.map((item) => item.instance))]],
+        PREPARED,
+      );
+      const found = new Map(rows.map((row) => [row.instance, row]));
+      return items.map((item) => {
+        const row = found.get(item.instance);
+        return row ? instanceOf(row) : null;
+      });
+    },
+  );
+  const save = coalesced<Save, void>(
+    (record) => record.process,
+    async (tx, process, records) => {
+      if (records.length === 1) {
+        const record = records[0]!;
+        await tx.query(
+          q.saveInstance(s),
+          [
+            record.process,
+            record.instance,
+            JSON.stringify(record.state),
+            record.inputs,
+            record.ignored,
+            record.correlationId,
+            record.lastPosition,
+            record.completed,
+            record.startedAt ?? record.updatedAt,
+            record.updatedAt,
+          ],
+          PREPARED,
+        );
+        return [undefined];
+      }
+      // One row per instance: of two saves of one instance, the later one stands (as if made one after the other).
+      const last = [...new Map(records.map((record) => [record.instance, record])).values()];
+      await tx.query(
+        q.saveInstances(s),
+        [
+          process,
+          last.map((r) => r.instance),
+          last.map((r) => JSON.stringify(r.state)),
+          last.map((r) => r.inputs),
+          last.map((r) => r.ignored),
+          last.map((r) => r.correlationId),
+          last.map((r) => r.lastPosition),
+          last.map((r) => r.completed),
+          last.map((r) => (r.startedAt ?? r.updatedAt).toISOString()),
+          last.map((r) => r.updatedAt.toISOString()),
+        ],
+        PREPARED,
+      );
+      return records.map(() => undefined);
+    },
+  );
+  type Enqueued = Parameters<ProcessStore<SqlClient>['enqueue']>[1];
+  const enqueue = coalesced<Enqueued, void>(
+    () => '',
+    async (tx, _process, calls) => {
+      const byProcess = new Map<string, Enqueued[number][]>();
+      for (const command of calls.flat()) {
+        const list = byProcess.get(command.process) ?? [];
+        list.push(command);
+        byProcess.set(command.process, list);
+      }
+      for (const [process, commands] of byProcess) {
+        if (commands.length === 1) {
+          const { instance, command, notBefore } = commands[0]!;
+          await tx.query(
+            q.enqueueCommand(s),
+            [process, command.id, instance, JSON.stringify(command), notBefore],
+            PREPARED,
+          );
+        } else
+          await tx.query(
+            q.enqueueCommands(s),
+            [
+              process,
+              commands.map((c) => c.command.id),
+              commands.map((c) => c.instance),
+              commands.map((c) => JSON.stringify(c.command)),
+              commands.map((c) => c.notBefore.toISOString()),
+            ],
+            PREPARED,
+          );
+      }
+      return calls.map(() => undefined);
+    },
+  );
+  const remove = coalesced<{ process: string; commandId: string }, boolean>(
+    (item) => item.process,
+    async (tx, process, items) => {
+      if (items.length === 1)
+        return [(await tx.query(q.removeCommand(s), [process, items[0]!.commandId], PREPARED)).length > 0];
+      const rows = await tx.query<{ command_id: string }>(
+        q.removeCommands(s),
+        [process, items.map((item) => item.commandId)],
+        PREPARED,
+      );
+      const removed = new Set(rows.map((row) => row.command_id));
+      // A command named twice was removed once: the first call gets true.
+      return items.map((item) => removed.delete(item.commandId.toLowerCase()));
+    },
+  );
+  const set = coalesced<readonly TimerRecord[], void>(
+    () => '',
+    async (tx, _process, calls) => {
+      const byProcess = new Map<string, Map<string, TimerRecord>>();
+      for (const timer of calls.flat()) {
+        const list = byProcess.get(timer.process) ?? new Map<string, TimerRecord>();
+        // Of two settings of one timer, the later one stands.
+        list.delete(`${timer.instance}\u0000${timer.id}`);
+        list.set(`${timer.instance}\u0000${timer.id}`, timer);
+        byProcess.set(timer.process, list);
+      }
+      for (const [process, byId] of byProcess) {
+        const timers = [...byId.values()];
+        if (timers.length === 1) {
+          const timer = timers[0]!;
+          await tx.query(
+            q.setTimer(s),
+            [process, timer.instance, timer.id, timer.name, timer.dueAt, JSON.stringify(timer.data)],
+            PREPARED,
+          );
+        } else
+          await tx.query(
+            q.setTimers(s),
+            [
+              process,
+              timers.map((t) => t.instance),
+              timers.map((t) => t.id),
+              timers.map((t) => t.name),
+              timers.map((t) => t.dueAt.toISOString()),
+              timers.map((t) => JSON.stringify(t.data)),
+            ],
+            PREPARED,
+          );
+      }
+      return calls.map(() => undefined);
+    },
+  );
+  const take = coalesced<{ process: string; instance: string; id: string; now: Date }, TimerRecord | null>(
+    (item) => `${item.process}\u0000${item.now.getTime()}`,
+    async (tx, _key, items) => {
+      const { process, now } = items[0]!;
+      if (items.length === 1) {
+        const rows = await tx.query<TimerRow>(
+          q.takeTimer(s),
+          [process, items[0]!.instance, items[0]!.id, now],
+          PREPARED,
+        );
+        return [rows[0] ? timerOf(rows[0]) : null];
+      }
+      // In one order (instance, then id), so that two takers of overlapping timers lock them in the same order.
+      const keys = [...new Map(items.map((item) => [`${item.instance}\u0000${item.id}`, item])).values()].sort(
+        (a, b) => compare(a.instance, b.instance) || compare(a.id, b.id),
+      );
+      const rows = await tx.query<TimerRow>(
+        q.takeTimers(s),
+        [process, keys.map((k) => k.instance), keys.map((k) => k.id), now],
+        PREPARED,
+      );
+      const taken = new Map(rows.map((row) => [`${row.instance}\u0000${row.id}`, row]));
+      // A timer named twice was taken once: the first call gets it.
+      return items.map((item) => {
+        const key = `${item.instance}\u0000${item.id}`;
+        const row = taken.get(key);
+        taken.delete(key);
+        return row ? timerOf(row) : null;
+      });
+    },
+  );
+
   return {
     atomic: true,
     transaction: (work) => store.transaction((session) => work(sqlOf(session))),
     async loadInstance(tx, process, instance) {
-      const rows = await on(tx).query<InstanceRow>(
-        tx ? q.loadInstanceForUpdate(s) : q.loadInstance(s),
-        [process, instance],
-        PREPARED,
-      );
+      if (tx) return load(tx, { process, instance });
+      const rows = await store.sql.query<InstanceRow>(q.loadInstance(s), [process, instance], PREPARED);
       return rows[0] ? instanceOf(rows[0]) : null;
     },
-    async saveInstance(tx, record) {
-      await tx.query(
-        q.saveInstance(s),
-        [
-          record.process,
-          record.instance,
-          JSON.stringify(record.state),
-          record.inputs,
-          record.ignored,
-          record.correlationId,
-          record.lastPosition,
-          record.completed,
-          record.startedAt ?? record.updatedAt,
-          record.updatedAt,
-        ],
-        PREPARED,
-      );
-    },
+    saveInstance: (tx, record) => save(tx, record),
     async listInstances(process, options = {}) {
       const rows = await store.sql.query<InstanceRow>(
         q.listInstances(s),
@@ -101,19 +265,15 @@ export function createSqlProcessStore(store: SqlEventStore): ProcessStore<SqlCli
       return rows.map(instanceOf);
     },
     async enqueue(tx, commands) {
-      for (const { process, instance, command, notBefore } of commands)
-        await tx.query(
-          q.enqueueCommand(s),
-          [process, command.id, instance, JSON.stringify(command), notBefore],
-          PREPARED,
-        );
+      if (commands.length > 0) await enqueue(tx, commands);
     },
     async nextCommands(process, now, limit) {
       const rows = await store.sql.query<OutboxRow>(q.nextCommands(s), [process, now, limit], PREPARED);
       return rows.map(outboxOf);
     },
     async removeCommand(tx, process, commandId) {
-      const rows = await on(tx).query(q.removeCommand(s), [process, commandId], PREPARED);
+      if (tx) return remove(tx, { process, commandId });
+      const rows = await store.sql.query(q.removeCommand(s), [process, commandId], PREPARED);
       return rows.length > 0;
     },
     async commandFailed(process, commandId, failure) {
@@ -136,12 +296,7 @@ export function createSqlProcessStore(store: SqlEventStore): ProcessStore<SqlCli
       return rows.length > 0;
     },
     async setTimers(tx, timers) {
-      for (const timer of timers)
-        await tx.query(
-          q.setTimer(s),
-          [timer.process, timer.instance, timer.id, timer.name, timer.dueAt, JSON.stringify(timer.data)],
-          PREPARED,
-        );
+      if (timers.length > 0) await set(tx, timers);
     },
     async cancelTimers(tx, process, instance, ids) {
       if (ids === 'all') await tx.query(q.cancelAllTimers(s), [process, instance], PREPARED);
@@ -151,10 +306,7 @@ export function createSqlProcessStore(store: SqlEventStore): ProcessStore<SqlCli
       const rows = await store.sql.query<TimerRow>(q.dueTimers(s), [process, now, limit], PREPARED);
       return rows.map(timerOf);
     },
-    async takeTimer(tx, process, instance, id, now) {
-      const rows = await tx.query<TimerRow>(q.takeTimer(s), [process, instance, id, now], PREPARED);
-      return rows[0] ? timerOf(rows[0]) : null;
-    },
+    takeTimer: (tx, process, instance, id, now) => take(tx, { process, instance, id, now }),
     async listTimers(process, options = {}) {
       const rows = await store.sql.query<TimerRow>(q.listTimers(s), [process, options.instance ?? null], PREPARED);
       return rows.map(timerOf);
@@ -163,6 +315,54 @@ export function createSqlProcessStore(store: SqlEventStore): ProcessStore<SqlCli
       // The store's connections belong to the store: nothing of its own to release.
     },
   };
+}
+
+/**
+ * Gathers the calls made on one transaction before the event loop turns (setImmediate) and sends each group (by
+ * `group`) to `flush` at once, which answers them in order. A caller that awaits each call sees them as made one after
+ * the other; calls made together (Promise.all over several instances) cost one round trip. The groups of one turn are
+ * flushed one after the other, in the order they first appeared.
+ */
+function coalesced<I, O>(
+  group: (item: I) => string,
+  flush: (tx: SqlClient, group: string, items: I[]) => Promise<O[]>,
+): (tx: SqlClient, item: I) => Promise<O> {
+  type Waiting = { item: I; resolve: (value: O) => void; reject: (error: unknown) => void };
+  const pending = new WeakMap<SqlClient, Map<string, Waiting[]>>();
+  return (tx, item) =>
+    new Promise<O>((resolve, reject) => {
+      let groups = pending.get(tx);
+      if (!groups) {
+        const gathered = new Map<string, Waiting[]>();
+        groups = gathered;
+        pending.set(tx, gathered);
+        setImmediate(() => {
+          pending.delete(tx);
+          void (async () => {
+            for (const [key, waiting] of gathered) {
+              try {
+                const answers = await flush(
+                  tx,
+                  key,
+                  waiting.map((w) => w.item),
+                );
+                waiting.forEach((w, i) => w.resolve(answers[i]!));
+              } catch (error) {
+                for (const w of waiting) w.reject(error);
+              }
+            }
+          })();
+        });
+      }
+      const key = group(item);
+      const list = groups.get(key) ?? [];
+      list.push({ item, resolve, reject });
+      groups.set(key, list);
+    });
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 function instanceOf(row: InstanceRow): ProcessInstanceRecord {

@@ -30,8 +30,17 @@ export interface ProcessManagerOptions<State, Tx> {
   processes: ProcessStore<Tx>;
   /** Where the commands go. It must de-duplicate by idempotency key (`defaultMiddleware` does). */
   bus: CommandBus;
-  /** Default `systemClock`; a test clock moves timers and retries without waiting. */
+  /**
+   * The time the process sees: timers' due times, command retries, the sender's and the timer loop's rests, the
+   * instances' timestamps. Default `systemClock`; a test clock moves timers and retries without waiting.
+   */
   clock?: Clock;
+  /**
+   * What the process's subscription waits on (polls, re-reads while a commit is held back, input retries). Default
+   * `clock`. A test that moves `clock` by hand on a PostgreSQL store passes `systemClock` here, so the subscription
+   * keeps reading while the test holds the process's time still.
+   */
+  subscriptionClock?: Clock;
   /** Tries of a command that fails (not refused by the domain) before it is parked. Default 5. */
   maxCommandAttempts?: number;
   /** Backoff of those tries: base and cap, ms. Default 100 and 30 000. */
@@ -116,11 +125,12 @@ class ProcessRunner<State, Tx> implements ProcessManager {
       subscriptions: options.subscriptions,
       filter: { types: this.definition.eventTypes },
       handle: (event, context) => this.onEvent(event, context.tx),
+      handleBatch: (events, context) => this.onEvents(events, context.tx),
       ...(options.retry ? { retry: options.retry } : {}),
       ...(options.batchSize !== undefined ? { batchSize: options.batchSize } : {}),
       ...(options.lease ? { lease: options.lease } : {}),
       ...(options.onError ? { onError: options.onError } : {}),
-      clock: this.clock,
+      clock: options.subscriptionClock ?? this.clock,
     });
   }
 
@@ -170,93 +180,168 @@ class ProcessRunner<State, Tx> implements ProcessManager {
 
   // --- inputs -------------------------------------------------------------------------------------------------
 
+  /**
+   * A batch of the subscription, in its transaction: each instance is loaded once, its inputs applied in order, then
+   * written once. A batch that fails is retried by the subscription event by event (through {@link onEvent}).
+   */
+  private async onEvents(events: readonly RecordedEvent[], tx: Tx): Promise<void> {
+    const inputs: Pending[] = [];
+    for (const event of events) {
+      const instance = this.correlate(event);
+      if (instance !== null) inputs.push({ instance, input: { kind: 'event', event }, event });
+    }
+    if ((await this.applyAll(tx, inputs)) && this.running) this.wakeAfter(events[events.length - 1]!);
+  }
+
   private async onEvent(event: RecordedEvent, tx: Tx): Promise<void> {
-    const instance = this.definition.correlate(event);
+    const instance = this.correlate(event);
     if (instance === null) return;
+    if ((await this.applyAll(tx, [{ instance, input: { kind: 'event', event }, event }])) && this.running)
+      this.wakeAfter(event);
+  }
+
+  private correlate(event: RecordedEvent): string | null {
+    const instance = this.definition.correlate(event);
+    if (instance === null) return null;
     if (typeof instance !== 'string' || instance.length === 0 || instance.length > 200)
       throw new ProcessDecisionError(
         this.name,
         String(instance),
         `correlate() must return a string of 1 to 200 characters or null, got ${safeQuote(instance)} for event ${event.id}`,
       );
-    const changed = await this.apply(tx, instance, { kind: 'event', event }, event);
-    if (changed && this.running) {
-      // The outbox rows commit with the batch's checkpoint: wake the sender once they have.
-      void this.subscription.waitFor(event.position, { timeoutMs: Infinity, signal: this.halt.signal }).then(
-        () => {
-          this.wake('commands');
-          this.wake('timers');
-        },
-        () => undefined,
-      );
-    }
+    return instance;
+  }
+
+  /** The outbox rows commit with the batch's checkpoint: wakes the sender once they have. */
+  private wakeAfter(event: RecordedEvent): void {
+    void this.subscription.waitFor(event.position, { timeoutMs: Infinity, signal: this.halt.signal }).then(
+      () => {
+        this.wake('commands');
+        this.wake('timers');
+      },
+      () => undefined,
+    );
   }
 
   /**
-   * Applies one input to an instance in `tx`: load, evolve, decide, then the state, the commands and the timers.
-   * Resolves true when it wrote commands or timers.
+   * Applies inputs in `tx`: every instance they name is loaded (the store may do it in one statement), each one's
+   * inputs are evolved and decided in order, and only then is anything written: each instance's commands, timers and
+   * state once. A decision that fails writes nothing. Resolves true when it wrote commands or timers.
    */
-  private async apply(tx: Tx, instance: string, input: ProcessInput, event?: RecordedEvent): Promise<boolean> {
+  private async applyAll(tx: Tx, inputs: readonly Pending[]): Promise<boolean> {
+    if (inputs.length === 0) return false;
     const now = this.now();
-    const record = await this.processes.loadInstance(tx, this.name, instance);
-    if (record === null) {
-      if (input.kind !== 'event' || !this.definition.startedBy.includes(input.event.type)) return false;
-    } else if (record.completed) {
-      await this.processes.saveInstance(tx, { ...record, ignored: record.ignored + 1, updatedAt: now });
-      return false;
-    } else if (event && record.lastPosition !== null && event.position <= record.lastPosition) {
-      return false; // a redelivery of an event already applied
+    const byInstance = new Map<string, Pending[]>();
+    for (const pending of inputs) {
+      const list = byInstance.get(pending.instance);
+      if (list) list.push(pending);
+      else byInstance.set(pending.instance, [pending]);
     }
-    const before = record === null ? this.definition.initialState() : (structuredClone(record.state) as State);
-    const state = this.definition.evolve(before, input);
-    const decision = this.definition.decide(input, state);
-    const stateIssues = jsonIssues(state, ['state']);
-    if (stateIssues.length > 0)
-      throw new ProcessDecisionError(this.name, instance, 'evolve() returned a state that is not JSON', stateIssues);
-    const inputKey = keyOf(input);
-    const correlationId =
-      record?.correlationId ??
-      (event ? (typeof event.metadata.correlationId === 'string' ? event.metadata.correlationId : event.id) : instance);
-    const causationId =
-      input.kind === 'event' ? input.event.id : input.kind === 'rejected' ? input.command.id : `timer:${input.id}`;
-    const { commands, timers, cancel, complete } = this.check(instance, decision, now);
-    const outgoing = commands.map((command, index) => {
-      const id = processCommandId(this.name, instance, inputKey, index);
-      return {
-        process: this.name,
-        instance,
-        notBefore: now,
-        command: {
-          id,
-          type: command.type,
-          data: command.data,
-          metadata: { ...command.metadata, correlationId, causationId, idempotencyKey: id },
-        } satisfies Command,
+    const plans = await Promise.all(
+      [...byInstance].map(async ([instance, list]) =>
+        this.plan(instance, await this.processes.loadInstance(tx, this.name, instance), list, now),
+      ),
+    );
+    await Promise.all(plans.map((plan) => (plan ? this.write(tx, plan) : undefined)));
+    return plans.some((plan) => plan !== null && (plan.commands.length > 0 || plan.set.size > 0));
+  }
+
+  /** One instance's inputs, in order, from its stored record: what to write, or null when nothing changes. */
+  private plan(instance: string, record: ProcessInstanceRecord | null, inputs: readonly Pending[], now: Date) {
+    let current = record && {
+      state: record.completed ? record.state : (structuredClone(record.state) as State),
+      inputs: record.inputs,
+      ignored: record.ignored,
+      correlationId: record.correlationId,
+      lastPosition: record.lastPosition,
+      completed: record.completed,
+      startedAt: record.startedAt,
+    };
+    let changed = false;
+    const commands: Array<{ process: string; instance: string; notBefore: Date; command: Command }> = [];
+    let cancelAll = false;
+    const cancel = new Set<string>();
+    const set = new Map<string, TimerRecord>();
+    for (const { input, event } of inputs) {
+      // A timer an earlier input of this batch cancelled or set again does not fire (as if taken after that input).
+      if (input.kind === 'timer' && (cancelAll || cancel.has(input.id) || set.has(input.id))) continue;
+      if (current === null) {
+        if (input.kind !== 'event' || !this.definition.startedBy.includes(input.event.type)) continue;
+      } else if (current.completed) {
+        current.ignored++;
+        changed = true;
+        continue;
+      } else if (event && current.lastPosition !== null && event.position <= current.lastPosition) {
+        continue; // a redelivery of an event already applied
+      }
+      const before = current === null ? this.definition.initialState() : (current.state as State);
+      const state = this.definition.evolve(before, input);
+      const decision = this.definition.decide(input, state);
+      const stateIssues = jsonIssues(state, ['state']);
+      if (stateIssues.length > 0)
+        throw new ProcessDecisionError(this.name, instance, 'evolve() returned a state that is not JSON', stateIssues);
+      const inputKey = keyOf(input);
+      const correlationId =
+        current?.correlationId ??
+        (event
+          ? typeof event.metadata.correlationId === 'string'
+            ? event.metadata.correlationId
+            : event.id
+          : instance);
+      const causationId =
+        input.kind === 'event' ? input.event.id : input.kind === 'rejected' ? input.command.id : `timer:${input.id}`;
+      const checked = this.check(instance, decision, now);
+      checked.commands.forEach((command, index) => {
+        const id = processCommandId(this.name, instance, inputKey, index);
+        commands.push({
+          process: this.name,
+          instance,
+          notBefore: now,
+          command: {
+            id,
+            type: command.type,
+            data: command.data,
+            metadata: { ...command.metadata, correlationId, causationId, idempotencyKey: id },
+          } satisfies Command,
+        });
+      });
+      if (checked.complete) {
+        cancelAll = true;
+        cancel.clear();
+        set.clear();
+      } else {
+        for (const id of checked.cancel) {
+          set.delete(id);
+          cancel.add(id);
+        }
+        for (const timer of checked.timers) {
+          cancel.delete(timer.id);
+          set.set(timer.id, { ...timer, process: this.name, instance });
+        }
+      }
+      changed = true;
+      current = {
+        state: state as JsonValue,
+        inputs: (current?.inputs ?? 0) + 1,
+        ignored: current?.ignored ?? 0,
+        correlationId,
+        lastPosition: event ? event.position : (current?.lastPosition ?? null),
+        completed: checked.complete,
+        startedAt: current?.startedAt ?? now,
       };
-    });
-    if (outgoing.length > 0) await this.processes.enqueue(tx, outgoing);
-    if (complete) await this.processes.cancelTimers(tx, this.name, instance, 'all');
-    else {
-      if (cancel.length > 0) await this.processes.cancelTimers(tx, this.name, instance, cancel);
-      if (timers.length > 0)
-        await this.processes.setTimers(
-          tx,
-          timers.map((timer) => ({ ...timer, process: this.name, instance })),
-        );
     }
-    await this.processes.saveInstance(tx, {
-      process: this.name,
-      instance,
-      state: state as JsonValue,
-      inputs: (record?.inputs ?? 0) + 1,
-      ignored: record?.ignored ?? 0,
-      correlationId,
-      lastPosition: event ? event.position : (record?.lastPosition ?? null),
-      completed: complete,
-      ...(record ? { startedAt: record.startedAt } : { startedAt: now }),
-      updatedAt: now,
-    });
-    return outgoing.length > 0 || timers.length > 0;
+    if (!changed || current === null) return null;
+    return { record: { ...current, process: this.name, instance, updatedAt: now }, commands, cancelAll, cancel, set };
+  }
+
+  /** A plan's writes: its commands, then its timers (cancelled, then set), then its state. */
+  private async write(tx: Tx, plan: NonNullable<ReturnType<ProcessRunner<State, Tx>['plan']>>): Promise<void> {
+    const { record, commands, cancelAll, cancel, set } = plan;
+    if (commands.length > 0) await this.processes.enqueue(tx, commands);
+    if (cancelAll) await this.processes.cancelTimers(tx, this.name, record.instance, 'all');
+    if (cancel.size > 0) await this.processes.cancelTimers(tx, this.name, record.instance, [...cancel]);
+    if (set.size > 0) await this.processes.setTimers(tx, [...set.values()]);
+    await this.processes.saveInstance(tx, { ...record, state: record.state as JsonValue });
   }
 
   /** The decision, checked: nothing of it is written unless all of it can be. */
@@ -342,77 +427,124 @@ class ProcessRunner<State, Tx> implements ProcessManager {
     }
   }
 
-  /** Fires the timers due now, each in a transaction of its own with the input it gives. Resolves with how many. */
+  /**
+   * Fires the timers due now: on a store whose transactions roll back, all of them in one transaction (taken, applied
+   * and written together); when that fails, or on a store that is not atomic, each in a transaction of its own with
+   * the input it gives. Resolves with how many fired.
+   */
   private async fireDueTimers(): Promise<number> {
     const now = this.now();
-    const due = await this.processes.dueTimers(this.name, now, 100);
+    const due = await this.processes.dueTimers(this.name, now, DUE_TIMERS_BATCH);
+    if (due.length === 0) return 0;
     let fired = 0;
-    for (const timer of due) {
-      if (!this.running && this.loops.length > 0) break;
-      const took = await this.processes.transaction(async (tx) => {
-        const taken = await this.processes.takeTimer(tx, this.name, timer.instance, timer.id, now);
-        if (taken === null) return false;
-        await this.apply(tx, taken.instance, {
-          kind: 'timer',
-          id: taken.id,
-          name: taken.name,
-          data: taken.data,
-          dueAt: taken.dueAt,
-        });
-        return true;
-      });
-      if (took) {
-        fired++;
-        this.wake('commands');
+    if (this.processes.atomic && due.length > 1) {
+      try {
+        fired = await this.processes.transaction((tx) => this.fire(tx, due, now));
+      } catch (error) {
+        this.options.onError?.(error, `process ${this.name}: timers`);
       }
     }
+    if (fired === 0) {
+      for (const timer of due) {
+        if (!this.running && this.loops.length > 0) break;
+        fired += await this.processes.transaction((tx) => this.fire(tx, [timer], now));
+      }
+    }
+    if (fired > 0) this.wake('commands');
     return fired;
+  }
+
+  /** Takes the timers (those still there) and applies them in `tx`; resolves with how many it took. */
+  private async fire(tx: Tx, timers: readonly TimerRecord[], now: Date): Promise<number> {
+    const taken = await Promise.all(
+      timers.map((timer) => this.processes.takeTimer(tx, this.name, timer.instance, timer.id, now)),
+    );
+    const inputs: Pending[] = [];
+    for (const timer of taken) {
+      if (timer === null) continue;
+      inputs.push({
+        instance: timer.instance,
+        input: { kind: 'timer', id: timer.id, name: timer.name, data: timer.data, dueAt: timer.dueAt },
+      });
+    }
+    await this.applyAll(tx, inputs);
+    return inputs.length;
   }
 
   /** Sends the commands due now. Resolves with how many left the outbox (sent, refused or parked). */
   private async sendDueCommands(): Promise<number> {
     const rows = await this.processes.nextCommands(this.name, this.now(), 100);
     let done = 0;
-    for (const row of rows) {
-      if (!this.running && this.loops.length > 0) break;
-      try {
-        await this.options.bus.dispatch(row.command);
-        await this.processes.removeCommand(null, this.name, row.command.id);
-        done++;
-      } catch (thrown) {
-        const error = toError(thrown);
-        if (error instanceof DomainError) {
-          await this.processes.transaction(async (tx) => {
-            if (!(await this.processes.removeCommand(tx, this.name, row.command.id))) return;
-            await this.apply(tx, row.instance, {
-              kind: 'rejected',
-              command: row.command,
-              error: { code: error.code, rule: error.rule, message: error.message },
-            });
-          });
-          done++;
-          continue;
-        }
-        const attempts = row.attempts + 1;
-        const permanent = error instanceof ValidationError || error instanceof UnknownCommandError;
-        const park = permanent || attempts >= this.maxAttempts;
-        const delay = Math.min(this.maxDelay, this.baseDelay * 2 ** (attempts - 1));
-        await this.processes.commandFailed(this.name, row.command.id, {
-          attempts,
-          error: { name: error.name, message: error.message },
-          notBefore: new Date(this.now().getTime() + delay),
-          park,
-        });
-        if (!park) this.options.onError?.(error, `process ${this.name}: command ${row.command.type} ${row.command.id}`);
+    // Sent commands leave the outbox together at the end of the pass, in one transaction: a crash before it sends
+    // them again, and the bus recognises them by their idempotency keys.
+    const sent: string[] = [];
+    try {
+      for (const row of rows) {
+        if (!this.running && this.loops.length > 0) break;
+        if (await this.send(row, sent)) done++;
       }
+    } finally {
+      if (sent.length > 0)
+        await this.processes.transaction((tx) =>
+          Promise.all(sent.map((id) => this.processes.removeCommand(tx, this.name, id))),
+        );
     }
     return done;
+  }
+
+  /** Sends one command: true when it was sent (its id added to `sent`) or refused by the domain. */
+  private async send(row: OutboxCommand, sent: string[]): Promise<boolean> {
+    try {
+      await this.options.bus.dispatch(row.command);
+      sent.push(row.command.id);
+      return true;
+    } catch (thrown) {
+      const error = toError(thrown);
+      if (error instanceof DomainError) {
+        await this.processes.transaction(async (tx) => {
+          if (!(await this.processes.removeCommand(tx, this.name, row.command.id))) return;
+          await this.applyAll(tx, [
+            {
+              instance: row.instance,
+              input: {
+                kind: 'rejected',
+                command: row.command,
+                error: { code: error.code, rule: error.rule, message: error.message },
+              },
+            },
+          ]);
+        });
+        return true;
+      }
+      const attempts = row.attempts + 1;
+      const permanent = error instanceof ValidationError || error instanceof UnknownCommandError;
+      const park = permanent || attempts >= this.maxAttempts;
+      const delay = Math.min(this.maxDelay, this.baseDelay * 2 ** (attempts - 1));
+      await this.processes.commandFailed(this.name, row.command.id, {
+        attempts,
+        error: { name: error.name, message: error.message },
+        notBefore: new Date(this.now().getTime() + delay),
+        park,
+      });
+      if (!park) this.options.onError?.(error, `process ${this.name}: command ${row.command.type} ${row.command.id}`);
+      return false;
+    }
   }
 
   private now(): Date {
     return new Date(this.clock.now());
   }
 }
+
+/** An input for an instance; `event` when it is one of the log. */
+interface Pending {
+  readonly instance: string;
+  readonly input: ProcessInput;
+  readonly event?: RecordedEvent;
+}
+
+/** Due timers taken per pass of the timer loop (one transaction). */
+const DUE_TIMERS_BATCH = 500;
 
 function keyOf(input: ProcessInput): string {
   if (input.kind === 'event') return `event:${input.event.id}`;

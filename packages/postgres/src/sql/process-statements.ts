@@ -59,3 +59,42 @@ RETURNING ${timerColumns}`;
 export const listTimers = (s: string) => `
 SELECT ${timerColumns} FROM ${s}.process_timers WHERE process = $1 AND ($2::text IS NULL OR instance = $2)
 ORDER BY due_at, instance, id`;
+
+// Several calls made on one transaction at once are sent as one statement (see `coalesced` in ../processes.ts): the
+// statements below take arrays, one element per call, all of one process ($1).
+
+/** The instances named ($2), locked in instance order (so two transactions locking several take turns, no deadlock). */
+export const loadInstancesForUpdate = (s: string) =>
+  `SELECT ${instanceColumns} FROM ${s}.process_instances WHERE process = $1 AND instance = ANY($2::text[] COLLATE "C")
+ORDER BY instance FOR UPDATE`;
+export const saveInstances = (s: string) => `
+INSERT INTO ${s}.process_instances AS i
+  (process, instance, state, inputs, ignored, correlation_id, last_position, completed, started_at, updated_at)
+SELECT $1, r.instance, r.state::jsonb, r.inputs, r.ignored, r.correlation_id, r.last_position, r.completed,
+  r.started_at, r.updated_at
+FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::boolean[], $9::timestamptz[],
+  $10::timestamptz[]) AS r(instance, state, inputs, ignored, correlation_id, last_position, completed, started_at,
+  updated_at)
+ON CONFLICT (process, instance) DO UPDATE SET state = excluded.state, inputs = excluded.inputs,
+  ignored = excluded.ignored, correlation_id = excluded.correlation_id, last_position = excluded.last_position,
+  completed = excluded.completed, updated_at = excluded.updated_at`;
+/** Commands in the order given (their sequence follows it). */
+export const enqueueCommands = (s: string) => `
+INSERT INTO ${s}.process_outbox (process, command_id, instance, command, not_before)
+SELECT $1, c.id, c.instance, c.command::jsonb, c.not_before
+FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) WITH ORDINALITY AS c(id, instance, command, not_before, n)
+ORDER BY c.n
+ON CONFLICT (process, command_id) DO NOTHING`;
+export const removeCommands = (s: string) => `
+DELETE FROM ${s}.process_outbox WHERE process = $1 AND command_id = ANY($2::uuid[]) AND status = 'pending'
+RETURNING command_id::text AS command_id`;
+export const setTimers = (s: string) => `
+INSERT INTO ${s}.process_timers (process, instance, id, name, due_at, data)
+SELECT $1, t.instance, t.id, t.name, t.due_at, t.data::jsonb
+FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS t(instance, id, name, due_at, data)
+ON CONFLICT (process, instance, id) DO UPDATE SET name = excluded.name, due_at = excluded.due_at, data = excluded.data`;
+/** Removes the due timers named by ($2, $3) and returns them (see {@link takeTimer}). */
+export const takeTimers = (s: string) => `
+DELETE FROM ${s}.process_timers t USING unnest($2::text[], $3::text[]) AS k(instance, id)
+WHERE t.process = $1 AND t.instance = k.instance COLLATE "C" AND t.id = k.id COLLATE "C" AND t.due_at <= $4
+RETURNING t.process, t.instance, t.id, t.name, t.due_at, t.data`;
