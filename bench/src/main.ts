@@ -8,9 +8,17 @@ import { pgliteStoreBench, postgresStoreBench } from './store.js';
 import { writeBench } from './write.js';
 import { busBench } from './bus.js';
 import { projectionBench } from './projection.js';
+import { processBench } from './process.js';
 
 /** Every area of the bench; a new area is a new module added here. */
-const modules: readonly BenchModule[] = [postgresStoreBench, pgliteStoreBench, writeBench, projectionBench, busBench];
+const modules: readonly BenchModule[] = [
+  postgresStoreBench,
+  pgliteStoreBench,
+  writeBench,
+  projectionBench,
+  processBench,
+  busBench,
+];
 
 const prefix = process.argv[2] ?? '';
 const wants = (name: string): boolean => name.startsWith(prefix);
