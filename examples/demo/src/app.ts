@@ -3,10 +3,12 @@
  * projections, and the HTTP API. Storage is passed in, so the same app runs on PGlite, PostgreSQL or in memory.
  */
 import { bankReadModels, createBank } from '@eventline/example-bank';
-import { createGuestlist, guestlistReadModels } from '@eventline/example-guestlist';
+import { createGuestlist, guestlistReadModels, responseSaga } from '@eventline/example-guestlist';
 import { createHttpApi } from '@eventline/server';
 import {
   createAsyncProjection,
+  createProcessManager,
+  type ProcessStore,
   type DocumentStore,
   type EventStore,
   type ProjectionCatalog,
@@ -22,9 +24,19 @@ export interface DemoStorage<Tx> {
   documents: DocumentStore<Tx>;
   catalog: ProjectionCatalog;
   snapshots?: SnapshotStore;
+  /** Where the guest list's ResponseSaga keeps its state; without it, the saga does not run. */
+  processes?: ProcessStore<Tx>;
 }
 
-export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: { logger?: boolean } = {}) {
+export interface DemoOptions {
+  logger?: boolean;
+  /** How many guests the guest list has room for (the ResponseSaga confirms that many, then denies). Default 2. */
+  guestlistLimit?: number;
+  /** When set, an invitation not answered within this many ms is declined by the saga. */
+  answerTimeoutMs?: number;
+}
+
+export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: DemoOptions = {}) {
   // One process serves the demo, but the caches would stay correct beside others (see `cache` in createRepository).
   const repositories = { cache: true, ...(storage.snapshots ? { snapshots: storage.snapshots } : {}) };
   const bank = createBank(storage.store, repositories);
@@ -41,6 +53,19 @@ export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: { logger
     guestlist: createAsyncProjection({ ...common, projection: guestlistReadModels }),
   };
   for (const projection of Object.values(projections)) await projection.start();
+  const saga = storage.processes
+    ? createProcessManager({
+        process: responseSaga({
+          limit: options.guestlistLimit ?? 2,
+          ...(options.answerTimeoutMs === undefined ? {} : { answerTimeoutMs: options.answerTimeoutMs }),
+        }),
+        store: storage.store,
+        subscriptions: storage.subscriptions,
+        processes: storage.processes,
+        bus: guestlist.bus,
+      })
+    : null;
+  saga?.start();
   const api = createHttpApi({
     store: storage.store,
     buses: [bank.bus, guestlist.bus],
@@ -52,8 +77,10 @@ export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: { logger
     bank,
     guestlist,
     projections,
+    saga,
     async close() {
       await api.close();
+      await saga?.stop();
       for (const projection of Object.values(projections)) await projection.stop();
     },
   };

@@ -3,7 +3,7 @@
  * store in ./.eventline/demo, or on PostgreSQL when DATABASE_URL is set. Listens on 127.0.0.1:$PORT (default 3000).
  * A port that is taken, or a data directory another process holds, is said in one line (and exit code 1), not a stack.
  */
-import { accountEvents, paymentEvents } from '@eventline/example-bank';
+import { accountEvents, bankUniqueness, paymentEvents } from '@eventline/example-bank';
 import { invitationEvents } from '@eventline/example-guestlist';
 import { DataDirectoryLockedError } from '@eventline/postgres';
 import { eventRegistry } from '@eventline/core';
@@ -21,8 +21,15 @@ if (!(port >= 0 && port <= 65535)) fail(`PORT must be a port number from 0 to 65
 
 const events = eventRegistry([...accountEvents, ...paymentEvents, ...invitationEvents]);
 const dataDir = process.env.EVENTLINE_DATA ?? './.eventline/demo';
+const limitText = process.env.GUESTLIST_LIMIT ?? '2';
+const guestlistLimit = /^[0-9]{1,9}$/.test(limitText) ? Number(limitText) : NaN;
+if (!Number.isInteger(guestlistLimit))
+  fail(`GUESTLIST_LIMIT must be a whole number of guests, 0 or more, got '${limitText}'`);
+
 const { store, where } = await openSqlStore({
   events,
+  // CPFs are unique per open account; EVENTLINE_CLAIMS_KEY (16 bytes or more) keys their hashes.
+  uniqueness: bankUniqueness(process.env.EVENTLINE_CLAIMS_KEY),
   schema: process.env.EVENTLINE_SCHEMA ?? 'eventline_demo',
   dataDir,
 }).catch((error: unknown) => {
@@ -34,7 +41,7 @@ const { store, where } = await openSqlStore({
   throw error;
 });
 
-const demo = await createDemo(sqlStorage(store));
+const demo = await createDemo(sqlStorage(store), { guestlistLimit });
 let address: string;
 try {
   address = await demo.api.listen({ host: '127.0.0.1', port });
@@ -53,7 +60,7 @@ try {
   fail(`cannot listen on 127.0.0.1:${port}: ${(error as Error).message}`);
 }
 console.log(`eventline demo on ${address!}, storing events in ${where}. Try:
-  curl -s -XPOST ${address!}/commands/OpenAccount -H 'content-type: application/json' -d '{"accountId":"ada","owner":"Ada"}'
+  curl -s -XPOST ${address!}/commands/OpenAccount -H 'content-type: application/json' -d '{"accountId":"ada","owner":"Ada","holderTaxId":"529.982.247-25"}'
   curl -s -XPOST ${address!}/commands/Deposit -H 'content-type: application/json' -d '{"accountId":"ada","amount":100}'
   curl -s ${address!}/read-models/bank/balance/ada
 Stop with Ctrl-C.`);

@@ -7,12 +7,13 @@ import {
   createPGliteStore,
   createPostgresStore,
   createSqlDocumentStore,
+  createSqlProcessStore,
   createSqlProjectionCatalog,
   createSqlSnapshotStore,
   createSqlSubscriptionStore,
   type SqlEventStore,
 } from '@eventline/postgres';
-import type { EventRegistry } from '@eventline/core';
+import type { EventRegistry, UniquenessOptions } from '@eventline/core';
 
 /**
  * PostgreSQL when DATABASE_URL is set (in `schema`), else PGlite in `dataDir`; migrated before it is returned.
@@ -20,17 +21,18 @@ import type { EventRegistry } from '@eventline/core';
  */
 export async function openSqlStore(options: {
   events?: EventRegistry;
+  uniqueness?: UniquenessOptions;
   schema: string;
   dataDir: string;
 }): Promise<{ store: SqlEventStore; where: string }> {
   const url = process.env.DATABASE_URL;
+  const common = {
+    ...(options.events ? { events: options.events } : {}),
+    ...(options.uniqueness ? { uniqueness: options.uniqueness } : {}),
+  };
   const store: SqlEventStore = url
-    ? createPostgresStore({
-        connectionString: url,
-        schema: options.schema,
-        ...(options.events ? { events: options.events } : {}),
-      })
-    : createPGliteStore({ dataDir: options.dataDir, ...(options.events ? { events: options.events } : {}) });
+    ? createPostgresStore({ connectionString: url, schema: options.schema, ...common })
+    : createPGliteStore({ dataDir: options.dataDir, ...common });
   try {
     await store.migrate();
   } catch (error) {
@@ -48,6 +50,7 @@ export function sqlStorage(store: SqlEventStore) {
     documents: createSqlDocumentStore(store),
     catalog: createSqlProjectionCatalog(store),
     snapshots: createSqlSnapshotStore(store),
+    processes: createSqlProcessStore(store),
   };
 }
 

@@ -10,6 +10,7 @@ import { untilLogSettled } from '@eventline/core/testing';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
 import type { SqlEventStore } from '@eventline/postgres';
 import { createDemo, sqlStorage } from '../src/app.js';
+import { sampleCpf } from '@eventline/example-bank';
 
 let databases: TestDatabases;
 before(async () => {
@@ -55,7 +56,10 @@ for (const backend of ['PostgreSQL', 'PGlite'] as const) {
           ['ada', 'Ada'],
           ['bob', 'Bob'],
         ] as const) {
-          assert.equal((await send('OpenAccount', { accountId, owner })).status, 200);
+          assert.equal(
+            (await send('OpenAccount', { accountId, owner, holderTaxId: sampleCpf(accountId) })).status,
+            200,
+          );
           assert.equal((await send('Deposit', { accountId, amount: 1000 })).status, 200);
         }
         const transfers = Array.from({ length: 50 }, (_, i) =>
@@ -84,8 +88,8 @@ for (const backend of ['PostgreSQL', 'PGlite'] as const) {
     it('an Idempotency-Key reused with another command is a 422 problem+json and changes nothing; the same command replays', async () => {
       const { store, demo, send, balance } = await open();
       try {
-        await send('OpenAccount', { accountId: 'ada', owner: 'Ada' });
-        await send('OpenAccount', { accountId: 'bob', owner: 'Bob' });
+        await send('OpenAccount', { accountId: 'ada', owner: 'Ada', holderTaxId: sampleCpf('ada') });
+        await send('OpenAccount', { accountId: 'bob', owner: 'Bob', holderTaxId: sampleCpf('bob') });
         const first = await send('Deposit', { accountId: 'ada', amount: 10 }, { 'idempotency-key': 'dep-1' });
         assert.equal(first.status, 200);
         const count = async () => {
@@ -121,7 +125,7 @@ for (const backend of ['PostgreSQL', 'PGlite'] as const) {
     it('20 concurrent requests on one key with two amounts: exactly one effect, and every answer is true to it', async () => {
       const { demo, send, balance } = await open();
       try {
-        await send('OpenAccount', { accountId: 'ada', owner: 'Ada' });
+        await send('OpenAccount', { accountId: 'ada', owner: 'Ada', holderTaxId: sampleCpf('ada') });
         const amounts = Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? 10 : 999));
         const answers = await Promise.all(
           amounts.map((amount) => send('Deposit', { accountId: 'ada', amount }, { 'idempotency-key': 'race-1' })),

@@ -8,6 +8,7 @@ import {
   createInMemorySubscriptionStore,
 } from '@eventline/core';
 import { createDemo } from '../src/app.js';
+import { sampleCpf } from '@eventline/example-bank';
 
 describe('demo service (in memory)', () => {
   it('open, deposit, transfer, then balance and statement over HTTP', async () => {
@@ -24,8 +25,8 @@ describe('demo service (in memory)', () => {
         assert.equal(response.statusCode, 200, response.body);
         return response.json() as { position: string };
       };
-      await command('OpenAccount', { accountId: 'ada', owner: 'Ada' });
-      await command('OpenAccount', { accountId: 'bob', owner: 'Bob' });
+      await command('OpenAccount', { accountId: 'ada', owner: 'Ada', holderTaxId: sampleCpf('ada') });
+      await command('OpenAccount', { accountId: 'bob', owner: 'Bob', holderTaxId: sampleCpf('bob') });
       await command('Deposit', { accountId: 'ada', amount: 100 });
       const { position } = await command('TransferMoney', { from: 'ada', to: 'bob', amount: 40 });
       const balance = await demo.api.inject({ url: `/read-models/bank/balance/bob?position=${position}` });

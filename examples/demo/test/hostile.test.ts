@@ -108,16 +108,16 @@ function hostileRequests(seen: Position, unseen: Position, next: Position): Arra
     '{"accountId":}',
     "{'accountId':'x','owner':'y'}",
     '[1,]',
-    '{"accountId":"x","owner":"y"}x',
+    '{"accountId":"x","owner":"y","holderTaxId":"52998224725"}x',
     'NaN',
     'undefined',
     '   ',
-    '\ufeff{"accountId":"x","owner":"y"}',
+    '\ufeff{"accountId":"x","owner":"y","holderTaxId":"52998224725"}',
     '{"accountId":"x","owner":"y"',
-    '{"accountId":"a\u0000b","owner":"y"}',
+    '{"accountId":"a\u0000b","owner":"y","holderTaxId":"52998224725"}',
     '\u0000',
-    '{"accountId":"x",,"owner":"y"}',
-    '{"accountId":"x" "owner":"y"}',
+    '{"accountId":"x",,"owner":"y","holderTaxId":"52998224725"}',
+    '{"accountId":"x" "owner":"y","holderTaxId":"52998224725"}',
   ]) {
     add(`malformed JSON ${JSON.stringify(body)}`, command('OpenAccount', body));
   }
@@ -134,30 +134,47 @@ function hostileRequests(seen: Position, unseen: Position, next: Position): Arra
     '*/*',
     'application/json\u00e9',
   ]) {
-    add(`content type ${type}`, command('OpenAccount', '{"accountId":"ct","owner":"x"}', { 'content-type': type }));
+    add(
+      `content type ${type}`,
+      command('OpenAccount', '{"accountId":"ct","owner":"x","holderTaxId":"52998224725"}', { 'content-type': type }),
+    );
   }
   add('a body with no content type', {
     method: 'POST',
     url: '/commands/OpenAccount',
-    payload: '{"accountId":"ct","owner":"x"}',
+    payload: '{"accountId":"ct","owner":"x","holderTaxId":"52998224725"}',
   });
   add('an empty JSON body', command('OpenAccount', ''));
   add('no body at all', { method: 'POST', url: '/commands/OpenAccount' });
-  for (const body of ['null', 'true', '1', '"x"', '[]', '[{"accountId":"arr","owner":"x"}]', '{}'])
+  for (const body of [
+    'null',
+    'true',
+    '1',
+    '"x"',
+    '[]',
+    '[{"accountId":"arr","owner":"x","holderTaxId":"52998224725"}]',
+    '{}',
+  ])
     add(`a JSON ${body} for a command`, command('OpenAccount', body));
   add(
     'a body over the limit (2 MiB)',
-    command('OpenAccount', JSON.stringify({ accountId: 'huge', owner: 'x'.repeat(2 * 1024 * 1024) })),
+    command(
+      'OpenAccount',
+      JSON.stringify({ accountId: 'huge', owner: 'x'.repeat(2 * 1024 * 1024), holderTaxId: '52998224725' }),
+    ),
   );
   add(
     'a body under the limit whose event is over the store limit',
-    command('OpenAccount', JSON.stringify({ accountId: 'big', owner: 'x'.repeat(1_100_000) })),
+    command(
+      'OpenAccount',
+      JSON.stringify({ accountId: 'big', owner: 'x'.repeat(1_100_000), holderTaxId: '52998224725' }),
+    ),
   );
   add('a body of 10,000 nested arrays', command('OpenAccount', deep(10_000, '[', ']')));
   add('a body of 10,000 nested objects', command('OpenAccount', deep(10_000, '{"a":', '}')));
   add(
     'a body of 101 nested levels in a field',
-    command('OpenAccount', `{"accountId":"deep","owner":${deep(100, '[', ']')}}`),
+    command('OpenAccount', `{"accountId":"deep","owner":${deep(100, '[', ']')},"holderTaxId":"52998224725"}`),
   );
   add('a body of 50,000 levels of mixed nesting', command('CreateInvite', deep(25_000, '[{"a":', '}]')));
   add('nested age', command('CreateInvite', `{"inviteId":"deep","name":"x","age":${deep(50, '[', ']')}}`));
@@ -174,7 +191,9 @@ function hostileRequests(seen: Position, unseen: Position, next: Position): Arra
     ['owner', 'ok\\udc00'],
   ] as const) {
     const data =
-      field === 'accountId' ? `{"accountId":"${value}","owner":"x"}` : `{"accountId":"nul-owner","owner":"${value}"}`;
+      field === 'accountId'
+        ? `{"accountId":"${value}","owner":"x","holderTaxId":"52998224725"}`
+        : `{"accountId":"nul-owner","owner":"${value}","holderTaxId":"52998224725"}`;
     add(`${field} ${value}`, command('OpenAccount', data));
   }
   add('a NUL key', command('Deposit', '{"accountId":"nobody","amount":1,"\\u0000":1}'));
@@ -193,7 +212,10 @@ function hostileRequests(seen: Position, unseen: Position, next: Position): Arra
     'TransferOut',
     'openaccount',
   ]) {
-    add(`command type ${type.slice(0, 40)}`, command(type, '{"accountId":"t","owner":"x"}'));
+    add(
+      `command type ${type.slice(0, 40)}`,
+      command(type, '{"accountId":"t","owner":"x","holderTaxId":"52998224725"}'),
+    );
   }
   for (const [header, value] of [
     ['idempotency-key', 'k\u0000'],
@@ -218,15 +240,18 @@ function hostileRequests(seen: Position, unseen: Position, next: Position): Arra
   ] as const) {
     add(
       `header ${header}: ${JSON.stringify(value).slice(0, 30)}`,
-      command('OpenAccount', '{"accountId":"hdr","owner":"x"}', { ...json, [header]: value }),
+      command('OpenAccount', '{"accountId":"hdr","owner":"x","holderTaxId":"52998224725"}', {
+        ...json,
+        [header]: value,
+      }),
     );
   }
 
   // Prototype keys in bodies, paths and names.
   for (const body of [
-    '{"__proto__":{"polluted":true},"accountId":"proto","owner":"x"}',
+    '{"__proto__":{"polluted":true},"accountId":"proto","owner":"x","holderTaxId":"52998224725"}',
     '{"accountId":"proto","owner":"x","constructor":{"prototype":{"polluted":true}}}',
-    '{"\\u005f\\u005fproto\\u005f\\u005f":{"polluted":true},"accountId":"proto","owner":"x"}',
+    '{"\\u005f\\u005fproto\\u005f\\u005f":{"polluted":true},"accountId":"proto","owner":"x","holderTaxId":"52998224725"}',
     '{"accountId":"proto","owner":{"__proto__":{"polluted":true}}}',
     '{"accountId":"proto","owner":"x","a":[{"__proto__":{}}]}',
   ]) {
@@ -400,7 +425,7 @@ function hostileRequests(seen: Position, unseen: Position, next: Position): Arra
   add('stream direction twice', { url: '/streams/account-ada?direction=forwards&direction=backwards' });
   add('stream from twice', { url: '/streams/account-ada?from=1&from=2' });
   add('a parameter a command does not take', {
-    ...command('OpenAccount', '{"accountId":"q","owner":"x"}'),
+    ...command('OpenAccount', '{"accountId":"q","owner":"x","holderTaxId":"52998224725"}'),
     url: '/commands/OpenAccount?position=1',
   });
   add('1,000 unknown parameters', {
@@ -584,10 +609,10 @@ for (const [backend, open] of backends) {
       await store.migrate();
       demo = await createDemo(sqlStorage(store));
       port = Number(new URL(await demo.api.listen({ host: '127.0.0.1', port: 0 })).port);
-      await post('OpenAccount', { accountId: 'ada', owner: 'Ada' });
+      await post('OpenAccount', { accountId: 'ada', owner: 'Ada', holderTaxId: '52998224725' });
       await post('Deposit', { accountId: 'ada', amount: 100 });
       await post('CreateInvite', { inviteId: 'athena', name: 'Athena' });
-      seen = await post('OpenAccount', { accountId: 'bob', owner: 'Bob' });
+      seen = await post('OpenAccount', { accountId: 'bob', owner: 'Bob', holderTaxId: '11144477735' });
       await demo.projections.bank.waitFor(seen, { timeoutMs: 30_000 });
       await demo.projections.guestlist.waitFor(seen, { timeoutMs: 30_000 });
       demo.projections.bank.subscription.pause();

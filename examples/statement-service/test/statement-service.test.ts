@@ -140,8 +140,8 @@ describe('the statement service: a second process fed from NATS', { timeout: 240
       assert.equal(status, 200, `${type}: ${JSON.stringify(body)}`);
       return body;
     };
-    await command('OpenAccount', { accountId: 'ada', owner: 'Ada' });
-    await command('OpenAccount', { accountId: 'bob', owner: 'Bob' });
+    await command('OpenAccount', { accountId: 'ada', owner: 'Ada', holderTaxId: '529.982.247-25' });
+    await command('OpenAccount', { accountId: 'bob', owner: 'Bob', holderTaxId: '111.444.777-35' });
     await command('Deposit', { accountId: 'ada', amount: 100 });
     await command('Withdraw', { accountId: 'ada', amount: 30 });
     await command('TransferMoney', { transferId: 't1', from: 'ada', to: 'bob', amount: 50 });
