@@ -3,12 +3,14 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   createInMemoryDocumentStore,
+  createInMemoryProcessStore,
   createInMemoryProjectionCatalog,
   createInMemoryStore,
   createInMemorySubscriptionStore,
 } from '@eventline/core';
 import { createDemo } from '../src/app.js';
 import { sampleCpf } from '@eventline/example-bank';
+import { until } from '@eventline/core/testing';
 
 describe('demo service (in memory)', () => {
   it('open, deposit, transfer, then balance and statement over HTTP', async () => {
@@ -70,6 +72,43 @@ describe('demo service (in memory)', () => {
       const invite = await command('CreateInvite', { inviteId: 'athena', name: 'Athena' });
       const list = await demo.api.inject({ url: `/read-models/guestlist/guest_list/main?position=${invite.position}` });
       assert.equal((list.json() as { guests: number }).guests, 1);
+    } finally {
+      await demo.close();
+    }
+  });
+
+  it('the guest list with its ResponseSaga: the four guests of the talk, with room for two', async () => {
+    const store = createInMemoryStore();
+    const demo = await createDemo(
+      {
+        store,
+        subscriptions: createInMemorySubscriptionStore(store),
+        documents: createInMemoryDocumentStore(),
+        catalog: createInMemoryProjectionCatalog(),
+        processes: createInMemoryProcessStore(),
+      },
+      { guestlistLimit: 2 },
+    );
+    try {
+      const command = async (type: string, data: unknown) => {
+        const response = await demo.api.inject({ method: 'POST', url: `/commands/${type}`, payload: data as object });
+        assert.equal(response.statusCode, 200, response.body);
+      };
+      for (const [inviteId, name] of [
+        ['athena', 'Athena'],
+        ['hades', 'Hades'],
+        ['zeus', 'Zeus'],
+        ['poseidon', 'Poseidon'],
+      ])
+        await command('CreateInvite', { inviteId, name });
+      await command('AcceptInvite', { inviteId: 'athena' });
+      await command('AcceptInvite', { inviteId: 'hades' });
+      await command('DeclineInvite', { inviteId: 'zeus' });
+      await command('AcceptInvite', { inviteId: 'poseidon' });
+      const list = async () =>
+        (await demo.api.inject({ url: '/read-models/guestlist/guest_list/main' })).json() as Record<string, number>;
+      await until(async () => (await list()).denied === 1, 'the saga decided for every accepted guest');
+      assert.deepEqual(await list(), { guests: 4, accepted: 3, declined: 1, confirmed: 2, denied: 1 });
     } finally {
       await demo.close();
     }
