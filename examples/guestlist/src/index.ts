@@ -5,6 +5,7 @@ import {
   defaultMiddleware,
   eventRegistry,
   type EventStore,
+  type Middleware,
   type SnapshotStore,
 } from '@eventline/core';
 import {
@@ -23,9 +24,14 @@ export * from './response-saga.js';
 
 export const guestlistEvents = eventRegistry(invitationEvents, { strict: false });
 
-export function createGuestlist(store: EventStore, options: { snapshots?: SnapshotStore; cache?: boolean } = {}) {
-  const invitations = createRepository(store, invitation, options);
-  const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+export function createGuestlist(
+  store: EventStore,
+  options: { snapshots?: SnapshotStore; cache?: boolean; middleware?: readonly Middleware[] } = {},
+) {
+  const { middleware = [], ...repository } = options;
+  const invitations = createRepository(store, invitation, repository);
+  // Extra middleware runs outermost, around the default chain (validation, retries, idempotency keys).
+  const bus = createCommandBus({ middleware: [...middleware, ...defaultMiddleware(store)] });
   const byInvite = invitations.handler((command) => command.data.inviteId);
   for (const command of [CreateInvite, AcceptInvite, DeclineInvite, ConfirmInvite, DenyInvite])
     bus.register(command, byInvite);

@@ -2,7 +2,7 @@
 // tier: integration
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createAsyncProjection, createProcessManager, systemClock, type AsyncProjection } from '@eventline/core';
+import { createAsyncProjection, createProcessManager, systemClock } from '@eventline/core';
 import { createTestClock, until } from '@eventline/core/testing';
 import {
   createSqlDocumentStore,
@@ -61,7 +61,9 @@ function guestlistWithSaga(store: SqlEventStore, options: { limit: number; answe
   return { clock, bus, saga, projection };
 }
 
-async function guestList(projection: AsyncProjection): Promise<GuestListView | null> {
+async function guestList(
+  projection: ReturnType<typeof guestlistWithSaga>['projection'],
+): Promise<GuestListView | null> {
   return (await projection.collection<GuestListView>('guest_list')).get('main');
 }
 

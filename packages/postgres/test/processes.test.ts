@@ -137,12 +137,12 @@ for (const [name, create] of backends) {
       for (const { manager } of [one!, two!, three!]) manager.start();
       await one!.store.append('tick-1', [{ type: 'Tick', data: null }]);
       await until(async () => (await one!.manager.timers()).length === 30, '30 timers set');
-      await Promise.all([one, two, three].map(({ manager }) => manager!.runOnce()));
+      await Promise.all([one!, two!, three!].map(({ manager }) => manager.runOnce()));
       assert.equal(handled.length, 0, 'no timer fires before it is due');
       await clock.advance(1000);
-      await Promise.all([one, two, three].map(({ manager }) => manager!.runOnce()));
+      await Promise.all([one!, two!, three!].map(({ manager }) => manager.runOnce()));
       await until(async () => handled.length >= 30 && (await one!.manager.commands()).length === 0, 'all sent');
-      await Promise.all([one, two, three].map(({ manager }) => manager!.runOnce()));
+      await Promise.all([one!, two!, three!].map(({ manager }) => manager.runOnce()));
       const instance = await one!.manager.instance('tick-1');
       assert.equal((instance?.state as { fired: number }).fired, 30, 'each timer was an input once');
       assert.equal(new Set(handled.map((c) => c.id)).size, 30);
