@@ -1,6 +1,6 @@
 /**
  * Accounts: open (with the holder's CPF, unique among open accounts), deposit, withdraw (never below zero), close
- * (only when empty, which frees the CPF), and the two halves of a transfer.
+ * (only when empty, which frees the CPF), the two halves of a transfer, and the refund of a transfer that failed.
  */
 import {
   defineAggregate,
@@ -35,6 +35,15 @@ export const TransferIn = defineCommand(
   z.object({ accountId: z.string(), transferId: z.string(), from: z.string(), amount: money }),
 );
 
+/**
+ * Internal: money of a transfer out of this account coming back, because the transfer could not finish (the target
+ * refused it). Sent by the `bank-transfers` process only. Taken by a closed account too: see the decider.
+ */
+export const RefundTransfer = defineCommand(
+  'RefundTransfer',
+  z.object({ accountId: z.string(), transferId: z.string(), to: z.string(), amount: money, reason: z.string() }),
+);
+
 /** `holderTaxId`: the CPF's 11 digits; absent from accounts opened before the bank kept CPFs. */
 export const AccountOpened = defineEvent(
   'AccountOpened',
@@ -58,6 +67,11 @@ export const MoneyTransferredIn = defineEvent(
   z.object({ transferId: z.string(), from: z.string(), amount: storedAmount }),
   moneyEventVersions,
 );
+/** Money of a transfer out (to `to`) back in this account: the transfer failed after the money left. */
+export const MoneyTransferRefunded = defineEvent(
+  'MoneyTransferRefunded',
+  z.object({ transferId: z.string(), to: z.string(), amount: storedAmount, reason: z.string() }),
+);
 export const AccountClosed = defineEvent('AccountClosed', z.object({}));
 export const accountEvents = [
   AccountOpened,
@@ -65,11 +79,18 @@ export const accountEvents = [
   MoneyWithdrawn,
   MoneyTransferredOut,
   MoneyTransferredIn,
+  MoneyTransferRefunded,
   AccountClosed,
 ];
 
 export type AccountCommand = CommandOf<
-  typeof OpenAccount | typeof Deposit | typeof Withdraw | typeof CloseAccount | typeof TransferOut | typeof TransferIn
+  | typeof OpenAccount
+  | typeof Deposit
+  | typeof Withdraw
+  | typeof CloseAccount
+  | typeof TransferOut
+  | typeof TransferIn
+  | typeof RefundTransfer
 >;
 export type AccountEvent = EventInputOf<(typeof accountEvents)[number]>;
 
@@ -102,6 +123,13 @@ export const account = defineAggregate<AccountState, AccountCommand, AccountEven
     }
     if (state.status === 'new')
       throw new DomainError(`account ${command.data.accountId} does not exist`, 'ACCOUNT_NOT_FOUND');
+    // A refund is never refused: the money left this account for a transfer that did not happen, and refusing it
+    // would lose it. The account may have been closed meanwhile (emptied by the transfer itself): it then holds the
+    // refund, closed, and the balance read model shows a closed account with money for the bank to give back.
+    if (RefundTransfer.is(command)) {
+      const { transferId, to, reason } = command.data;
+      return MoneyTransferRefunded.create({ transferId, to, amount: BigInt(command.data.amount).toString(), reason });
+    }
     if (state.status === 'closed')
       throw new DomainError(`account ${command.data.accountId} is closed`, 'ACCOUNT_CLOSED');
     if (CloseAccount.is(command)) {
@@ -134,6 +162,7 @@ export const account = defineAggregate<AccountState, AccountCommand, AccountEven
         return { ...state, status: 'open', owner: event.data.owner, holderTaxId: event.data.holderTaxId ?? null };
       case 'MoneyDeposited':
       case 'MoneyTransferredIn':
+      case 'MoneyTransferRefunded':
         return { ...state, balance: plus(state.balance, event.data.amount) };
       case 'MoneyWithdrawn':
       case 'MoneyTransferredOut':

@@ -29,19 +29,26 @@ import {
   OpenAccount,
   TransferIn,
   TransferOut,
+  RefundTransfer,
   Withdraw,
 } from './account.js';
 import { cpfUniqueness } from './cpf.js';
 import { amount as money } from './money.js';
 import { ConfirmPayment, CreatePayment, payment, paymentEvents, RefundPayment } from './payment.js';
+import { CompleteTransfer, FailTransfer, RequestTransfer, transfer, transferEvents } from './transfer.js';
 
 export * from './account.js';
 export * from './cpf.js';
 export * from './money.js';
 export * from './payment.js';
 export * from './read-models.js';
+export * from './transfer.js';
+export * from './transfer-process.js';
 
-/** Moves money between two accounts: both halves commit in one transaction, or neither does. */
+/**
+ * Moves money between two accounts: both halves commit in one transaction, or neither does. The other way is
+ * `RequestTransfer`, carried out step by step by the `bank-transfers` process (transfer-process.ts).
+ */
 export const TransferMoney = defineCommand(
   'TransferMoney',
   z
@@ -61,7 +68,9 @@ export const TransferMoney = defineCommand(
 );
 
 /** Every event type of the bank, for the store's registry (validation on append, upcasting on read). */
-export const bankEvents = eventRegistry([...accountEvents, ...paymentEvents], { strict: false });
+export const bankEvents = eventRegistry([...accountEvents, ...paymentEvents, ...transferEvents], {
+  strict: false,
+});
 
 /**
  * The bank's uniqueness rules for the store's `uniqueness` option: one CPF per open account. Give a `key` (16 bytes
@@ -83,6 +92,14 @@ export function createBank(store: EventStore, options: { snapshots?: SnapshotSto
   for (const command of [OpenAccount, Deposit, Withdraw, CloseAccount]) bus.register(command, byAccount);
   const byPayment = payments.handler((command) => command.data.paymentId);
   for (const command of [CreatePayment, ConfirmPayment, RefundPayment]) bus.register(command, byPayment);
+  const transfers = createRepository(store, transfer, { ...options, retry });
+  const byTransfer = transfers.handler((command) => command.data.transferId);
+  bus.register(RequestTransfer, byTransfer);
+  // The steps of the transfer process, on a bus of their own that clients are not given (a TransferIn alone would
+  // be money from nowhere); its idempotency keys are in the same store, so a step sent twice is handled once.
+  const processBus = createCommandBus({ middleware: defaultMiddleware(store, { retry }) });
+  for (const command of [TransferOut, TransferIn, RefundTransfer]) processBus.register(command, byAccount);
+  for (const command of [CompleteTransfer, FailTransfer]) processBus.register(command, byTransfer);
   bus.register(TransferMoney, async (command, context) => {
     const { transferId, from, to, amount } = command.data;
     const metadata = { correlationId: command.metadata.correlationId ?? command.id, causationId: command.id };
@@ -104,5 +121,5 @@ export function createBank(store: EventStore, options: { snapshots?: SnapshotSto
     };
     return context.retrying || context.session ? both() : retryOnConflict(both, retry);
   });
-  return { bus, accounts, payments };
+  return { bus, processBus, accounts, payments, transfers };
 }

@@ -63,6 +63,7 @@ function movement(event: RecordedEvent): StatementLine['amount'] | null {
   switch (event.type) {
     case 'MoneyDeposited':
     case 'MoneyTransferredIn':
+    case 'MoneyTransferRefunded':
       return plus(0, amount);
     case 'MoneyWithdrawn':
     case 'MoneyTransferredOut':
@@ -120,6 +121,8 @@ export const bankReadModels = defineProjection({
     MoneyWithdrawn: (event, { documents }) => applyMovement(event, documents),
     MoneyTransferredIn: (event, { documents }) => applyMovement(event, documents),
     MoneyTransferredOut: (event, { documents }) => applyMovement(event, documents),
+    // New with transfers as a process; no earlier log holds one, so the projection's version stays.
+    MoneyTransferRefunded: (event, { documents }) => applyMovement(event, documents),
     AccountClosed: async (event, { documents }) => {
       await documents<BalanceView>('balance').update(accountIdOf(event), (current) =>
         current ? { ...current, status: 'closed', version: event.version } : null,
