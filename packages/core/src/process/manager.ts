@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import { systemClock, type Clock } from '../clock.js';
 import type { Command } from '../command.js';
-import { DomainError, safeQuote, toError, UnknownCommandError, ValidationError } from '../errors.js';
+import { safeQuote } from '../errors.js';
 import type { RecordedEvent } from '../event.js';
 import { jsonIssues, type JsonValue } from '../json.js';
 import type { EventStore } from '../store/contract.js';
@@ -21,8 +21,11 @@ import type { CommandBus } from '../write/command-bus.js';
 import type { OutboxCommand, ProcessInstanceRecord, ProcessStore, TimerRecord } from './contract.js';
 import type { ProcessDecision, ProcessDefinition, ProcessInput } from './definition.js';
 import { ProcessDecisionError } from './errors.js';
+import { createWorkLoop, positiveOption, type WorkLoop } from './loop.js';
+import { createOutboxSender, type CommandSendingOptions, type OutboxSender } from './sender.js';
+import { dueTimeOf, fireDueTimers } from './timers.js';
 
-export interface ProcessManagerOptions<State, Tx> {
+export interface ProcessManagerOptions<State, Tx> extends CommandSendingOptions {
   process: ProcessDefinition<State>;
   store: EventStore;
   /** Checkpoints and leases of the process's subscription; its `Tx` is the process store's. */
@@ -41,10 +44,6 @@ export interface ProcessManagerOptions<State, Tx> {
    * keeps reading while the test holds the process's time still.
    */
   subscriptionClock?: Clock;
-  /** Tries of a command that fails (not refused by the domain) before it is parked. Default 5. */
-  maxCommandAttempts?: number;
-  /** Backoff of those tries: base and cap, ms. Default 100 and 30 000. */
-  commandRetry?: { baseDelayMs?: number; maxDelayMs?: number };
   /** How often the sender and the timer loop look for work when nothing wakes them. Default 1000 and 100 ms. */
   pollIntervalMs?: { commands?: number; timers?: number };
   /** Passed to the subscription: retries of a failing input before it is parked, batch size, lease. */
@@ -74,8 +73,6 @@ export interface ProcessManager {
   runOnce(): Promise<{ sent: number; fired: number }>;
 }
 
-const DEFAULT_MAX_ATTEMPTS = 5;
-
 export function createProcessManager<State, Tx>(options: ProcessManagerOptions<State, Tx>): ProcessManager {
   return new ProcessRunner(options);
 }
@@ -97,28 +94,60 @@ class ProcessRunner<State, Tx> implements ProcessManager {
   private readonly definition: ProcessDefinition<State>;
   private readonly processes: ProcessStore<Tx>;
   private readonly clock: Clock;
-  private readonly maxAttempts: number;
-  private readonly baseDelay: number;
-  private readonly maxDelay: number;
-  private readonly commandPoll: number;
-  private readonly timerPoll: number;
+  private readonly sender: OutboxSender;
+  private readonly loops: { readonly commands: WorkLoop; readonly timers: WorkLoop };
   private running = false;
+  /** Set while stop() waits: a pass in progress takes no more commands or timers. */
+  private halted = false;
   private halt = new AbortController();
-  private loops: Promise<void>[] = [];
-  /** Set when something may have given a loop work since it last looked; aborting `rests` ends its rest. */
-  private readonly woken = { commands: false, timers: false };
-  private readonly rests = { commands: new AbortController(), timers: new AbortController() };
 
   constructor(private readonly options: ProcessManagerOptions<State, Tx>) {
     this.definition = options.process;
     this.name = options.process.name;
     this.processes = options.processes;
     this.clock = options.clock ?? systemClock;
-    this.maxAttempts = positive(options.maxCommandAttempts, DEFAULT_MAX_ATTEMPTS, 'maxCommandAttempts');
-    this.baseDelay = positive(options.commandRetry?.baseDelayMs, 100, 'commandRetry.baseDelayMs');
-    this.maxDelay = positive(options.commandRetry?.maxDelayMs, 30_000, 'commandRetry.maxDelayMs');
-    this.commandPoll = positive(options.pollIntervalMs?.commands, 1000, 'pollIntervalMs.commands');
-    this.timerPoll = positive(options.pollIntervalMs?.timers, 100, 'pollIntervalMs.timers');
+    const owner = 'Process manager';
+    this.sender = createOutboxSender({
+      process: this.name,
+      processes: this.processes,
+      bus: options.bus,
+      clock: this.clock,
+      sending: options,
+      owner,
+      onRefused: (row, error) =>
+        this.processes.transaction(async (tx) => {
+          if (!(await this.processes.removeCommand(tx, this.name, row.command.id))) return;
+          await this.applyAll(tx, [
+            {
+              instance: row.instance,
+              input: {
+                kind: 'rejected',
+                command: row.command,
+                error: { code: error.code, rule: error.rule, message: error.message },
+              },
+            },
+          ]);
+        }),
+      halted: () => this.halted,
+      onError: options.onError,
+    });
+    const loop = (which: 'commands' | 'timers', intervalMs: number, work: () => Promise<number>) =>
+      createWorkLoop({
+        clock: this.clock,
+        intervalMs,
+        work,
+        onError: (error) => this.options.onError?.(error, `process ${this.name}: ${which}`),
+      });
+    this.loops = {
+      commands: loop(
+        'commands',
+        positiveOption(options.pollIntervalMs?.commands, 1000, 'pollIntervalMs.commands', owner),
+        () => this.sender.sendDue(),
+      ),
+      timers: loop('timers', positiveOption(options.pollIntervalMs?.timers, 100, 'pollIntervalMs.timers', owner), () =>
+        this.fireDueTimers(),
+      ),
+    };
     this.subscription = createSubscription<Tx>({
       name: `process:${this.name}`,
       store: options.store,
@@ -137,17 +166,20 @@ class ProcessRunner<State, Tx> implements ProcessManager {
   start(): void {
     if (this.running) return;
     this.running = true;
+    this.halted = false;
     this.halt = new AbortController();
     this.subscription.start();
-    this.loops = [this.loop('commands'), this.loop('timers')];
+    this.loops.commands.start();
+    this.loops.timers.start();
   }
 
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
+    this.halted = true;
     this.halt.abort();
-    await Promise.all([this.subscription.stop(), ...this.loops]);
-    this.loops = [];
+    await Promise.all([this.subscription.stop(), this.loops.commands.stop(), this.loops.timers.stop()]);
+    this.halted = false;
   }
 
   instance(id: string): Promise<ProcessInstanceRecord | null> {
@@ -168,13 +200,13 @@ class ProcessRunner<State, Tx> implements ProcessManager {
 
   async retryCommand(commandId: string): Promise<boolean> {
     const retried = await this.processes.retryCommand(this.name, commandId, this.now());
-    if (retried) this.wake('commands');
+    if (retried) this.loops.commands.wake();
     return retried;
   }
 
   async runOnce(): Promise<{ sent: number; fired: number }> {
     const fired = await this.fireDueTimers();
-    const sent = await this.sendDueCommands();
+    const sent = await this.sender.sendDue();
     return { sent, fired };
   }
 
@@ -216,8 +248,8 @@ class ProcessRunner<State, Tx> implements ProcessManager {
   private wakeAfter(event: RecordedEvent): void {
     void this.subscription.waitFor(event.position, { timeoutMs: Infinity, signal: this.halt.signal }).then(
       () => {
-        this.wake('commands');
-        this.wake('timers');
+        this.loops.commands.wake();
+        this.loops.timers.wake();
       },
       () => undefined,
     );
@@ -374,20 +406,16 @@ class ProcessRunner<State, Tx> implements ProcessManager {
         id.includes('\u0000')
       )
         fail(`decide(): timer id ${safeQuote(id)} must be a string of 1 to 200 characters`);
-      let due: number;
-      if (request.at !== undefined) {
-        if (!(request.at instanceof Date) || Number.isNaN(request.at.getTime()))
-          fail(`decide(): timer '${id}': at must be a valid Date`);
-        due = request.at.getTime();
-      } else if (request.afterMs !== undefined) {
-        if (typeof request.afterMs !== 'number' || !Number.isFinite(request.afterMs) || request.afterMs < 0)
-          fail(`decide(): timer '${id}': afterMs must be a finite number of ms, 0 or more`);
-        due = now.getTime() + request.afterMs;
-      } else return fail(`decide(): timer '${id}' needs at (a Date) or afterMs`);
+      let dueAt: Date;
+      try {
+        dueAt = dueTimeOf(`timer '${id}'`, now, request.at, request.afterMs);
+      } catch (error) {
+        return fail(`decide(): ${(error as Error).message}`);
+      }
       const data = request.data ?? null;
       const issues = jsonIssues(data, ['schedule', id, 'data']);
       if (issues.length > 0) fail(`decide(): the data of timer '${id}' is not JSON`, issues);
-      return { id, name: request.name, dueAt: new Date(due), data: data as JsonValue };
+      return { id, name: request.name, dueAt, data: data as JsonValue };
     });
     const cancel = decision.cancel ?? [];
     if (!Array.isArray(cancel) || cancel.some((id) => typeof id !== 'string'))
@@ -402,133 +430,29 @@ class ProcessRunner<State, Tx> implements ProcessManager {
     };
   }
 
-  // --- the sender and the timer loop --------------------------------------------------------------------------
+  // --- the timer loop (the sender is ./sender.ts) ----------------------------------------------------------
 
-  private wake(which: 'commands' | 'timers'): void {
-    this.woken[which] = true;
-    this.rests[which].abort();
-  }
-
-  private async loop(which: 'commands' | 'timers'): Promise<void> {
-    const interval = which === 'commands' ? this.commandPoll : this.timerPoll;
-    while (this.running) {
-      this.woken[which] = false;
-      let worked = 0;
-      try {
-        worked = which === 'commands' ? await this.sendDueCommands() : await this.fireDueTimers();
-      } catch (error) {
-        this.options.onError?.(error, `process ${this.name}: ${which}`);
-      }
-      if (!this.running) break;
-      if (worked > 0 || this.woken[which]) continue;
-      // Rest until the poll interval passes, something wakes this loop, or stop() halts it.
-      this.rests[which] = new AbortController();
-      await this.clock.sleep(interval, AbortSignal.any([this.rests[which].signal, this.halt.signal]));
-    }
-  }
-
-  /**
-   * Fires the timers due now: on a store whose transactions roll back, all of them in one transaction (taken, applied
-   * and written together); when that fails, or on a store that is not atomic, each in a transaction of its own with
-   * the input it gives. Resolves with how many fired.
-   */
+  /** Fires the timers due now, each one an input of its instance, taken and applied in one transaction. */
   private async fireDueTimers(): Promise<number> {
     const now = this.now();
-    const due = await this.processes.dueTimers(this.name, now, DUE_TIMERS_BATCH);
-    if (due.length === 0) return 0;
-    let fired = 0;
-    if (this.processes.atomic && due.length > 1) {
-      try {
-        fired = await this.processes.transaction((tx) => this.fire(tx, due, now));
-      } catch (error) {
-        this.options.onError?.(error, `process ${this.name}: timers`);
-      }
-    }
-    if (fired === 0) {
-      for (const timer of due) {
-        if (!this.running && this.loops.length > 0) break;
-        fired += await this.processes.transaction((tx) => this.fire(tx, [timer], now));
-      }
-    }
-    if (fired > 0) this.wake('commands');
-    return fired;
-  }
-
-  /** Takes the timers (those still there) and applies them in `tx`; resolves with how many it took. */
-  private async fire(tx: Tx, timers: readonly TimerRecord[], now: Date): Promise<number> {
-    const taken = await Promise.all(
-      timers.map((timer) => this.processes.takeTimer(tx, this.name, timer.instance, timer.id, now)),
-    );
-    const inputs: Pending[] = [];
-    for (const timer of taken) {
-      if (timer === null) continue;
-      inputs.push({
-        instance: timer.instance,
-        input: { kind: 'timer', id: timer.id, name: timer.name, data: timer.data, dueAt: timer.dueAt },
-      });
-    }
-    await this.applyAll(tx, inputs);
-    return inputs.length;
-  }
-
-  /** Sends the commands due now. Resolves with how many left the outbox (sent, refused or parked). */
-  private async sendDueCommands(): Promise<number> {
-    const rows = await this.processes.nextCommands(this.name, this.now(), 100);
-    let done = 0;
-    // Sent commands leave the outbox together at the end of the pass, in one transaction: a crash before it sends
-    // them again, and the bus recognises them by their idempotency keys.
-    const sent: string[] = [];
-    try {
-      for (const row of rows) {
-        if (!this.running && this.loops.length > 0) break;
-        if (await this.send(row, sent)) done++;
-      }
-    } finally {
-      if (sent.length > 0)
-        await this.processes.transaction((tx) =>
-          Promise.all(sent.map((id) => this.processes.removeCommand(tx, this.name, id))),
+    const fired = await fireDueTimers({
+      process: this.name,
+      processes: this.processes,
+      now,
+      apply: async (tx, timers) => {
+        await this.applyAll(
+          tx,
+          timers.map((timer) => ({
+            instance: timer.instance,
+            input: { kind: 'timer', id: timer.id, name: timer.name, data: timer.data, dueAt: timer.dueAt },
+          })),
         );
-    }
-    return done;
-  }
-
-  /** Sends one command: true when it was sent (its id added to `sent`) or refused by the domain. */
-  private async send(row: OutboxCommand, sent: string[]): Promise<boolean> {
-    try {
-      await this.options.bus.dispatch(row.command);
-      sent.push(row.command.id);
-      return true;
-    } catch (thrown) {
-      const error = toError(thrown);
-      if (error instanceof DomainError) {
-        await this.processes.transaction(async (tx) => {
-          if (!(await this.processes.removeCommand(tx, this.name, row.command.id))) return;
-          await this.applyAll(tx, [
-            {
-              instance: row.instance,
-              input: {
-                kind: 'rejected',
-                command: row.command,
-                error: { code: error.code, rule: error.rule, message: error.message },
-              },
-            },
-          ]);
-        });
-        return true;
-      }
-      const attempts = row.attempts + 1;
-      const permanent = error instanceof ValidationError || error instanceof UnknownCommandError;
-      const park = permanent || attempts >= this.maxAttempts;
-      const delay = Math.min(this.maxDelay, this.baseDelay * 2 ** (attempts - 1));
-      await this.processes.commandFailed(this.name, row.command.id, {
-        attempts,
-        error: { name: error.name, message: error.message },
-        notBefore: new Date(this.now().getTime() + delay),
-        park,
-      });
-      if (!park) this.options.onError?.(error, `process ${this.name}: command ${row.command.type} ${row.command.id}`);
-      return false;
-    }
+      },
+      halted: () => this.halted,
+      onError: this.options.onError,
+    });
+    if (fired > 0) this.loops.commands.wake();
+    return fired;
   }
 
   private now(): Date {
@@ -543,18 +467,8 @@ interface Pending {
   readonly event?: RecordedEvent;
 }
 
-/** Due timers taken per pass of the timer loop (one transaction). */
-const DUE_TIMERS_BATCH = 500;
-
 function keyOf(input: ProcessInput): string {
   if (input.kind === 'event') return `event:${input.event.id}`;
   if (input.kind === 'timer') return `timer:${input.id}:${input.dueAt.getTime()}`;
   return `rejected:${input.command.id}`;
-}
-
-function positive(value: number | undefined, fallback: number, name: string): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)
-    throw new ValidationError(`Process manager option ${name} must be a positive number, got ${safeQuote(value)}`);
-  return value;
 }
