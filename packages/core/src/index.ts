@@ -211,3 +211,10 @@ export {
   type ProcessManagerOptions,
 } from './process/manager.js';
 export { ProcessDecisionError, ProcessStoreClosedError } from './process/errors.js';
+export type { CommandSendingOptions } from './process/sender.js';
+export {
+  createCommandScheduler,
+  type CommandScheduler,
+  type CommandSchedulerOptions,
+  type ScheduledCommand,
+} from './process/scheduler.js';
