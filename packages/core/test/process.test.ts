@@ -329,6 +329,152 @@ describe('process managers', () => {
     }
   });
 
+  it('several instances in flight at once, each instance strictly in order; a failing instance holds back no other', async () => {
+    const clock = createTestClock();
+    const store = createInMemoryStore({ clock });
+    // No middleware: the in-memory store runs transactions (the idempotency middleware's) one at a time.
+    const bus = createCommandBus();
+    let inFlight = 0;
+    let most = 0;
+    const handled: Array<[string, number]> = [];
+    const tried: Array<[string, number]> = [];
+    const Step = defineCommand('Step', z.object({ instance: z.string(), n: z.number().int() }));
+    bus.register(Step, async (command): Promise<CommandResult> => {
+      const { instance, n } = command.data;
+      tried.push([instance, n]);
+      inFlight++;
+      most = Math.max(most, inFlight);
+      try {
+        // Later instances finish sooner: without per-instance order, their second step would overtake.
+        for (let i = 0; i < 20 - Number(instance.slice(1)); i++) await new Promise((resolve) => setImmediate(resolve));
+        if (instance === 'i0') throw new Error('downstream away');
+        handled.push([instance, n]);
+        const result = await store.append(`step-${instance}-${n}`, [{ type: 'Stepped', data: null }]);
+        return { streamId: `step-${instance}-${n}`, version: result.version, position: result.position, events: [] };
+      } finally {
+        inFlight--;
+      }
+    });
+    const manager = createProcessManager({
+      process: defineProcess({
+        name: 'steps',
+        startedBy: ['Go'],
+        correlate: (event) => event.streamId.slice('go-'.length),
+        initialState: () => ({}),
+        decide: (input) =>
+          input.kind === 'event'
+            ? { commands: [0, 1, 2].map((n) => Step.create({ instance: input.event.streamId.slice(3), n })) }
+            : {},
+      }),
+      store,
+      subscriptions: createInMemorySubscriptionStore(store, { clock }),
+      processes: createInMemoryProcessStore(),
+      bus,
+      clock,
+      commandsInFlight: 4,
+      maxCommandAttempts: 2,
+      commandRetry: { baseDelayMs: 1000, maxDelayMs: 1000 },
+    });
+    for (let i = 0; i < 6; i++) await store.append(`go-i${i}`, [{ type: 'Go', data: null }]);
+    const head = (await collect(store.readAll())).at(-1)!;
+    manager.subscription.start();
+    await manager.subscription.waitFor(head.position, { timeoutMs: 10_000 });
+    await manager.subscription.stop();
+    for (let pass = 0; pass < 3; pass++) await manager.runOnce();
+    assert.equal(most, 4, 'four commands of four instances in flight at once, no more');
+    for (let i = 1; i < 6; i++)
+      assert.deepEqual(
+        handled.filter(([instance]) => instance === `i${i}`).map(([, n]) => n),
+        [0, 1, 2],
+        `instance i${i} in order`,
+      );
+    assert.equal(handled.length, 15, 'every other instance done while i0 fails');
+    assert.deepEqual(
+      tried.filter(([instance]) => instance === 'i0'),
+      [['i0', 0]],
+      'i0’s later steps wait',
+    );
+    await clock.advance(1000);
+    await manager.runOnce();
+    const parked = await manager.commands({ status: 'parked' });
+    assert.equal(parked.length, 1, 'parked after its tries');
+    assert.deepEqual(
+      tried.filter(([instance]) => instance === 'i0'),
+      [
+        ['i0', 0],
+        ['i0', 0],
+      ],
+      'a parked command holds its instance back',
+    );
+    assert.equal((await manager.commands({ instance: 'i0', status: 'pending' })).length, 2);
+  });
+
+  it('one command in flight with commandsInFlight 1; a bad commandsInFlight is refused', async () => {
+    const { store, bus } = setup(responses(1));
+    for (const bad of [0, -1, 1001, Number.NaN, '4'])
+      assert.throws(
+        () =>
+          createProcessManager({
+            process: responses(1),
+            store,
+            subscriptions: createInMemorySubscriptionStore(store),
+            processes: createInMemoryProcessStore(),
+            bus,
+            commandsInFlight: bad as number,
+          }),
+        ValidationError,
+      );
+  });
+
+  it('a timer cancelled by an earlier input of the same batch does not fire', async () => {
+    const clock = createTestClock();
+    const store = createInMemoryStore({ clock });
+    const bus = createCommandBus({ middleware: defaultMiddleware(store) });
+    const fired: string[] = [];
+    // An atomic store fires all the due timers in one batch (one transaction); this one claims to be, to take that path.
+    const memory = createInMemoryProcessStore();
+    const processes = { ...memory, atomic: true };
+    const manager = createProcessManager({
+      process: defineProcess({
+        name: 'race',
+        startedBy: ['Start'],
+        correlate: () => 'one',
+        initialState: () => ({ fired: [] as string[] }),
+        evolve: (state, input) => (input.kind === 'timer' ? { fired: [...state.fired, input.id] } : state),
+        decide: (input) => {
+          if (input.kind === 'event')
+            return {
+              schedule: [
+                { id: 'first', name: 'first', afterMs: 1000 },
+                { id: 'second', name: 'second', afterMs: 1000 },
+                { id: 'third', name: 'third', afterMs: 1000 },
+              ],
+            };
+          if (input.kind === 'timer') {
+            fired.push(input.id);
+            if (input.id === 'first') return { cancel: ['second'] };
+          }
+          return {};
+        },
+      }),
+      store,
+      subscriptions: createInMemorySubscriptionStore(store, { clock }),
+      processes,
+      bus,
+      clock,
+    });
+    const { position } = await store.append('race-1', [{ type: 'Start', data: null }]);
+    manager.subscription.start();
+    await manager.subscription.waitFor(position, { timeoutMs: 10_000 });
+    await manager.subscription.stop();
+    assert.equal((await manager.timers()).length, 3);
+    await clock.advance(1000);
+    assert.deepEqual(await manager.runOnce(), { sent: 0, fired: 3 }, 'all three taken in one batch');
+    assert.deepEqual(fired, ['first', 'third'], 'the second was cancelled by the first');
+    assert.deepEqual((await manager.instance('one'))?.state, { fired: ['first', 'third'] });
+    assert.equal((await manager.instance('one'))?.inputs, 3, 'the start and two timers');
+  });
+
   it('refuses a bad definition and bad options with typed errors', () => {
     const base = { name: 'p', startedBy: ['A'], correlate: () => 'x', initialState: () => ({}), decide: () => ({}) };
     for (const bad of [
