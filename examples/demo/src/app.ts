@@ -2,7 +2,7 @@
  * The demo service, composed from parts: the bank and the guest list on one event store, their read models as async
  * projections, and the HTTP API. Storage is passed in, so the same app runs on PGlite, PostgreSQL or in memory.
  */
-import { bankReadModels, createBank } from '@eventline/example-bank';
+import { bankReadModels, createBank, transferProcess } from '@eventline/example-bank';
 import { createGuestlist, guestlistReadModels, responseSaga } from '@eventline/example-guestlist';
 import { createHttpApi } from '@eventline/server';
 import {
@@ -24,7 +24,7 @@ export interface DemoStorage<Tx> {
   documents: DocumentStore<Tx>;
   catalog: ProjectionCatalog;
   snapshots?: SnapshotStore;
-  /** Where the guest list's ResponseSaga keeps its state; without it, the saga does not run. */
+  /** Where the process managers (the guest list's ResponseSaga, the bank's transfers) keep their state; without it, they do not run. */
   processes?: ProcessStore<Tx>;
 }
 
@@ -53,19 +53,29 @@ export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: DemoOpti
     guestlist: createAsyncProjection({ ...common, projection: guestlistReadModels }),
   };
   for (const projection of Object.values(projections)) await projection.start();
-  const saga = storage.processes
-    ? createProcessManager({
-        process: responseSaga({
-          limit: options.guestlistLimit ?? 2,
-          ...(options.answerTimeoutMs === undefined ? {} : { answerTimeoutMs: options.answerTimeoutMs }),
+  // The process managers: the guest list's ResponseSaga, and the bank's transfers carried out step by step.
+  const processes = storage.processes
+    ? [
+        createProcessManager({
+          process: responseSaga({
+            limit: options.guestlistLimit ?? 2,
+            ...(options.answerTimeoutMs === undefined ? {} : { answerTimeoutMs: options.answerTimeoutMs }),
+          }),
+          store: storage.store,
+          subscriptions: storage.subscriptions,
+          processes: storage.processes,
+          bus: guestlist.bus,
         }),
-        store: storage.store,
-        subscriptions: storage.subscriptions,
-        processes: storage.processes,
-        bus: guestlist.bus,
-      })
-    : null;
-  saga?.start();
+        createProcessManager({
+          process: transferProcess,
+          store: storage.store,
+          subscriptions: storage.subscriptions,
+          processes: storage.processes,
+          bus: bank.processBus,
+        }),
+      ]
+    : [];
+  for (const manager of processes) manager.start();
   const api = createHttpApi({
     store: storage.store,
     buses: [bank.bus, guestlist.bus],
@@ -77,10 +87,10 @@ export async function createDemo<Tx>(storage: DemoStorage<Tx>, options: DemoOpti
     bank,
     guestlist,
     projections,
-    saga,
+    processes,
     async close() {
       await api.close();
-      await saga?.stop();
+      for (const manager of processes) await manager.stop();
       for (const projection of Object.values(projections)) await projection.stop();
     },
   };

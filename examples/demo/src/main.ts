@@ -3,7 +3,7 @@
  * store in ./.eventline/demo, or on PostgreSQL when DATABASE_URL is set. Listens on 127.0.0.1:$PORT (default 3000).
  * A port that is taken, or a data directory another process holds, is said in one line (and exit code 1), not a stack.
  */
-import { accountEvents, bankUniqueness, paymentEvents } from '@eventline/example-bank';
+import { accountEvents, bankUniqueness, paymentEvents, transferEvents } from '@eventline/example-bank';
 import { invitationEvents } from '@eventline/example-guestlist';
 import { DataDirectoryLockedError } from '@eventline/postgres';
 import { eventRegistry } from '@eventline/core';
@@ -19,7 +19,7 @@ const portText = process.env.PORT ?? '3000';
 const port = /^[0-9]{1,5}$/.test(portText) ? Number(portText) : NaN;
 if (!(port >= 0 && port <= 65535)) fail(`PORT must be a port number from 0 to 65535, got '${portText}'`);
 
-const events = eventRegistry([...accountEvents, ...paymentEvents, ...invitationEvents]);
+const events = eventRegistry([...accountEvents, ...paymentEvents, ...transferEvents, ...invitationEvents]);
 const dataDir = process.env.EVENTLINE_DATA ?? './.eventline/demo';
 const limitText = process.env.GUESTLIST_LIMIT ?? '2';
 const guestlistLimit = /^[0-9]{1,9}$/.test(limitText) ? Number(limitText) : NaN;

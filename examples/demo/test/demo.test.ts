@@ -113,4 +113,31 @@ describe('demo service (in memory)', () => {
       await demo.close();
     }
   });
+
+  it('a transfer as a process over HTTP: requested, then carried out step by step', async () => {
+    const store = createInMemoryStore();
+    const demo = await createDemo({
+      store,
+      subscriptions: createInMemorySubscriptionStore(store),
+      documents: createInMemoryDocumentStore(),
+      catalog: createInMemoryProjectionCatalog(),
+      processes: createInMemoryProcessStore(),
+    });
+    try {
+      const command = async (type: string, data: unknown) => {
+        const response = await demo.api.inject({ method: 'POST', url: `/commands/${type}`, payload: data as object });
+        assert.equal(response.statusCode, 200, response.body);
+      };
+      const balance = async (id: string) =>
+        ((await demo.api.inject({ url: `/read-models/bank/balance/${id}` })).json() as { balance?: string }).balance;
+      await command('OpenAccount', { accountId: 'ada', owner: 'Ada', holderTaxId: sampleCpf('ada') });
+      await command('OpenAccount', { accountId: 'bob', owner: 'Bob', holderTaxId: sampleCpf('bob') });
+      await command('Deposit', { accountId: 'ada', amount: 100 });
+      await command('RequestTransfer', { transferId: 't1', from: 'ada', to: 'bob', amount: 30 });
+      await until(async () => (await balance('bob')) === '30', 'bob credited by the process');
+      assert.equal(await balance('ada'), '70');
+    } finally {
+      await demo.close();
+    }
+  });
 });

@@ -6,12 +6,12 @@
  * Environment: PORT (default 3000); DATABASE_URL (PostgreSQL, schema BANK_SCHEMA, default `bank`) or the PGlite
  * directory BANK_DATA (default ./.eventline/bank); NATS_URL (default nats://127.0.0.1:4222); BUS_PREFIX (default `bank`).
  */
-import { accountEvents, bankUniqueness, paymentEvents } from '@eventline/example-bank';
+import { accountEvents, bankUniqueness, paymentEvents, transferEvents } from '@eventline/example-bank';
 import { createDemo, openSqlStore, sqlStorage, stopOnSignals } from '@eventline/example-demo';
 import { createNatsTransport } from '@eventline/nats';
 import { createPublisher, eventRegistry, replayToTransport } from '@eventline/core';
 
-const events = eventRegistry([...accountEvents, ...paymentEvents], { strict: false });
+const events = eventRegistry([...accountEvents, ...paymentEvents, ...transferEvents], { strict: false });
 const { store } = await openSqlStore({
   events,
   uniqueness: bankUniqueness(process.env.EVENTLINE_CLAIMS_KEY),
