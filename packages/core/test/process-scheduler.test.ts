@@ -195,6 +195,8 @@ describe('command scheduler', () => {
       { ...good, data: { when: new Date() } },
       { ...good, data: { bad: '\ud800' } },
       { ...good, metadata: { correlationId: () => 1 } },
+      { ...good, metadata: { idempotencyKey: 'has spaces and\u0000' } },
+      { ...good, metadata: { idempotencyKey: 'k'.repeat(201) } },
     ])
       await assert.rejects(
         s.scheduleCommand({ afterMs: 1 }, command as never),

@@ -11,7 +11,7 @@ import { safeQuote, UnknownCommandError, ValidationError } from '../errors.js';
 import { isUuid } from '../ids.js';
 import { jsonIssues, type JsonValue } from '../json.js';
 import { isValidEventType } from '../stream-id.js';
-import type { CommandBus } from '../write/command-bus.js';
+import { idempotencyStreamId, type CommandBus } from '../write/command-bus.js';
 import type { OutboxCommand, ProcessStore, TimerRecord } from './contract.js';
 import { assertProcessName } from './definition.js';
 import { createWorkLoop, positiveOption, type WorkLoop } from './loop.js';
@@ -250,6 +250,8 @@ function checkCommand(command: unknown, bus: CommandBus): Command {
   const issues = [...jsonIssues(given.data, ['data']), ...jsonIssues(given.metadata, ['metadata'])];
   if (issues.length > 0)
     throw new ValidationError(`scheduleCommand(): command '${given.type}' is not JSON`, issues, command);
+  // A key the bus would refuse at the due time is refused now (idempotencyStreamId throws a ValidationError).
+  if (given.metadata.idempotencyKey !== undefined) idempotencyStreamId(given.metadata.idempotencyKey);
   const types = bus.types();
   if (!types.includes(given.type)) throw new UnknownCommandError(given.type, types);
   const id = given.id.toLowerCase();
