@@ -194,6 +194,8 @@ export {
 // Process managers (sagas) and timers.
 export {
   defineProcess,
+  processFromClass,
+  type ProcessRoot,
   type ProcessDecision,
   type ProcessDefinition,
   type ProcessEventInput,

@@ -11,6 +11,10 @@ import {
   defaultMiddleware,
   defineCommand,
   defineProcess,
+  processFromClass,
+  type ProcessDecision,
+  type ProcessInput,
+  type ProcessRoot,
   DomainError,
   processCommandId,
   ValidationError,
@@ -501,5 +505,57 @@ describe('process managers', () => {
         }),
       ValidationError,
     );
+  });
+});
+
+describe('process managers in the class style', () => {
+  class Responses implements ProcessRoot {
+    accepted = 0;
+    confirmed: string[] = [];
+    apply(input: ProcessInput) {
+      if (input.kind !== 'event' || input.event.type !== 'Accepted') return;
+      this.accepted++;
+      if (this.accepted <= 2) this.confirmed.push(input.event.streamId.slice('invite-'.length));
+    }
+    handle(input: ProcessInput): ProcessDecision {
+      if (input.kind !== 'event' || input.event.type !== 'Accepted') return {};
+      const inviteId = input.event.streamId.slice('invite-'.length);
+      return {
+        commands: [this.confirmed.includes(inviteId) ? Confirm.create({ inviteId }) : Deny.create({ inviteId })],
+      };
+    }
+  }
+
+  it('keeps the fields of the object as its state and runs like the decider style', async () => {
+    const process = processFromClass({
+      name: 'responses',
+      startedBy: ['Accepted'],
+      correlate: () => 'all',
+      create: () => new Responses(),
+    });
+    const { store, handled, manager } = setup(process as never);
+    manager.start();
+    try {
+      for (const id of ['ana', 'bia', 'caio']) await answer(store, id, 'Accepted');
+      await until(() => handled.length === 3, 'three commands');
+      assert.deepEqual(
+        handled.map((c) => [c.type, (c.data as { inviteId: string }).inviteId]),
+        [
+          ['Confirm', 'ana'],
+          ['Confirm', 'bia'],
+          ['Deny', 'caio'],
+        ],
+      );
+      assert.deepEqual((await manager.instance('all'))?.state, { accepted: 3, confirmed: ['ana', 'bia'] });
+    } finally {
+      await manager.stop();
+    }
+  });
+
+  it('refuses a create that is not a function, or an object without handle', () => {
+    const base = { name: 'p', startedBy: ['A'], correlate: () => 'x' };
+    assert.throws(() => processFromClass({ ...base, create: 'no' } as never), ValidationError);
+    const noHandle = processFromClass({ ...base, create: () => ({}) as never });
+    assert.throws(() => noHandle.initialState() && noHandle.decide({ kind: 'timer' } as never, {}), ValidationError);
   });
 });

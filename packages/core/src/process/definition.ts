@@ -142,3 +142,71 @@ export function assertProcessName(name: unknown): asserts name is string {
       `Invalid process name ${safeQuote(name)}: use 1 to 100 characters, a letter first, then letters, digits, '_', '-' or '.' (e.g. 'guestlist-responses')`,
     );
 }
+
+/**
+ * The class style of a process: an object that applies each input to itself (`apply`, optional) and then says what to
+ * do (`handle`). Its state is its own enumerable fields, kept as JSON and restored with `Object.assign(create(), json)`
+ * before every input, as a class aggregate's snapshot is.
+ */
+export interface ProcessRoot {
+  apply?(input: ProcessInput): void;
+  handle(input: ProcessInput): ProcessDecision;
+}
+
+/**
+ * Turns a class-style process into a {@link ProcessDefinition}, so both styles share one manager.
+ *
+ * ```ts
+ * class ResponseSaga implements ProcessRoot {
+ *   accepted = 0;
+ *   apply(input: ProcessInput) {
+ *     if (input.kind === 'event' && input.event.type === 'InviteAccepted') this.accepted++;
+ *   }
+ *   handle(input: ProcessInput): ProcessDecision {
+ *     if (input.kind !== 'event' || input.event.type !== 'InviteAccepted') return {};
+ *     const inviteId = input.event.streamId.slice('invitation-'.length);
+ *     return { commands: [this.accepted <= 2 ? ConfirmInvite.create({ inviteId }) : DenyInvite.create({ inviteId })] };
+ *   }
+ * }
+ * const responses = processFromClass({
+ *   name: 'guestlist-responses',
+ *   startedBy: ['InviteAccepted'],
+ *   correlate: () => 'main',
+ *   create: () => new ResponseSaga(),
+ * });
+ * ```
+ */
+export function processFromClass<R extends ProcessRoot>(options: {
+  name: string;
+  startedBy: readonly string[];
+  handles?: readonly string[];
+  correlate: (event: RecordedEvent) => string | null;
+  create: () => R;
+}): ProcessDefinition<Record<string, unknown>> {
+  if (typeof options?.create !== 'function')
+    throw new ValidationError(
+      `Process '${String(options?.name)}': create must be a function that returns the process object`,
+    );
+  const revive = (state: Record<string, unknown>): R => {
+    const root = Object.assign(options.create(), state);
+    if (typeof root.handle !== 'function')
+      throw new ValidationError(
+        `Process '${options.name}': create() must return an object with a handle(input) method`,
+      );
+    return root;
+  };
+  const fields = (root: R): Record<string, unknown> => ({ ...(root as unknown as Record<string, unknown>) });
+  return defineProcess<Record<string, unknown>>({
+    name: options.name,
+    startedBy: options.startedBy,
+    ...(options.handles === undefined ? {} : { handles: options.handles }),
+    correlate: options.correlate,
+    initialState: () => fields(options.create()),
+    evolve: (state, input) => {
+      const root = revive(state);
+      root.apply?.(input);
+      return fields(root);
+    },
+    decide: (input, state) => revive(state).handle(input),
+  });
+}
