@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { collect, until } from '@eventline/core/testing';
 import type { PostgresEventStore } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
-import { FixtureProcess } from '../../../packages/postgres/test/child-process.js';
+import { between, FixtureProcess } from '../../../packages/postgres/test/child-process.js';
 import { AcceptInvite, CreateInvite, createGuestlist, GUEST_LIST, guestlistEvents } from '../src/index.js';
 
 const WORKER = fileURLToPath(new URL('./fixtures/saga-worker.ts', import.meta.url));
@@ -20,7 +20,6 @@ const LIMIT = 120;
 const KILLS = 20;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-const between = (low: number, high: number) => low + Math.floor(Math.random() * (high - low + 1));
 
 let databases: TestDatabases;
 before(async () => {

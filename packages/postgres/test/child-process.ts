@@ -78,3 +78,8 @@ export class FixtureProcess {
     for (const listener of this.listeners) listener();
   }
 }
+
+/** A random whole number from `low` to `high`, both included: when a fault test kills, waits or sizes a batch. */
+export function between(low: number, high: number): number {
+  return low + Math.floor(Math.random() * (high - low + 1));
+}

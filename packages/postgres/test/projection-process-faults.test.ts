@@ -14,7 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import type { Position } from '@eventline/core';
 import type { SqlEventStore } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
-import { FixtureProcess } from './child-process.js';
+import { between, FixtureProcess } from './child-process.js';
 import type { Tally } from './fixtures/projection-worker.js';
 
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -23,7 +23,6 @@ const SUBSCRIPTION = 'projection-faults-v1';
 const TALLY_TABLE = 'rm_faults_v1_tally';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-const between = (low: number, high: number) => low + Math.floor(Math.random() * (high - low + 1));
 
 let dbs: TestDatabases;
 before(async () => {

@@ -10,12 +10,11 @@ import { after, before, describe, it } from 'node:test';
 import { until } from '@eventline/core/testing';
 import type { PostgresEventStore } from '@eventline/postgres';
 import { openTestDatabases, type TestDatabases } from '@eventline/postgres/testing';
-import { FixtureProcess } from './child-process.js';
+import { between, FixtureProcess } from './child-process.js';
 
 const WORKER = fileURLToPath(new URL('./fixtures/timer-worker.ts', import.meta.url));
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-const between = (low: number, high: number) => low + Math.floor(Math.random() * (high - low + 1));
 
 let databases: TestDatabases;
 before(async () => {
